@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command: set up (scripts/setup_cpu.sh), then run the test suite on CPU.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for the quick subset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_cpu.sh
+# DeepSpeed JIT-builds a communication op on first use (~1 min): keep it in a cache directory.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
+export TOKENIZERS_PARALLELISM=false
+exec python3 -m pytest "$@"

@@ -1,0 +1,41 @@
+"""Packaging for the VideoQA reasoning training stack.
+
+torch is deliberately a loose range: on a GPU machine the user's CUDA build of torch must be
+kept, and on a CPU machine `constraints-cpu.txt` (used by scripts/setup_cpu.sh) pins the local
+CPU wheel so that no dependency can upgrade it.
+"""
+
+from setuptools import setup
+
+PACKAGES = ["data_shards", "kernels", "reasoning_gen", "train", "eval"]
+
+setup(
+    name="videoqa-reasoning",
+    version="0.1.0",
+    description="Training stack for video QA that learns from MLLM reasoning (ReasVQA, vCoT)",
+    python_requires=">=3.10",
+    packages=PACKAGES,
+    include_package_data=True,
+    package_data={"train": ["configs/*.yaml"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchcodec>=0.13",
+        "triton>=3.0; platform_system == 'Linux'",
+        "deepspeed>=0.16",
+        "transformers>=4.50",
+        "accelerate>=1.0",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "webdataset>=1.0.2",
+        "numpy>=1.24",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.6"],
+        "lora": ["peft>=0.12"],
+        "vllm": ["vllm"],
+        "report": ["matplotlib>=3.7", "tensorboard>=2.14"],
+        "dev": ["pytest>=8", "av>=12", "ruff", "peft>=0.12", "matplotlib>=3.7", "tensorboard>=2.14"],
+    },
+)

@@ -1,0 +1,71 @@
+"""Shared test fixtures: an autouse seed, paths to the real annotation excerpts, mismatch printing."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# The real annotation excerpts live in ../shared/fixtures; a copy under tests/fixtures is used
+# when the checkout stands alone (CI on a fresh clone).
+_FIXTURE_DIRS = [REPO / "tests" / "fixtures" / "annotations", REPO.parent / "shared" / "fixtures" / "annotations"]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def annotations_dir() -> Path:
+    for d in _FIXTURE_DIRS:
+        if d.is_dir():
+            return d
+    pytest.fail(f"annotation fixtures not found in any of {_FIXTURE_DIRS}")
+
+
+def has_ffmpeg() -> bool:
+    return shutil.which("ffmpeg") is not None
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def assert_close_report(actual, expected, *, rtol: float, atol: float, name: str = "tensor") -> None:
+    """torch.testing.assert_close, but print the first mismatching elements with their indices."""
+    import torch
+
+    actual = actual.detach().float().cpu()
+    expected = expected.detach().float().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    bad = ~torch.isclose(actual, expected, rtol=rtol, atol=atol, equal_nan=False)
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        rows = [f"  {tuple(i)}: got {actual[tuple(i)].item():.6g}, want {expected[tuple(i)].item():.6g}" for i in idx]
+        raise AssertionError(f"{name}: {int(bad.sum())} of {bad.numel()} elements differ (rtol={rtol}, atol={atol}); "
+                             f"first ones:\n" + "\n".join(rows))
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
