@@ -1,0 +1,153 @@
+"""Frame sampling: T frames at segment middles of a video (or a clip window), decoded by torchcodec.
+
+The video (or the window ``[start, end]``) is cut into ``T`` equal segments and the frame *played*
+at the middle of each segment is returned: ``t_i = start + (i + 0.5) * (end - start) / T``. This is
+the usual uniform sampling of VideoQA models (no frame at the very first or last instant, which
+are often black or a fade).
+
+Decoding uses torchcodec's ``VideoDecoder`` in ``approximate`` seek mode (no full scan of the file
+before the first frame: the index comes from the container header) and asks for all ``T``
+timestamps in one batched ``get_frames_played_at`` call, so the decoder walks forward through the
+file and seeks only when the next timestamp lies beyond the next key frame. Frames are resized
+*inside* the decoder (``torchcodec.transforms.Resize``, FFmpeg swscale, bilinear with
+anti-aliasing) so a full-resolution RGB frame is never materialised as a tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+__all__ = ["DecodeError", "decode_frames", "segment_times"]
+
+
+class DecodeError(RuntimeError):
+    """A video that cannot be decoded: corrupt bytes, no video stream, zero frames, bad window.
+
+    The message starts with ``{source}:`` (a path, or a tar member such as
+    ``shard-000003.tar:synthetic__train__v17.mp4``) so that the bad file can be found.
+    """
+
+    def __init__(self, source: str, message: str):
+        self.source = source
+        super().__init__(f"{source}: {message}")
+
+
+def segment_times(num_frames: int, start: float, end: float) -> list[float]:
+    """Middles of ``num_frames`` equal segments of ``[start, end]``, in seconds, increasing."""
+    step = (end - start) / num_frames
+    return [start + (i + 0.5) * step for i in range(num_frames)]
+
+
+def _source_name(source: bytes | str | Path, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes of video>"
+    return str(source)
+
+
+def _check_args(src: str, num_frames: int, size: tuple[int, int] | None,
+                start: float | None, end: float | None) -> None:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"{src}: num_frames must be an int >= 1, got {num_frames!r}")
+    if size is not None:
+        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise ValueError(f"{src}: size must be (height, width) positive ints, got {size!r}")
+    for label, value in (("start", start), ("end", end)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise DecodeError(src, f"bad window: {label}={value!r} must be a finite number >= 0")
+    if start is not None and end is not None and end <= start:
+        raise DecodeError(src, f"bad window: end {end} is not after start {start}")
+
+
+def decode_frames(
+    source: bytes | str | Path,
+    num_frames: int,
+    size: tuple[int, int] | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    name: str | None = None,
+    num_threads: int = 1,
+) -> torch.Tensor:
+    """Decode ``num_frames`` frames at the segment middles of a video or of ``[start, end]``.
+
+    Args:
+        source: encoded video bytes (e.g. a tar member), or a path to a video file.
+        num_frames: T, the number of frames (>= 1).
+        size: ``(height, width)`` to resize to during decoding; None keeps the native size.
+        start: window start in seconds (None: the start of the stream).
+        end: window end in seconds (None: the end of the stream). An end past the end of the
+            stream is clipped to it (annotated clip ends often overshoot by a few frames); a
+            window that starts at or after the end of the stream is an error.
+        name: how to name the source in errors (default: the path, or the byte count).
+        num_threads: FFmpeg decoding threads. 1 is best when many decoders run in parallel
+            (DataLoader workers); more helps a single decoder.
+
+    Returns:
+        uint8 tensor ``[T, 3, H, W]`` (RGB), ``H, W`` = ``size`` or the video's own size.
+
+    Raises:
+        DecodeError: corrupt or unreadable bytes, no video stream, zero frames, bad window.
+        FileNotFoundError: ``source`` is a path that does not exist.
+        ValueError: bad ``num_frames`` or ``size``.
+    """
+    from torchcodec.decoders import VideoDecoder
+    from torchcodec.transforms import Resize
+
+    src = _source_name(source, name)
+    _check_args(src, num_frames, size, start, end)
+    if isinstance(source, Path):
+        source = str(source)
+    if isinstance(source, str) and not Path(source).is_file():
+        raise FileNotFoundError(f"{src}: video file not found")
+    if isinstance(source, (bytearray, memoryview)):
+        source = bytes(source)
+    transforms = [Resize(size)] if size is not None else None
+    try:
+        decoder = VideoDecoder(source, seek_mode="approximate", dimension_order="NCHW",
+                               num_ffmpeg_threads=num_threads, transforms=transforms)
+    except ValueError as e:
+        # torchcodec raises ValueError("The best video stream is unknown ...") when the
+        # container holds no video stream, or a video stream without a single frame.
+        if "stream" in str(e):
+            raise DecodeError(src, "no decodable video stream (zero frames or audio only)") from e
+        raise DecodeError(src, f"cannot open video: {_first_line(e)}") from e
+    except RuntimeError as e:
+        raise DecodeError(src, f"cannot open video: {_first_line(e)}") from e
+
+    meta = decoder.metadata
+    if not meta.num_frames:
+        raise DecodeError(src, "the video stream has zero frames")
+    stream_begin = meta.begin_stream_seconds or 0.0
+    stream_end = meta.end_stream_seconds
+    if stream_end is None or not math.isfinite(stream_end) or stream_end <= stream_begin:
+        raise DecodeError(src, f"unknown or empty duration (stream [{stream_begin}, {stream_end}] s)")
+    lo = stream_begin if start is None else max(float(start), stream_begin)
+    hi = stream_end if end is None else min(float(end), stream_end)
+    if hi <= lo:
+        raise DecodeError(src, f"bad window: [{start}, {end}] s holds no frame of the stream "
+                               f"[{stream_begin:.3f}, {stream_end:.3f}] s")
+    times = segment_times(num_frames, lo, hi)
+    try:
+        frames = decoder.get_frames_played_at(times).data
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise DecodeError(src, f"decoding frames at {[round(t, 3) for t in times]} s failed: "
+                               f"{_first_line(e)}") from e
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[:2] != (num_frames, 3):
+        raise DecodeError(src, f"decoder returned {frames.dtype} {tuple(frames.shape)}, "
+                               f"expected uint8 [{num_frames}, 3, H, W]")
+    return frames
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    # torchcodec prefixes C++ errors with "Class, /path/to/File.cpp:LINE, ": keep the message.
+    line = text.splitlines()[0] if text else type(exc).__name__
+    parts = line.split(", ", 2)
+    if len(parts) == 3 and ".cpp:" in parts[1]:
+        return parts[2]
+    return line
