@@ -1,0 +1,326 @@
+"""Multi-task batches: QA, reasoning generation and the single-task baseline, as token tensors.
+
+From one question sample (contract 3: frames, question, options, answer, the joined reasoning
+record) :func:`build_examples` emits text-level :class:`Example` objects; :func:`collate`
+tokenizes them segment by segment (see :mod:`train.prompts`) into right-padded tensors whose
+``labels`` hold only the target tokens and whose ``task_ids`` say which task each target
+token belongs to; :func:`token_weights` turns task ids and the optimizer-step token counts into
+the per-token loss weights ``alpha / N_qa`` and ``beta / N_reason``.
+
+Placeholder layout: the prompt holds ``layout.num_visual_tokens`` frame placeholder tokens,
+``layout.tokens_per_group`` per frame group (``temporal_stride`` consecutive frames pooled
+into one group). The layout is the MODEL's (``VideoLLM.frame_layout(num_frames)`` or
+``ModelConfig.frame_layout(num_frames)``), so that prompt and projector always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from train import prompts
+from train.tokenizer import frame_token_id
+
+TASK_NONE, TASK_QA, TASK_REASON = 0, 1, 2
+MODES = ("qa", "mtl", "stl")
+REASONING_SOURCES = ("none", "raw", "refined", "gt")
+
+
+@dataclass
+class TaskConfig:
+    """Which training sequences are built from each question, and how their loss is weighted."""
+
+    mode: str = "mtl"
+    """"qa": QA task only; "mtl": QA + reasoning task (ReasVQA multi-task); "stl": one target =
+    reasoning then answer (single-task baseline)."""
+    alpha: float = 1.0
+    """Weight of the mean QA loss (task-1 tokens; the STL target counts as task 1)."""
+    beta: float = 0.5
+    """Weight of the mean reasoning loss (task-2 tokens). The paper's sweet spot: 0.5-0.8."""
+    reasoning_source: str = "refined"
+    """Reasoning text: "refined" / "raw" from the joined reasoning record, "gt" = the synthetic
+    dataset's extra.reasoning (ablation), "none" = no reasoning task at all."""
+    answer_format: str = "letter"
+    """QA target: "letter" -> "(B)", "letter_text" -> "(B) red"."""
+    max_prompt_len: int = 1024
+    """Maximum prompt tokens (placeholders included); longer questions are cut, counted."""
+    max_target_len: int = 256
+    """Maximum target tokens (eos included); longer reasoning is cut, counted."""
+    reasoning_instruction: str | None = None
+    """Instruction of the reasoning task; None = ``prompts.INSTRUCTIONS["reasoning"]``."""
+    use_vcot: bool = False
+    """Interleave the reasoning record's vCoT transitional captions between the frames."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if self.mode not in MODES:
+            raise ValueError(f"task.mode must be one of {MODES}, got {self.mode!r}")
+        if self.reasoning_source not in REASONING_SOURCES:
+            raise ValueError(f"task.reasoning_source must be one of {REASONING_SOURCES}, "
+                             f"got {self.reasoning_source!r}")
+        prompts.qa_instruction(self.answer_format)  # raises on a bad format
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError(f"task.alpha/beta must be >= 0, got {self.alpha}, {self.beta}")
+        if self.max_prompt_len < 8 or self.max_target_len < 2:
+            raise ValueError("task.max_prompt_len must be >= 8 and task.max_target_len >= 2")
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """How many placeholder tokens the prompt holds for a clip of ``num_frames`` frames."""
+
+    num_frames: int
+    """Frames per clip (T of pixel_values)."""
+    temporal_stride: int = 1
+    """Consecutive frames averaged into one group by the projector."""
+    tokens_per_group: int = 1
+    """Visual tokens per frame group (spatial pooling grid, e.g. 2x2 = 4)."""
+
+    @property
+    def groups(self) -> int:
+        """Frame groups: ceil(num_frames / temporal_stride)."""
+        return math.ceil(self.num_frames / self.temporal_stride)
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """Placeholder tokens per prompt."""
+        return self.groups * self.tokens_per_group
+
+
+@dataclass
+class Example:
+    """One training sequence before tokenization."""
+
+    qid: str
+    task: str
+    """"qa", "reasoning" or "stl"."""
+    task_id: int
+    """TASK_QA (qa, stl) or TASK_REASON (reasoning)."""
+    frames: torch.Tensor
+    """uint8 [T, 3, H, W]."""
+    question: str
+    options: list[str]
+    instruction: str
+    target: str
+    captions: list[str | None] | None = field(default=None)
+    """vCoT captions per frame gap (T - 1 entries) or None."""
+
+
+def reasoning_text(sample: dict, source: str) -> str | None:
+    """The reasoning text of a question sample for ``source`` (none|raw|refined|gt), or None."""
+    if source == "none":
+        return None
+    if source == "gt":
+        text = (sample.get("extra") or {}).get("reasoning")
+    else:
+        rec = sample.get("reasoning")
+        text = rec.get(source) if isinstance(rec, dict) else None
+    return text.strip() if isinstance(text, str) and text.strip() else None
+
+
+def build_examples(sample: dict, cfg: TaskConfig) -> list[Example]:
+    """The training sequences of one question sample.
+
+    qa: the QA example. mtl: QA + the reasoning example when reasoning text exists (the
+    reasoning task needs no ground-truth answer, so an unanswered question can still yield
+    it). stl: reasoning then answer as one target; with no reasoning text it falls back to the
+    plain QA target. Questions without an answer yield no QA / STL example.
+
+    Args:
+        sample: a question sample (contract 3).
+        cfg: the task configuration.
+
+    Returns:
+        0 to 2 examples.
+    """
+    try:
+        qid, frames, question, options = sample["qid"], sample["frames"], sample["question"], sample["options"]
+    except KeyError as e:
+        raise KeyError(f"question sample {sample.get('qid', '?')}: missing field {e.args[0]!r}") from None
+    answer = sample.get("answer")
+    if answer is not None and not 0 <= int(answer) < len(options):
+        raise ValueError(f"question sample {qid}: field 'answer' = {answer} outside the {len(options)} options")
+    captions = _vcot_captions(sample) if cfg.use_vcot else None
+    reasoning = reasoning_text(sample, cfg.reasoning_source)
+    common = dict(qid=qid, frames=frames, question=question, options=list(options), captions=captions)
+    out: list[Example] = []
+    if cfg.mode == "stl" and answer is not None:
+        ans = prompts.answer_text(int(answer), options, cfg.answer_format)
+        if reasoning is not None:
+            target = prompts.STL_TARGET_TEMPLATE.format(reasoning=reasoning, answer=ans)
+            out.append(Example(task="stl", task_id=TASK_QA, instruction=prompts.INSTRUCTIONS["stl"],
+                               target=target, **common))
+        else:
+            out.append(Example(task="qa", task_id=TASK_QA, target=ans,
+                               instruction=prompts.qa_instruction(cfg.answer_format), **common))
+    elif cfg.mode in ("qa", "mtl"):
+        if answer is not None:
+            out.append(Example(task="qa", task_id=TASK_QA,
+                               target=prompts.answer_text(int(answer), options, cfg.answer_format),
+                               instruction=prompts.qa_instruction(cfg.answer_format), **common))
+        if cfg.mode == "mtl" and reasoning is not None:
+            instr = cfg.reasoning_instruction or prompts.INSTRUCTIONS["reasoning"]
+            out.append(Example(task="reasoning", task_id=TASK_REASON, instruction=instr,
+                               target=reasoning, **common))
+    elif cfg.mode not in MODES:
+        raise ValueError(f"task.mode must be one of {MODES}, got {cfg.mode!r}")
+    return out
+
+
+def _vcot_captions(sample: dict) -> list[str | None] | None:
+    rec = sample.get("reasoning")
+    caps = rec.get("vcot") if isinstance(rec, dict) else None
+    if caps is None:
+        return None
+    n_frames = int(sample["frames"].shape[0])
+    if len(caps) != n_frames - 1:
+        raise ValueError(f"question sample {sample['qid']}: reasoning field 'vcot' has {len(caps)} "
+                         f"captions, {n_frames} frames need {n_frames - 1}")
+    return list(caps)
+
+
+def _enc(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False) if text else []
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, layout: FrameLayout, question: str,
+                  options: list[str], instruction: str, captions: list[str | None] | None = None,
+                  max_len: int | None = None, qid: str = "?") -> tuple[list[int], bool]:
+    """Token ids of a prompt with frame placeholders and optional per-gap captions.
+
+    Args:
+        tokenizer: from :func:`train.tokenizer.build_tokenizer`.
+        layout: the model's frame layout.
+        question, options, instruction: prompt texts.
+        captions: ``layout.num_frames - 1`` texts (or None entries), ``captions[j]`` between
+            frame j and j+1. With temporal_stride > 1 the captions of gaps inside a group are
+            placed after that group.
+        max_len: cut the question text so that the prompt fits; ValueError if it cannot.
+        qid: named in errors.
+
+    Returns:
+        (ids starting with bos, whether the question was cut).
+    """
+    if captions is not None and len(captions) != layout.num_frames - 1:
+        raise ValueError(f"{qid}: {len(captions)} captions given, {layout.num_frames} frames need "
+                         f"{layout.num_frames - 1} (one per frame gap)")
+    fid = frame_token_id(tokenizer)
+    head = [tokenizer.bos_token_id] + _enc(tokenizer, prompts.USER_PREFIX)
+    s = layout.temporal_stride
+    for g in range(layout.groups):
+        head += _enc(tokenizer, prompts.FRAME_PREFIX.format(index=g + 1)) + [fid] * layout.tokens_per_group
+        for j in range(g * s, min((g + 1) * s, layout.num_frames - 1)):
+            if captions is not None and captions[j]:
+                head += _enc(tokenizer, prompts.CAPTION_TEMPLATE.format(caption=str(captions[j]).strip()))
+    q = _enc(tokenizer, prompts.question_text(question))
+    tail = _enc(tokenizer, prompts.options_text(options))
+    tail += _enc(tokenizer, prompts.ASSISTANT_PREFIX.format(instruction=instruction))
+    cut = False
+    if max_len is not None and len(head) + len(q) + len(tail) > max_len:
+        keep = max_len - len(head) - len(tail)
+        if keep < 1:
+            raise ValueError(f"{qid}: prompt without its question is {len(head) + len(tail)} tokens "
+                             f"> max_prompt_len {max_len} (frames, captions and options must fit)")
+        q, cut = q[:keep], True
+    return head + q + tail, cut
+
+
+def encode_target(tokenizer: PreTrainedTokenizerBase, target: str, max_len: int | None = None
+                  ) -> tuple[list[int], bool]:
+    """Token ids of a target: ``" {target}"`` then eos, cut to ``max_len`` (eos kept)."""
+    ids = _enc(tokenizer, prompts.TARGET_TEMPLATE.format(target=target))
+    cut = max_len is not None and len(ids) + 1 > max_len
+    if cut:
+        ids = ids[: max_len - 1]
+    return ids + [tokenizer.eos_token_id], cut
+
+
+def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
+            layout: FrameLayout, pad_to_multiple: int = 1) -> dict[str, Any]:
+    """Tokenize and right-pad examples into a batch.
+
+    Args:
+        examples: from :func:`build_examples` (at least one).
+        tokenizer: the model's tokenizer.
+        cfg: gives max_prompt_len / max_target_len.
+        layout: the model's :class:`FrameLayout` (``model.frame_layout(num_frames)``).
+        pad_to_multiple: round the padded length up to a multiple of this.
+
+    Returns:
+        dict with pixel_values uint8 [B,T,3,H,W]; input_ids, attention_mask, labels (target
+        ids, -100 elsewhere), task_ids (0/1/2) all long [B,L]; qids, tasks (list[str]);
+        n_cut_prompts, n_cut_targets (int).
+    """
+    if not isinstance(layout, FrameLayout):
+        raise TypeError("collate needs the model's FrameLayout (model.frame_layout(num_frames) or "
+                        f"ModelConfig.frame_layout(num_frames)), got {type(layout).__name__}")
+    if not examples:
+        raise ValueError("collate got no examples")
+    rows, n_cut_p, n_cut_t = [], 0, 0
+    for ex in examples:
+        if tuple(ex.frames.shape[:1]) != (layout.num_frames,) or ex.frames.dtype != torch.uint8:
+            raise ValueError(f"{ex.qid}: frames {tuple(ex.frames.shape)} {ex.frames.dtype}, expected uint8 "
+                             f"[{layout.num_frames}, 3, H, W]")
+        p, cp = encode_prompt(tokenizer, layout, ex.question, ex.options, ex.instruction, ex.captions,
+                              cfg.max_prompt_len, ex.qid)
+        t, ct = encode_target(tokenizer, ex.target, cfg.max_target_len)
+        n_cut_p, n_cut_t = n_cut_p + cp, n_cut_t + ct
+        rows.append((p, t, ex.task_id))
+    length = max(len(p) + len(t) for p, t, _ in rows)
+    length = -(-length // pad_to_multiple) * pad_to_multiple
+    B = len(rows)
+    input_ids = torch.full((B, length), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, length), dtype=torch.long)
+    labels = torch.full((B, length), -100, dtype=torch.long)
+    task_ids = torch.zeros((B, length), dtype=torch.long)
+    for i, (p, t, tid) in enumerate(rows):
+        n = len(p) + len(t)
+        input_ids[i, :n] = torch.tensor(p + t)
+        attention_mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(t)
+        task_ids[i, len(p):n] = tid
+    try:
+        pixel_values = torch.stack([ex.frames for ex in examples])
+    except RuntimeError as e:
+        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+            "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
+            "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
+
+
+def task_token_counts(task_ids: torch.Tensor) -> tuple[int, int]:
+    """(QA target tokens, reasoning target tokens) in a [B, L] task-id tensor."""
+    return int((task_ids == TASK_QA).sum()), int((task_ids == TASK_REASON).sum())
+
+
+def token_weights(task_ids: torch.Tensor, n_qa: float | torch.Tensor, n_reason: float | torch.Tensor,
+                  alpha: float, beta: float) -> torch.Tensor:
+    """Per-token loss weights: alpha/n_qa on task-1 tokens, beta/n_reason on task-2, 0 elsewhere.
+
+    With n_qa / n_reason counted over the whole optimizer step (all micro-batches, all ranks),
+    sum_i w_i * CE_i summed over the step = alpha * mean_QA + beta * mean_reason.
+
+    Args:
+        task_ids: long [B, L] (0/1/2), aligned with labels.
+        n_qa, n_reason: token counts (python numbers or 0-d tensors); 0 -> that task weighs 0.
+        alpha, beta: task weights.
+
+    Returns:
+        float32 [B, L] on task_ids' device.
+    """
+    n_qa_t = torch.as_tensor(n_qa, dtype=torch.float32, device=task_ids.device)
+    n_re_t = torch.as_tensor(n_reason, dtype=torch.float32, device=task_ids.device)
+    w_qa = torch.where(n_qa_t > 0, alpha / n_qa_t.clamp(min=1e-12), torch.zeros_like(n_qa_t))
+    w_re = torch.where(n_re_t > 0, beta / n_re_t.clamp(min=1e-12), torch.zeros_like(n_re_t))
+    w = torch.zeros(task_ids.shape, dtype=torch.float32, device=task_ids.device)
+    w = torch.where(task_ids == TASK_QA, w_qa, w)
+    return torch.where(task_ids == TASK_REASON, w_re, w)
+
+
+def option_targets(options: list[str], answer_format: str) -> list[str]:
+    """The QA target text of every option (what option scoring compares)."""
+    return [prompts.answer_text(i, options, answer_format) for i in range(len(options))]
