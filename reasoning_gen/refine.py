@@ -1,0 +1,226 @@
+"""Reasoning refinement (ReasVQA step 2): drop the sentences that state the final answer.
+
+Even a chain whose conclusion is wrong still describes what the frames show; removing the
+answer statement keeps that description as a training target without teaching the wrong
+answer. Strategies:
+
+- ``answer-sentences`` (default): remove every sentence that states a choice (see
+  :mod:`reasoning_gen.answers`), keep the reasoning clause of a mixed sentence
+  ("The man picks up the knife, so the answer is B." -> "The man picks up the knife.").
+- ``first-k-steps``: keep the first k steps (list items when the text is a list, else sentences).
+- ``none``: keep the raw text.
+
+Library: ``refine(text, options, strategy="answer-sentences", k=3) -> Refined``;
+``audit_leak(text, options, choice)`` names a refined text that still concludes.
+CLI: ``python -m reasoning_gen refine --in raw.jsonl --out refined.jsonl --records records.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reasoning_gen.answers import extract_answer, find_conclusions, split_text
+
+STRATEGIES = ("answer-sentences", "first-k-steps", "none")
+_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)]|(?i:step)\s*\d{1,2}\s*[:.)-])\s*")
+
+
+@dataclass
+class Refined:
+    """The result of refining one text."""
+
+    text: str
+    """The refined reasoning."""
+    removed: list[str] = field(default_factory=list)
+    """The sentences (or clauses) taken out, in text order."""
+    teacher_answer: int | None = None
+    """The option the raw text concludes with (index into the options), None when it states none."""
+
+
+def _tidy(lines: list[str]) -> str:
+    """Join lines, dropping empty husks (bare markers, lone bold marks) and repeated blank lines."""
+    out: list[str] = []
+    for line in lines:
+        if not re.sub(r"[\s*_#>:\-•]+", "", line) or re.fullmatch(r"\s*(?:\d{1,2}[.)]|(?i:step)\s*\d+\s*[:.)-]?)\s*", line):
+            if line.strip():
+                continue  # a marker whose content was removed
+            if out and out[-1] == "":
+                continue
+            line = ""
+        out.append(line.rstrip())
+    while out and out[-1] == "":
+        out.pop()
+    while out and out[0] == "":
+        out.pop(0)
+    return "\n".join(out)
+
+
+def _answer_sentences(text: str, options: list[str]) -> tuple[str, list[str]]:
+    lines = split_text(text)
+    conclusions = {id(c.sentence): c for c in find_conclusions(text, options, lines)}
+    removed: list[str] = []
+    out: list[str] = []
+    for ln in lines:
+        if not ln.sentences:
+            out.append(text[ln.start:ln.end] if text[ln.start:ln.end].strip() else "")
+            continue
+        kept: list[str] = []
+        for s in ln.sentences:
+            c = conclusions.get(id(s))
+            if c is None:
+                kept.append(s.text)
+                continue
+            removed.append(s.text)
+            if c.keep:
+                kept.append(c.keep)
+        if kept:
+            out.append(ln.marker + " ".join(kept))
+    return _tidy(out), removed
+
+
+def _first_k(text: str, k: int) -> tuple[str, list[str]]:
+    lines = split_text(text)
+    items = [ln for ln in lines if ln.sentences and _ITEM.match(ln.marker)]
+    if len(items) >= 2:
+        kept = [text[ln.start:ln.end] for ln in items[:k]]
+        removed = [s.text for ln in lines if ln not in items[:k] for s in ln.sentences]
+        return "\n".join(kept), removed
+    sentences = [s.text for ln in lines for s in ln.sentences]
+    return " ".join(sentences[:k]), sentences[k:]
+
+
+def refine(text: str, options: list[str], strategy: str = "answer-sentences", k: int = 3) -> Refined:
+    """Refine one teacher output.
+
+    Args:
+        text: the raw reasoning.
+        options: the question's answer options (letters A, B, ... by position).
+        strategy: one of ``answer-sentences``, ``first-k-steps``, ``none``.
+        k: steps kept by ``first-k-steps``.
+
+    Returns:
+        :class:`Refined` with ``.text``, ``.removed`` and ``.teacher_answer`` (extracted from the
+        raw text whatever the strategy).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown refinement strategy {strategy!r}; expected one of {STRATEGIES}")
+    answer = extract_answer(text, options)
+    if strategy == "none":
+        return Refined(text, [], answer)
+    if strategy == "first-k-steps":
+        if k < 1:
+            raise ValueError(f"first-k-steps needs k >= 1, got {k}")
+        return Refined(*_first_k(text, k), answer)
+    return Refined(*_answer_sentences(text, options), answer)
+
+
+def audit_leak(text: str, options: list[str], choice: int | None) -> str | None:
+    """Why a refined ``text`` still gives the answer away, or None when it does not.
+
+    A leak is a sentence that states ``choice`` as a conclusion (with the final-sentence rules
+    applied to every sentence); with ``choice`` None any stated choice counts.
+    """
+    for c in find_conclusions(text, options, anywhere=True):
+        if c.choice is not None and (choice is None or c.choice == choice):
+            return f"{c.kind} conclusion: {c.sentence.text[:120]!r}"
+    return None
+
+
+def refine_records(records: list[dict], truth: dict[str, tuple[list[str], int | None]], strategy: str,
+                   k: int = 3) -> tuple[list[dict], dict]:
+    """Refine reasoning records (contract 5) against the ground truth.
+
+    Args:
+        records: reasoning records; failed ones pass through unchanged.
+        truth: qid -> (options, answer index or None).
+        strategy, k: see :func:`refine`.
+
+    Returns:
+        The new records and statistics: counts, teacher accuracy, removed sentences per text,
+        leaks (refined texts that still conclude) with the first examples.
+    """
+    stats = {"records": 0, "refined": 0, "failed": 0, "no_ground_truth": 0, "no_raw": 0, "teacher_answered": 0,
+             "teacher_correct": 0, "graded": 0, "removed_sentences": 0, "leaks": 0, "leak_examples": []}
+    out = []
+    for rec in records:
+        stats["records"] += 1
+        rec = dict(rec)
+        if rec.get("status") != "ok":
+            stats["failed"] += 1
+        elif rec["qid"] not in truth:
+            stats["no_ground_truth"] += 1
+        elif not rec.get("raw"):
+            stats["no_raw"] += 1
+        else:
+            options, answer = truth[rec["qid"]]
+            r = refine(rec["raw"], options, strategy, k)
+            rec.update(refined=r.text, teacher_answer=r.teacher_answer,
+                       teacher_correct=None if answer is None or r.teacher_answer is None else r.teacher_answer == answer,
+                       refine=strategy if strategy != "first-k-steps" else f"{strategy}:{k}")
+            stats["refined"] += 1
+            stats["removed_sentences"] += len(r.removed)
+            stats["teacher_answered"] += r.teacher_answer is not None
+            if answer is not None:
+                stats["graded"] += 1
+                stats["teacher_correct"] += r.teacher_answer == answer
+            leak = audit_leak(r.text, options, r.teacher_answer)
+            if leak:
+                stats["leaks"] += 1
+                if len(stats["leak_examples"]) < 5:
+                    stats["leak_examples"].append(f"{rec['qid']}: {leak}")
+        out.append(rec)
+    stats["teacher_accuracy"] = stats["teacher_correct"] / stats["graded"] if stats["graded"] else None
+    stats["removed_per_text"] = stats["removed_sentences"] / stats["refined"] if stats["refined"] else 0.0
+    return out, stats
+
+
+def format_stats(stats: dict) -> str:
+    acc = stats["teacher_accuracy"]
+    lines = [f"records {stats['records']}: refined {stats['refined']}, failed {stats['failed']}, "
+             f"no ground truth {stats['no_ground_truth']}, no raw text {stats['no_raw']}",
+             f"teacher answered {stats['teacher_answered']}/{stats['refined']}, accuracy "
+             + (f"{acc:.3f} ({stats['teacher_correct']}/{stats['graded']})" if acc is not None else "n/a"),
+             f"removed sentences per text {stats['removed_per_text']:.2f}",
+             f"leaks (refined text still states the chosen option) {stats['leaks']}"]
+    lines += [f"  leak: {e}" for e in stats["leak_examples"]]
+    return "\n".join(lines)
+
+
+def load_truth(paths: list[str]) -> dict[str, tuple[list[str], int | None]]:
+    """qid -> (options, answer) from schema-v1 video records files (or shard-free records jsonl)."""
+    from data_shards.schema import read_records
+
+    truth = {}
+    for p in paths:
+        for rec in read_records(p):
+            for qa in rec.qas:
+                truth[qa.qid] = (qa.options, qa.answer)
+    return truth
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reasoning_gen.records import read_reasoning_lines, write_jsonl_atomic
+
+    ap = argparse.ArgumentParser(prog="python -m reasoning_gen refine", description=__doc__.split("\n")[0])
+    ap.add_argument("--in", dest="inp", required=True, help="raw reasoning records (jsonl)")
+    ap.add_argument("--out", required=True, help="refined reasoning records (jsonl, written atomically)")
+    ap.add_argument("--records", required=True, nargs="+", help="schema-v1 video records: options and answers")
+    ap.add_argument("--strategy", default="answer-sentences", choices=STRATEGIES)
+    ap.add_argument("--k", type=int, default=3, help="steps kept by first-k-steps")
+    args = ap.parse_args(argv)
+    if Path(args.inp).resolve() == Path(args.out).resolve():
+        ap.error("--out must differ from --in (the raw records are kept)")
+    truth = load_truth(args.records)
+    counts: dict = {}
+    records = [obj for _, obj in read_reasoning_lines(args.inp, counts)]
+    out, stats = refine_records(records, truth, args.strategy, args.k)
+    write_jsonl_atomic(args.out, out)
+    if counts.get("corrupt"):
+        print(f"skipped {counts['corrupt']} corrupt line(s) of {args.inp}", file=sys.stderr)
+    print(format_stats(stats))
+    print(f"wrote {len(out)} records to {args.out}")
+    return 0
