@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -89,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.answers is not None and args.dataset != "egoschema":
         p.error("--answers is only for --dataset egoschema")
-    records, notes = convert_with_notes(args.dataset, args.annotations, args.split, args.answers)
-    write_records(records, args.out)
+    try:
+        records, notes = convert_with_notes(args.dataset, args.annotations, args.split, args.answers)
+        write_records(records, args.out)
+    except (ValueError, OSError) as e:  # SchemaError is a ValueError; its text names file, row, field
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     s = summarize(records)
     print(f"{args.dataset}/{args.split}: {s['videos']} videos, {s['questions']} questions, "
           f"{s['unanswered']} without answer -> {args.out}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -192,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--answers", type=Path, help="EgoSchema subset_answers.json (with questions.json)")
     p.add_argument("--json", type=Path, help="write the result as json here")
     args = p.parse_args(argv)
-    records = load_annotations(args.annotations, args.dataset, args.split, args.answers)
-    result = score(records, load_predictions(args.predictions), args.dataset)
+    try:
+        records = load_annotations(args.annotations, args.dataset, args.split, args.answers)
+        result = score(records, load_predictions(args.predictions), args.dataset)
+    except (ValueError, OSError) as e:  # SchemaError is a ValueError; its text names file, row, field
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{args.dataset}: {args.annotations} <- {args.predictions}")
     print(format_table(result))
     if args.json is not None:

@@ -227,11 +227,11 @@ def test_egoschema_bad_input(annotations_dir, tmp_path):
         convert("egoschema", bad, "test")
 
 
-def test_nothing_written_on_error(annotations_dir, tmp_path):
+def test_cli_error_is_one_clear_line_and_nothing_written(annotations_dir, tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     out.write_text("previous content\n")
     bad = tmp_path / "bad.csv"
     _corrupt_csv(annotations_dir / NEXTQA, bad, 30, "answer", "9")
-    with pytest.raises(SchemaError):
-        main(["--dataset", "nextqa", "--annotations", str(bad), "--split", "val", "--out", str(out)])
+    assert main(["--dataset", "nextqa", "--annotations", str(bad), "--split", "val", "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"error: {bad}:30: field 'answer': answer 9 out of range for 5 options\n"
     assert out.read_text() == "previous content\n"

@@ -208,6 +208,17 @@ def test_load_annotations_split_rules(annotations_dir, tmp_path):
     assert load_annotations(odd, "nextqa", split="dev")[0].qas[0].qid == "nextqa/dev/4010069381/6"
 
 
+def test_cli_bad_predictions_file(annotations_dir, tmp_path, capsys):
+    preds = tmp_path / "preds.json"
+    preds.write_text("[1, 2]")
+    args = ["--dataset", "nextqa", "--annotations", str(annotations_dir / NEXTQA), "--predictions", str(preds)]
+    assert main(args) == 1
+    assert "preds.json: predictions must be a json object" in capsys.readouterr().err
+    preds.write_text('{"a": 1,')
+    assert main(args) == 1
+    assert "preds.json:1: invalid JSON" in capsys.readouterr().err
+
+
 def test_dispatcher_missing_module_is_clear(monkeypatch, capsys):
     monkeypatch.setitem(eval_cli.COMMANDS, "later", ("eval.not_written_yet", "a later command"))
     assert eval_cli.main(["later"]) == 2
