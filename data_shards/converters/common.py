@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_shards.schema import QA, SchemaError, VideoRecord
+from data_shards.schema import QA, SchemaError, VideoRecord, validate_record
 
 # pandas writes an integer column holding a NaN as floats ("3.0"); accept that, nothing looser.
 _INT_RE = re.compile(r"[+-]?\d+(\.0+)?")
@@ -83,7 +83,8 @@ def group_rows(rows: Iterable[Row], dataset: str, split: str) -> list[VideoRecor
 
     Raises:
         SchemaError: on a qid seen twice, or on rows of one video whose video-level fields
-            (file, clip window, meta) disagree; the message names both rows.
+            (file, clip window, meta) disagree, naming both rows; on a record that breaks the
+            schema (e.g. a clip whose end is not after its start), naming its first row.
     """
     records: dict[str, VideoRecord] = {}
     first_source: dict[str, str] = {}
@@ -106,4 +107,7 @@ def group_rows(rows: Iterable[Row], dataset: str, split: str) -> list[VideoRecor
                 raise SchemaError(row.source, name, f"video {row.video_id!r} has {name}={getattr(row, name)!r} "
                                   f"here but {getattr(rec, name)!r} at {first_source[row.video_id]}")
         rec.qas.append(row.qa)
+    # Check the schema here, where the error can still name the annotation row, not at write time.
+    for video_id, rec in records.items():
+        validate_record(rec.to_json(), first_source[video_id])
     return list(records.values())

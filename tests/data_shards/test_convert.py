@@ -195,6 +195,7 @@ def test_csv_missing_column_short_row_and_duplicate(annotations_dir, tmp_path):
     (lambda it: it.update(start="11.1"), "start", "expected a number"),
     (lambda it: it.update(question_id="Other_T1_1"), "question_id", "type prefix"),
     (lambda it: it["choices"][3].update(choice=""), "choices[3].choice", "empty"),
+    (lambda it: it.update(end=5.0), "end", "not after start"),
 ])
 def test_star_bad_item_names_file_index_field(annotations_dir, tmp_path, mutate, field, words):
     items = json.loads((annotations_dir / STAR).read_text())
