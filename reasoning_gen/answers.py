@@ -37,6 +37,8 @@ _CUES_BEFORE = re.compile(
     r"|\banswer(?:\s+(?:to|for)\s+(?:the|this)\s+question)?" + _WORD_SUFFIX + r"\s*:?"
     r"|\banswer\s*[:=–—]"
     r"|\b(?:I|we)(?:\s+would|\s+will|'d|'ll|\s+therefore|\s+thus)?\s+(?:choose|pick|select|go\s+with|opt\s+for)"
+    r"|\b(?:corresponds?|corresponding|points?|matches|match)\s+(?:to\s+|with\s+)?(?=(?:the\s+)?(?:option|choice|answer)\b)"
+    r"|\bwhich\s+is\s+(?=(?:option|choice)\b)"
     r"|\\boxed\{)"
 )
 # Cues before which the choice stands: "(B) is the correct answer", "'cut the cake' is correct".
@@ -44,18 +46,19 @@ _CUES_AFTER = re.compile(
     r"(?i:\s+(?:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be|must\s+be)\s+(?:the\s+)?"
     r"(?:correct|right|best|most\s+(?:likely|plausible|appropriate|suitable|accurate|fitting))"
     r"(?:\s+(?:answer|option|choice|one))?\b"
-    r"|\s+(?:fits|matches)\s+(?:the\s+(?:video|frames|question)\s+)?best\b)"
+    r"|\s+(?:fits|matches)\s+(?:the\s+(?:video|frames|question)\s+)?best\b"
+    r"|\s+best\s+(?:describes|matches|fits|explains|answers)\b)"
 )
 _MARKERS = re.compile(
     r"^[\W_]*(?i:so|thus|therefore|hence|consequently|in\s+conclusion|in\s+summary|to\s+sum\s+up|to\s+conclude|"
-    r"overall|in\s+short|clearly|finally|this\s+(?:means|suggests|indicates|shows|implies)|"
+    r"overall|in\s+short|clearly|this\s+(?:means|suggests|indicates|shows|implies)|"
     r"it\s+(?:seems|appears)|based\s+on\s+(?:this|these|the\s+\w+))\b"
 )
 _NEGATION = re.compile(r"(?i:\b(?:not|no|never|unlikely|rule[sd]?\s+out|ruling\s+out|eliminat\w*|incorrect|wrong|"
                        r"isn't|aren't|doesn't|don't|cannot|can't|rather\s+than|instead\s+of)\b)")
 _LABEL_ONLY = re.compile(r"^[\s#>*_]*(?i:(?:the\s+)?(?:final\s+)?(?:answer|conclusion|choice|selected\s+option)s?)"
                          r"[\s*_]*:?[\s*_]*$")
-_CLAUSE = re.compile(r"(?i:,\s*(?:and\s+)?(?:so|thus|therefore|hence|which\s+means(?:\s+that)?)\s+|;\s*|\s+[–—-]\s+|,\s+)$")
+_CLAUSE = re.compile(r"(?i:,\s*(?:and\s+)?(?:so|thus|therefore|hence|which(?:\s+means(?:\s+that)?)?)\s+|;\s*|\s+[–—-]\s+|,\s+)$")
 _REASON = re.compile(r"^[\s,.:;*_)\]]*(?i:because|since|as|given\s+that)\s+(.*)$")
 _STRIP = " \t*_`\"'“”‘’:;,.!?-–—"
 
@@ -135,7 +138,7 @@ def _option_at(rest: str, options: list[str]) -> int | None:
 
 
 def _option_in(s: str, options: list[str], last: bool = False) -> int | None:
-    """The option whose text occurs in ``s`` as whole words: earliest (or last) place, longest."""
+    """The option whose text occurs in ``s`` as whole words: earliest start (or latest end), longest."""
     norm = f" {normalize(s)} "
     found = []
     for i, opt in enumerate(options):
@@ -143,7 +146,7 @@ def _option_in(s: str, options: list[str], last: bool = False) -> int | None:
         if o:
             at = norm.rfind(f" {o} ") if last else norm.find(f" {o} ")
             if at >= 0:
-                found.append((-at if last else at, -len(o), i))
+                found.append((-(at + len(o)) if last else at, -len(o), i))
     return min(found)[2] if found else None
 
 
@@ -159,7 +162,7 @@ def parse_choice(rest: str, options: list[str]) -> int | None:
     after "that"). "A man ..." is read as the option text when an option starts that way.
     """
     s = rest.lstrip(_STRIP + "([")
-    s = re.sub(r"^(?i:that|to|the\s+(?:option|choice|letter)|option|choice|letter)\s+", "", s).lstrip(_STRIP)
+    s = re.sub(r"^(?i:that|to|the\s+(?:option|choice|letter|answer)|option|choice|letter)\s+", "", s).lstrip(_STRIP)
     m = re.match(r"([\(\[])?([A-Ja-j])([\)\]])?(?=$|[^A-Za-z0-9'’])", s)
     if m:
         bare = not (m.group(1) or m.group(3))
