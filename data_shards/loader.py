@@ -1,0 +1,327 @@
+"""Streaming loader: WebDataset video shards -> decoded frames -> batches of question samples.
+
+Pipeline of one DataLoader worker (webdataset 1.0.2 stages, see :mod:`data_shards.pipeline`)::
+
+    brace-expanded URLs (paths, pipe:...) -> shard source: seeded per-epoch shuffle, split by rank
+    then by worker (or ResampledShards) -> tar reader (handler: skip + count) -> shuffle buffer
+    (raw samples, before decoding) -> decode T frames with torchcodec (handler: skip + count)
+    -> one sample per question (+ reasoning joined by qid) -> lists of batch_size questions
+    -> with_epoch(ceil(epoch_batches / workers))
+
+The main process iterates a torch DataLoader over that pipeline and stops after exactly
+``epoch_batches`` batches. Because the shard source keeps making new passes over the rank's
+shards (or resamples) whenever ``epoch_batches`` is set, a rank with fewer or smaller shards
+never runs dry, so every rank yields the same number of batches and no collective waits.
+With ``epoch_batches=None`` an epoch is a single pass over the rank's shards: every question
+exactly once over all ranks and workers, but ranks may differ in batch count.
+
+Usage::
+
+    loader = build_loader(LoaderConfig(urls="shards/train-{000000..000099}.tar", epoch_batches=500))
+    for batch in loader:          # one epoch; iterate again for the next one
+        ...                       # batch: list of question samples, frames uint8 [T, 3, H, W]
+    print(loader.stats())         # skipped shards / samples by category, videos, questions, ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from data_shards.pipeline import (FAILURES, Progress, ShardSource, SharedCounters, SkipHandler, decode_video,
+                                  expand_questions, read_tar_samples)
+
+log = logging.getLogger("data_shards.loader")
+
+
+@dataclass
+class LoaderConfig:
+    """What to read and how to batch it; one loader per rank."""
+
+    urls: str | list[str] = ""
+    """Shard URLs: a brace pattern (``shards/train-{000000..000031}.tar``; several joined by
+    ``::``), or a list of them; local paths or ``pipe:COMMAND`` URLs (e.g. ``pipe:cat x.tar``)."""
+    num_frames: int = 8
+    """T, frames per video, taken at the middles of T equal segments of the video or its clip."""
+    frame_size: tuple[int, int] | None = (224, 224)
+    """(height, width) the decoder resizes to; None keeps each video's own size (then videos
+    of different sizes cannot be stacked by the consumer)."""
+    batch_size: int = 8
+    """Question samples per batch."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank (0: decode in the main process)."""
+    shuffle_shards: bool = True
+    """Shuffle the shard list (same permutation on every rank, new for every epoch and pass)."""
+    shuffle_buffer: int = 32
+    """Videos held in the sample shuffle buffer (raw bytes, before decoding); 0 or 1: no shuffle."""
+    resample: bool = False
+    """Draw shards with replacement (webdataset ResampledShards) instead of splitting them;
+    needs ``epoch_batches``."""
+    seed: int = 0
+    """Seed of the shard permutation, the shuffle buffer and resampling."""
+    epoch_batches: int | None = None
+    """Batches every rank yields per epoch (passes over the shards repeat as needed); None: one
+    pass over this rank's shards."""
+    decode: bool = True
+    """Decode frames; False yields question samples with ``frames=None`` (fast inspection)."""
+    decode_threads: int = 1
+    """FFmpeg threads per decoder (1 suits several workers; more helps ``num_workers=0``)."""
+    log_every_s: float = 30.0
+    """At most one warning per skip category and process in this many seconds."""
+    prefetch_factor: int = 2
+    """Batches each worker prepares ahead."""
+    timeout_s: float = 0.0
+    """Fail if a worker gives no batch for this long (0: wait forever)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes carried into logs (e.g. the recipe name); not read by the loader."""
+
+
+def expand_urls(urls: str | list[str]) -> list[str]:
+    """Brace-expand a pattern (``::`` separates several) or each entry of a list."""
+    from webdataset.shardlists import expand_urls as wds_expand
+
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for item in items:
+        out.extend(u for u in wds_expand(item) if u)
+    return out
+
+
+def resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Rank and world size: the arguments, else launcher variables, else torch.distributed, else (0, 1)."""
+    if rank is not None or world_size is not None:
+        if rank is None or world_size is None:
+            raise ValueError(f"give both rank and world_size or neither (got rank={rank}, world_size={world_size})")
+    else:
+        from data_shards.distenv import world_info_from_env
+
+        info = world_info_from_env()
+        if info.launcher != "none":
+            rank, world_size = info.rank, info.world_size
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            rank, world_size = 0, 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world size {world_size})")
+    return rank, world_size
+
+
+def _identity(batch):
+    return batch
+
+
+class VideoQALoader:
+    """Iterable over batches (``list[dict]`` question samples); one ``for`` loop = one epoch.
+
+    Attributes:
+        rank, world_size: this loader's place in the job.
+        urls: all expanded shard URLs (before the split).
+        num_batches: batches per epoch, or None for one pass (unknown in advance).
+    """
+
+    def __init__(self, cfg: LoaderConfig, urls: list[str], rank: int, world_size: int,
+                 reasoning: dict[str, dict] | None):
+        import webdataset as wds
+        from webdataset.filters import batched, map as wds_map, shuffle
+
+        self.cfg, self.urls, self.rank, self.world_size = cfg, urls, rank, world_size
+        self.num_batches = cfg.epoch_batches
+        self.counters = SharedCounters(cfg.num_workers)
+        self._has_reasoning = reasoning is not None
+        self._epoch = 0
+        handler = SkipHandler(self.counters, cfg.log_every_s)
+        progress = Progress()
+        repeat = cfg.epoch_batches is not None
+        self.source = ShardSource(urls, rank, world_size, seed=cfg.seed, shuffle=cfg.shuffle_shards, repeat=repeat,
+                                  resample=cfg.resample, counters=self.counters, progress=progress)
+        size = tuple(cfg.frame_size) if cfg.frame_size is not None else None
+
+        # partials of module-level functions (not closures) so the pipeline also pickles for
+        # workers started with "spawn".
+        decode = functools.partial(decode_video, num_frames=cfg.num_frames, size=size, decode=cfg.decode,
+                                   num_threads=cfg.decode_threads, counters=self.counters)
+        stages: list[Any] = [self.source, read_tar_samples(handler, progress)]
+        if cfg.shuffle_buffer > 1:
+            stages.append(_SeededShuffle(shuffle, cfg.shuffle_buffer, self))
+        stages += [wds_map(decode, handler=handler),
+                   functools.partial(expand_questions, reasoning=reasoning),
+                   batched(cfg.batch_size, collation_fn=None, partial=not repeat)]
+        self.dataset = wds.DataPipeline(*stages)
+        if repeat:
+            # with_epoch counts what ONE worker yields; the main loop cuts the merged stream at
+            # exactly epoch_batches, so each worker needs ceil(epoch_batches / workers).
+            self.dataset = self.dataset.with_epoch(nbatches=math.ceil(cfg.epoch_batches / max(cfg.num_workers, 1)))
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``for`` loop will run (0-based)."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of the next iteration (e.g. when resuming); it seeds the shard order."""
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("a one-pass loader (epoch_batches=None) has no length known in advance")
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        cfg = self.cfg
+        epoch = self._epoch
+        self._epoch += 1
+        self.source.epoch = epoch  # workers copy the pipeline (and this value) when they start
+        kwargs: dict[str, Any] = {}
+        if cfg.num_workers > 0:
+            kwargs = dict(prefetch_factor=cfg.prefetch_factor, timeout=cfg.timeout_s)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers,
+                                             collate_fn=_identity, **kwargs)
+        iterator = iter(loader)
+        yielded = 0
+        try:
+            for batch in iterator:
+                self._count(batch)
+                yield batch
+                yielded += 1
+                if self.num_batches is not None and yielded >= self.num_batches:
+                    break
+        finally:
+            del iterator  # stops the workers now, not at garbage collection
+        if self.num_batches is not None and yielded < self.num_batches:
+            raise RuntimeError(f"rank {self.rank}: epoch {epoch} ended after {yielded} of {self.num_batches} "
+                               f"batches (stats: {self.stats()})")
+        self.counters.add("epochs")
+        self._report(epoch, yielded)
+
+    def _count(self, batch: list[dict]) -> None:
+        self.counters.add("batches")
+        self.counters.add("questions", len(batch))
+        if self._has_reasoning:
+            joined = sum(s["reasoning"] is not None for s in batch)
+            self.counters.add("reasoning_joined", joined)
+            self.counters.add("reasoning_missing", len(batch) - joined)
+
+    def _report(self, epoch: int, batches: int) -> None:
+        stats = self.stats()
+        skipped = {k: stats[k] for k in FAILURES if stats[k]}
+        if skipped:
+            log.warning("rank %d epoch %d: %d batches; skipped so far: %s", self.rank, epoch, batches,
+                        ", ".join(f"{v} {k}" for k, v in skipped.items()))
+
+    def stats(self) -> dict[str, int]:
+        """Counters summed over the main process and all workers, cumulative over epochs.
+
+        Keys: missing_shard, corrupt_tar, corrupt_video, bad_record, incomplete_sample (skips),
+        shards, videos (decoded), questions, batches, epochs (yielded), reasoning_joined,
+        reasoning_missing.
+        """
+        return self.counters.totals()
+
+
+class _SeededShuffle:
+    """The webdataset shuffle buffer, seeded by (seed, epoch, rank, worker) at iteration time."""
+
+    def __init__(self, shuffle, bufsize: int, owner: VideoQALoader):
+        self.shuffle, self.bufsize, self.owner = shuffle, bufsize, owner
+
+    def __call__(self, src):
+        import random
+
+        from data_shards.pipeline import worker_slot
+
+        o = self.owner
+        rng = random.Random(f"samples:{o.cfg.seed}:{o.source.epoch}:{o.rank}:{worker_slot()[0]}")
+        return self.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(src)
+
+
+def build_loader(cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None,
+                 reasoning: dict[str, dict] | None = None) -> VideoQALoader:
+    """Build this rank's loader (contract 3).
+
+    Args:
+        cfg: what to read and how.
+        rank, world_size: this process's place; None: from the launcher's environment
+            (:func:`data_shards.distenv.world_info_from_env`), else torch.distributed, else 0 of 1.
+        reasoning: reasoning records by qid (``reasoning_gen.records.load_reasoning``); each
+            question sample gets its record under "reasoning" (None when absent).
+
+    Returns:
+        An iterable over batches (``list[dict]`` of question samples, frames uint8
+        ``[T, 3, H, W]``) with ``.stats()``.
+
+    Raises:
+        ValueError: no URLs, bad sizes, resampling without ``epoch_batches``, or fewer shards
+            than ``num_workers * world_size`` (some worker would get none).
+    """
+    rank, world_size = resolve_world(rank, world_size)
+    urls = expand_urls(cfg.urls)
+    if not urls:
+        raise ValueError(f"LoaderConfig.urls {cfg.urls!r} expands to no shard URL")
+    for name in ("num_frames", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"LoaderConfig.{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.num_workers < 0:
+        raise ValueError(f"LoaderConfig.num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.epoch_batches is not None and cfg.epoch_batches < 1:
+        raise ValueError(f"LoaderConfig.epoch_batches must be >= 1 or None, got {cfg.epoch_batches}")
+    if cfg.resample and cfg.epoch_batches is None:
+        raise ValueError("LoaderConfig.resample=True draws shards forever: set epoch_batches")
+    need = max(cfg.num_workers, 1) * world_size
+    if not cfg.resample and len(urls) < need:
+        raise ValueError(f"{len(urls)} shard(s) for {world_size} rank(s) x {max(cfg.num_workers, 1)} worker(s): "
+                         f"every worker needs at least one shard; write more shards ({need}+), use fewer "
+                         f"workers, or set resample=True (urls: {cfg.urls!r})")
+    return VideoQALoader(cfg, urls, rank, world_size, reasoning)
+
+
+def _parse_size(text: str) -> tuple[int, int] | None:
+    if text.lower() in ("none", "native"):
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must be HxW (e.g. 64x64) or 'native', got {text!r}") from None
+    return h, w
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m data_shards load SHARDS``: stream shards and print batches and the final stats."""
+    p = argparse.ArgumentParser(prog="python -m data_shards load", description=main.__doc__)
+    p.add_argument("shards", help="shard URL pattern, e.g. 'shards/train-{000000..000009}.tar' or 'pipe:cat x.tar'")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=_parse_size, default=(64, 64), help="HxW, or 'native'")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches")
+    p.add_argument("--epoch-batches", type=int, default=None)
+    p.add_argument("--resample", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-decode", action="store_true", help="skip frame decoding")
+    p.add_argument("--reasoning", nargs="*", default=None, help="reasoning jsonl files to join by qid")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    reasoning = None
+    if args.reasoning:
+        from reasoning_gen.records import load_reasoning
+
+        reasoning = load_reasoning(args.reasoning)
+    cfg = LoaderConfig(urls=args.shards, num_frames=args.frames, frame_size=args.size, batch_size=args.batch_size,
+                       num_workers=args.workers, resample=args.resample, seed=args.seed,
+                       epoch_batches=args.epoch_batches, decode=not args.no_decode)
+    loader = build_loader(cfg, reasoning=reasoning)
+    print(f"loader: {len(loader.urls)} shard(s), rank {loader.rank} of {loader.world_size}; "
+          f"config {json.dumps(asdict(cfg))}")
+    for i, batch in enumerate(itertools.islice(loader, args.max_batches)):
+        items = ", ".join(f"{s['qid']} {tuple(s['frames'].shape) if s['frames'] is not None else None}" for s in batch)
+        print(f"batch {i}: {len(batch)} question(s): {items}")
+    print("stats: " + json.dumps(loader.stats(), sort_keys=True))
+    return 0

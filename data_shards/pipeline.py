@@ -1,0 +1,284 @@
+"""Stages of the streaming loader (see :mod:`data_shards.loader` for the assembled pipeline).
+
+Everything here runs inside DataLoader worker processes:
+
+- :class:`SharedCounters`: skip / progress counters in a shared-memory table created by the main
+  process *before* the workers start, one row per worker (so increments never race) plus one row
+  for the main process; the main process sums the rows, which is how ``loader.stats()`` sees what
+  happened inside the workers.
+- :class:`SkipHandler`: the ``handler=`` given to the tar reader and to the decode map. It sorts
+  an exception into a category (missing_shard, corrupt_tar, corrupt_video, bad_record,
+  incomplete_sample), counts it, logs at most one line per category every ``log_every_s`` seconds,
+  and lets the pipeline go on. Anything it cannot place is re-raised: a bug must not turn into a
+  quietly empty epoch.
+- :class:`ShardSource`: this (rank, worker)'s shard URLs: one pass, endless passes (each one a new
+  seeded permutation, so that a rank with fewer shards never runs dry), or resampling.
+- :func:`decode_video` and :func:`expand_questions`: one tar sample -> frames -> question samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tarfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from data_shards.frames import DecodeError, decode_frames
+from data_shards.schema import SchemaError, validate_record
+
+log = logging.getLogger("data_shards.loader")
+
+FAILURES = ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record", "incomplete_sample")
+"""Skip categories: every skipped shard or sample is counted in exactly one of these."""
+PROGRESS = ("shards", "videos", "questions", "batches", "epochs", "reasoning_joined", "reasoning_missing")
+"""shards: shard URLs handed to the tar reader; videos: videos decoded (workers); questions,
+batches, epochs: what the loader yielded (main process); reasoning_*: yielded questions with /
+without a joined reasoning record (only counted when reasoning records were given)."""
+COUNTERS = FAILURES + PROGRESS
+
+
+def worker_slot() -> tuple[int, int]:
+    """``(worker id, number of workers)`` of the calling DataLoader worker; ``(0, 1)`` in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class SharedCounters:
+    """Integer counters that DataLoader workers write and the main process reads.
+
+    A ``[num_workers + 1, len(names)]`` int64 tensor in shared memory, made before any worker is
+    started (workers inherit it through fork, or receive it as a shared-memory handle under
+    spawn). Row ``w`` belongs to worker ``w`` and the last row to the main process, so no two
+    processes ever write the same cell.
+    """
+
+    def __init__(self, num_workers: int, names: tuple[str, ...] = COUNTERS):
+        self.names = names
+        self._index = {n: i for i, n in enumerate(names)}
+        self.table = torch.zeros(max(num_workers, 0) + 1, len(names), dtype=torch.int64).share_memory_()
+
+    def add(self, name: str, n: int = 1) -> None:
+        info = torch.utils.data.get_worker_info()
+        row = self.table.shape[0] - 1 if info is None else info.id
+        self.table[row, self._index[name]] += n
+
+    def totals(self) -> dict[str, int]:
+        sums = self.table.sum(dim=0).tolist()
+        return {name: int(v) for name, v in zip(self.names, sums)}
+
+
+class IncompleteSample(ValueError):
+    """A tar sample without its ``.json`` record or without the video member it names."""
+
+
+def _pipe_of(exn: BaseException):
+    """The webdataset ``Pipe`` stream attached to an exception's args, if any."""
+    from webdataset.gopen import Pipe
+
+    return next((a for a in exn.args if isinstance(a, Pipe)), None)
+
+
+def _url_of(exn: BaseException) -> str | None:
+    """webdataset appends the shard URL to ``exn.args``; the last string-like arg is it."""
+    strings = [a for a in exn.args[1:] if isinstance(a, str)]
+    return strings[-1] if strings else None
+
+
+def classify(exn: BaseException) -> tuple[str, str] | None:
+    """``(category, message)`` for a skippable exception, None for one that must propagate."""
+    first = str(exn.args[0]) if exn.args else type(exn).__name__
+    url = _url_of(exn)
+    where = f" [{url}]" if url and url not in first else ""
+    pipe = _pipe_of(exn)
+    if pipe is not None:
+        try:  # a failed pipe command (e.g. `cat` of a missing file) may not have exited yet
+            status = pipe.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - an unfinished pipe is judged by the error itself
+            status = None
+        if status not in (None, 0, 141):
+            return "missing_shard", f"shard command exited with status {status}{where}: {first}"
+    if isinstance(exn, FileNotFoundError):
+        return "missing_shard", f"shard not found{where}: {exn.filename or first}"
+    if isinstance(exn, OSError) and ": exit " in first:
+        return "missing_shard", f"shard command failed{where}: {first}"
+    if isinstance(exn, DecodeError):
+        return "corrupt_video", str(exn)
+    if isinstance(exn, IncompleteSample):
+        return "incomplete_sample", first
+    if isinstance(exn, (SchemaError, json.JSONDecodeError, UnicodeDecodeError)):
+        return "bad_record", f"{first}{where}"
+    if isinstance(exn, (tarfile.TarError, EOFError, zlib.error)) or (
+            isinstance(exn, ValueError) and "duplicate file name in tar" in first):
+        return "corrupt_tar", f"{type(exn).__name__}: {first}{where}"
+    return None
+
+
+class SkipHandler:
+    """webdataset ``handler=``: count and rate-limit-log a skippable error, re-raise anything else.
+
+    Args:
+        counters: where the skip is counted (category name = counter name).
+        log_every_s: at most one warning per category per process in this many seconds; the
+            next line says how many were not logged in between.
+    """
+
+    def __init__(self, counters: SharedCounters, log_every_s: float = 30.0):
+        self.counters = counters
+        self.log_every_s = log_every_s
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def __call__(self, exn: BaseException) -> bool:
+        found = classify(exn)
+        if found is None:
+            raise exn
+        category, message = found
+        self.counters.add(category)
+        now = time.monotonic()
+        if now - self._last.get(category, -1e18) >= self.log_every_s:
+            extra = self._unlogged.pop(category, 0)
+            more = f" (+{extra} more since the last {category} report)" if extra else ""
+            log.warning("skipped %s: %s%s", category, message, more)
+            self._last[category] = now
+        else:
+            self._unlogged[category] = self._unlogged.get(category, 0) + 1
+        return True
+
+
+class Progress:
+    """Per-process tally the shard source reads to notice a pass that produced no sample at all."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+
+class ShardSource:
+    """The shard URLs of one (rank, worker), as ``dict(url=...)`` (webdataset's shard-list items).
+
+    Modes:
+        one pass (``repeat=False``): the list (shuffled with ``(seed, epoch)`` if ``shuffle``),
+            split by rank, then by worker; every shard exactly once over all ranks and workers.
+        endless passes (``repeat=True``): pass ``p`` uses permutation ``(seed, epoch, p)``, split
+            the same way, so in every pass the ranks and workers still hold disjoint shards; the
+            loader cuts the stream after a fixed number of batches.
+        resampling (``resample=True``): webdataset ``ResampledShards`` with a seed that depends on
+            (seed, epoch, rank, worker); no split (each draw is independent).
+
+    ``epoch`` is set by the loader in the main process before workers start (they copy it).
+    """
+
+    def __init__(self, urls: list[str], rank: int, world_size: int, *, seed: int, shuffle: bool,
+                 repeat: bool, resample: bool, counters: SharedCounters, progress: Progress):
+        self.urls = list(urls)
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle, self.repeat, self.resample = seed, shuffle, repeat, resample
+        self.counters, self.progress = counters, progress
+        self.epoch = 0
+
+    def my_shards(self, pass_index: int) -> list[str]:
+        """This rank's and worker's shards in pass ``pass_index`` (one-pass / endless modes)."""
+        import webdataset as wds
+
+        order = list(self.urls)
+        if self.shuffle:
+            random.Random(f"shards:{self.seed}:{self.epoch}:{pass_index}").shuffle(order)
+        return list(wds.split_by_worker(order[self.rank::self.world_size]))
+
+    def __call__(self) -> Iterator[dict[str, str]]:
+        if self.resample:
+            yield from self._resampled()
+            return
+        for pass_index in range(1 << 62):
+            before = self.progress.samples
+            shards = self.my_shards(pass_index)
+            for url in shards:
+                self.counters.add("shards")
+                yield dict(url=url)
+            if not self.repeat:
+                return
+            if self.progress.samples == before:
+                worker, _ = worker_slot()
+                raise RuntimeError(f"rank {self.rank} worker {worker}: a whole pass over its {len(shards)} "
+                                   f"shards gave no readable sample (counters: {self.counters.totals()}); "
+                                   f"shards: {shards[:5]}")
+
+    def _resampled(self) -> Iterator[dict[str, str]]:
+        import webdataset as wds
+
+        worker, _ = worker_slot()
+        shards = wds.ResampledShards(self.urls, seed=self.seed * 1_000_003 + self.epoch, deterministic=True,
+                                     worker_seed=lambda: self.rank * 65_536 + worker)
+        # Stop only when many draws in a row gave nothing: with 1 good shard in N, 10 N + 10
+        # empty draws in a row happen with probability ~e^-10.
+        limit, empty, before = 10 * len(self.urls) + 10, 0, self.progress.samples
+        for item in shards:
+            empty = empty + 1 if self.progress.samples == before else 0
+            before = self.progress.samples
+            if empty > limit:
+                raise RuntimeError(f"rank {self.rank} worker {worker}: {limit} resampled shards in a row gave "
+                                   f"no readable sample (counters: {self.counters.totals()})")
+            self.counters.add("shards")
+            yield item
+
+
+def read_tar_samples(handler: Callable[[BaseException], bool], progress: Progress):
+    """webdataset tar reading (open URL, iterate members, group by key) that also feeds ``progress``."""
+    from webdataset.tariterators import tarfile_samples
+
+    def stage(src):
+        for sample in tarfile_samples(src, handler=handler):
+            progress.samples += 1
+            yield sample
+
+    return stage
+
+
+def decode_video(sample: dict[str, Any], *, num_frames: int, size: tuple[int, int] | None, decode: bool,
+                 num_threads: int, counters: SharedCounters) -> dict[str, Any]:
+    """One tar sample (``{key}.json`` + ``{key}.{ext}``) -> ``{"record", "frames", "__key__", "__url__"}``.
+
+    ``frames`` is uint8 ``[T, 3, H, W]`` (None when ``decode`` is False).
+
+    Raises:
+        IncompleteSample, SchemaError / JSONDecodeError, DecodeError: all naming the shard and key.
+    """
+    key, url = sample.get("__key__"), sample.get("__url__")
+    where = f"{url}: sample {key}"
+    if "json" not in sample:
+        raise IncompleteSample(f"{where}: no {key}.json record (members: {sorted(k for k in sample if not k.startswith('__'))})")
+    record = json.loads(sample["json"])
+    validate_record(record, f"{url}:{key}.json")
+    member = record["video"]
+    stem, _, ext = member.rpartition(".")
+    if stem != key or not ext:
+        raise SchemaError(f"{url}:{key}.json", "video", f"{member!r} is not a member name {key}.<ext>")
+    ext = ext.lower()
+    if ext not in sample:
+        raise IncompleteSample(f"{where}: no video member {member} next to its record")
+    frames = None
+    if decode:
+        frames = decode_frames(sample[ext], num_frames, size, record["start"], record["end"],
+                               name=f"{url}:{member}", num_threads=num_threads)
+    counters.add("videos")
+    return {"record": record, "frames": frames, "__key__": key, "__url__": url}
+
+
+def expand_questions(videos: Iterator[dict[str, Any]], reasoning: dict[str, dict] | None) -> Iterator[dict[str, Any]]:
+    """Decoded videos -> one question sample per QA (contract 3); ``reasoning`` joined by qid.
+
+    Every question of a video shares the same ``frames`` tensor (no copy).
+    """
+    for video in videos:
+        rec = video["record"]
+        for qa in rec["qas"]:
+            yield {"qid": qa["qid"], "video_id": rec["video_id"], "dataset": rec["dataset"], "split": rec["split"],
+                   "question": qa["question"], "options": list(qa["options"]), "answer": qa["answer"],
+                   "qtype": qa["qtype"], "extra": qa["extra"], "frames": video["frames"],
+                   "reasoning": reasoning.get(qa["qid"]) if reasoning else None,
+                   "__key__": video["__key__"], "__url__": video["__url__"]}

@@ -1,0 +1,219 @@
+"""The streaming loader in one process (0 or 2 DataLoader workers) on real tars of real mp4s."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_shards.loader import LoaderConfig, build_loader, main
+from tests.data_shards.media_helpers import encode_indexed_mp4, frame_index, make_record, make_shards, write_tar
+
+SIZE = (24, 32)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """5 shards of 3, 1, 4, 2, 2 videos (12 videos, 30 questions) of one real 2 s testsrc2 mp4."""
+    out = tmp_path_factory.mktemp("shards")
+    paths, expected = make_shards(out, [3, 1, 4, 2, 2])
+    return out, paths, expected
+
+
+def cfg_for(urls, **kw) -> LoaderConfig:
+    base = dict(urls=urls, num_frames=3, frame_size=SIZE, batch_size=4, num_workers=2, shuffle_buffer=4,
+                log_every_s=0.0)
+    base.update(kw)
+    return LoaderConfig(**base)
+
+
+def pattern(out: Path, n: int) -> str:
+    return str(out / ("shard-{000000..%06d}.tar" % (n - 1)))
+
+
+def collect(loader) -> tuple[list[list[dict]], collections.Counter]:
+    batches = [batch for batch in loader]
+    return batches, collections.Counter(s["qid"] for b in batches for s in b)
+
+
+def test_round_trip_every_question_exactly_once_per_epoch(shards):
+    out, paths, expected = shards
+    some = sorted(expected)[::3]
+    reasoning = {q: {"qid": q, "refined": f"steps for {q}"} for q in some}
+    loader = build_loader(cfg_for(pattern(out, len(paths))), rank=0, world_size=1, reasoning=reasoning)
+    orders = []
+    for epoch in range(2):
+        batches, seen = collect(loader)
+        assert seen == collections.Counter(list(expected)), f"epoch {epoch}: not every question exactly once"
+        assert all(1 <= len(b) <= 4 for b in batches)
+        assert sum(len(b) == 4 for b in batches) >= len(batches) - 2  # partial batch only at each worker's end
+        for sample in (s for b in batches for s in b):
+            want = expected[sample["qid"]]
+            assert sample["answer"] == want["answer"]
+            assert sample["__key__"] == want["key"] and sample["video_id"] == want["video_id"]
+            assert sample["__url__"] in {str(p) for p in paths}
+            assert sample["dataset"] == "synthetic" and sample["split"] == "train" and sample["qtype"] == "DO"
+            assert sample["options"] == ["red", "green", "blue"] and sample["extra"]["j"] >= 0
+            assert sample["frames"].dtype == torch.uint8 and tuple(sample["frames"].shape) == (3, 3, *SIZE)
+            assert sample["reasoning"] == reasoning.get(sample["qid"])
+        orders.append([s["qid"] for b in batches for s in b])
+    assert orders[0] != orders[1], "shard order and shuffle buffer must change with the epoch"
+    stats = loader.stats()
+    assert stats["questions"] == 2 * len(expected) and stats["videos"] == 2 * 12 and stats["epochs"] == 2
+    assert stats["reasoning_joined"] == 2 * len(some)
+    assert stats["reasoning_missing"] == 2 * (len(expected) - len(some))
+    assert all(stats[k] == 0 for k in ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record"))
+
+
+def test_same_seed_same_order_and_decode_off(shards):
+    out, paths, expected = shards
+    cfg = cfg_for(pattern(out, len(paths)), num_workers=0, decode=False, seed=3)
+    first = [s["qid"] for b in build_loader(cfg, 0, 1) for s in b]
+    again = build_loader(cfg, 0, 1)
+    batches = list(again)
+    assert [s["qid"] for b in batches for s in b] == first
+    assert all(s["frames"] is None for b in batches for s in b)
+    assert again.stats()["videos"] == 12
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, shards):
+    """Good shards + a corrupt tar + a good tar holding one corrupt mp4 + a missing shard name."""
+    out, paths, expected = shards
+    bad = tmp_path_factory.mktemp("broken")
+    (bad / "shard-000000.tar").write_bytes(os.urandom(20_000))  # corrupt tar
+    video = paths[0].parent.joinpath("_src.mp4").read_bytes()
+    good_key, bad_key = "synthetic__train__g0", "synthetic__train__g1"
+    rec_good, rec_bad = make_record(good_key, "g0", 2), make_record(bad_key, "g1", 2)
+    write_tar(bad / "shard-000001.tar", [(rec_good, video), (rec_bad, b"\x00\x00\x00\x18ftypmp42" + os.urandom(5000))])
+    urls = [str(bad / "shard-000000.tar"), str(bad / "shard-000001.tar"), str(bad / "shard-000009.tar")]
+    urls += [str(p) for p in paths]
+    want = dict(expected)
+    want.update({qa["qid"]: {"answer": qa["answer"]} for qa in rec_good["qas"]})
+    return urls, want, [qa["qid"] for qa in rec_bad["qas"]]
+
+
+def test_corrupt_tar_corrupt_video_and_missing_shard_are_skipped_and_counted(broken):
+    urls, want, bad_qids = broken
+    loader = build_loader(cfg_for(urls), rank=0, world_size=1)
+    _, seen = collect(loader)
+    assert seen == collections.Counter(list(want)), "every good question exactly once, nothing from the bad video"
+    assert not set(bad_qids) & set(seen)
+    stats = loader.stats()  # counted inside 2 worker processes, read in the main one
+    assert (stats["corrupt_tar"], stats["corrupt_video"], stats["missing_shard"]) == (1, 1, 1), stats
+    assert stats["shards"] == len(urls)
+
+
+def test_skips_are_logged_with_a_rate_limit(broken, caplog):
+    urls, want, _ = broken
+    caplog.set_level(logging.WARNING, logger="data_shards.loader")
+    loader = build_loader(cfg_for(urls, num_workers=0, log_every_s=3600.0), 0, 1)
+    list(loader)
+    list(loader)  # second epoch: the same three failures again, within the hour: not logged again
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(lines) == 3, lines
+    assert any("corrupt_video" in m and "synthetic__train__g1.mp4" in m for m in lines)
+    assert any("missing_shard" in m and "shard-000009.tar" in m for m in lines)
+    assert any("corrupt_tar" in m and "shard-000000.tar" in m for m in lines)
+    assert loader.stats()["corrupt_video"] == 2
+    assert any("epoch 1" in r.getMessage() and "2 corrupt_tar" in r.getMessage() for r in caplog.records)
+
+
+def test_incomplete_samples_and_bad_records_are_counted(tmp_path, shards):
+    out, paths, expected = shards
+    video = paths[0].parent.joinpath("_src.mp4").read_bytes()
+    import webdataset as wds
+
+    with wds.TarWriter(str(tmp_path / "odd.tar")) as sink:
+        sink.write({"__key__": "synthetic__train__lonely", "mp4": video})  # no record
+        rec = make_record("synthetic__train__novideo", "novideo", 1)
+        sink.write({"__key__": "synthetic__train__novideo", "json": json.dumps(rec).encode()})  # no video
+        sink.write({"__key__": "synthetic__train__badjson", "json": b"{not json", "mp4": video})
+        rec = make_record("synthetic__train__noqas", "noqas", 1)
+        rec["qas"] = []
+        sink.write({"__key__": "synthetic__train__noqas", "json": json.dumps(rec).encode(), "mp4": video})
+        rec = make_record("synthetic__train__ok", "ok", 2)
+        sink.write({"__key__": "synthetic__train__ok", "json": json.dumps(rec).encode(), "mp4": video})
+    loader = build_loader(cfg_for(str(tmp_path / "odd.tar"), num_workers=0), 0, 1)
+    _, seen = collect(loader)
+    assert set(seen) == {"synthetic/train/ok/q0", "synthetic/train/ok/q1"}
+    stats = loader.stats()
+    assert (stats["incomplete_sample"], stats["bad_record"]) == (2, 2), stats
+
+
+def test_pipe_urls(shards):
+    out, paths, expected = shards
+    urls = [f"pipe:cat {p}" for p in paths] + [f"pipe:cat {out / 'no-such-shard.tar'}"]
+    loader = build_loader(cfg_for(urls), 0, 1)
+    _, seen = collect(loader)
+    assert seen == collections.Counter(list(expected))
+    assert loader.stats()["missing_shard"] == 1
+
+
+def test_epoch_batches_repeats_passes_with_full_batches(shards):
+    out, paths, expected = shards
+    loader = build_loader(cfg_for(pattern(out, len(paths)), epoch_batches=11, batch_size=4), 0, 1)
+    batches, seen = collect(loader)
+    assert len(batches) == 11 and len(loader) == 11
+    assert all(len(b) == 4 for b in batches), "no partial batch in the middle of a repeated stream"
+    assert set(seen) == set(expected)  # 44 questions > 30: every question, some twice
+    assert loader.stats()["batches"] == 11
+
+
+def test_resampling(shards):
+    out, paths, expected = shards
+    loader = build_loader(cfg_for(pattern(out, 2), resample=True, epoch_batches=7, num_workers=2), 0, 1)
+    epochs = [collect(loader) for _ in range(2)]
+    for batches, seen in epochs:
+        assert len(batches) == 7 and all(len(b) == 4 for b in batches)
+        assert set(seen) <= set(expected) and max(seen.values()) >= 2  # drawn with replacement
+    assert [s["qid"] for b in epochs[0][0] for s in b] != [s["qid"] for b in epochs[1][0] for s in b]
+
+
+def test_frames_follow_the_record_window(tmp_path):
+    video = encode_indexed_mp4(tmp_path / "idx.mp4", num_frames=30, fps=10, size=(32, 32), gop=10)
+    rec = make_record("synthetic__train__w", "w", 1)
+    rec["start"], rec["end"] = 1.0, 2.0
+    write_tar(tmp_path / "w.tar", [(rec, video)])
+    batch = next(iter(build_loader(cfg_for(str(tmp_path / "w.tar"), num_frames=5, num_workers=0), 0, 1)))
+    assert [frame_index(f) for f in batch[0]["frames"]] == [11, 13, 15, 17, 19]
+
+
+def test_config_errors(shards):
+    out, paths, _ = shards
+    with pytest.raises(ValueError, match=r"5 shard\(s\) for 3 rank\(s\) x 2 worker\(s\)"):
+        build_loader(cfg_for(pattern(out, len(paths))), rank=0, world_size=3)
+    with pytest.raises(ValueError, match="resample=True.*epoch_batches"):
+        build_loader(cfg_for(pattern(out, 5), resample=True), 0, 1)
+    with pytest.raises(ValueError, match="no shard URL"):
+        build_loader(cfg_for(""), 0, 1)
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        build_loader(cfg_for(pattern(out, 5)), rank=2, world_size=2)
+    with pytest.raises(TypeError, match="one-pass"):
+        len(build_loader(cfg_for(pattern(out, 5)), 0, 1))
+
+
+def test_rank_from_environment(shards, monkeypatch):
+    out, paths, expected = shards
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    loader = build_loader(cfg_for(pattern(out, 4), num_workers=1))
+    assert (loader.rank, loader.world_size) == (1, 2)
+    _, seen = collect(loader)
+    urls = {s for s in loader.source.my_shards(0)}
+    assert len(urls) == 2 and seen, "rank 1 of 2 reads 2 of the 4 shards"
+
+
+def test_cli_prints_batches_and_stats(shards, capsys):
+    out, paths, _ = shards
+    assert main([pattern(out, 5), "--frames", "2", "--size", "16x24", "--batch-size", "3", "--workers", "1",
+                 "--max-batches", "2"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("batch ") == 2 and "(2, 3, 16, 24)" in text
+    stats = json.loads(text.strip().splitlines()[-1].removeprefix("stats: "))
+    assert stats["batches"] == 2
