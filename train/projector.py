@@ -1,0 +1,156 @@
+"""The visual side of the model: the vision tower (SigLIP / CLIP from transformers) and the
+projector that pools its patch tokens per frame and maps them into the LLM's embedding space.
+
+Nothing is downloaded: a tower is built from a tiny config dict (tests, the CPU demo) or loaded
+from a local directory (real runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Normalisation constants of the public preprocessors (used when a local tower directory has
+# no preprocessor_config.json, and for towers built from a config dict).
+DEFAULT_MEAN_STD = {
+    "siglip": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    "clip": ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]),
+}
+
+
+def build_vision_tower(kind: str, path: str | None, config: dict[str, Any] | None,
+                       image_size: int | None, attn_implementation: str,
+                       dtype: torch.dtype | None = None) -> nn.Module:
+    """A SiglipVisionModel or CLIPVisionModel, from a local directory or a config dict.
+
+    Args:
+        kind: "siglip" or "clip".
+        path: local directory (``save_pretrained`` of the vision model or of the full
+            SigLIP/CLIP model); takes precedence over ``config``.
+        config: keyword arguments of SiglipVisionConfig / CLIPVisionConfig (tiny towers).
+        image_size: overrides the config dict's image_size (ignored with ``path``: a
+            pretrained tower keeps its size and frames are resized to it).
+        attn_implementation: HF attention implementation string.
+        dtype: parameter dtype when loading from ``path``.
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+
+    classes = {"siglip": (SiglipVisionModel, SiglipVisionConfig), "clip": (CLIPVisionModel, CLIPVisionConfig)}
+    if kind not in classes:
+        raise ValueError(f"model.vision.kind must be 'siglip' or 'clip', got {kind!r}")
+    model_cls, config_cls = classes[kind]
+    if path is not None:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"model.vision.path {path} is not a directory")
+        return model_cls.from_pretrained(path, local_files_only=True, attn_implementation=attn_implementation,
+                                         dtype=dtype)
+    if config is None:
+        raise ValueError("model.vision needs a path or a config dict")
+    kwargs = dict(config)
+    if image_size is not None:
+        kwargs["image_size"] = image_size
+    return model_cls._from_config(config_cls(**kwargs), attn_implementation=attn_implementation)
+
+
+def tower_mean_std(kind: str, path: str | None) -> tuple[list[float], list[float]]:
+    """Pixel mean/std of a tower: its preprocessor_config.json if there is one, else the default."""
+    if path is not None:
+        pre = Path(path) / "preprocessor_config.json"
+        if pre.is_file():
+            data = json.loads(pre.read_text())
+            if "image_mean" in data and "image_std" in data:
+                return list(data["image_mean"]), list(data["image_std"])
+    return DEFAULT_MEAN_STD[kind]
+
+
+class FrameEncoder(nn.Module):
+    """uint8 frames -> per-frame patch features of the vision tower.
+
+    Normalises with the tower's mean/std and resizes (bilinear, antialiased) when the frame size
+    differs from the tower's image_size. Non-square frames are resized to the square size.
+    """
+
+    def __init__(self, tower: nn.Module, kind: str, mean: list[float], std: list[float],
+                 feature_layer: int = -1):
+        super().__init__()
+        self.tower = tower
+        self.kind = kind
+        self.feature_layer = feature_layer
+        self.image_size = int(tower.config.image_size)
+        self.patch_size = int(tower.config.patch_size)
+        self.hidden_size = int(tower.config.hidden_size)
+        # Not persistent: they come from the tower's preprocessing config, not from training.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    def preprocess(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, H, W] -> normalised float32 [N, 3, S, S] (S = tower image_size)."""
+        if pixel_values.dtype != torch.uint8:
+            raise TypeError(f"pixel_values must be uint8 frames, got {pixel_values.dtype}")
+        x = pixel_values.float().div_(255.0)
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        return (x - self.mean) / self.std
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, H, W] -> patch features [N, grid*grid, D_vision] in the tower's dtype."""
+        dtype = next(self.tower.parameters()).dtype
+        x = self.preprocess(pixel_values).to(dtype)
+        want_hidden = self.feature_layer != -1
+        out = self.tower(pixel_values=x, output_hidden_states=want_hidden)
+        feats = out.hidden_states[self.feature_layer] if want_hidden else out.last_hidden_state
+        if self.kind == "clip":
+            feats = feats[:, 1:]  # drop CLIP's class token: only patch tokens carry layout
+        return feats
+
+
+class Projector(nn.Module):
+    """Pool patch tokens (spatial grid per frame, temporal stride over frames), then an MLP.
+
+    [B, T, P, D_vision] -> [B, groups * pool_h * pool_w, D_llm], groups = ceil(T / stride); a
+    last partial group averages the frames it has.
+    """
+
+    def __init__(self, vision_dim: int, llm_dim: int, grid: int, pool: tuple[int, int],
+                 temporal_stride: int = 1, hidden: int | None = None):
+        super().__init__()
+        ph, pw = pool
+        if not (1 <= ph <= grid and 1 <= pw <= grid):
+            raise ValueError(f"model.projector.pool {list(pool)} must lie in 1..{grid} (the tower's patch grid)")
+        if temporal_stride < 1:
+            raise ValueError(f"model.projector.temporal_stride must be >= 1, got {temporal_stride}")
+        self.grid, self.pool, self.temporal_stride = grid, (ph, pw), temporal_stride
+        hidden = hidden or llm_dim
+        self.fc1 = nn.Linear(vision_dim, hidden)
+        self.fc2 = nn.Linear(hidden, llm_dim)
+
+    @property
+    def tokens_per_group(self) -> int:
+        return self.pool[0] * self.pool[1]
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats [B, T, grid*grid, D_vision] -> [B, groups * tokens_per_group, D_llm]."""
+        B, T, P, D = feats.shape
+        if P != self.grid * self.grid:
+            raise ValueError(f"projector got {P} patch tokens per frame, expected {self.grid}x{self.grid}")
+        x = feats.reshape(B * T, self.grid, self.grid, D).permute(0, 3, 1, 2)
+        x = F.adaptive_avg_pool2d(x, self.pool)  # [B*T, D, ph, pw]
+        x = x.flatten(2).transpose(1, 2).reshape(B, T, self.tokens_per_group, D)
+        s = self.temporal_stride
+        if s > 1:
+            groups = math.ceil(T / s)
+            x = torch.stack([x[:, g * s:(g + 1) * s].mean(dim=1) for g in range(groups)], dim=1)
+        x = x.reshape(B, -1, D).to(self.fc1.weight.dtype)
+        return self.fc2(F.gelu(self.fc1(x)))
