@@ -1,0 +1,129 @@
+"""PNG plots of a report summary (:func:`eval.report.summarize`), drawn with matplotlib's Agg backend.
+
+- ``acc_per_type.png``: grouped bars, one bar per setting (label) for overall and every type,
+  error bars = the summary's interval over seeds.
+- ``acc_vs_beta.png``: overall accuracy against the reasoning-loss weight beta, one line per
+  series (multi-task runs of one reasoning source); QA-only and STL runs as dashed reference lines.
+- ``acc_vs_teacher.png``: overall accuracy against the teacher's accuracy on the training
+  questions (the percentage of reasoning chains whose conclusion was right), one line per series;
+  runs that use no teacher reasoning as dashed reference lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from eval.report import interval
+
+PLOTS = ("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a cluster node or CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _yerr(cells: list[dict[str, Any]]) -> list[list[float]]:
+    """Asymmetric error bars [below, above] from interval cells (0 where there is no interval)."""
+    below = [c["mean"] - c["lo"] if c["n"] > 1 else 0.0 for c in cells]
+    above = [c["hi"] - c["mean"] if c["n"] > 1 else 0.0 for c in cells]
+    return [below, above]
+
+
+def _series_key(meta: dict[str, Any], label: str) -> str:
+    if meta.get("series"):
+        return str(meta["series"])
+    if meta.get("task_mode"):
+        return f"{meta['task_mode']}({meta.get('reasoning_source', '?')})"
+    return label
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def plot_per_type(summary: dict[str, Any], path: Path) -> str | None:
+    """Grouped bars of accuracy per type; returns None when written, else the reason it was not."""
+    groups = summary["groups"]
+    if not groups:
+        return "no runs"
+    plt = _pyplot()
+    cols = ["overall"] + summary["types"]
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(cols) * max(1, len(groups)) ** 0.5 + 3), 4))
+    for i, g in enumerate(groups):
+        cells = [g["overall"]] + [g["per_type"][t] for t in summary["types"]]
+        xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(cols))]
+        means = [c["mean"] if c["n"] else 0.0 for c in cells]
+        ax.bar(xs, means, width, yerr=_yerr(cells), capsize=2, label=f"{g['label']} (n={len(g['seeds'])})")
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels(cols, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Accuracy per question type")
+    ax.legend(fontsize=7, loc="upper right")
+    _save(fig, path, plt)
+    return None
+
+
+def plot_vs(summary: dict[str, Any], path: Path, key: str, xlabel: str, title: str,
+            line_modes: tuple[str, ...], xlim: tuple[float, float] | None = None) -> str | None:
+    """Overall accuracy against ``meta[key]``: lines for runs with a numeric value whose task mode
+    is in ``line_modes`` (or unknown); dashed horizontal lines for the other settings."""
+    points: dict[str, dict[float, list[float]]] = {}
+    refs: dict[str, list[float]] = {}
+    for r in summary["runs"]:
+        if r["overall"] is None:
+            continue
+        x = _number(r["meta"].get(key))
+        mode = r["meta"].get("task_mode")
+        if x is not None and (mode is None or mode in line_modes):
+            points.setdefault(_series_key(r["meta"], r["label"]), {}).setdefault(x, []).append(r["overall"])
+        else:
+            refs.setdefault(r["label"], []).append(r["overall"])
+    if not points:
+        return f"no run has a numeric {key!r} in its meta"
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_x in points.items():
+        xs = sorted(by_x)
+        cells = [interval(by_x[x], summary["interval"]) for x in xs]
+        ax.errorbar(xs, [c["mean"] for c in cells], yerr=_yerr(cells), marker="o", capsize=3,
+                    label=f"{name} (n={max(c['n'] for c in cells)})")
+    for i, (label, vals) in enumerate(refs.items()):
+        ax.axhline(sum(vals) / len(vals), linestyle="--", linewidth=1, color=f"C{(len(points) + i) % 10}",
+                   label=f"{label} (n={len(vals)})")
+    all_x = [x for by_x in points.values() for x in by_x]
+    if xlim is not None and xlim[0] <= min(all_x) and max(all_x) <= xlim[1]:
+        pad = 0.05 * (xlim[1] - xlim[0])  # the whole natural range, so that sweeps read alike
+        ax.set_xlim(xlim[0] - pad, xlim[1] + pad)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("overall accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    _save(fig, path, plt)
+    return None
+
+
+def _save(fig, path: Path, plt) -> None:
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def draw_all(summary: dict[str, Any], out: Path) -> dict[str, str | None]:
+    """Draw the three plots into ``out``: plot file name -> None (written) or why it was skipped."""
+    return {
+        PLOTS[0]: plot_per_type(summary, out / PLOTS[0]),
+        PLOTS[1]: plot_vs(summary, out / PLOTS[1], "beta", "beta (weight of the reasoning loss)",
+                          "Accuracy vs beta", ("mtl",), (0.0, 1.0)),
+        PLOTS[2]: plot_vs(summary, out / PLOTS[2], "teacher_acc", "teacher accuracy on the training questions (%)",
+                          "Accuracy vs teacher accuracy", ("mtl", "stl"), (0.0, 100.0)),
+    }

@@ -1,0 +1,283 @@
+"""``python -m eval report RUNS... --out DIR``: compare evaluated runs (markdown + PNG + JSON).
+
+A RUN is a directory written by ``python -m eval run`` (``run.json`` + ``scores.json``, and
+``probes/<name>/scores.json`` per probe); an argument may also be a directory whose
+sub-directories are runs. Runs with the same label (``run.json["label"]``, e.g. "MTL(refined)")
+are seeds of one setting: the report gives, per label, the mean over seeds and an interval:
+
+- ``t95`` (default): mean ± the half-width of the 95% Student-t confidence interval of the mean,
+  ``t_{0.975, n-1} * s / sqrt(n)`` with the sample standard deviation ``s`` over the n seeds;
+- ``minmax``: mean [min, max] over the seeds.
+
+One seed gives the value without an interval. Probe results are reported as deltas (points of
+accuracy) against the same run without the probe, averaged over seeds the same way.
+
+Written to ``--out``: ``report.md`` (tables), ``summary.json`` (every number of the tables and
+every run), ``acc_per_type.png``, ``acc_vs_beta.png`` and ``acc_vs_teacher.png`` (a plot is
+skipped, with the reason in report.md, when no run has the value on its x axis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+INTERVALS = ("t95", "minmax")
+
+# Two-sided 95% Student-t critical values t_{0.975, df} for df = 1..30 (scipy is not a
+# dependency); beyond 30 the normal value 1.96 is within 2% of the t value.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (df >= 1)."""
+    if df < 1:
+        raise ValueError(f"t quantile needs df >= 1, got {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def interval(values: list[float], kind: str = "t95") -> dict[str, Any]:
+    """Mean and interval of per-seed values.
+
+    Returns:
+        ``{"n", "mean", "lo", "hi", "half", "values"}``; ``lo``/``hi`` are the interval bounds
+        (None for a single value), ``half`` the t half-width (t95) or None (minmax, n = 1).
+    """
+    if kind not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {kind!r}")
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n == 0:
+        return {"n": 0, "mean": None, "lo": None, "hi": None, "half": None, "values": []}
+    mean = sum(vals) / n
+    lo = hi = half = None
+    if n > 1 and kind == "t95":
+        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+        half = t975(n - 1) * sd / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+    elif n > 1:
+        lo, hi = min(vals), max(vals)
+    return {"n": n, "mean": mean, "lo": lo, "hi": hi, "half": half, "values": vals}
+
+
+@dataclass
+class Run:
+    """One evaluated run directory."""
+
+    path: Path
+    label: str
+    seed: int | None
+    meta: dict[str, Any]
+    scores: dict[str, Any]
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """probe name -> its scores.json result."""
+
+    @property
+    def overall(self) -> float | None:
+        return self.scores.get("overall")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def load_run(path: str | Path) -> Run:
+    """Read one run directory; a clear error naming the file and field when something is off."""
+    path = Path(path)
+    info_path, scores_path = path / "run.json", path / "scores.json"
+    for p in (info_path, scores_path):
+        if not p.is_file():
+            raise ValueError(f"{path}: not an evaluated run (missing {p.name}; write it with python -m eval run)")
+    info, scores = _read_json(info_path), _read_json(scores_path)
+    if not isinstance(info, dict) or not isinstance(scores, dict):
+        raise ValueError(f"{path}: run.json and scores.json must be json objects")
+    for key in ("overall", "per_type"):
+        if key not in scores:
+            raise ValueError(f"{scores_path}: missing field {key!r} (not an eval.score result)")
+    meta = info.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{info_path}: field 'meta' must be an object, got {type(meta).__name__}")
+    label = info.get("label") or path.name
+    seed = meta.get("seed")
+    probes = {}
+    for name in info.get("probes") or {}:
+        p = path / "probes" / name / "scores.json"
+        if not p.is_file():
+            raise ValueError(f"{info_path}: probe {name!r} listed but {p} is missing")
+        probes[name] = _read_json(p)
+    return Run(path=path, label=str(label), seed=None if seed is None else int(seed), meta=meta,
+               scores=scores, probes=probes)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """Runs from arguments that are run directories or directories of run directories."""
+    runs: list[Run] = []
+    for arg in paths:
+        arg = Path(arg)
+        if (arg / "run.json").is_file():
+            runs.append(load_run(arg))
+        elif arg.is_dir():
+            subs = sorted(d for d in arg.iterdir() if (d / "run.json").is_file())
+            if not subs:
+                raise ValueError(f"{arg}: neither a run directory nor a directory of runs (no run.json)")
+            runs.extend(load_run(d) for d in subs)
+        else:
+            raise ValueError(f"{arg}: no such run directory")
+    if not runs:
+        raise ValueError("no runs given")
+    return runs
+
+
+def _group_order(runs: list[Run]) -> list[str]:
+    return list(dict.fromkeys(r.label for r in runs))
+
+
+def _type_columns(runs: list[Run]) -> list[str]:
+    return list(dict.fromkeys(g for r in runs for g in r.scores["per_type"]))
+
+
+def summarize(runs: list[Run], kind: str = "t95") -> dict[str, Any]:
+    """Per-label aggregates over seeds: overall, per type, probe deltas; plus every run.
+
+    A seed whose value is None (a group without questions) is left out of that cell's interval.
+    """
+    types = _type_columns(runs)
+    probe_names = list(dict.fromkeys(p for r in runs for p in r.probes))
+    groups = []
+    for label in _group_order(runs):
+        members = [r for r in runs if r.label == label]
+        seeds = [r.seed for r in members]
+        if len(set(seeds)) != len(seeds):
+            dup = sorted({str(s) for s in seeds if seeds.count(s) > 1})
+            raise ValueError(f"runs labelled {label!r} repeat seed(s) {', '.join(dup)}: "
+                             f"{', '.join(str(r.path) for r in members)}")
+        per_type = {t: interval([r.scores["per_type"][t] for r in members
+                                 if r.scores["per_type"].get(t) is not None], kind) for t in types}
+        probes = {}
+        for name in probe_names:
+            deltas = [r.probes[name]["overall"] - r.overall for r in members
+                      if name in r.probes and r.probes[name].get("overall") is not None and r.overall is not None]
+            probes[name] = interval(deltas, kind)
+        groups.append({
+            "label": label, "seeds": seeds, "runs": [str(r.path) for r in members],
+            "meta": _common_meta(members),
+            "overall": interval([r.overall for r in members if r.overall is not None], kind),
+            "per_type": per_type, "probe_delta": probes,
+        })
+    return {
+        "interval": kind, "types": types, "probes": probe_names, "groups": groups,
+        "runs": [{"path": str(r.path), "label": r.label, "seed": r.seed, "meta": r.meta, "overall": r.overall,
+                  "per_type": r.scores["per_type"], "count": r.scores.get("count"),
+                  "probes": {n: p.get("overall") for n, p in r.probes.items()}} for r in runs],
+    }
+
+
+def _common_meta(members: list[Run]) -> dict[str, Any]:
+    """Meta values shared by every seed of a label (seed and per-run paths excluded)."""
+    keys = [k for k in members[0].meta if k not in ("seed",)]
+    return {k: members[0].meta[k] for k in keys if all(m.meta.get(k) == members[0].meta[k] for m in members)}
+
+
+def fmt_cell(cell: dict[str, Any], kind: str, signed: bool = False) -> str:
+    """``mean ± half`` (t95) or ``mean [min, max]`` (minmax); ``-`` without values."""
+    if cell["n"] == 0:
+        return "-"
+    s = "+.1f" if signed else ".1f"
+    text = format(cell["mean"], s)
+    if cell["n"] > 1:
+        text += f" ± {cell['half']:.1f}" if kind == "t95" else f" [{cell['lo']:{s}}, {cell['hi']:{s}}]"
+    return text
+
+
+_META_COLUMNS = (("task_mode", "task"), ("reasoning_source", "reasoning"), ("beta", "beta"),
+                 ("teacher_acc", "teacher acc %"), ("dataset", "dataset"), ("eval_mode", "eval mode"),
+                 ("frames", "frames"))
+
+
+def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
+    """The report as markdown: accuracy table, probe deltas, settings, plots."""
+    kind = summary["interval"]
+    how = ("mean ± half-width of the 95% Student-t interval over seeds" if kind == "t95"
+           else "mean [min, max] over seeds")
+    lines = ["# Evaluation report", "",
+             f"{len(summary['runs'])} run(s), {len(summary['groups'])} setting(s). Accuracy in %; "
+             f"with several seeds: {how}; one seed: the value alone.", "",
+             "## Accuracy", ""]
+    cols = ["overall"] + summary["types"]
+    lines.append("| run | seeds | " + " | ".join(cols) + " |")
+    lines.append("|---|---|" + "---|" * len(cols))
+    for g in summary["groups"]:
+        cells = [fmt_cell(g["overall"], kind)] + [fmt_cell(g["per_type"][t], kind) for t in summary["types"]]
+        lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(cells) + " |")
+    if summary["probes"]:
+        lines += ["", "## Probes: overall accuracy with the probe minus without it (points)", "",
+                  "| run | " + " | ".join(summary["probes"]) + " |", "|---|" + "---|" * len(summary["probes"])]
+        for g in summary["groups"]:
+            lines.append(f"| {g['label']} | " + " | ".join(fmt_cell(g["probe_delta"][p], kind, signed=True)
+                                                         for p in summary["probes"]) + " |")
+    lines += ["", "## Settings", "", "| run | " + " | ".join(h for _, h in _META_COLUMNS) + " | directories |",
+              "|---|" + "---|" * (len(_META_COLUMNS) + 1)]
+    for g in summary["groups"]:
+        vals = [_meta_text(g["meta"].get(k)) for k, _ in _META_COLUMNS]
+        lines.append(f"| {g['label']} | " + " | ".join(vals) + " | " + ", ".join(g["runs"]) + " |")
+    lines += ["", "## Plots", ""]
+    for name, reason in plots.items():
+        lines.append(f"![{name}]({name})" if reason is None else f"- {name}: not drawn ({reason})")
+    return "\n".join(lines) + "\n"
+
+
+def _meta_text(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(runs: list[Run], out: str | Path, kind: str = "t95") -> dict[str, Any]:
+    """Write report.md, summary.json and the PNG plots into ``out``; return the summary."""
+    from eval.plots import draw_all
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(runs, kind)
+    plots = draw_all(summary, out)
+    summary["plots"] = {name: ("written" if reason is None else f"skipped: {reason}")
+                        for name, reason in plots.items()}
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _write_atomic(out / "report.md", markdown(summary, plots))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval report", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run directories (python -m eval run --out) or their parents")
+    p.add_argument("--out", required=True, type=Path, help="report directory")
+    p.add_argument("--interval", choices=INTERVALS, default="t95",
+                   help="over seeds: 95%% t-interval of the mean (default) or min/max")
+    args = p.parse_args(argv)
+    try:
+        runs = find_runs(args.runs)
+        write_report(runs, args.out, args.interval)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print((args.out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {args.out / 'report.md'} (+ summary.json, PNG plots)")
+    return 0

@@ -1,0 +1,141 @@
+"""``python -m eval report`` on hand-made run directories; every expected number worked out by hand.
+
+Runs written below:
+  MTL(refined), beta 0.5, teacher 70 %, seeds 0/1/2: overall 50, 60, 70; Why 40, 50, 90;
+      probe shuffle_text overall 40, 55, 61 (deltas -10, -5, -9).
+  QA-only, seed 0: overall 45, Why 30 (How has no question: None); no probe.
+  MTL(raw), beta 0.5, teacher 70 %, seeds 0/1: overall 30, 40.
+Hand computation (t_{0.975,2} = 4.303, t_{0.975,1} = 12.706):
+  MTL(refined) overall: mean 60, s = 10, half = 4.303 * 10 / sqrt(3) = 24.8434
+  MTL(refined) Why: mean 60, deviations -20, -10, 30 -> s = sqrt(1400 / 2) = 26.4575,
+      half = 4.303 * 26.4575 / 1.73205 = 65.7302; min/max 40/90
+  shuffle_text deltas: mean -8, deviations -2, 3, -1 -> s = sqrt(14 / 2) = 2.64575,
+      half = 4.303 * 2.64575 / 1.73205 = 6.57302
+  MTL(raw) overall: mean 35, s = 7.07107, half = 12.706 * 7.07107 / 1.41421 = 63.53
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval import __main__ as eval_cli
+from eval.report import find_runs, interval, main, summarize, t975
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(root, name, label, seed, overall, why, meta=None, probes=None):
+    d = root / name
+    d.mkdir(parents=True)
+    per_type = {"Why": why, "How": None}
+    (d / "scores.json").write_text(json.dumps({"dataset": "synthetic", "overall": overall, "per_type": per_type,
+                                               "count": 10}))
+    info = {"label": label, "meta": {"seed": seed, **(meta or {})}, "probes": {}}
+    for pname, pov in (probes or {}).items():
+        (d / "probes" / pname).mkdir(parents=True)
+        (d / "probes" / pname / "scores.json").write_text(json.dumps({"overall": pov, "per_type": {}}))
+        info["probes"][pname] = {"overall": pov}
+    (d / "run.json").write_text(json.dumps(info))
+    return d
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    root = tmp_path / "runs"
+    mtl = {"task_mode": "mtl", "reasoning_source": "refined", "beta": 0.5, "teacher_acc": 70.0}
+    for seed, (ov, why, sh) in enumerate([(50, 40, 40), (60, 50, 55), (70, 90, 61)]):
+        _run(root, f"mtl_refined_s{seed}", "MTL(refined)", seed, ov, why, mtl, {"shuffle_text": sh})
+    _run(root, "qa_s0", "QA-only", 0, 45, 30, {"task_mode": "qa", "reasoning_source": "none", "beta": 0.0})
+    raw = dict(mtl, reasoning_source="raw")
+    _run(root, "mtl_raw_s0", "MTL(raw)", 0, 30, 20, raw)
+    _run(root, "mtl_raw_s1", "MTL(raw)", 1, 40, 20, raw)
+    return root
+
+
+def test_t_quantiles_and_interval_by_hand():
+    assert t975(1) == 12.706 and t975(2) == 4.303 and t975(30) == 2.042 and t975(100) == 1.96
+    cell = interval([50, 60, 70])
+    assert cell["mean"] == pytest.approx(60) and cell["half"] == pytest.approx(24.8434, abs=1e-4)
+    assert (cell["lo"], cell["hi"]) == (pytest.approx(60 - 24.8434, abs=1e-4), pytest.approx(60 + 24.8434, abs=1e-4))
+    mm = interval([50, 60, 70], "minmax")
+    assert (mm["lo"], mm["hi"], mm["half"]) == (50, 70, None)
+    one = interval([45.0])
+    assert (one["mean"], one["lo"], one["half"]) == (45.0, None, None)
+    assert interval([])["mean"] is None
+    with pytest.raises(ValueError, match="interval must be"):
+        interval([1.0], "sd")
+
+
+def test_summary_numbers_by_hand(runs_root):
+    s = summarize(find_runs([runs_root]))
+    groups = {g["label"]: g for g in s["groups"]}
+    assert set(groups) == {"MTL(refined)", "QA-only", "MTL(raw)"}
+    ref = groups["MTL(refined)"]
+    assert ref["seeds"] == [0, 1, 2]
+    assert ref["overall"]["half"] == pytest.approx(24.8434, abs=1e-4)
+    assert ref["per_type"]["Why"]["mean"] == pytest.approx(60)
+    assert ref["per_type"]["Why"]["half"] == pytest.approx(65.7302, abs=1e-3)
+    assert ref["per_type"]["How"]["n"] == 0  # no question of that type in any seed
+    assert ref["probe_delta"]["shuffle_text"]["mean"] == pytest.approx(-8)
+    assert ref["probe_delta"]["shuffle_text"]["half"] == pytest.approx(6.57302, abs=1e-4)
+    assert ref["meta"] == {"task_mode": "mtl", "reasoning_source": "refined", "beta": 0.5, "teacher_acc": 70.0}
+    assert groups["MTL(raw)"]["overall"]["half"] == pytest.approx(63.53, abs=1e-2)
+    assert groups["QA-only"]["overall"] == {"n": 1, "mean": 45.0, "lo": None, "hi": None, "half": None,
+                                            "values": [45.0]}
+    assert groups["QA-only"]["probe_delta"]["shuffle_text"]["n"] == 0
+    mm = summarize(find_runs([runs_root]), "minmax")
+    why = {g["label"]: g for g in mm["groups"]}["MTL(refined)"]["per_type"]["Why"]
+    assert (why["lo"], why["hi"]) == (40, 90)
+
+
+def test_cli_writes_markdown_json_and_pngs(runs_root, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert eval_cli.main(["report", str(runs_root), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert "| MTL(refined) | 3 | 60.0 ± 24.8 | 60.0 ± 65.7 | - |" in md
+    assert "| QA-only | 1 | 45.0 | 30.0 | - |" in md
+    assert "| MTL(raw) | 2 | 35.0 ± 63.5 | 20.0 ± 0.0 | - |" in md
+    assert "| MTL(refined) | -8.0 ± 6.6 |" in md and "| QA-only | - |" in md
+    assert "95% Student-t" in md and "| run | seeds | overall | Why | How |" in printed
+    for name in ("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+        assert f"![{name}]({name})" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interval"] == "t95" and len(summary["runs"]) == 6
+    assert summary["plots"] == dict.fromkeys(("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"),
+                                             "written")
+    assert main([str(runs_root / "mtl_raw_s0"), str(runs_root / "mtl_raw_s1"), "--out", str(tmp_path / "mm"),
+                 "--interval", "minmax"]) == 0
+    assert "| MTL(raw) | 2 | 35.0 [30.0, 40.0] |" in (tmp_path / "mm" / "report.md").read_text()
+
+
+def test_plot_skipped_without_beta_and_teacher(tmp_path):
+    _run(tmp_path / "r", "a", "A", 0, 50, 50)
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "r"), "--out", str(out)]) == 0
+    assert (out / "acc_per_type.png").is_file() and not (out / "acc_vs_beta.png").exists()
+    md = (out / "report.md").read_text()
+    assert "acc_vs_beta.png: not drawn (no run has a numeric 'beta' in its meta)" in md
+
+
+def test_bad_run_directories_name_the_problem(tmp_path, capsys):
+    d = tmp_path / "broken"
+    d.mkdir()
+    (d / "run.json").write_text("{}")
+    assert main([str(d), "--out", str(tmp_path / "o")]) == 1
+    assert f"{d}: not an evaluated run (missing scores.json" in capsys.readouterr().err
+    (d / "scores.json").write_text('{"overall": 1.0,')
+    assert main([str(d), "--out", str(tmp_path / "o")]) == 1
+    assert "scores.json:1: invalid JSON" in capsys.readouterr().err
+    (d / "scores.json").write_text('{"overall": 1.0}')
+    assert main([str(d), "--out", str(tmp_path / "o")]) == 1
+    assert "missing field 'per_type'" in capsys.readouterr().err
+    _run(tmp_path / "dup", "a", "A", 0, 50, 50)
+    _run(tmp_path / "dup", "b", "A", 0, 60, 50)
+    assert main([str(tmp_path / "dup"), "--out", str(tmp_path / "o")]) == 1
+    assert "runs labelled 'A' repeat seed(s) 0" in capsys.readouterr().err
+    assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 1
+    assert "no such run directory" in capsys.readouterr().err
