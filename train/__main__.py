@@ -1,0 +1,86 @@
+"""``python -m train``: train (default), ``export`` a checkpoint, or ``bench`` throughput.
+
+    python -m train --config configs/tiny_cpu.yaml [--resume latest] [--section.field=value ...]
+    python -m train export --checkpoint RUN/checkpoints [--tag global_step100] --out EXPORT
+    python -m train bench --config configs/tiny_cpu.yaml --steps 20     (= python -m train.bench)
+    python -m train --help-config                                        (every field, with its doc)
+
+Works under torchrun, the deepspeed launcher and SLURM srun (see docs/TRAINING.md). Config and
+data errors are one line on stderr (exit 2), printed before DeepSpeed starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def split_overrides(rest: list[str]) -> list[str]:
+    """``["--a.b=1", "--c.d", "2"]`` -> ``["--a.b=1", "--c.d=2"]``; anything else is an error."""
+    from train.config import ConfigError
+
+    out, i = [], 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"config: unexpected argument {item!r} (overrides look like --section.field=value)")
+        if "=" not in item:
+            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+                raise ConfigError(f"config: override {item!r} has no value")
+            item, i = f"{item}={rest[i + 1]}", i + 1
+        out.append(item)
+        i += 1
+    return out
+
+
+def _train(argv: list[str]) -> int:
+    from train.config import ConfigError, describe, load_config
+
+    p = argparse.ArgumentParser(prog="python -m train", description="Train the video LLM (DeepSpeed ZeRO-3).",
+                                epilog="Any --section.field=value overrides that field of the config.")
+    p.add_argument("--config", help="YAML recipe (configs/*.yaml)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory global_step{N}")
+    p.add_argument("--help-config", action="store_true", help="list every config field with its doc")
+    args, rest = p.parse_known_args(argv)
+    if args.help_config:
+        print("\n".join(describe()))
+        return 0
+    try:
+        if args.config is None:
+            raise ConfigError("config: --config is required (e.g. --config configs/tiny_cpu.yaml)")
+        cfg = load_config(args.config, split_overrides(rest))
+        from train.datastream import DataError
+        from train.loop import Trainer
+
+        try:
+            trainer = Trainer(cfg, resume=args.resume)
+        except (DataError, FileNotFoundError) as e:
+            raise ConfigError(str(e)) from None
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = trainer.train()
+    if trainer.is_main:
+        print(f"trained {summary['step']} steps, final loss {summary['loss']:.4f}, "
+              f"{summary['tokens_per_s']:,.0f} tokens/s; run dir {cfg.run_dir}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] == "export":
+        from train.export import main as export_main
+
+        return export_main(argv[1:])
+    if argv and argv[0] == "bench":
+        from train.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    return _train(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

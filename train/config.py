@@ -1,0 +1,583 @@
+"""The trainer's configuration: nested dataclasses loaded from YAML, overridable per field.
+
+``TrainConfig`` composes the model and task sections (``train.model.ModelConfig``,
+``train.tasks.TaskConfig``) with the trainer's own sections below. Every field carries a
+docstring (the string literal under it), which ``python -m train --help-config`` prints.
+
+Loading is strict, so that a typo never trains silently with a default:
+
+* an unknown key anywhere (YAML or ``--section.field=value``) is an error naming the key,
+* every value is parsed and checked against the field's type hint (``Literal`` choices,
+  ``int``/``float``/``bool``/``str``, ``X | None``, ``list[X]``, nested dataclasses),
+* each section's ``problems()`` adds range checks (negative lr, zero steps, ...).
+
+All of these raise ``ConfigError`` with one line naming the field, e.g.
+``config: optim.lr: must be > 0, got -0.1``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import os
+import tempfile
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from train.model import ModelConfig
+from train.tasks import TaskConfig
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line that names the field."""
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how the streaming loader reads them (data_shards.loader)."""
+
+    urls: list[str] = field(default_factory=list)
+    """Shard URLs, brace-expanded by the loader, e.g. ["/data/shards/train-{000000..000127}.tar"]."""
+    reasoning: list[str] = field(default_factory=list)
+    """Reasoning jsonl files (reasoning_gen output) joined to questions by qid; [] = none."""
+    num_frames: int = 8
+    """Frames sampled uniformly per video (segment middles)."""
+    frame_size: list[int] = field(default_factory=lambda: [224, 224])
+    """[height, width] the frames are resized to during decoding."""
+    micro_batch_size: int = 2
+    """Questions per micro-batch per rank (the loader's batch_size; mtl makes up to 2 examples each)."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (0 = decode in the training process)."""
+    shuffle_shards: bool = True
+    """Shuffle the shard order (per epoch, from the seed)."""
+    shuffle_buffer: int = 64
+    """Sample shuffle buffer size in videos (0 = no sample shuffling)."""
+    resample: bool = False
+    """Draw shards with replacement (endless stream) instead of passes over the shard list."""
+    epoch_batches: int | None = None
+    """Batches per rank per epoch; None = from sizes.json (all ranks must see the same count)."""
+    seed: int | None = None
+    """Data order seed; None = run.seed. Epoch e uses (seed, e), so the order is reproducible."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not self.urls:
+            out.append(("urls", "no shard URLs given"))
+        if self.num_frames < 1:
+            out.append(("num_frames", f"must be >= 1, got {self.num_frames}"))
+        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
+            out.append(("frame_size", f"must be [height, width] > 0, got {self.frame_size}"))
+        if self.micro_batch_size < 1:
+            out.append(("micro_batch_size", f"must be >= 1, got {self.micro_batch_size}"))
+        if self.num_workers < 0:
+            out.append(("num_workers", f"must be >= 0, got {self.num_workers}"))
+        if self.shuffle_buffer < 0:
+            out.append(("shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}"))
+        if self.epoch_batches is not None and self.epoch_batches < 1:
+            out.append(("epoch_batches", f"must be >= 1 or null, got {self.epoch_batches}"))
+        return out
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (linear warmup, then cosine or constant)."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    """adamw (decoupled weight decay) or sgd (momentum; used by the exactness test)."""
+    impl: Literal["auto", "torch", "deepspeed"] = "auto"
+    """auto: torch.optim passed to DeepSpeed as a client optimizer when no ZeRO offload is
+    configured, DeepSpeed's own (FusedAdam / DeepSpeedCPUAdam) with offload on a GPU."""
+    lr: float = 1e-4
+    """Peak learning rate (after warmup)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay; never applied to biases, norms or embeddings."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    momentum: float = 0.0
+    """SGD momentum."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 over this many optimizer steps."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """LR after warmup: cosine decay to min_lr_ratio * lr at run.max_steps, or constant."""
+    min_lr_ratio: float = 0.1
+    """Final LR of the cosine schedule as a fraction of the peak LR."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (DeepSpeed gradient_clipping); 0 = off."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not self.lr > 0:
+            out.append(("lr", f"must be > 0, got {self.lr}"))
+        if self.weight_decay < 0:
+            out.append(("weight_decay", f"must be >= 0, got {self.weight_decay}"))
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            out.append(("betas", f"must be two numbers in [0, 1), got {self.betas}"))
+        if not self.eps > 0:
+            out.append(("eps", f"must be > 0, got {self.eps}"))
+        if not 0 <= self.momentum < 1:
+            out.append(("momentum", f"must be in [0, 1), got {self.momentum}"))
+        if self.warmup_steps < 0:
+            out.append(("warmup_steps", f"must be >= 0, got {self.warmup_steps}"))
+        if not 0 <= self.min_lr_ratio <= 1:
+            out.append(("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"))
+        if self.grad_clip < 0:
+            out.append(("grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}"))
+        return out
+
+
+@dataclass
+class DeepSpeedSection:
+    """DeepSpeed engine settings; written into the DeepSpeed JSON config each run saves."""
+
+    zero_stage: int = 3
+    """ZeRO stage: 3 partitions parameters, gradients and optimizer states over ranks."""
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """Parameter/compute dtype; bf16 keeps fp32 master weights in the ZeRO optimizer."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step per rank."""
+    zero_init: bool = True
+    """Build the model inside deepspeed.zero.Init, so no rank ever holds the full model."""
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    """Where ZeRO keeps optimizer states (cpu/nvme offload frees accelerator memory)."""
+    offload_param: Literal["none", "cpu", "nvme"] = "none"
+    """Where ZeRO-3 keeps partitioned parameters between uses."""
+    nvme_path: str | None = None
+    """Directory for nvme offload (required when an offload is nvme)."""
+    overlap_comm: bool = True
+    """Overlap gradient reduction with the backward pass."""
+    reduce_bucket_size: int = 50_000_000
+    """Elements per gradient reduce bucket."""
+    prefetch_bucket_size: int = 50_000_000
+    """ZeRO-3: elements of parameters prefetched ahead of use."""
+    param_persistence_threshold: int = 100_000
+    """ZeRO-3: parameters smaller than this many elements stay gathered (saves tiny all-gathers)."""
+    max_live_parameters: int = 1_000_000_000
+    """ZeRO-3: gathered parameter elements kept alive at once per rank."""
+    backend: Literal["auto", "nccl", "gloo", "ccl"] = "auto"
+    """torch.distributed backend; auto = DeepSpeed's accelerator default (gloo on CPU w/o oneCCL)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Raw DeepSpeed config entries merged last (escape hatch, e.g. {"comms_logger": {...}})."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.zero_stage not in (0, 1, 2, 3):
+            out.append(("zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}"))
+        if self.gradient_accumulation_steps < 1:
+            out.append(("gradient_accumulation_steps", f"must be >= 1, got {self.gradient_accumulation_steps}"))
+        if "nvme" in (self.offload_optimizer, self.offload_param) and not self.nvme_path:
+            out.append(("nvme_path", "required when an offload device is nvme"))
+        if self.offload_param != "none" and self.zero_stage != 3:
+            out.append(("offload_param", "parameter offload needs zero_stage 3"))
+        for name in ("reduce_bucket_size", "prefetch_bucket_size", "max_live_parameters"):
+            if getattr(self, name) < 1:
+                out.append((name, f"must be >= 1, got {getattr(self, name)}"))
+        if self.param_persistence_threshold < 0:
+            out.append(("param_persistence_threshold", f"must be >= 0, got {self.param_persistence_threshold}"))
+        return out
+
+
+@dataclass
+class CheckpointConfig:
+    """DeepSpeed checkpoints: every rank writes its own shard."""
+
+    dir: str | None = None
+    """Checkpoint directory; None = {run dir}/checkpoints."""
+    interval_steps: int = 1000
+    """Save every this many optimizer steps (0 = only at the end)."""
+    keep_latest: int = 3
+    """Keep the newest k checkpoints, delete older ones after a new one is complete."""
+    save_final: bool = True
+    """Save at the end of training."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.interval_steps < 0:
+            out.append(("interval_steps", f"must be >= 0, got {self.interval_steps}"))
+        if self.keep_latest < 1:
+            out.append(("keep_latest", f"must be >= 1, got {self.keep_latest}"))
+        return out
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics; only rank 0 writes them."""
+
+    every_steps: int = 10
+    """Write a metrics record every this many optimizer steps."""
+    progress_bar: bool = True
+    """tqdm bar with loss, tokens/s and ETA on rank 0."""
+    jsonl: bool = True
+    """Append metrics to {run dir}/metrics.jsonl."""
+    tensorboard: bool = True
+    """Write TensorBoard events to {run dir}/tb."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [("every_steps", f"must be >= 1, got {self.every_steps}")] if self.every_steps < 1 else []
+
+
+@dataclass
+class TokenizerConfig:
+    """The tokenizer: a local path, or a small BPE trained on the shards' texts (offline)."""
+
+    path: str | None = None
+    """Local tokenizer folder (e.g. the LLM's); None = train a BPE on the training texts."""
+    vocab_size: int = 512
+    """Vocabulary size of a trained BPE."""
+    corpus_videos: int = 2000
+    """How many videos' records (questions, options, reasoning) the BPE is trained on."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.vocab_size < 64:
+            out.append(("vocab_size", f"must be >= 64, got {self.vocab_size}"))
+        if self.corpus_videos < 1:
+            out.append(("corpus_videos", f"must be >= 1, got {self.corpus_videos}"))
+        return out
+
+
+@dataclass
+class RunConfig:
+    """The run as a whole."""
+
+    name: str = "run"
+    """Run name; the run directory is {output_dir}/{name}."""
+    output_dir: str = "runs"
+    """Parent directory of run directories."""
+    max_steps: int = 1000
+    """Optimizer steps to train (a resumed run continues up to this)."""
+    seed: int = 0
+    """Seed of model init (same on all ranks) and of per-rank RNG streams (seed + rank)."""
+    num_threads: int = 0
+    """torch intra-op threads per rank (0 = leave torch's default)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms (slower; exact repeatability)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.max_steps < 1:
+            out.append(("max_steps", f"must be >= 1, got {self.max_steps}"))
+        if self.num_threads < 0:
+            out.append(("num_threads", f"must be >= 0, got {self.num_threads}"))
+        if not self.name or "/" in self.name:
+            out.append(("name", f"must be a non-empty name without '/', got {self.name!r}"))
+        return out
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved resolved with every run dir and checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Vision tower, projector, LLM (train.model)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """QA / multi-task / single-task sequences and loss weights (train.tasks)."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """Tokenizer source."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Shards and loader."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    """DeepSpeed / ZeRO."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoints."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics and progress."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run name, length, seed."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"
+
+    @property
+    def data_seed(self) -> int:
+        return self.run.seed if self.data.seed is None else self.data.seed
+
+
+# Choices of T1's task fields, checked here as well so that a bad value is named even if the
+# task dataclass itself types them as plain str.
+_TASK_CHOICES = {
+    "mode": ("qa", "mtl", "stl"),
+    "reasoning_source": ("none", "raw", "refined", "gt"),
+    "answer_format": ("letter", "letter_text"),
+}
+
+
+def _cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+    out = []
+    for name, choices in _TASK_CHOICES.items():
+        value = getattr(cfg.task, name, None)
+        if value is not None and value not in choices:
+            out.append((f"task.{name}", f"must be one of {list(choices)}, got {value!r}"))
+    for name in ("alpha", "beta"):
+        value = getattr(cfg.task, name, None)
+        if value is not None and value < 0:
+            out.append((f"task.{name}", f"must be >= 0, got {value}"))
+    if cfg.optim.warmup_steps > cfg.run.max_steps:
+        out.append(("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds run.max_steps {cfg.run.max_steps}"))
+    if cfg.optim.impl == "deepspeed" and cfg.optim.name != "adamw":
+        out.append(("optim.impl", "DeepSpeed's own optimizers are used for adamw only"))
+    return out
+
+
+# ---------------------------------------------------------------- typed parsing
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "|".join(repr(c) for c in typing.get_args(tp))
+    if typing.get_origin(tp) is not None or not hasattr(tp, "__name__"):
+        return str(tp).replace("typing.", "")
+    return tp.__name__
+
+
+def _coerce(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
+    """Check ``value`` against the type hint ``tp``, converting where the meaning is plain."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {key}: expected a mapping (section), got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"config: {key}: must not be null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, from_cli)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"config: {key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config: {key}: must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            (item_tp, *_) = typing.get_args(tp) or (Any,)
+            items = [_coerce(v, item_tp, f"{key}[{i}]", from_cli) for i, v in enumerate(value)]
+            return items if origin is list else tuple(items)
+        if from_cli and isinstance(value, str):  # --data.urls=/a.tar  -> ["/a.tar"]
+            return _coerce([value], tp, key, from_cli)
+        raise ConfigError(f"config: {key}: expected a list, got {value!r}")
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {key}: expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config: {key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config: {key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config: {key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if from_cli and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config: {key}: expected a string, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"config: {key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=False)
+
+
+def _unknown_key(cls: type, key: str, name: str) -> ConfigError:
+    known = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, known, n=1)
+    parent = key[: -len(name)]
+    hint = f" (did you mean '{parent}{close[0]}'?)" if close else f" (known: {', '.join(known)})"
+    return ConfigError(f"config: unknown key '{key}'{hint}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in names:
+            raise _unknown_key(cls, key, str(name))
+        kwargs[name] = _coerce(value, hints[name], key, from_cli=False)
+    try:
+        obj = cls(**kwargs)
+        getattr(obj, "validate", lambda: None)()  # a section's own check (e.g. T1's TaskConfig)
+    except (ValueError, TypeError) as e:
+        msg = " ".join(str(e).split())
+        where = prefix or cls.__name__
+        raise ConfigError(f"config: {msg}" if msg.startswith(f"{where}.") else f"config: {where}: {msg}") from None
+    for name, msg in getattr(obj, "problems", lambda: [])():
+        raise ConfigError(f"config: {prefix + '.' if prefix else ''}{name}: {msg}")
+    return obj
+
+
+# ---------------------------------------------------------------- public API
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``--optim.lr=3e-4`` -> (["optim", "lr"], 3e-4 parsed as YAML)."""
+    body = item[2:] if item.startswith("--") else item
+    if "=" not in body:
+        raise ConfigError(f"config: override {item!r} must look like --section.field=value")
+    key, raw = body.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"config: override {item!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _apply_override(data: dict, cls: type, parts: list[str], value: Any) -> None:
+    """Set ``value`` at ``parts`` inside the raw dict, checking names against the dataclasses."""
+    node, tp = data, cls
+    for i, part in enumerate(parts):
+        key = ".".join(parts[: i + 1])
+        if dataclasses.is_dataclass(tp):
+            names = {f.name for f in dataclasses.fields(tp)}
+            if part not in names:
+                raise _unknown_key(tp, key, part)
+            field_tp = _hints(tp)[part]
+        elif isinstance(node, dict):
+            field_tp = Any  # inside a free-form mapping (e.g. an LLM config dict)
+        else:
+            raise ConfigError(f"config: unknown key '{key}' ({'.'.join(parts[:i])} is not a section)")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(_strip_optional(field_tp)):
+                raise ConfigError(f"config: '{key}' is a section: override its fields ({key}.FIELD=VALUE)")
+            node[part] = _coerce(value, field_tp, key, from_cli=True)
+            return
+        inner = _strip_optional(field_tp)
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node, tp = node[part], inner
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe, apply ``--section.field=value`` overrides, check every value.
+
+    Args:
+        path: YAML file (None = all defaults).
+        overrides: items like ``"--optim.lr=3e-4"``; values are parsed as YAML, then typed.
+
+    Raises:
+        ConfigError: one line naming the bad key or value (or the unreadable file).
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: {p}: top level must be a mapping of sections")
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        _apply_override(data, TrainConfig, parts, value)
+    cfg = _build(TrainConfig, data, "")
+    for key, msg in _cross_problems(cfg):
+        raise ConfigError(f"config: {key}: {msg}")
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain-data view (tuples as lists) of a config, suitable for YAML/JSON."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field docstrings of a dataclass: the string literal under each field (or "")."""
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return docs
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for prev, node in zip(body, body[1:]):
+        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def describe(cls: type = TrainConfig, prefix: str = "") -> list[str]:
+    """One line per field: ``section.field: type = default  # doc`` (for --help-config)."""
+    lines = []
+    hints, docs = _hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            lines.append(f"[{key}] {docs.get(f.name, '')}")
+            lines += describe(tp, key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        lines.append(f"  {key}: {_type_name(hints[f.name])} = {default!r}  # {docs.get(f.name, '')}")
+    return lines

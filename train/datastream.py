@@ -1,0 +1,187 @@
+"""The trainer's side of the data: checks before launch, tokenizer corpus, resumable batch stream.
+
+* :func:`preflight` runs BEFORE DeepSpeed starts: every local shard exists, the dataset has at
+  least one sample, the reasoning files exist. It fails with one line naming what is missing.
+* :func:`corpus_texts` reads the records (json members only, no video) for training a BPE.
+* :class:`BatchStream` iterates epochs of ``data_shards.loader`` batches and knows its position
+  ``(epoch, batches consumed in that epoch)``.
+
+Resuming the data position: the loader's order is a deterministic function of
+``(seed, epoch, rank, worker)`` (seeded shard permutation and shuffle buffer; the DataLoader
+merges workers round-robin). So a resumed run calls ``set_epoch(epoch)`` and skips the
+``batch`` batches the interrupted run had already consumed in that epoch; it then sees
+exactly the batches the uninterrupted run saw. The cost of skipping is decoding at most one
+epoch's worth of batches once.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from train.config import DataConfig
+
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://", "ais://")
+
+
+class DataError(ValueError):
+    """The dataset is missing or empty (raised before DeepSpeed starts)."""
+
+
+@dataclass
+class DataSummary:
+    """What preflight found."""
+
+    urls: list[str]
+    """All expanded shard URLs."""
+    local: bool
+    """All URLs are local files (checked); remote ones cannot be checked before reading."""
+    videos: int | None
+    """Videos counted (None: not counted, e.g. remote shards)."""
+    questions: int | None
+    """Questions counted (None: not counted)."""
+
+
+def _is_local(url: str) -> bool:
+    return not url.startswith(REMOTE_PREFIXES)
+
+
+def _local_path(url: str) -> Path:
+    return Path(url[len("file:"):] if url.startswith("file:") else url)
+
+
+def _tar_records(path: Path, limit: int | None = None) -> Iterator[dict]:
+    """Yield the ``.json`` record members of a shard (no video bytes are read)."""
+    with tarfile.open(path, "r") as tf:
+        n = 0
+        for member in tf:
+            if member.isfile() and member.name.endswith(".json") and not member.name.endswith("sizes.json"):
+                f = tf.extractfile(member)
+                try:
+                    yield json.loads(f.read())
+                except json.JSONDecodeError as e:
+                    raise DataError(f"data: {path}: member {member.name} is not valid JSON ({e.msg})") from None
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+
+def preflight(cfg: DataConfig, count_questions: bool = False) -> DataSummary:
+    """Check the shards and reasoning files before any process group or model exists.
+
+    Args:
+        cfg: the data section.
+        count_questions: read every record to count questions (needed to derive
+            ``epoch_batches`` for several ranks; reads json members only).
+
+    Raises:
+        DataError: one line naming the missing file / pattern or saying the dataset is empty.
+    """
+    from data_shards.loader import expand_urls
+
+    urls: list[str] = []
+    for pattern in cfg.urls:
+        got = expand_urls(pattern)
+        if not got:
+            raise DataError(f"data.urls: {pattern!r} expands to no shard")
+        urls += got
+    local = all(_is_local(u) for u in urls)
+    for u in urls:
+        if _is_local(u) and not _local_path(u).is_file():
+            raise DataError(f"data.urls: shard not found: {u}")
+    for pattern in cfg.reasoning:
+        if not any(ch in pattern for ch in "*?[") and not Path(pattern).exists():
+            raise DataError(f"data.reasoning: file not found: {pattern}")
+    if not local:
+        return DataSummary(urls, False, None, None)
+    videos = questions = 0
+    for u in urls:
+        try:
+            for rec in _tar_records(_local_path(u)):
+                videos += 1
+                questions += len(rec.get("qas") or [])
+                if not count_questions:
+                    break
+        except tarfile.TarError as e:
+            raise DataError(f"data.urls: {u} is not a readable tar ({e})") from None
+        if videos and not count_questions:
+            return DataSummary(urls, True, None, None)
+    if videos == 0 or (count_questions and questions == 0):
+        raise DataError(f"data.urls: the dataset is empty: {len(urls)} shard(s) hold no "
+                        f"{'sample' if videos == 0 else 'question'} ({urls[0]}{' ...' if len(urls) > 1 else ''})")
+    return DataSummary(urls, True, videos, questions)
+
+
+def corpus_texts(urls: list[str], max_videos: int, reasoning: dict[str, dict] | None = None) -> list[str]:
+    """Texts (questions, options, reasoning) of the first ``max_videos`` records, for a BPE."""
+    from train.tokenizer import corpus_from_samples
+
+    records: list[dict] = []
+    for u in urls:
+        if not _is_local(u):
+            continue
+        records += list(_tar_records(_local_path(u), max_videos - len(records)))
+        if len(records) >= max_videos:
+            break
+    texts = list(corpus_from_samples(records))
+    if reasoning:
+        texts += list(corpus_from_samples([{"reasoning": r} for r in reasoning.values()]))
+    return texts
+
+
+def epoch_batches_for(cfg: DataConfig, summary: DataSummary, world_size: int) -> int | None:
+    """Batches per rank per epoch: the configured value, or (several ranks) one pass's worth.
+
+    With several ranks a one-pass epoch could give ranks different batch counts and leave a
+    collective waiting forever, so it is derived from the question count: every rank yields
+    floor(questions / (micro_batch_size * world_size)) batches (the loader repeats shards as
+    needed to fill them).
+    """
+    if cfg.epoch_batches is not None or world_size == 1:
+        return cfg.epoch_batches
+    if summary.questions is None:
+        raise DataError("data.epoch_batches: must be set for multi-rank training on remote shards "
+                        "(the question count cannot be read before training)")
+    return max(1, summary.questions // (cfg.micro_batch_size * world_size))
+
+
+class BatchStream:
+    """Endless stream of loader batches over epochs, with a resumable position.
+
+    Args:
+        loader: a ``data_shards.loader.VideoQALoader`` (has ``set_epoch`` and one-epoch ``__iter__``).
+        epoch, batch: the position to start from (batches of ``epoch`` already consumed).
+    """
+
+    def __init__(self, loader: Any, epoch: int = 0, batch: int = 0) -> None:
+        self.loader = loader
+        self.epoch, self.batch = epoch, batch
+        self._it: Iterator | None = None
+
+    def position(self) -> dict[str, int]:
+        """{"epoch", "batch"}: where the next batch comes from (saved in checkpoints)."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def _start_epoch(self) -> None:
+        self.loader.set_epoch(self.epoch)
+        self._it = iter(self.loader)
+        for skipped in range(self.batch):  # resume: drop what the interrupted run consumed
+            if next(self._it, None) is None:
+                raise DataError(f"data: epoch {self.epoch} has only {skipped} batches, cannot skip {self.batch}")
+
+    def next_batch(self) -> list[dict]:
+        """The next batch (question samples), moving to the next epoch when one ends."""
+        for _ in range(2):
+            if self._it is None:
+                self._start_epoch()
+            batch = next(self._it, None)
+            if batch is not None:
+                self.batch += 1
+                return batch
+            if self.batch == 0:
+                raise DataError(f"data: epoch {self.epoch} yielded no batch (stats: {self.loader.stats()})")
+            self.epoch, self.batch, self._it = self.epoch + 1, 0, None
+        raise DataError(f"data: epoch {self.epoch} yielded no batch (stats: {self.loader.stats()})")

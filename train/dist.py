@@ -1,0 +1,133 @@
+"""Who we are in the job, the checked parallel layout, and process-group setup.
+
+Rank / world size / local rank come from ONE function, ``data_shards.distenv.world_info_from_env``
+(torchrun, the deepspeed launcher, SLURM srun, Open MPI). ``ParallelDims`` checks the layout
+against the batch settings before anything heavy starts (torchtitan's ParallelDims idea: data
+parallelism only, ZeRO shards over all ranks).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from data_shards.distenv import WorldInfo, world_info_from_env
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """The data-parallel layout of one run (ZeRO partitions over all ``world_size`` ranks)."""
+
+    rank: int
+    """Global rank of this process."""
+    world_size: int
+    """Number of processes (= data-parallel degree = ZeRO partition count)."""
+    local_rank: int
+    """Rank on this node (picks the accelerator device)."""
+    launcher: str
+    """Which environment variables were read: torchrun, slurm, mpi or none."""
+    micro_batch_size: int
+    """Questions per micro-batch per rank."""
+    grad_accum: int
+    """Micro-batches per optimizer step per rank."""
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} not in [0, {self.world_size}) ({self.launcher})")
+        if not 0 <= self.local_rank < max(self.world_size, 1):
+            raise ValueError(f"local rank {self.local_rank} >= world size {self.world_size} ({self.launcher})")
+        if self.micro_batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} and grad_accum {self.grad_accum} must be >= 1")
+
+    @property
+    def global_batch(self) -> int:
+        """Questions per optimizer step over all ranks."""
+        return self.micro_batch_size * self.grad_accum * self.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, micro_batch_size: int, grad_accum: int, env: dict | None = None) -> "ParallelDims":
+        info = world_info_from_env(env)
+        return cls(info.rank, info.world_size, info.local_rank, info.launcher, micro_batch_size, grad_accum)
+
+
+def export_torch_env(info: WorldInfo | ParallelDims, env: dict | None = None) -> None:
+    """Map SLURM / MPI variables to the RANK / WORLD_SIZE / LOCAL_RANK that torch and DeepSpeed read.
+
+    Under torchrun or the deepspeed launcher these are already set. MASTER_ADDR / MASTER_PORT
+    must come from the launcher (scripts/slurm_train.sbatch exports them); a single process
+    gets localhost and a fixed port.
+    """
+    env = os.environ if env is None else env
+    env.setdefault("RANK", str(info.rank))
+    env.setdefault("WORLD_SIZE", str(info.world_size))
+    env.setdefault("LOCAL_RANK", str(info.local_rank))
+    if info.world_size == 1:
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", "29511")
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+    if missing:
+        raise RuntimeError(f"{' and '.join(missing)} not set for a {info.world_size}-process job started by "
+                           f"{info.launcher}: export them (see scripts/slurm_train.sbatch)")
+
+
+def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
+    """Create the default process group through DeepSpeed and pick this rank's device.
+
+    Args:
+        dims: the checked layout.
+        backend: "auto" (DeepSpeed's accelerator default: nccl on CUDA, gloo on CPU without
+            oneCCL), or "nccl" / "gloo" / "ccl".
+
+    Returns:
+        The backend in use.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    export_torch_env(dims)
+    accel = get_accelerator()
+    if accel.device_name() != "cpu":
+        accel.set_device(dims.local_rank)
+    name = accel.communication_backend_name() if backend == "auto" else backend
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=name, auto_mpi_discovery=False, rank=dims.rank,
+                                   world_size=dims.world_size)
+    return name
+
+
+def device() -> torch.device:
+    """This rank's compute device (cuda:LOCAL_RANK on a GPU node, cpu otherwise)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum a few numbers over all ranks (float64 on CPU for gloo, exact for token counts)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            t = t.to(device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s python object on every rank (e.g. a decision made on rank 0)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

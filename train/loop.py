@@ -1,0 +1,197 @@
+"""The training run: preflight -> process group -> tokenizer -> ZeRO-3 model -> steps -> checkpoints.
+
+:class:`Trainer` is built from a resolved :class:`~train.config.TrainConfig` on every rank.
+The order matters: everything that can fail because of the user's input (config, shard paths,
+an empty dataset, reasoning files) is checked before the process group and DeepSpeed start,
+so the error is one line instead of a hang of the other ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train import checkpoint as ckpt
+from train.config import TrainConfig, config_to_dict, save_config
+from train.datastream import BatchStream, corpus_texts, epoch_batches_for, preflight
+from train.dist import ParallelDims, barrier, device, init_distributed
+from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
+from train.metrics import MetricsLogger, Throughput
+
+log = logging.getLogger("train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """One rank of a training run.
+
+    Args:
+        cfg: the resolved config.
+        resume: None, "latest" or a ``global_step{N}`` directory (see ``checkpoint.resolve_resume``).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
+        self.cfg = cfg
+        self.dims = ParallelDims.from_env(cfg.data.micro_batch_size, cfg.deepspeed.gradient_accumulation_steps)
+        # --- checks on the user's input, before any process group exists
+        need_count = cfg.data.epoch_batches is None and self.dims.world_size > 1
+        self.data_summary = preflight(cfg.data, count_questions=need_count)
+        self.epoch_batches = epoch_batches_for(cfg.data, self.data_summary, self.dims.world_size)
+        self.reasoning = None
+        if cfg.data.reasoning:
+            from reasoning_gen.records import load_reasoning
+
+            self.reasoning = load_reasoning(cfg.data.reasoning)
+        self.resume_from = ckpt.resolve_resume(resume, cfg.checkpoint_dir)
+        # --- distributed setup
+        if cfg.run.num_threads:
+            torch.set_num_threads(cfg.run.num_threads)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.backend = init_distributed(self.dims, cfg.deepspeed.backend)
+        self.device = device()
+        self.ds_config = deepspeed_config(cfg, self.dims)
+        self.is_main = self.dims.is_main
+        if self.is_main:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, cfg.run_dir / "config.yaml")
+            ckpt.atomic_write_text(cfg.run_dir / "ds_config.json", json.dumps(self.ds_config, indent=2))
+        self.tokenizer = self._tokenizer()
+        self.model, self.engine = self._model_and_engine()
+        self.layout = self.model.frame_layout(cfg.data.num_frames)
+        self.step, self.samples, position = 0, 0, {"epoch": 0, "batch": 0}
+        seed_everything(cfg.run.seed + 1000 * (self.dims.rank + 1))  # per-rank streams (dropout, ...)
+        if self.resume_from is not None:
+            position = self._resume(*self.resume_from)  # restores this rank's RNG states too
+        self.stream = BatchStream(self._loader(), **position)
+        self._last_collated: dict | None = None
+        self.metrics = MetricsLogger(cfg.run_dir, self.is_main, cfg.run.max_steps, self.step,
+                                     cfg.logging.progress_bar, cfg.logging.jsonl, cfg.logging.tensorboard)
+
+    # ------------------------------------------------------------------ setup
+    def _tokenizer(self) -> Any:
+        """A local tokenizer, or a BPE trained on rank 0 from the shards' texts and saved with the run."""
+        from train.tokenizer import build_tokenizer
+
+        cfg = self.cfg
+        if cfg.tokenizer.path:
+            tok = build_tokenizer(cfg.tokenizer.path)
+        else:
+            path = cfg.run_dir / "tokenizer"
+            if self.is_main and not (path / "tokenizer_config.json").is_file():
+                texts = corpus_texts(self.data_summary.urls, cfg.tokenizer.corpus_videos, self.reasoning)
+                build_tokenizer(None, corpus=texts, vocab_size=cfg.tokenizer.vocab_size).save_pretrained(str(path))
+            barrier()
+            tok = build_tokenizer(path)
+        if self.is_main:  # export finds it next to the checkpoints
+            tok.save_pretrained(str(cfg.checkpoint_dir / "tokenizer"))
+        return tok
+
+    def _model_and_engine(self) -> tuple[torch.nn.Module, Any]:
+        from train.model import build_model
+
+        seed_everything(self.cfg.run.seed)  # identical init on every rank (zero.Init also broadcasts)
+        with model_init_context(self.ds_config, self.cfg.deepspeed.zero_init):
+            model = build_model(self.cfg.model, self.tokenizer)
+        engine = build_engine(model, self.cfg, self.ds_config)
+        if self.is_main:
+            report = getattr(model, "attention_report", None)
+            log.info("attention: %s; world %d (%s, %s); ds config %s", report, self.dims.world_size,
+                     self.dims.launcher, self.backend, json.dumps(self.ds_config))
+        return model, engine
+
+    def _loader(self) -> Any:
+        from data_shards.loader import LoaderConfig, build_loader
+
+        d = self.cfg.data
+        lcfg = LoaderConfig(urls=list(self.data_summary.urls), num_frames=d.num_frames, frame_size=tuple(d.frame_size),
+                            batch_size=d.micro_batch_size, num_workers=d.num_workers, shuffle_shards=d.shuffle_shards,
+                            shuffle_buffer=d.shuffle_buffer, resample=d.resample, seed=self.cfg.data_seed,
+                            epoch_batches=self.epoch_batches)
+        return build_loader(lcfg, self.dims.rank, self.dims.world_size, self.reasoning)
+
+    def _resume(self, load_dir: Path, tag: str) -> dict:
+        state = ckpt.load(self.engine, load_dir, tag)
+        saved_world = state.get("world_size")
+        if saved_world is not None and saved_world != self.dims.world_size:
+            raise RuntimeError(f"checkpoint {load_dir / tag} was written by {saved_world} ranks, this job has "
+                               f"{self.dims.world_size}: ZeRO-3 shards only load on the same world size")
+        self.step, self.samples = int(state["step"]), int(state["samples"])
+        if "rng" in state:
+            ckpt.set_rng_state(state["rng"])
+        if self.is_main:
+            log.info("resumed from %s at step %d (%d samples, data position %s)", load_dir / tag, self.step,
+                     self.samples, state.get("data"))
+        return dict(state.get("data") or {"epoch": 0, "batch": 0})
+
+    # ------------------------------------------------------------------ steps
+    def next_micro_batch(self) -> dict:
+        """Collated tensors of the next loader batch (train.tasks.collate)."""
+        from train.tasks import build_examples, collate
+
+        batch = self.stream.next_batch()
+        examples = [ex for sample in batch for ex in build_examples(sample, self.cfg.task)]
+        if not examples:
+            # Every rank must still run a forward (ZeRO-3 gathers parameters collectively): redo the
+            # previous micro-batch with all weights zero (task ids 0 -> no target tokens).
+            if self._last_collated is None:
+                raise RuntimeError(f"rank {self.dims.rank}: a batch of {len(batch)} questions gave no training "
+                                   f"example (task.mode={self.cfg.task.mode}; answers or reasoning missing?)")
+            empty = dict(self._last_collated)
+            empty["task_ids"] = torch.zeros_like(empty["task_ids"])
+            empty["labels"] = torch.full_like(empty["labels"], -100)
+            return empty
+        self._last_collated = collate(examples, self.tokenizer, self.cfg.task, self.layout)
+        return self._last_collated
+
+    def client_state(self) -> dict:
+        return {"step": self.step, "samples": self.samples, "data": self.stream.position(), "rng": ckpt.rng_state(),
+                "world_size": self.dims.world_size, "config": config_to_dict(self.cfg)}
+
+    def save(self) -> Path:
+        return ckpt.save(self.engine, self.cfg.checkpoint_dir, self.step, self.client_state(), self.cfg,
+                         self.ds_config, self.cfg.checkpoint.keep_latest, self.is_main)
+
+    def train(self) -> dict:
+        """Train up to ``run.max_steps``; returns a summary (rank-local, global numbers)."""
+        cfg, gas = self.cfg, self.cfg.deepspeed.gradient_accumulation_steps
+        tput, last_saved, stats = Throughput(), None, None
+        self.engine.train()
+        while self.step < cfg.run.max_steps:
+            t0 = time.perf_counter()
+            micro = [self.next_micro_batch() for _ in range(gas)]
+            data_s = time.perf_counter() - t0
+            stats = optimizer_step(self.engine, micro, cfg.task, self.dims.world_size, self.device)
+            self.step += 1
+            self.samples += stats.examples
+            tput.add(stats.tokens, stats.examples, stats.frames, data_s, stats.compute_s)
+            rates = tput.rates()
+            self.metrics.step(self.step, stats.loss, rates["tokens_per_s"])
+            if self.step % cfg.logging.every_steps == 0 or self.step == cfg.run.max_steps:
+                record = {k: v for k, v in asdict(stats).items()}
+                self.metrics.log(self.step, {**record, **rates, "samples_seen": self.samples,
+                                             "epoch": self.stream.epoch})
+            interval = cfg.checkpoint.interval_steps
+            if interval and self.step % interval == 0:
+                self.save()
+                last_saved = self.step
+        if cfg.checkpoint.save_final and last_saved != self.step:
+            self.save()
+        self.metrics.message(f"done: step {self.step}, {self.samples} samples; data stats "
+                             f"{json.dumps(self.stream.loader.stats())}")
+        self.metrics.close()
+        return {"step": self.step, "samples": self.samples, "loss": None if stats is None else stats.loss,
+                **tput.rates()}
