@@ -75,8 +75,7 @@ def _load_local(path: Path) -> PreTrainedTokenizerBase:
         raise FileNotFoundError(f"tokenizer path {path} is not a directory")
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if FRAME_TOKEN not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": [FRAME_TOKEN]},
-                               replace_additional_special_tokens=False)
+        tok.add_tokens([FRAME_TOKEN], special_tokens=True)  # same call in transformers 4 and 5
     if tok.pad_token is None:
         # LLM tokenizers often have no pad token; padded positions are masked anyway.
         if tok.eos_token is not None:
