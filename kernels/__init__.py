@@ -1,4 +1,27 @@
-"""Triton kernels with autograd and their pure-PyTorch references.
+"""Triton kernels with autograd, their pure-PyTorch references, attention backend choice, benchmarks.
 
-Imports nothing of the project but itself.
+Public API (contract 6)::
+
+    from kernels import weighted_cross_entropy, fused_linear_weighted_cross_entropy
+    from kernels import LinearWeightedCrossEntropy, backend
+    from kernels.attention import select_attention
+
+``backend(device)`` says which implementation a call on that device runs ("triton",
+"triton-interpret" or "torch-chunked"); the choice is logged once.  Read in this order:
+``cross_entropy.py`` (the Triton kernel), ``fused_linear_cross_entropy.py`` (the chunk driver),
+``reference.py`` (eager and chunked torch), ``functional.py`` / ``module.py`` (the API),
+``bench.py``.
+
+Imports nothing of the project but itself (and no triton until a call needs it).
 """
+
+from kernels._backend import backend
+from kernels.functional import fused_linear_weighted_cross_entropy, weighted_cross_entropy
+from kernels.module import LinearWeightedCrossEntropy
+
+__all__ = [
+    "LinearWeightedCrossEntropy",
+    "backend",
+    "fused_linear_weighted_cross_entropy",
+    "weighted_cross_entropy",
+]
