@@ -185,7 +185,10 @@ class ShardSink:
     def abort(self) -> None:
         """Drop the open shard (its tmp file); finished shards stay."""
         if self._cur is not None:
-            self._file.close()
+            try:
+                self._tar.close()
+            finally:
+                self._file.close()
             self._cur.tmp.unlink(missing_ok=True)
             self._cur = None
 
@@ -252,6 +255,7 @@ def write_sizes(path: Path, summary: dict, pattern: str) -> dict:
     merged = {"shards": dict(sorted(shards.items())), "videos": sum(s["videos"] for s in shards.values()),
               "questions": sum(s["questions"] for s in shards.values()), "skipped": skipped}
     tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return merged
@@ -292,7 +296,7 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
                     ext, data, cut = load_video(rec, path, Path(work))
                 except (OSError, VideoError) as e:
                     skipped.append({"video_id": rec.video_id, "file": str(path), "reason": str(e)})
-                    log(f"skip {path} (video_id {rec.video_id!r}): {e}")
+                    log(f"skip video_id {rec.video_id!r}: {e}")  # the reason names the file
                     continue
                 meta = stored_record(rec, key, ext, cut, f"{records_path} (record {n}, video {rec.video_id!r})")
                 sink.add(key, {"json": meta, ext: data}, len(rec.qas))
