@@ -215,6 +215,14 @@ def _split_keep(sentence: str, cue_start: int, cue_end_rest: str) -> str:
     return " ".join(kept)
 
 
+def _negated(sentence: str, options: list[str]) -> bool:
+    """A negation in ``sentence`` outside the option texts ("never" can be an option)."""
+    for opt in sorted((o.strip() for o in options), key=len, reverse=True):
+        if opt:
+            sentence = re.sub(r"(?i)(?<!\w)" + re.escape(opt) + r"(?!\w)", " ", sentence)
+    return bool(_NEGATION.search(sentence))
+
+
 def _explicit(s: Sentence, options: list[str]) -> Conclusion | None:
     for m in _CUES_BEFORE.finditer(s.text):
         choice = parse_choice(s.text[m.end():], options)
@@ -260,7 +268,7 @@ def find_conclusions(text: str, options: list[str], lines: list[Line] | None = N
             found = Conclusion(s, bare[i], "bare")
         if found is None and _LABEL_ONLY.match(s.text):
             found = Conclusion(s, None, "label")
-        if found is None and not _NEGATION.search(s.text):
+        if found is None and not _negated(s.text, options):
             trail = re.search(r"[\(\[]([A-J])[\)\]][\s*_.!]*$", s.text)
             if trail and (last or _MARKERS.match(s.text)) and _letter(trail.group(1), options) is not None:
                 head = s.text[:trail.start()]
