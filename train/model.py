@@ -11,7 +11,8 @@ Data path of :meth:`VideoLLM.forward`::
 The LLM's ``lm_head`` IS the loss module (``kernels.LinearWeightedCrossEntropy``): under ZeRO-3
 a parameter is gathered only inside the forward of the module that owns it, and the HF
 state-dict key stays ``lm_head.weight``, so ``save_pretrained`` of the LLM loads back with
-``AutoModelForCausalLM.from_pretrained``. Tied input/output embeddings are untied at build time.
+``AutoModelForCausalLM.from_pretrained``. The module shares the head's Parameter, so tied
+input/output embeddings (e.g. small Qwen2) stay tied; the tiny configs are untied.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -211,25 +211,18 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
 
 
 def _install_loss_head(llm: nn.Module, chunk_size: int) -> None:
-    """Replace ``llm.lm_head`` (nn.Linear) by the loss module holding the same weight."""
+    """Replace ``llm.lm_head`` (nn.Linear) by the loss module holding the SAME Parameter objects.
+
+    Sharing (not copying) keeps a ZeRO-3-partitioned weight intact when the model is built
+    inside ``deepspeed.zero.Init``, and keeps tied input/output embeddings tied (HF then saves
+    and reloads them as tied). The state-dict key stays ``lm_head.weight``.
+    """
     from kernels import LinearWeightedCrossEntropy
 
     old = llm.get_output_embeddings()
     if not isinstance(old, nn.Linear):
         raise TypeError(f"the LLM's output layer is {type(old).__name__}, expected nn.Linear")
-    tied = old.weight is llm.get_input_embeddings().weight
-    head = LinearWeightedCrossEntropy(old.in_features, old.out_features, bias=old.bias is not None,
-                                      chunk_size=chunk_size, device=old.weight.device, dtype=old.weight.dtype)
-    with torch.no_grad():
-        head.weight.copy_(old.weight)  # a copy unties tied embeddings
-        if old.bias is not None:
-            head.bias.copy_(old.bias)
-    llm.set_output_embeddings(head)
-    if tied:
-        log.info("untied the LLM's input and output embeddings (the loss module owns lm_head.weight)")
-    llm.config.tie_word_embeddings = False
-    if hasattr(llm.config, "get_text_config"):
-        llm.config.get_text_config().tie_word_embeddings = False
+    llm.set_output_embeddings(LinearWeightedCrossEntropy.from_linear(old, share=True, chunk_size=chunk_size))
 
 
 class VideoLLM(nn.Module):
@@ -336,10 +329,8 @@ class VideoLLM(nn.Module):
         return self.decoder_forward(emb, attention_mask).last_hidden_state
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [..., D] -> logits [..., V] with the loss module's weight (eval only: under
-        ZeRO-3 the weight is gathered only inside the module's own forward)."""
-        head = self.loss_head
-        return F.linear(hidden, head.weight, getattr(head, "bias", None))
+        """hidden [..., D] -> logits [..., V] by the loss module (its forward without targets)."""
+        return self.loss_head(hidden)  # no target -> logits; through __call__ so ZeRO-3 hooks run
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor, loss_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,265 @@
+"""The video LLM on CPU: real decoded frames, the loss head against plain HF logits + cross-entropy,
+frames reaching the LLM, training flags, export, generation and option scoring, FLOPs formula."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import assert_close_report
+from train import flops
+from train.model import LoraSettings, ModelConfig, VideoLLM, build_model
+from train.tasks import TaskConfig, build_examples, collate, task_token_counts, token_weights
+from train.tokenizer import build_tokenizer, frame_token_id
+
+CORPUS = ["What is the ball's color in the video?", "The ball is blue.", "A boy throws a red cup.",
+          "Why did the man open the door?", "So the answer is (B) blue."] * 10
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer(corpus=CORPUS, vocab_size=400)
+
+
+def tiny(tok, **changes) -> VideoLLM:
+    torch.manual_seed(0)
+    return build_model(dataclasses.replace(ModelConfig(), **changes), tok)
+
+
+def make_sample(frames: torch.Tensor, qid: str = "synthetic/train/v1/0", answer: int = 1) -> dict:
+    return {"qid": qid, "frames": frames, "question": "What is the ball's color?",
+            "options": ["red", "blue", "green"], "answer": answer, "extra": {},
+            "reasoning": {"refined": "A boy throws a ball. The ball is blue.", "raw": None}}
+
+
+def batch_for(model, tok, frames_list, cfg=None):
+    cfg = cfg or TaskConfig(mode="mtl")
+    exs = [e for i, f in enumerate(frames_list) for e in build_examples(make_sample(f, f"q/s/v{i}/0", i % 3), cfg)]
+    b = collate(exs, tok, cfg, model.frame_layout(frames_list[0].shape[0]))
+    b["loss_weight"] = token_weights(b["task_ids"], *task_token_counts(b["task_ids"]), 1.0, 0.5)
+    return b
+
+
+def run(model, b):
+    return model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"], b["loss_weight"])
+
+
+def random_frames(n=2, t=4, h=48, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (t, 3, h, w), dtype=torch.uint8, generator=g) for _ in range(n)]
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
+def test_forward_on_real_decoded_frames(tok, tmp_path):
+    from data_shards.frames import decode_frames
+
+    mp4 = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=96x72:rate=10",
+                    "-t", "2", "-pix_fmt", "yuv420p", "-c:v", "libx264", str(mp4)], check=True)
+    frames = decode_frames(mp4, 4, size=(48, 64))  # 48x64 != the tower's 32x32: resized inside
+    assert frames.shape == (4, 3, 48, 64) and frames.dtype == torch.uint8
+    model = tiny(tok)
+    b = batch_for(model, tok, [frames])
+    out = run(model, b)
+    assert torch.isfinite(out["loss"]) and out["loss"] > 0
+    assert int(out["n_tokens"]) == int((b["labels"] != -100).sum())
+    out["loss"].backward()
+    assert model.projector.fc1.weight.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert all(p.grad is None for p in model.vision.parameters())  # frozen tower
+
+
+def _reference_loss(model: VideoLLM, ref_llm: nn.Module, b: dict) -> torch.Tensor:
+    """Independent path: plain HF model with an nn.Linear head, full logits, F.cross_entropy."""
+    visual = model.encode_frames(b["pixel_values"])
+    emb = ref_llm.get_input_embeddings()(b["input_ids"])
+    rows = []
+    for i in range(emb.shape[0]):
+        pos = (b["input_ids"][i] == model.frame_token_id).nonzero().flatten().tolist()
+        row = list(emb[i].unbind(0))
+        for j, p in enumerate(pos):
+            row[p] = visual[i, j]
+        rows.append(torch.stack(row))
+    logits = ref_llm(inputs_embeds=torch.stack(rows), attention_mask=b["attention_mask"]).logits.float()
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
+                         ignore_index=-100, reduction="none")
+    return (ce * b["loss_weight"][:, 1:].reshape(-1)).sum()
+
+
+def test_loss_head_equals_hf_logits_plus_weighted_cross_entropy(tok):
+    model = tiny(tok)
+    ref_llm = AutoModelForCausalLM.from_config(model.causal_lm.config, attn_implementation="sdpa")
+    ref_llm.load_state_dict(model.causal_lm.state_dict())  # same keys: lm_head.weight included
+    assert isinstance(ref_llm.lm_head, nn.Linear)
+    b = batch_for(model, tok, random_frames(3))
+    ours = run(model, b)["loss"]
+    ours.backward()
+    got = {n: p.grad.clone() for n, p in model.causal_lm.named_parameters()}
+    proj_got = model.projector.fc1.weight.grad.clone()
+    model.zero_grad(set_to_none=True)
+    ref = _reference_loss(model, ref_llm, b)
+    ref.backward()
+    assert_close_report(ours, ref, rtol=1e-5, atol=1e-5, name="loss")
+    for name, p in ref_llm.named_parameters():
+        assert_close_report(got[name], p.grad, rtol=1e-4, atol=1e-6, name=f"grad {name}")
+    assert_close_report(proj_got, model.projector.fc1.weight.grad, rtol=1e-4, atol=1e-6, name="grad projector")
+
+
+def test_frames_reach_the_llm_and_placeholder_count_is_checked(tok):
+    model = tiny(tok)
+    fa, fb = random_frames(1, seed=1), random_frames(1, seed=2)
+    with torch.no_grad():
+        la, la2, lb = run(model, batch_for(model, tok, fa)), run(model, batch_for(model, tok, fa)), \
+            run(model, batch_for(model, tok, fb))
+    assert la["loss"] == la2["loss"]
+    assert abs(float(la["loss"]) - float(lb["loss"])) > 1e-4
+    b = batch_for(model, tok, fa)
+    ids = b["input_ids"].clone()
+    first = int((ids[0] == model.frame_token_id).nonzero()[0])
+    ids[0, first] = tok.pad_token_id
+    with pytest.raises(ValueError, match=r"exactly 16 .*\(0, 15\)"):
+        model(b["pixel_values"], ids, b["attention_mask"], b["labels"], b["loss_weight"])
+    with pytest.raises(TypeError, match="uint8"):
+        model.encode_frames(b["pixel_values"].float())
+
+
+def test_freeze_and_lora_flags_choose_trainable_params(tok):
+    def trainable(m):
+        return {n for n, p in m.named_parameters() if p.requires_grad}
+
+    default = tiny(tok)
+    t = trainable(default)
+    assert not any(n.startswith("vision.") for n in t)
+    assert any(n.startswith("projector.") for n in t) and "llm.lm_head.weight" in t
+    t = trainable(tiny(tok, vision=dataclasses.replace(ModelConfig().vision, freeze=False),
+                       llm=dataclasses.replace(ModelConfig().llm, freeze=True)))
+    assert any(n.startswith("vision.tower.") for n in t) and not any(n.startswith("llm.") for n in t)
+    lora = tiny(tok, lora=LoraSettings(enabled=True, r=4, alpha=8))
+    t = trainable(lora)
+    llm_t = {n for n in t if n.startswith("llm.")}
+    assert llm_t and all("lora_" in n for n in llm_t)
+    assert {n.split(".")[-2] for n in llm_t} == {"default"}
+    assert any("q_proj.lora_A" in n for n in llm_t) and any("o_proj.lora_B" in n for n in llm_t)
+    out = run(lora, batch_for(lora, tok, random_frames(1)))
+    out["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.named_parameters() if "lora_B" in n)
+    with pytest.raises(ValueError, match="lm_head"):
+        tiny(tok, lora=LoraSettings(enabled=True, target_modules=["q_proj", "lm_head"]))
+
+
+def _text_logits(model: VideoLLM, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.head_logits(model.causal_lm.get_decoder()(input_ids=ids).last_hidden_state)
+
+
+def test_exported_llm_loads_with_automodel_and_gives_identical_logits(tok, tmp_path):
+    model = tiny(tok, lora=LoraSettings(enabled=True, r=4, alpha=8))
+    with torch.no_grad():  # adapters that change the output, as after training
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ids = torch.tensor([tok.encode("The ball is blue. A boy throws a red cup.", add_special_tokens=False)])
+    want = _text_logits(model, ids)
+    frames = random_frames(1)[0][None]
+    b = batch_for(model, tok, [frames[0]])
+    want_frames = model.logits(frames, b["input_ids"][:1], b["attention_mask"][:1])
+    model.export_llm().save_pretrained(tmp_path / "llm")
+    with safe_open(str(tmp_path / "llm" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "lm_head.weight" in keys and not any("lora" in k for k in keys)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "llm", local_files_only=True)
+    assert isinstance(loaded.lm_head, nn.Linear)
+    with torch.no_grad():
+        got = loaded(input_ids=ids).logits
+    assert_close_report(got, want, rtol=1e-4, atol=1e-5, name="exported llm logits")
+    # The whole model (tower, projector, merged LLM, tokenizer) round-trips too.
+    model.save_pretrained_parts(tmp_path / "parts", tok)
+    back, back_tok = VideoLLM.from_pretrained_parts(tmp_path / "parts")
+    assert len(back_tok) == len(tok)
+    got_frames = back.logits(frames, b["input_ids"][:1], b["attention_mask"][:1])
+    assert_close_report(got_frames, want_frames, rtol=1e-4, atol=1e-5, name="parts round trip logits")
+
+
+def test_generation_and_option_scoring_are_correct_and_deterministic(tok):
+    model = tiny(tok).eval()
+    frames = torch.stack(random_frames(2, seed=3))
+    qs, opts = ["What is the ball's color?", "Why did the man open the door?"], [["red", "blue"], ["a", "b", "c"]]
+    a = model.generate_text(tok, frames, qs, opts, max_new_tokens=6)
+    assert a == model.generate_text(tok, frames, qs, opts, max_new_tokens=6)
+    # KV-cache greedy (batched, left-padded) equals a no-cache greedy loop run per clip.
+    from train.generation import _prompts
+
+    prompts = _prompts(model, tok, frames, qs, opts, None, "Answer.")
+    prompts[1] = prompts[1] + tok.encode(" extra words here", add_special_tokens=False)  # unequal lengths
+    got = model.generate(frames, prompts, max_new_tokens=5)
+    for i in range(2):
+        ids = list(prompts[i])
+        for _ in range(5):
+            logits = model.logits(frames[i:i + 1], torch.tensor([ids]))
+            ids.append(int(logits[0, -1].argmax()))
+        assert got[i] == ids[len(prompts[i]):], f"clip {i}"
+    assert model.generate(frames, prompts, max_new_tokens=5, eos_token_id=got[0][0])[0] == []
+    # Option scores: batched == one clip at a time == a direct sum over full logits.
+    s = model.score_options(tok, frames, qs, opts)
+    assert s["sum"].shape == (2, 3) and s["sum"][0, 2] == float("-inf") and s["n_tokens"][0, 2] == 0
+    one = model.score_options(tok, frames[1:], qs[1:], opts[1:])
+    assert_close_report(one["sum"][0], s["sum"][1], rtol=1e-5, atol=1e-5, name="batched vs single")
+    assert torch.equal(s["sum"], model.score_options(tok, frames, qs, opts)["sum"])
+    p = prompts[0][: len(prompts[0])]
+    p = _prompts(model, tok, frames[:1], qs[:1], opts[:1], None, __import__("train.prompts").prompts.qa_instruction("letter"))[0]
+    opt = tok.encode(" (B)", add_special_tokens=False)
+    logp = torch.log_softmax(model.logits(frames[:1], torch.tensor([p + opt]))[0], -1)
+    direct = sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(opt))
+    assert abs(direct - float(s["sum"][0, 1])) < 1e-4
+    assert s["pred"].tolist() == s["sum"].argmax(1).tolist()
+    captions = [["c1", "c2", "c3"], None]
+    assert not torch.equal(model.score_options(tok, frames, qs, opts, captions)["sum"][0], s["sum"][0])
+
+
+def test_clip_tower_temporal_stride_and_gradient_checkpointing(tok):
+    cfg = ModelConfig()
+    vision = dataclasses.replace(cfg.vision, kind="clip")
+    proj = dataclasses.replace(cfg.projector, pool=[1, 2], temporal_stride=2)
+    model = tiny(tok, vision=vision, projector=proj)
+    frames = random_frames(2, t=5)
+    assert model.frame_layout(5).num_visual_tokens == 3 * 2  # ceil(5 / 2) groups x 2 tokens
+    assert model.encode_frames(torch.stack(frames)).shape == (2, 6, 64)
+    b = batch_for(model, tok, frames)
+    base = run(model, b)
+    base["loss"].backward()
+    g0 = model.projector.fc2.weight.grad.clone()
+    ckpt = tiny(tok, vision=vision, projector=proj, gradient_checkpointing=True)
+    ckpt.train()
+    out = run(ckpt, b)
+    out["loss"].backward()
+    assert_close_report(out["loss"], base["loss"], rtol=1e-6, atol=1e-6, name="loss with checkpointing")
+    assert_close_report(ckpt.projector.fc2.weight.grad, g0, rtol=1e-5, atol=1e-7, name="grad with checkpointing")
+
+
+def test_flops_formula_counts_the_models_matmul_weights(tok):
+    model = tiny(tok)
+    d = model.flops_dims()
+    llm_linear = sum(m.weight.numel() for n, m in model.causal_lm.named_modules()
+                     if isinstance(m, nn.Linear) and ".layers." in f".{n}")
+    assert flops.llm_params(d) == llm_linear + model.loss_head.weight.numel()
+    vis_linear = sum(m.weight.numel() for n, m in model.vision.tower.named_modules()
+                     if isinstance(m, nn.Linear) and ".layers." in f".{n}")
+    assert flops.vision_params(d) == vis_linear
+    assert d.vis_patches == (32 // 8) ** 2 and d.tokens_per_group == 4
+    f = flops.flops_per_sample(d, 128, 4)
+    assert f["total"] == f["vision"] + f["projector"] + f["llm"]
+    # Frozen tower: forward only (factor 1); trained LLM: factor 3 -> 6N per token at S -> 0.
+    assert f["vision"] == pytest.approx(4 * (2 * 16 * flops.vision_params(d) + 2 * 16 * 3 * 64 * 32
+                                             + 4 * 1 * 16 * 16 * 32))
+    assert f["llm"] == pytest.approx(3 * (2 * flops.llm_params(d) + 2 * 2 * 64 * 128) * 128)
+    assert model.flops_per_token(128, 4) == pytest.approx(f["total"] / 128)
+    frozen = flops.flops_per_sample(dataclasses.replace(d, train_llm=False), 128, 4)
+    assert frozen["llm"] == pytest.approx(f["llm"] * 2 / 3)
