@@ -19,6 +19,10 @@ import math
 from pathlib import Path
 
 import torch
+# Imported here, not lazily: loading torchcodec's FFmpeg libraries takes seconds, and DataLoader
+# workers forked after this module was imported inherit them instead of each paying again.
+from torchcodec.decoders import VideoDecoder
+from torchcodec.transforms import Resize
 
 __all__ = ["DecodeError", "decode_frames", "segment_times"]
 
@@ -95,9 +99,6 @@ def decode_frames(
         FileNotFoundError: ``source`` is a path that does not exist.
         ValueError: bad ``num_frames`` or ``size``.
     """
-    from torchcodec.decoders import VideoDecoder
-    from torchcodec.transforms import Resize
-
     src = _source_name(source, name)
     _check_args(src, num_frames, size, start, end)
     if isinstance(source, Path):

@@ -1,0 +1,267 @@
+"""Loader throughput: our streaming loader vs decoding the same shards with PyAV, in one run.
+
+``python -m data_shards bench SHARDS [--frames 8 --workers 2 --size 224x224 --seconds 20 --max-videos M]``
+
+Providers (each runs until it has handled ``--max-videos`` videos or ``--seconds`` passed,
+cycling over the shards as often as needed; same K timestamps per video, the segment middles):
+
+- ``loader``: :func:`data_shards.loader.build_loader` with N workers, shards read in endless
+  passes; a video counts when its last question is yielded to the consumer (main process).
+- ``torchcodec-seq``: :func:`data_shards.frames.decode_frames` on each tar member, one process
+  (the decoder alone: shows what the pipeline adds or loses).
+- ``pyav-seq`` (the baseline of ``speedup_vs_pyav``): PyAV, one process: open each video from the
+  tar bytes, for each timestamp seek (to the key frame before it) and decode forward to the
+  frame played at that time, convert to RGB at the target size (swscale). Same frames as ours.
+- ``pyav-keyframe``: PyAV seek + the first decoded frame, i.e. the key frame at or before each
+  timestamp. Cheaper but NOT the same frames (up to one GOP early; the table prints the mean
+  time error); shown for reference only.
+
+Prints a table, then ``speedup_vs_pyav: X.XX`` (loader frames/s over pyav-seq frames/s) as the
+last line, and appends a row to ``docs/bench/loader.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from data_shards.frames import segment_times
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CSV = REPO / "docs" / "bench" / "loader.csv"
+CSV_FIELDS = ["date", "commit", "cpus", "load_1m", "shards", "videos_in_shards", "frames", "size", "workers",
+              "seconds", "max_videos", "loader_videos", "loader_videos_s", "loader_frames_s", "tc_seq_videos_s",
+              "tc_seq_frames_s", "pyav_videos_s", "pyav_frames_s", "pyav_key_videos_s", "speedup_vs_pyav",
+              "speedup_tc_seq_vs_pyav"]
+
+
+@dataclass
+class Result:
+    """What one provider did within the budget."""
+
+    name: str
+    videos: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    note: str = ""
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
+    """A few decoded videos by key (uint8 [K, H, W, 3]) to check that providers agree."""
+
+    @property
+    def videos_s(self) -> float:
+        return self.videos / self.seconds if self.seconds else 0.0
+
+    @property
+    def frames_s(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def tar_videos(urls: list[str]) -> Iterator[tuple[str, dict, bytes]]:
+    """``(key, record, video bytes)`` for every sample of the shards, in order (main process)."""
+    from webdataset.tariterators import tarfile_samples
+
+    for sample in tarfile_samples(iter([{"url": u} for u in urls])):
+        record = json.loads(sample["json"])
+        yield sample["__key__"], record, sample[record["video"].rsplit(".", 1)[1].lower()]
+
+
+def cycle_videos(urls: list[str], max_videos: int, budget_s: float, work: Callable[[str, dict, bytes], np.ndarray],
+                 result: Result, keep: set[str]) -> Result:
+    """Run ``work`` over the shards' videos (cycling) until ``max_videos`` or ``budget_s``."""
+    t0 = time.perf_counter()
+    while result.videos < max_videos:
+        for key, record, data in tar_videos(urls):
+            frames = work(key, record, data)
+            result.videos += 1
+            result.frames += len(frames)
+            if key in keep and key not in result.samples:
+                result.samples[key] = frames
+            if result.videos >= max_videos or time.perf_counter() - t0 >= budget_s:
+                break
+        if time.perf_counter() - t0 >= budget_s:
+            break
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def pyav_frames(data: bytes, num_frames: int, size: tuple[int, int], record: dict, exact: bool) -> tuple[np.ndarray, float]:
+    """PyAV decode of the frames played at the segment middles; returns (uint8 [K, H, W, 3], mean |t_frame - t|)."""
+    import av
+
+    h, w = size
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        begin = float((stream.start_time or 0) * tb)
+        end = begin + float(stream.duration * tb) if stream.duration else float(container.duration / 1e6)
+        lo = begin if record["start"] is None else max(record["start"], begin)
+        hi = end if record["end"] is None else min(record["end"], end)
+        out, err = [], 0.0
+        for t in segment_times(num_frames, lo, hi):
+            container.seek(int(t / tb), stream=stream, backward=True, any_frame=False)
+            chosen = None
+            for frame in container.decode(stream):
+                if chosen is not None and frame.time > t + 1e-6:
+                    break  # this frame is played after t: the previous one is on screen at t
+                chosen = frame
+                if not exact:
+                    break
+            err += abs(chosen.time - t)
+            out.append(chosen.to_ndarray(width=w, height=h, format="rgb24"))
+    return np.stack(out), err / num_frames
+
+
+def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers: int, max_videos: int,
+               budget_s: float, last_qids: set[str], keep: set[str]) -> Result:
+    """Our loader (endless passes over the shards) until ``max_videos`` videos reached the consumer."""
+    from data_shards.loader import LoaderConfig, build_loader
+
+    cfg = LoaderConfig(urls=urls, num_frames=num_frames, frame_size=size, batch_size=8, num_workers=workers,
+                       shuffle_shards=False, shuffle_buffer=0, epoch_batches=1 << 40)
+    loader = build_loader(cfg, rank=0, world_size=1)
+    result = Result(f"loader ({workers} workers)")
+    t0 = time.perf_counter()
+    it = iter(loader)
+    for batch in it:
+        for sample in batch:
+            if sample["qid"] in last_qids and result.videos < max_videos:  # the video's last question:
+                result.videos += 1                                          # all of it was delivered
+                result.frames += sample["frames"].shape[0]
+                if sample["__key__"] in keep and sample["__key__"] not in result.samples:
+                    result.samples[sample["__key__"]] = sample["frames"].permute(0, 2, 3, 1).numpy()
+        if result.videos >= max_videos or time.perf_counter() - t0 >= budget_s:
+            break
+    result.seconds = time.perf_counter() - t0
+    it.close()  # stop the workers (not timed)
+    stats = loader.stats()
+    skipped = {k: stats[k] for k in ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record") if stats[k]}
+    result.note = f"skipped {skipped}" if skipped else ""
+    return result
+
+
+def compare(a: Result, b: Result) -> str:
+    common = sorted(set(a.samples) & set(b.samples))
+    if not common:
+        return f"{a.name} vs {b.name}: no common video to compare"
+    diffs = [np.abs(a.samples[k].astype(np.int16) - b.samples[k].astype(np.int16)).mean() for k in common]
+    return f"{a.name} vs {b.name}: mean |difference| {max(diffs):.2f} of 255 (worst of {len(common)} videos)"
+
+
+def native_check(urls: list[str], num_frames: int) -> str:
+    """Decode the first video at its own size with torchcodec and with PyAV: are the frames identical?"""
+    from data_shards.frames import decode_frames
+
+    key, record, data = next(tar_videos(urls))
+    ours = decode_frames(data, num_frames, None, record["start"], record["end"]).permute(0, 2, 3, 1).numpy()
+    theirs, _ = pyav_frames(data, num_frames, tuple(ours.shape[1:3]), record, exact=True)
+    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
+    verdict = "identical" if not diff.any() else f"DIFFERENT (max {diff.max()}, mean {diff.mean():.2f})"
+    return (f"same frames check at native size {ours.shape[1]}x{ours.shape[2]} ({key}): torchcodec vs pyav-seq "
+            f"{verdict}; at the target size they differ only by the resize filter")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def append_csv(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: int, budget_s: float,
+            max_videos: int | None) -> tuple[list[Result], int]:
+    """All four providers on the same shards; returns their results and the videos in the shards."""
+    from data_shards.frames import decode_frames
+
+    index = [(key, rec) for key, rec, _ in tar_videos(urls)]
+    if not index:
+        raise ValueError(f"no video sample in {urls}")
+    last_qids = {rec["qas"][-1]["qid"] for _, rec in index}
+    keep = {key for key, _ in index[:4]}
+    limit = max_videos if max_videos is not None else 1 << 40
+    results = [run_loader(urls, num_frames, size, workers, limit, budget_s, last_qids, keep)]
+    tc = Result("torchcodec-seq")
+    results.append(cycle_videos(urls, limit, budget_s, lambda k, r, d: decode_frames(
+        d, num_frames, size, r["start"], r["end"], name=k).permute(0, 2, 3, 1).numpy(), tc, keep))
+    for name, exact in (("pyav-seq", True), ("pyav-keyframe", False)):
+        res, errors = Result(name), []
+
+        def work(key, rec, data, exact=exact, errors=errors):
+            frames, err = pyav_frames(data, num_frames, size, rec, exact)
+            errors.append(err)
+            return frames
+
+        cycle_videos(urls, limit, budget_s, work, res, keep)
+        res.note = f"mean |t_frame - t| = {np.mean(errors):.3f} s"
+        results.append(res)
+    return results, len(index)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m data_shards bench SHARDS``: loader vs PyAV sequential throughput."""
+    from data_shards.loader import _parse_size, expand_urls
+
+    p = argparse.ArgumentParser(prog="python -m data_shards bench", description=main.__doc__)
+    p.add_argument("shards", help="shard URL pattern, e.g. 'bench/shards/train-{000000..000007}.tar'")
+    p.add_argument("--frames", type=int, default=8, help="K frames per video")
+    p.add_argument("--workers", type=int, default=2, help="loader DataLoader workers")
+    p.add_argument("--size", type=_parse_size, default=(224, 224), help="HxW")
+    p.add_argument("--seconds", type=float, default=20.0, help="time budget per provider")
+    p.add_argument("--max-videos", type=int, default=None, help="stop each provider after this many videos")
+    p.add_argument("--csv", default=str(DEFAULT_CSV), help="append the result row here ('' to skip)")
+    args = p.parse_args(argv)
+    urls = expand_urls(args.shards)
+    size = args.size
+    if size is None:
+        raise SystemExit("bench needs a fixed --size HxW")
+    load = os.getloadavg()[0]
+    results, n_videos = run_all(urls, args.frames, size, args.workers, args.seconds, args.max_videos)
+    loader, tc, pyav, pyav_key = results
+    print(f"bench: {len(urls)} shard(s), {n_videos} videos, K={args.frames} frames at {size[0]}x{size[1]}, "
+          f"{args.workers} loader workers, budget {args.seconds:g} s, cpus {os.cpu_count()}, load(1m) {load:.2f}")
+    print(f"{'provider':<22}{'videos':>8}{'frames':>9}{'seconds':>9}{'videos/s':>10}{'frames/s':>10}"
+          f"{'vs pyav':>9}  note")
+    for r in results:
+        ratio = r.frames_s / pyav.frames_s if pyav.frames_s else float("nan")
+        print(f"{r.name:<22}{r.videos:>8}{r.frames:>9}{r.seconds:>9.2f}{r.videos_s:>10.2f}{r.frames_s:>10.1f}"
+              f"{ratio:>8.2f}x  {r.note}")
+    print(native_check(urls, args.frames))
+    print(compare(loader, pyav))
+    print(compare(tc, pyav))
+    speedup = loader.frames_s / pyav.frames_s if pyav.frames_s else float("nan")
+    if args.csv:
+        append_csv(Path(args.csv), {
+            "date": dt.datetime.now().isoformat(timespec="seconds"), "commit": _commit(), "cpus": os.cpu_count(),
+            "load_1m": f"{load:.2f}", "shards": len(urls), "videos_in_shards": n_videos, "frames": args.frames,
+            "size": f"{size[0]}x{size[1]}", "workers": args.workers, "seconds": args.seconds,
+            "max_videos": args.max_videos or "", "loader_videos": loader.videos,
+            "loader_videos_s": f"{loader.videos_s:.3f}", "loader_frames_s": f"{loader.frames_s:.2f}",
+            "tc_seq_videos_s": f"{tc.videos_s:.3f}", "tc_seq_frames_s": f"{tc.frames_s:.2f}",
+            "pyav_videos_s": f"{pyav.videos_s:.3f}", "pyav_frames_s": f"{pyav.frames_s:.2f}",
+            "pyav_key_videos_s": f"{pyav_key.videos_s:.3f}", "speedup_vs_pyav": f"{speedup:.3f}",
+            "speedup_tc_seq_vs_pyav": f"{tc.frames_s / pyav.frames_s if pyav.frames_s else float('nan'):.3f}"})
+        print(f"appended a row to {args.csv}")
+    print(f"speedup_vs_pyav: {speedup:.2f}")
+    return 0
