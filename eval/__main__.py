@@ -9,6 +9,7 @@ COMMANDS = {
     "score": ("eval.score", "accuracy of predictions, overall and per official question group"),
     "run": ("eval.run", "run a checkpoint on a split and write predictions (+ probes)"),
     "report": ("eval.report", "markdown + plots + json report from scored runs"),
+    "demo": ("eval.demo", "the whole method end to end on the synthetic dataset (CPU)"),
 }
 
 
