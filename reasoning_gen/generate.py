@@ -1,0 +1,359 @@
+"""The offline generation job: shards -> teacher -> append-only reasoning records per rank.
+
+Each rank takes its own slice of the shards (``shards[rank::world_size]``), streams them
+through the real loader (:func:`data_shards.loader.build_loader`, frames decoded unless the
+backend never looks at pixels) and appends one record per question to
+``DIR/{split}.rank{rank:05d}.jsonl`` (contract 5), flushed and fsynced per batch.
+
+Restart safety: before starting, a partial last line left by a crash in this rank's files is
+cut off (and reported); every qid already written by ANY rank file in ``DIR`` is skipped (so a
+change of world size does not redo work), and shards whose questions are all done are not
+even opened. A request that still fails after the backend's and the job's retries is written
+with ``status: "failed"`` and its error; ``retry_failed`` runs those again.
+
+Prompts: ``reasvqa`` (one request per question; raw text refined on the fly, teacher answer
+graded against the ground truth) or ``vcot`` (per consecutive frame pair: common attributes,
+then the bridging event, optionally a rephrasing pass -> ``vcot``: T - 1 captions).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reasoning_gen.backends.base import Backend, GenRequest, GenResult
+from reasoning_gen.prompts import (prompt_version, reasvqa_prompt, rephrase_prompt, vcot_bridge_prompt,
+                                   vcot_common_prompt)
+from reasoning_gen.records import AppendWriter, kind, make_record, read_reasoning_lines
+from reasoning_gen.refine import refine
+
+
+@dataclass
+class GenerateConfig:
+    """What one rank of the generation job does."""
+
+    shards: str | list[str]
+    """Shard URLs: brace patterns (several joined by ``::``) or a list."""
+    out_dir: str
+    """Output directory: ``{split}.rank{r:05d}.jsonl`` per split and rank."""
+    prompt: str = "reasvqa"
+    """``reasvqa`` or ``vcot``."""
+    num_frames: int = 8
+    """Frames per video given to the teacher (vCoT: T - 1 pairs)."""
+    frame_size: tuple[int, int] | None = (336, 336)
+    """(height, width) frames are resized to while decoding."""
+    batch_size: int = 8
+    """Questions per loader batch (and per backend call for ReasVQA)."""
+    num_workers: int = 1
+    """Loader worker processes (at most one per pending shard)."""
+    retries: int = 1
+    """Job-level retries of failed requests (on top of the backend's own)."""
+    retry_failed: bool = False
+    """Regenerate qids whose only records are failed ones."""
+    rephrase: bool = False
+    """vCoT: shorten every transitional caption with a second pass."""
+    refine_strategy: str = "answer-sentences"
+    """ReasVQA: how ``refined`` is made from ``raw`` (see :mod:`reasoning_gen.refine`)."""
+    refine_k: int = 3
+    """Steps kept by the ``first-k-steps`` strategy."""
+    truth: dict[str, int | None] | None = None
+    """qid -> ground-truth answer overriding the shards' (e.g. answers held apart)."""
+    progress: bool = True
+    """Show a progress bar (questions/s and ETA)."""
+
+
+@dataclass
+class JobStats:
+    """Counters of one rank's run."""
+
+    counts: dict = field(default_factory=lambda: {
+        "questions_in_shards": 0, "already_done": 0, "generated": 0, "ok": 0, "failed": 0, "graded": 0,
+        "teacher_correct": 0, "shards": 0, "shards_skipped_done": 0, "repaired_bytes": 0})
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+def rank_file(out_dir: str | Path, split: str, rank: int) -> Path:
+    return Path(out_dir) / f"{split}.rank{rank:05d}.jsonl"
+
+
+def done_qids(out_dir: Path, job_kind: str, include_failed: bool, log=print) -> set[str]:
+    """qids with a record of this kind in any rank file of ``out_dir`` (ok ones, and failed ones unless retried)."""
+    done: set[str] = set()
+    for path in sorted(out_dir.glob("*.rank*.jsonl")):
+        counts: dict = {}
+        for _, rec in read_reasoning_lines(path, counts):
+            if kind(rec) == job_kind and (rec["status"] == "ok" or include_failed):
+                done.add(rec["qid"])
+        if counts.get("corrupt"):
+            log(f"warning: {path}: {counts['corrupt']} corrupt line(s) skipped")
+    return done
+
+
+def shard_qids(url: str) -> list[str] | None:
+    """The qids in a local shard, read from its ``.json`` members only; None if not a local file."""
+    path = Path(url[len("file:"):] if url.startswith("file:") else url)
+    if url.startswith("pipe:") or "://" in url or not path.is_file():
+        return None
+    qids = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:  # tarfile seeks over the video members without reading them
+                if member.isfile() and member.name.endswith(".json"):
+                    qids += [qa["qid"] for qa in json.load(tar.extractfile(member))["qas"]]
+    except (tarfile.TarError, OSError, ValueError, KeyError, TypeError):
+        return None  # let the loader meet it, report and count it
+    return qids
+
+
+def call_with_retries(backend: Backend, requests: list[GenRequest], retries: int) -> list[GenResult]:
+    """``backend.generate`` and up to ``retries`` more calls for the requests that failed."""
+    results = backend.generate(requests)
+    for _ in range(retries):
+        bad = [i for i, r in enumerate(results) if not r.ok]
+        if not bad:
+            break
+        again = backend.generate([requests[i] for i in bad])
+        for i, r in zip(bad, again):
+            r.attempts += results[i].attempts
+            results[i] = r
+    return results
+
+
+def _reasvqa(backend: Backend, batch: list[dict], cfg: GenerateConfig) -> list[dict]:
+    reqs = [GenRequest(reasvqa_prompt(s["question"], s["options"], cfg.num_frames), s["frames"], s["qid"], s)
+            for s in batch]
+    version = prompt_version("reasvqa")
+    out = []
+    for s, res in zip(batch, call_with_retries(backend, reqs, cfg.retries)):
+        if not res.ok:
+            out.append(make_record(s["qid"], backend.name, version, status="failed", error=res.error,
+                                   split=s["split"]))
+            continue
+        r = refine(res.text, s["options"], cfg.refine_strategy, cfg.refine_k)
+        truth = cfg.truth.get(s["qid"], s["answer"]) if cfg.truth else s["answer"]
+        correct = None if truth is None or r.teacher_answer is None else r.teacher_answer == truth
+        out.append(make_record(s["qid"], backend.name, version, raw=res.text, refined=r.text,
+                               teacher_answer=r.teacher_answer, teacher_correct=correct, split=s["split"],
+                               refine=cfg.refine_strategy))
+    return out
+
+
+def _vcot(backend: Backend, batch: list[dict], cfg: GenerateConfig) -> list[dict]:
+    def frames(s, i):
+        return None if s["frames"] is None else s["frames"][i:i + 2]
+
+    pairs = [(s, i) for s in batch for i in range(cfg.num_frames - 1)]
+    meta = [{"pair": i, "num_frames": cfg.num_frames} for _, i in pairs]
+    reqs = [GenRequest(vcot_common_prompt(i, cfg.num_frames), frames(s, i), f"{s['qid']}#pair{i}", s, m)
+            for (s, i), m in zip(pairs, meta)]
+    common = call_with_retries(backend, reqs, cfg.retries)
+    todo = [k for k, r in enumerate(common) if r.ok]
+    bridge: dict[int, GenResult] = dict(enumerate(common))
+    reqs2 = [GenRequest(vcot_bridge_prompt(pairs[k][1], cfg.num_frames, common[k].text), frames(*pairs[k]),
+                        reqs[k].key, pairs[k][0], meta[k]) for k in todo]
+    bridge.update(zip(todo, call_with_retries(backend, reqs2, cfg.retries)))
+    if cfg.rephrase:
+        todo = [k for k in todo if bridge[k].ok]
+        reqs3 = [GenRequest(rephrase_prompt(bridge[k].text), None, reqs[k].key, pairs[k][0],
+                            {**meta[k], "caption": bridge[k].text}) for k in todo]
+        bridge.update(zip(todo, call_with_retries(backend, reqs3, cfg.retries)))
+    version, out, k = prompt_version("vcot", cfg.rephrase), [], 0
+    for s in batch:
+        mine = [(common[k + i], bridge[k + i]) for i in range(cfg.num_frames - 1)]
+        k += cfg.num_frames - 1
+        errors = [b.error for _, b in mine if not b.ok]
+        if errors:
+            out.append(make_record(s["qid"], backend.name, version, status="failed", split=s["split"],
+                                   error=f"{len(errors)} of {len(mine)} frame pairs failed; first: {errors[0]}"))
+        else:
+            out.append(make_record(s["qid"], backend.name, version, vcot=[b.text for _, b in mine],
+                                   vcot_common=[c.text for c, _ in mine], split=s["split"]))
+    return out
+
+
+class _Progress:
+    """tqdm bar over this rank's pending questions with generated questions/s and the ETA."""
+
+    def __init__(self, total: int | None, enabled: bool):
+        self.bar = None
+        self.t0, self.done, self.total = time.monotonic(), 0, total
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="q", dynamic_ncols=True, file=sys.stderr,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is None:
+            return
+        rate = self.done / max(time.monotonic() - self.t0, 1e-9)
+        eta = "?" if not self.total or rate == 0 else f"{max(self.total - self.done, 0) / rate:.0f}s"
+        self.bar.set_postfix_str(f"{rate:.2f} q/s, ETA {eta}", refresh=False)
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _pending_shards(urls: list[str], done: set[str], stats: JobStats, log) -> tuple[list[str], int | None]:
+    pending, total, known = [], 0, True
+    for url in urls:
+        qids = shard_qids(url)
+        if qids is None:
+            known = False
+            pending.append(url)
+            continue
+        left = sum(q not in done for q in qids)
+        stats.add("questions_in_shards", len(qids))
+        if left:
+            pending.append(url)
+            total += left
+        else:
+            stats.add("shards_skipped_done")
+    return pending, (total if known else None)
+
+
+def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size: int, log=print) -> dict:
+    """Generate this rank's records; returns the counters (plus the loader's as ``loader_*``)."""
+    from data_shards.loader import LoaderConfig, build_loader, expand_urls
+
+    if cfg.prompt not in ("reasvqa", "vcot"):
+        raise ValueError(f"unknown prompt {cfg.prompt!r}; expected reasvqa or vcot")
+    if cfg.prompt == "vcot" and cfg.num_frames < 2:
+        raise ValueError("vcot needs num_frames >= 2 (captions sit between consecutive frames)")
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = JobStats()
+    for path in sorted(out_dir.glob(f"*.rank{rank:05d}.jsonl")):
+        cut = AppendWriter(path, fsync=False)
+        cut.close()
+        if cut.repaired:
+            log(f"rank {rank}: {path}: cut a partial last line of {cut.repaired} bytes (left by an interrupted run)")
+            stats.add("repaired_bytes", cut.repaired)
+    done = done_qids(out_dir, cfg.prompt if cfg.prompt == "vcot" else "reasoning", not cfg.retry_failed, log)
+    mine = expand_urls(cfg.shards)[rank::world_size]
+    stats.add("shards", len(mine))
+    pending, total = _pending_shards(mine, done, stats, log)
+    log(f"rank {rank}/{world_size}: {len(mine)} shard(s), {len(pending)} with work left, "
+        f"{total if total is not None else '?'} question(s) to generate; {len(done)} qid(s) done in {out_dir}")
+    if not pending:
+        return dict(stats.counts)
+    lcfg = LoaderConfig(urls=pending, num_frames=cfg.num_frames, frame_size=cfg.frame_size, batch_size=cfg.batch_size,
+                        num_workers=min(cfg.num_workers, len(pending)), shuffle_shards=False, shuffle_buffer=0,
+                        decode=backend.needs_frames)
+    loader = build_loader(lcfg, rank=0, world_size=1)  # the rank split is ours, above
+    writers: dict[str, AppendWriter] = {}
+    bar = _Progress(total, cfg.progress)
+    step = _vcot if cfg.prompt == "vcot" else _reasvqa
+    try:
+        for batch in loader:
+            todo = [s for s in batch if s["qid"] not in done]
+            stats.add("already_done", len(batch) - len(todo))
+            if not todo:
+                continue
+            records = step(backend, todo, cfg)
+            for split in sorted({r["split"] for r in records}):
+                if split not in writers:
+                    writers[split] = AppendWriter(rank_file(out_dir, split, rank))
+                writers[split].write([r for r in records if r["split"] == split])  # one write + fsync
+            for rec in records:
+                done.add(rec["qid"])
+                stats.add("generated")
+                stats.add(rec["status"])
+                if rec.get("teacher_correct") is not None:
+                    stats.add("graded")
+                    stats.add("teacher_correct", int(rec["teacher_correct"]))
+            bar.update(len(todo))
+    finally:
+        bar.close()
+        for w in writers.values():
+            w.close()
+    result = dict(stats.counts)
+    result.update({f"loader_{k}": v for k, v in loader.stats().items()})
+    return result
+
+
+def _parse_opt(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--opt wants key=value, got {text!r}")
+    return key.replace("-", "_"), yaml.safe_load(value)
+
+
+def _parse_size(text: str) -> tuple[int, int] | None:
+    if text.lower() in ("none", "native"):
+        return None
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reasoning_gen generate``: this rank's share of the shards -> reasoning records."""
+    import argparse
+    import os
+
+    from data_shards.distenv import world_info_from_env
+    from reasoning_gen.backends import BACKENDS, build_backend
+    from reasoning_gen.refine import STRATEGIES, load_truth
+
+    p = argparse.ArgumentParser(prog="python -m reasoning_gen generate", description=main.__doc__)
+    p.add_argument("--shards", required=True, nargs="+", help="shard URLs / brace patterns")
+    p.add_argument("--backend", default="synthetic", choices=sorted(BACKENDS))
+    p.add_argument("--prompt", default="reasvqa", choices=["reasvqa", "vcot"])
+    p.add_argument("--out", required=True, help="output directory ({split}.rank{r:05d}.jsonl)")
+    p.add_argument("--records", nargs="*", default=None,
+                   help="schema-v1 records whose answers override the shards' for grading the teacher")
+    p.add_argument("--model", default=None, help="model path (transformers, vllm) or name (openai)")
+    p.add_argument("--base-url", default=None, help="openai backend: API root, e.g. http://host:8000/v1")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: env variable with the key")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="backend option (repeatable)")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=_parse_size, default=(336, 336), help="HxW frames are resized to, or native")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--retries", type=int, default=1, help="job-level retries of failed requests")
+    p.add_argument("--retry-failed", action="store_true", help="regenerate qids recorded as failed")
+    p.add_argument("--rephrase", action="store_true", help="vcot: shorten captions with a second pass")
+    p.add_argument("--refine-strategy", default="answer-sentences", choices=STRATEGIES)
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    opts = dict(_parse_opt(o) for o in args.opt)
+    if args.model:
+        opts["model"] = args.model
+    if args.backend == "openai":
+        opts.setdefault("base_url", args.base_url)
+        if os.environ.get(args.api_key_env):
+            opts.setdefault("api_key", os.environ[args.api_key_env])
+        if not opts.get("base_url") or not opts.get("model"):
+            p.error("the openai backend needs --base-url and --model")
+    info = world_info_from_env()
+    truth = None
+    if args.records:
+        truth = {qid: answer for qid, (_, answer) in load_truth(args.records).items()}
+    cfg = GenerateConfig(shards=args.shards, out_dir=args.out, prompt=args.prompt, num_frames=args.frames,
+                         frame_size=args.size, batch_size=args.batch_size, num_workers=args.workers,
+                         retries=args.retries, retry_failed=args.retry_failed, rephrase=args.rephrase,
+                         refine_strategy=args.refine_strategy, refine_k=args.k, truth=truth,
+                         progress=not args.no_progress and info.rank == 0)
+    backend = build_backend(args.backend, **opts)
+    try:
+        stats = run_generation(cfg, backend, info.rank, info.world_size)
+    finally:
+        backend.close()
+    graded = stats.get("graded", 0)
+    acc = f"{stats['teacher_correct'] / graded:.3f}" if graded else "n/a"
+    print(f"rank {info.rank}: generated {stats['generated']} (ok {stats['ok']}, failed {stats['failed']}), "
+          f"skipped {stats['already_done']} already done, teacher accuracy {acc}; "
+          + json.dumps({k: v for k, v in stats.items() if v}, sort_keys=True))
+    return 0
