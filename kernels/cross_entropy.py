@@ -182,6 +182,7 @@ def _forward(
     grad: torch.Tensor | None = None,
     block_v: int | None = None,
     max_programs: int | None = None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row weighted loss and lse; writes the gradient into ``grad`` when given.
 
@@ -192,6 +193,7 @@ def _forward(
         grad: None (no gradient) or [N, V] with last dim contiguous, any float dtype; may be
             ``logits`` itself (the gradient then overwrites the logits).
         block_v, max_programs: launch overrides for tests and tuning.
+        out: optional (loss, lse) [N] fp32 buffers to write into (every element is written).
 
     Returns:
         (loss [N] fp32 = w_i * (CE_i + z * lse_i**2), 0 for skipped rows; lse [N] fp32, 0 there).
@@ -203,8 +205,10 @@ def _forward(
         raise ValueError(f"grad buffer must be [N, V] = {tuple(logits.shape)} with contiguous rows")
     target = target.contiguous()
     weight = weight.to(torch.float32).contiguous()
-    loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-    lse = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    if out is None:
+        out = (torch.empty(n_rows, dtype=torch.float32, device=logits.device),
+               torch.empty(n_rows, dtype=torch.float32, device=logits.device))
+    loss, lse = out
     if n_rows == 0:
         return loss, lse
     block, num_warps, one_block = _launch_options(n_cols, logits.device, block_v)

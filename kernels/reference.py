@@ -59,16 +59,14 @@ def fused_linear_weighted_cross_entropy_eager(
         hidden: [N, H]; lm_weight: [V, H]; bias: [V] or None (same dtype); target, weight: [N].
         options: keyword options of :func:`weighted_cross_entropy_eager`.
     """
-    logits = hidden @ lm_weight.t()
-    if bias is not None:
-        logits = logits + bias
+    logits = torch.nn.functional.linear(hidden, lm_weight, bias)  # one rounding, like addmm
     return weighted_cross_entropy_eager(logits, target, weight, **options)
 
 
 def ce_rows_torch(
     logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, *, ignore_index: int = -100,
     label_smoothing: float = 0.0, z_loss: float = 0.0, grad: torch.Tensor | None = None,
-    block_v: int | None = None,
+    block_v: int | None = None, out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch twin of ``kernels.cross_entropy._forward`` (same arguments and results).
 
@@ -76,13 +74,16 @@ def ce_rows_torch(
         logits: [N, V] float; target: [N] int64 (validated); weight: [N] float.
         grad: None, or [N, V] buffer (may be ``logits``) that receives d loss_i / d logits_i.
         block_v: accepted for signature compatibility; unused.
+        out: optional (loss, lse) [N] fp32 buffers to write into (every element is written).
 
     Returns:
         (loss [N] fp32, lse [N] fp32), both 0 for rows that are ignored or have weight 0.
     """
     n_rows, n_cols = logits.shape
-    loss = torch.zeros(n_rows, dtype=torch.float32, device=logits.device)
-    lse_out = torch.zeros_like(loss)
+    if out is None:
+        out = (torch.empty(n_rows, dtype=torch.float32, device=logits.device),
+               torch.empty(n_rows, dtype=torch.float32, device=logits.device))
+    loss, lse_out = out
     step = max(1, _BLOCK_ELEMS // n_cols)
     for r0 in range(0, n_rows, step):
         r1 = min(n_rows, r0 + step)
