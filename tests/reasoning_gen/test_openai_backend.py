@@ -7,12 +7,7 @@ with Retry-After, HTTP 500s, a reply slower than the client timeout, a 400, a ma
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -20,95 +15,7 @@ import torch
 from reasoning_gen.backends import GenRequest, build_backend
 from reasoning_gen.backends.openai_compat import parse_retry_after
 from reasoning_gen.prompts import Prompt
-
-
-class ChatServer:
-    """A scripted chat-completions endpoint; ``script[key]`` lists the action of each attempt."""
-
-    def __init__(self, script: dict[str, list], delay_s: float = 0.15):
-        self.script, self.delay_s = script, delay_s
-        self.lock = threading.Lock()
-        self.inflight = self.max_inflight = 0
-        self.arrivals: dict[str, list[float]] = {}
-        self.bad_requests: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                outer.handle(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None  # clients that gave up on a slow reply
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def _check(self, body: dict) -> tuple[str, int]:
-        """The request id and the number of valid images; records protocol violations."""
-        from PIL import Image
-
-        assert self.path_ok and body["model"] == "teacher-x" and body["max_tokens"] == 64
-        user = body["messages"][-1]
-        assert user["role"] == "user" and body["messages"][0]["role"] == "system"
-        images = 0
-        for part in user["content"]:
-            if part["type"] == "image_url":
-                head, b64 = part["image_url"]["url"].split(",", 1)
-                assert head in ("data:image/jpeg;base64", "data:image/png;base64"), head
-                img = Image.open(io.BytesIO(base64.b64decode(b64)))
-                assert img.size == (24, 16) and img.mode == "RGB"
-                images += 1
-        text = next(p["text"] for p in user["content"] if p["type"] == "text")
-        return text.split("id=")[1].split()[0], images
-
-    def handle(self, h: BaseHTTPRequestHandler) -> None:
-        body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
-        self.path_ok = h.path == "/v1/chat/completions"
-        try:
-            key, images = self._check(body)
-        except Exception as e:  # answer 400 and remember: the test fails on any
-            self.bad_requests.append(repr(e))
-            return self._reply(h, 400, {"error": repr(e)})
-        with self.lock:
-            self.arrivals.setdefault(key, []).append(time.monotonic())
-            attempt = len(self.arrivals[key]) - 1
-            self.inflight += 1
-            self.max_inflight = max(self.max_inflight, self.inflight)
-        steps = self.script.get(key, ["ok"])
-        action = steps[min(attempt, len(steps) - 1)]
-        time.sleep(self.delay_s + (1.2 if action == "slow" else 0.0))
-        headers = {"Retry-After": "0.4"} if action == "429" else {}
-        if action in ("429", "500", "400"):
-            status, obj = int(action), {"error": f"scripted {action}"}
-        elif action == "garbage":
-            status, obj = 200, {"nothing": True}
-        else:
-            status, obj = 200, {"choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": f"reply to {key} with {images} images, attempt {attempt}"}}]}
-        # Leave the in-flight count before replying: the client can only send its next request
-        # after reading this reply, so the server never over-counts the client's concurrency.
-        with self.lock:
-            self.inflight -= 1
-        self._reply(h, status, obj, headers)
-
-    @staticmethod
-    def _reply(h, status: int, obj: dict, headers: dict | None = None) -> None:
-        data = json.dumps(obj).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.reasoning_gen.chat_server import ChatServer
 
 
 @pytest.fixture
