@@ -203,22 +203,24 @@ class _Progress:
             self.bar.close()
 
 
-def _pending_shards(urls: list[str], done: set[str], stats: JobStats, log) -> tuple[list[str], int | None]:
-    pending, total, known = [], 0, True
+def _pending_shards(urls: list[str], done: set[str], stats: JobStats) -> tuple[list[str], int | None, set[str]]:
+    """Shards with work left, the number of questions left (None if unknown), shards not pre-scanned."""
+    pending, total, unknown = [], 0, set()
     for url in urls:
         qids = shard_qids(url)
         if qids is None:
-            known = False
+            unknown.add(url)
             pending.append(url)
             continue
         left = sum(q not in done for q in qids)
         stats.add("questions_in_shards", len(qids))
+        stats.add("already_done", len(qids) - left)
         if left:
             pending.append(url)
             total += left
         else:
             stats.add("shards_skipped_done")
-    return pending, (total if known else None)
+    return pending, (None if unknown else total), unknown
 
 
 def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size: int, log=print) -> dict:
@@ -241,7 +243,7 @@ def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size:
     done = done_qids(out_dir, cfg.prompt if cfg.prompt == "vcot" else "reasoning", not cfg.retry_failed, log)
     mine = expand_urls(cfg.shards)[rank::world_size]
     stats.add("shards", len(mine))
-    pending, total = _pending_shards(mine, done, stats, log)
+    pending, total, unscanned = _pending_shards(mine, done, stats)
     log(f"rank {rank}/{world_size}: {len(mine)} shard(s), {len(pending)} with work left, "
         f"{total if total is not None else '?'} question(s) to generate; {len(done)} qid(s) done in {out_dir}")
     if not pending:
@@ -256,7 +258,8 @@ def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size:
     try:
         for batch in loader:
             todo = [s for s in batch if s["qid"] not in done]
-            stats.add("already_done", len(batch) - len(todo))
+            # done questions of pre-scanned shards were counted by _pending_shards
+            stats.add("already_done", sum(s["qid"] in done and s["__url__"] in unscanned for s in batch))
             if not todo:
                 continue
             records = step(backend, todo, cfg)

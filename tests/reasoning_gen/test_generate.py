@@ -1,0 +1,135 @@
+"""The generation job on real shards: resume, partial-line repair, failed records, merge, vCoT."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reasoning_gen.generate import main as generate_main
+from reasoning_gen.merge import main as merge_main
+from reasoning_gen.records import load_reasoning, validate_reasoning
+from tests.reasoning_gen.chat_server import ChatServer
+
+
+def _gen(shards, out, *extra):
+    return generate_main(["--shards", shards["pattern"], "--out", str(out), "--workers", "0", "--no-progress",
+                          "--batch-size", "4", *extra])
+
+
+def _lines(path: Path) -> list[dict]:
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        obj = json.loads(line)
+        validate_reasoning(obj, f"{path}:{i}")
+        out.append(obj)
+    return out
+
+
+def test_generate_resume_after_partial_line(synthetic_shards, tmp_path, capsys):
+    ref_dir, dir_ = tmp_path / "ref", tmp_path / "run"
+    assert _gen(synthetic_shards, ref_dir) == 0
+    ref = _lines(ref_dir / "val.rank00000.jsonl")
+    assert sorted(r["qid"] for r in ref) == sorted(synthetic_shards["qids"])
+    for r in ref:
+        assert r["status"] == "ok" and r["prompt_version"] == "reasvqa-v1" and r["teacher"].startswith("synthetic")
+        truth = synthetic_shards["answers"][r["qid"]]
+        assert r["teacher_correct"] == (r["teacher_answer"] == truth)
+        assert r["refined"] and r["refined"] != r["raw"]
+
+    # an interrupted run: 10 whole lines and half of the 11th
+    dir_.mkdir()
+    raw = (ref_dir / "val.rank00000.jsonl").read_bytes().split(b"\n")
+    partial = raw[10][: len(raw[10]) // 2]
+    (dir_ / "val.rank00000.jsonl").write_bytes(b"\n".join(raw[:10]) + b"\n" + partial)
+    capsys.readouterr()
+    assert _gen(synthetic_shards, dir_) == 0
+    printed = capsys.readouterr().out
+    assert f"cut a partial last line of {len(partial)} bytes" in printed
+    assert "skipped 10 already done" in printed and f"generated {len(ref) - 10}" in printed
+    got = _lines(dir_ / "val.rank00000.jsonl")
+    assert sorted(r["qid"] for r in got) == sorted(r["qid"] for r in ref)
+    # deterministic teacher: the resumed run wrote the same texts
+    assert {r["qid"]: r["raw"] for r in got} == {r["qid"]: r["raw"] for r in ref}
+
+    # nothing left: every shard is skipped without being opened
+    assert _gen(synthetic_shards, dir_) == 0
+    printed = capsys.readouterr().out
+    assert f"0 with work left, 0 question(s) to generate" in printed
+    assert len(_lines(dir_ / "val.rank00000.jsonl")) == len(ref)
+
+
+def test_failed_requests_are_recorded_then_retried(synthetic_shards, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _gen(synthetic_shards, out, "--opt", "fail_rate=0.3", "--retries", "2") == 0
+    first = _lines(out / "val.rank00000.jsonl")
+    failed = [r for r in first if r["status"] == "failed"]
+    assert len(first) == len(synthetic_shards["qids"]) and 3 <= len(failed) <= 30
+    assert all("synthetic failure injected" in r["error"] for r in failed)
+    stats: dict = {}
+    assert len(load_reasoning(out, stats)) == len(first) - len(failed) and stats["failed"] == len(failed)
+
+    assert _gen(synthetic_shards, out) == 0  # failed ones count as done without the flag
+    assert len(_lines(out / "val.rank00000.jsonl")) == len(first)
+    assert _gen(synthetic_shards, out, "--retry-failed") == 0
+    assert len(_lines(out / "val.rank00000.jsonl")) == len(first) + len(failed)
+    capsys.readouterr()
+    assert merge_main([str(out), "--out", str(tmp_path / "merged.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert f"failed then retried {len(failed)}" in printed and "duplicates dropped 0" in printed
+    merged = _lines(tmp_path / "merged.jsonl")
+    assert len(merged) == len(first) and all(r["status"] == "ok" for r in merged)
+    assert len(load_reasoning(tmp_path / "merged.jsonl")) == len(first)
+
+
+def test_merge_reports_duplicates_and_corrupt_lines(synthetic_shards, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _gen(synthetic_shards, out) == 0
+    src = out / "val.rank00000.jsonl"
+    lines = src.read_text().splitlines()
+    # another rank that wrote 5 of the same qids (a run with another world size), a corrupt line
+    # in its middle and a partial last line
+    (out / "val.rank00001.jsonl").write_text("\n".join(lines[:3] + ["{not json"] + lines[3:5]) + "\n" + lines[5][:40])
+    (out / "train.rank00000.jsonl").write_text(lines[0].replace("/val/", "/train/") + "\n")
+    capsys.readouterr()
+    assert merge_main([str(out), "--out", str(tmp_path / "m" / "all.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert "duplicates dropped 5" in printed and "corrupt lines 2" in printed
+    merged = _lines(tmp_path / "m" / "all.val.jsonl")
+    assert len(merged) == len(lines) and len({r["qid"] for r in merged}) == len(lines)
+    assert len(_lines(tmp_path / "m" / "all.train.jsonl")) == 1
+
+
+def test_vcot_job_sends_decoded_frame_pairs(synthetic_shards, tmp_path):
+    server = ChatServer({}, delay_s=0.0, image_size=(40, 24), max_tokens=None)
+    try:
+        pattern = synthetic_shards["pattern"].replace("{000000..000005}", "{000000..000001}")
+        code = generate_main(["--shards", pattern, "--out", str(tmp_path / "vcot"), "--workers", "1",
+                              "--no-progress", "--backend", "openai", "--base-url", server.url, "--model",
+                              "teacher-x", "--prompt", "vcot", "--frames", "3", "--size", "24x40", "--rephrase",
+                              "--opt", "max_concurrency=2", "--opt", "image_format=png"])
+    finally:
+        server.close()
+    assert code == 0 and not server.bad_requests, server.bad_requests
+    recs = _lines(tmp_path / "vcot" / "val.rank00000.jsonl")
+    assert len(recs) == 16 and all(r["status"] == "ok" for r in recs)
+    # per question: 2 frame pairs x (common, bridge, rephrase); frames only with the first two
+    assert len(server.texts) == 16 * 2 * 3
+    for r in recs:
+        assert r["prompt_version"] == "vcot-v1+rephrase-v1" and len(r["vcot"]) == 2 and r["raw"] is None
+        assert all(c.startswith("reply to request") and c.endswith("with 0 images, attempt 0") for c in r["vcot"])
+        assert all("with 2 images" in c for c in r["vcot_common"])
+    bridge = [t for t in server.texts if "What they have in common: reply to" in t]
+    assert len(bridge) == 32
+
+
+def test_bad_arguments(synthetic_shards, tmp_path):
+    with pytest.raises(SystemExit):
+        generate_main(["--shards", synthetic_shards["pattern"], "--out", str(tmp_path), "--backend", "openai"])
+    with pytest.raises(ValueError, match="vcot needs num_frames >= 2"):
+        _gen(synthetic_shards, tmp_path / "x", "--prompt", "vcot", "--frames", "1")
+    with pytest.raises(TypeError, match="backend 'synthetic': bad options"):
+        _gen(synthetic_shards, tmp_path / "y", "--opt", "temperature=3")
+    shutil.rmtree(tmp_path / "x", ignore_errors=True)
