@@ -19,12 +19,13 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert re.fullmatch(r"speedup_vs_pyav: \d+\.\d\d", lines[-1]), lines[-1]
     rows = {}
     for line in lines:
-        m = re.match(r"^(loader \(2 workers\)|torchcodec-seq|pyav-seq|pyav-keyframe)\s+(\d+)\s+(\d+)\s+([\d.]+)", line)
+        m = re.match(r"^(loader \(2 workers\)|torchcodec-seq|pyav-seq|pyav-decode-all|pyav-keyframe)\s+(\d+)\s+(\d+)\s+([\d.]+)", line)
         if m:
             rows[m.group(1)] = (int(m.group(2)), int(m.group(3)))
-    assert set(rows) == {"loader (2 workers)", "torchcodec-seq", "pyav-seq", "pyav-keyframe"}, lines
+    assert set(rows) == {"loader (2 workers)", "torchcodec-seq", "pyav-seq", "pyav-decode-all",
+                         "pyav-keyframe"}, lines
     # the 8 videos are cycled to reach 10: every provider decoded 10 videos x 3 frames
-    assert rows["loader (2 workers)"] == rows["pyav-seq"] == rows["torchcodec-seq"] == (10, 30)
+    assert rows["loader (2 workers)"] == rows["pyav-seq"] == rows["torchcodec-seq"] == rows["pyav-decode-all"] == (10, 30)
     assert any("torchcodec vs pyav-seq identical" in line for line in lines), "same frames at native size"
     with csv_path.open() as f:
         table = list(csv.DictReader(f))
