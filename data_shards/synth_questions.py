@@ -18,6 +18,7 @@ unambiguous. Each question carries ``reasoning_steps`` (what the frames show, in
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -178,7 +179,7 @@ def order_questions(f: Facts) -> list[Draft]:
     for i in range(f.n):
         nm, acts = f.name(i), f.acts[i]
         pool = [f.past(i, a) for a in f.never(i)]
-        for e, a in zip(acts, acts[1:]):
+        for e, a in itertools.pairwise(acts):
             if not (f.lonely(i, e) and f.lonely(i, a)):
                 continue  # two things in one frame: "right after" would be ambiguous
             steps = [f.start_step(i), (f"Later, {nm} {f.past(i, e)}.", f"Later, {nm} {f.pick(pool)}."),
@@ -242,9 +243,9 @@ def _bounces(f: Facts, i: int) -> list[Action]:
     """Hits and wall bounces of ``i`` whose direction change is visible (sector changes)."""
     out = []
     for a in f.acts[i]:
-        if a.kind in ("hit", "wall") and a.frame > f.s.objects[i].appear + 1 and f.lonely(i, a):
-            if f.direction(i, a.frame - 1) != f.direction(i, a.frame):
-                out.append(a)
+        if (a.kind in ("hit", "wall") and a.frame > f.s.objects[i].appear + 1 and f.lonely(i, a)
+                and f.direction(i, a.frame - 1) != f.direction(i, a.frame)):
+            out.append(a)
     return out
 
 

@@ -21,8 +21,8 @@ sprites are drawn to roughly fill it (square half-side 0.8 r, triangle circumrad
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -164,7 +164,7 @@ def cut_clip(src: str | Path, start: float | None, end: float | None, dst: str |
     cmd += ["-an", "-sn", "-dn", "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2",
             *_x264_args(preset, crf, None), str(tmp)]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+    proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True)
     if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
         tmp.unlink(missing_ok=True)
         err = proc.stderr.decode(errors="replace").strip()[-500:]

@@ -179,3 +179,7 @@ def test_inspect_reports_broken_shards_without_crashing(synth7, tmp_path, capsys
     assert res["errors"] == [] and res["total"]["videos"] == 7
     assert insp.main([str(tmp_path / "t-000000.tar"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total"]["videos"] == 7
+    from data_shards.__main__ import main as dispatch  # python -m data_shards inspect ...
+
+    assert dispatch(["inspect", str(tmp_path / "t-{000000..000000}.tar")]) == 0
+    assert "total" in capsys.readouterr().out
