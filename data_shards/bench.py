@@ -32,12 +32,11 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
-import torch
 
 from data_shards.frames import segment_times
 

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 import torch
+
 # Imported here, not lazily: loading torchcodec's FFmpeg libraries takes seconds, and DataLoader
 # workers forked after this module was imported inherit them instead of each paying again.
 from torchcodec.decoders import VideoDecoder
@@ -57,9 +58,8 @@ def _check_args(src: str, num_frames: int, size: tuple[int, int] | None,
                 start: float | None, end: float | None) -> None:
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
         raise ValueError(f"{src}: num_frames must be an int >= 1, got {num_frames!r}")
-    if size is not None:
-        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-            raise ValueError(f"{src}: size must be (height, width) positive ints, got {size!r}")
+    if size is not None and (len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size)):
+        raise ValueError(f"{src}: size must be (height, width) positive ints, got {size!r}")
     for label, value in (("start", start), ("end", end)):
         if value is not None and (not math.isfinite(value) or value < 0):
             raise DecodeError(src, f"bad window: {label}={value!r} must be a finite number >= 0")

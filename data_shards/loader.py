@@ -31,13 +31,23 @@ import itertools
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-from data_shards.pipeline import (FAILURES, Progress, ShardSource, SharedCounters, SkipHandler, decode_video,
-                                  expand_questions, read_tar_samples)
+from data_shards.pipeline import (
+    FAILURES,
+    Progress,
+    SeededShuffle,
+    ShardSource,
+    SharedCounters,
+    SkipHandler,
+    decode_video,
+    expand_questions,
+    read_tar_samples,
+)
 
 log = logging.getLogger("data_shards.loader")
 
@@ -80,8 +90,6 @@ class LoaderConfig:
     """Batches each worker prepares ahead."""
     timeout_s: float = 0.0
     """Fail if a worker gives no batch for this long (0: wait forever)."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form notes carried into logs (e.g. the recipe name); not read by the loader."""
 
 
 def expand_urls(urls: str | list[str]) -> list[str]:
@@ -131,7 +139,8 @@ class VideoQALoader:
     def __init__(self, cfg: LoaderConfig, urls: list[str], rank: int, world_size: int,
                  reasoning: dict[str, dict] | None):
         import webdataset as wds
-        from webdataset.filters import batched, map as wds_map, shuffle
+        from webdataset.filters import batched
+        from webdataset.filters import map as wds_map
 
         self.cfg, self.urls, self.rank, self.world_size = cfg, urls, rank, world_size
         self.num_batches = cfg.epoch_batches
@@ -151,7 +160,7 @@ class VideoQALoader:
                                    num_threads=cfg.decode_threads, counters=self.counters)
         stages: list[Any] = [self.source, read_tar_samples(handler, progress)]
         if cfg.shuffle_buffer > 1:
-            stages.append(_SeededShuffle(shuffle, cfg.shuffle_buffer, self))
+            stages.append(SeededShuffle(cfg.shuffle_buffer, self.source))
         stages += [wds_map(decode, handler=handler),
                    functools.partial(expand_questions, reasoning=reasoning),
                    batched(cfg.batch_size, collation_fn=None, partial=not repeat)]
@@ -182,7 +191,7 @@ class VideoQALoader:
         self.source.epoch = epoch  # workers copy the pipeline (and this value) when they start
         kwargs: dict[str, Any] = {}
         if cfg.num_workers > 0:
-            kwargs = dict(prefetch_factor=cfg.prefetch_factor, timeout=cfg.timeout_s)
+            kwargs = {"prefetch_factor": cfg.prefetch_factor, "timeout": cfg.timeout_s}
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers,
                                              collate_fn=_identity, **kwargs)
         iterator = iter(loader)
@@ -225,22 +234,6 @@ class VideoQALoader:
         reasoning_missing.
         """
         return self.counters.totals()
-
-
-class _SeededShuffle:
-    """The webdataset shuffle buffer, seeded by (seed, epoch, rank, worker) at iteration time."""
-
-    def __init__(self, shuffle, bufsize: int, owner: VideoQALoader):
-        self.shuffle, self.bufsize, self.owner = shuffle, bufsize, owner
-
-    def __call__(self, src):
-        import random
-
-        from data_shards.pipeline import worker_slot
-
-        o = self.owner
-        rng = random.Random(f"samples:{o.cfg.seed}:{o.source.epoch}:{o.rank}:{worker_slot()[0]}")
-        return self.shuffle(self.bufsize, initial=self.bufsize, rng=rng)(src)
 
 
 def build_loader(cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None,

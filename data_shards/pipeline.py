@@ -13,6 +13,7 @@ Everything here runs inside DataLoader worker processes:
   quietly empty epoch.
 - :class:`ShardSource`: this (rank, worker)'s shard URLs: one pass, endless passes (each one a new
   seeded permutation, so that a rank with fewer shards never runs dry), or resampling.
+- :class:`SeededShuffle`: the sample shuffle buffer with a reproducible per-worker seed.
 - :func:`decode_video` and :func:`expand_questions`: one tar sample -> frames -> question samples.
 """
 
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.utils.data
 
 from data_shards.frames import DecodeError, decode_frames
 from data_shards.schema import SchemaError, validate_record
@@ -98,7 +100,7 @@ def classify(exn: BaseException) -> tuple[str, str] | None:
     pipe = _pipe_of(exn)
     if pipe is not None:
         try:  # a failed pipe command (e.g. `cat` of a missing file) may not have exited yet
-            status = pipe.proc.wait(timeout=30)
+            status = pipe.proc.wait(timeout=5)
         except Exception:  # noqa: BLE001 - an unfinished pipe is judged by the error itself
             status = None
         if status not in (None, 0, 141):
@@ -199,7 +201,7 @@ class ShardSource:
             shards = self.my_shards(pass_index)
             for url in shards:
                 self.counters.add("shards")
-                yield dict(url=url)
+                yield {"url": url}
             if not self.repeat:
                 return
             if self.progress.samples == before:
@@ -225,6 +227,20 @@ class ShardSource:
                                    f"no readable sample (counters: {self.counters.totals()})")
             self.counters.add("shards")
             yield item
+
+
+class SeededShuffle:
+    """webdataset's shuffle buffer, seeded by (seed, epoch, rank, worker) when the worker starts."""
+
+    def __init__(self, bufsize: int, source: ShardSource):
+        self.bufsize, self.source = bufsize, source
+
+    def __call__(self, samples: Iterator[dict]) -> Iterator[dict]:
+        from webdataset.filters import shuffle
+
+        s = self.source
+        rng = random.Random(f"samples:{s.seed}:{s.epoch}:{s.rank}:{worker_slot()[0]}")
+        return shuffle(self.bufsize, initial=self.bufsize, rng=rng)(samples)
 
 
 def read_tar_samples(handler: Callable[[BaseException], bool], progress: Progress):

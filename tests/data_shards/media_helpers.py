@@ -25,7 +25,7 @@ def index_value(i: int) -> int:
 def frame_index(frame) -> int:
     """The frame index encoded in a decoded frame (any array/tensor of grey pixels)."""
     mean = float(np.asarray(frame, dtype=np.float64).mean())
-    return int(round((mean - STEP) / STEP))
+    return round((mean - STEP) / STEP)
 
 
 def encode_indexed_mp4(path: Path, num_frames: int = 30, fps: int = 10, size: tuple[int, int] = (48, 64),

@@ -37,7 +37,7 @@ def test_segment_times_are_middles():
 
 @pytest.mark.parametrize("num_frames", [1, 4, 7, 30])
 def test_whole_video_decodes_the_segment_middle_frames(indexed, num_frames):
-    path, data = indexed
+    _path, data = indexed
     frames = decode_frames(data, num_frames)
     assert frames.dtype == torch.uint8
     assert tuple(frames.shape) == (num_frames, 3, 48, 64)

@@ -26,14 +26,14 @@ def shards(tmp_path_factory):
 
 
 def cfg_for(urls, **kw) -> LoaderConfig:
-    base = dict(urls=urls, num_frames=3, frame_size=SIZE, batch_size=4, num_workers=2, shuffle_buffer=4,
-                log_every_s=0.0)
+    base = {"urls": urls, "num_frames": 3, "frame_size": SIZE, "batch_size": 4, "num_workers": 2, "shuffle_buffer": 4,
+                "log_every_s": 0.0}
     base.update(kw)
     return LoaderConfig(**base)
 
 
 def pattern(out: Path, n: int) -> str:
-    return str(out / ("shard-{000000..%06d}.tar" % (n - 1)))
+    return str(out / f"shard-{{000000..{n - 1:06d}}}.tar")
 
 
 def collect(loader) -> tuple[list[list[dict]], collections.Counter]:
@@ -71,7 +71,7 @@ def test_round_trip_every_question_exactly_once_per_epoch(shards):
 
 
 def test_same_seed_same_order_and_decode_off(shards):
-    out, paths, expected = shards
+    out, paths, _expected = shards
     cfg = cfg_for(pattern(out, len(paths)), num_workers=0, decode=False, seed=3)
     first = [s["qid"] for b in build_loader(cfg, 0, 1) for s in b]
     again = build_loader(cfg, 0, 1)
@@ -84,7 +84,7 @@ def test_same_seed_same_order_and_decode_off(shards):
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory, shards):
     """Good shards + a corrupt tar + a good tar holding one corrupt mp4 + a missing shard name."""
-    out, paths, expected = shards
+    _out, paths, expected = shards
     bad = tmp_path_factory.mktemp("broken")
     (bad / "shard-000000.tar").write_bytes(os.urandom(20_000))  # corrupt tar
     video = paths[0].parent.joinpath("_src.mp4").read_bytes()
@@ -110,7 +110,7 @@ def test_corrupt_tar_corrupt_video_and_missing_shard_are_skipped_and_counted(bro
 
 
 def test_skips_are_logged_with_a_rate_limit(broken, caplog):
-    urls, want, _ = broken
+    urls, _want, _ = broken
     caplog.set_level(logging.WARNING, logger="data_shards.loader")
     loader = build_loader(cfg_for(urls, num_workers=0, log_every_s=3600.0), 0, 1)
     list(loader)
@@ -125,7 +125,7 @@ def test_skips_are_logged_with_a_rate_limit(broken, caplog):
 
 
 def test_incomplete_samples_and_bad_records_are_counted(tmp_path, shards):
-    out, paths, expected = shards
+    _out, paths, _expected = shards
     video = paths[0].parent.joinpath("_src.mp4").read_bytes()
     import webdataset as wds
 
@@ -166,7 +166,7 @@ def test_epoch_batches_repeats_passes_with_full_batches(shards):
 
 
 def test_resampling(shards):
-    out, paths, expected = shards
+    out, _paths, expected = shards
     loader = build_loader(cfg_for(pattern(out, 2), resample=True, epoch_batches=7, num_workers=2), 0, 1)
     epochs = [collect(loader) for _ in range(2)]
     for batches, seen in epochs:
@@ -199,7 +199,7 @@ def test_config_errors(shards):
 
 
 def test_rank_from_environment(shards, monkeypatch):
-    out, paths, expected = shards
+    out, _paths, _expected = shards
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     loader = build_loader(cfg_for(pattern(out, 4), num_workers=1))
@@ -210,7 +210,7 @@ def test_rank_from_environment(shards, monkeypatch):
 
 
 def test_cli_prints_batches_and_stats(shards, capsys):
-    out, paths, _ = shards
+    out, _paths, _ = shards
     assert main([pattern(out, 5), "--frames", "2", "--size", "16x24", "--batch-size", "3", "--workers", "1",
                  "--max-batches", "2"]) == 0
     text = capsys.readouterr().out

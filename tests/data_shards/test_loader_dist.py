@@ -76,7 +76,7 @@ def uneven(tmp_path_factory):
     from tests.data_shards.media_helpers import make_shards
 
     out = tmp_path_factory.mktemp("dist")
-    paths, expected = make_shards(out, [1, 5, 2, 3, 1], questions=2)  # 12 videos, 30 questions
+    _paths, expected = make_shards(out, [1, 5, 2, 3, 1], questions=2)  # 12 videos, 30 questions
     return str(out / "shard-{000000..000004}.tar"), expected
 
 
@@ -94,7 +94,7 @@ def test_two_ranks_one_pass_read_disjoint_shards_exactly_once(tmp_path, uneven):
 
 @pytest.mark.slow
 def test_uneven_shards_same_batches_per_rank_under_collectives(tmp_path, uneven):
-    urls, expected = uneven
+    urls, _expected = uneven
     ranks = run_ranks(tmp_path, urls, "gloo", epochs=2, epoch_batches=7)
     for r in ranks:
         assert [e["batches"] for e in r["epochs"]] == [7, 7], r["epochs"]
