@@ -97,7 +97,7 @@ def done_qids(out_dir: Path, job_kind: str, include_failed: bool, log=print) -> 
 
 def shard_qids(url: str) -> list[str] | None:
     """The qids in a local shard, read from its ``.json`` members only; None if not a local file."""
-    path = Path(url[len("file:"):] if url.startswith("file:") else url)
+    path = Path(url.removeprefix("file:"))
     if url.startswith("pipe:") or "://" in url or not path.is_file():
         return None
     qids = []

@@ -134,7 +134,7 @@ class AppendWriter:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "AppendWriter":
+    def __enter__(self) -> AppendWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -118,7 +118,7 @@ class OpenAIBackend(Backend):
                 self._count(f"http_{e.code}")
                 raise _Retryable(msg, parse_retry_after(e.headers.get("Retry-After") if e.headers else None))
             raise RuntimeError(msg) from None
-        except (TimeoutError, socket.timeout) as e:
+        except TimeoutError as e:
             self._count("timeouts")
             raise _Retryable(f"timeout after {self.timeout_s}s ({e})") from None
         except urllib.error.URLError as e:
