@@ -125,5 +125,5 @@ def main(argv: list[str] | None = None) -> int:
     dt = time.perf_counter() - t0
     n_q = sum(len(rec.qas) for rec in read_records(path))
     print(f"wrote {a.videos} videos ({a.width}x{a.height}, {a.fps:g} fps, {a.duration:g} s) and {n_q} "
-          f"questions to {path} in {dt:.1f} s ({a.videos / dt:.1f} videos/s)")
+          f"questions to {path} in {dt:.1f} s ({a.videos / dt:.2f} videos/s, {dt / a.videos:.3f} s/video)")
     return 0
