@@ -168,7 +168,9 @@ class ShardSource:
             split by rank, then by worker; every shard exactly once over all ranks and workers.
         endless passes (``repeat=True``): pass ``p`` uses permutation ``(seed, epoch, p)``, split
             the same way, so in every pass the ranks and workers still hold disjoint shards; the
-            loader cuts the stream after a fixed number of batches.
+            loader cuts the stream after a fixed number of batches. A pass that yields no sample at
+            all (every shard of this worker missing or corrupt) widens the next passes to the
+            rank's shards, then to all shards, so that the worker still delivers its batches.
         resampling (``resample=True``): webdataset ``ResampledShards`` with a seed that depends on
             (seed, epoch, rank, worker); no split (each draw is independent).
 
@@ -183,32 +185,46 @@ class ShardSource:
         self.counters, self.progress = counters, progress
         self.epoch = 0
 
-    def my_shards(self, pass_index: int) -> list[str]:
-        """This rank's and worker's shards in pass ``pass_index`` (one-pass / endless modes)."""
+    SCOPES = ("worker", "rank", "all")
+    """Whose shards a pass reads: this worker's share, the whole rank's, or every shard."""
+
+    def my_shards(self, pass_index: int, scope: str = "worker") -> list[str]:
+        """The shards of pass ``pass_index``: permuted by (seed, epoch, pass), split by rank then worker."""
         import webdataset as wds
 
         order = list(self.urls)
         if self.shuffle:
             random.Random(f"shards:{self.seed}:{self.epoch}:{pass_index}").shuffle(order)
-        return list(wds.split_by_worker(order[self.rank::self.world_size]))
+        if scope == "all":
+            return order
+        mine = order[self.rank::self.world_size]
+        return mine if scope == "rank" else list(wds.split_by_worker(mine))
 
     def __call__(self) -> Iterator[dict[str, str]]:
         if self.resample:
             yield from self._resampled()
             return
+        scope = 0
         for pass_index in range(1 << 62):
             before = self.progress.samples
-            shards = self.my_shards(pass_index)
+            shards = self.my_shards(pass_index, self.SCOPES[scope])
             for url in shards:
                 self.counters.add("shards")
                 yield {"url": url}
-            if not self.repeat:
-                return
-            if self.progress.samples == before:
-                worker, _ = worker_slot()
-                raise RuntimeError(f"rank {self.rank} worker {worker}: a whole pass over its {len(shards)} "
-                                   f"shards gave no readable sample (counters: {self.counters.totals()}); "
+            if not self.repeat or self.progress.samples > before:
+                if not self.repeat:
+                    return
+                continue
+            # A whole pass gave nothing (all its shards missing or corrupt). Rather than leave this
+            # worker (and so maybe its rank) short of batches, widen to the rank's, then to all shards.
+            worker, _ = worker_slot()
+            where = f"rank {self.rank} worker {worker}: a pass over {len(shards)} shard(s) ({self.SCOPES[scope]}'s)"
+            if scope == len(self.SCOPES) - 1:
+                raise RuntimeError(f"{where} gave no readable sample (counters: {self.counters.totals()}); "
                                    f"shards: {shards[:5]}")
+            scope += 1
+            log.warning("%s gave no readable sample; reading the %s's shards from now on", where,
+                        self.SCOPES[scope])
 
     def _resampled(self) -> Iterator[dict[str, str]]:
         import webdataset as wds

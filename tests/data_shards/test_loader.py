@@ -241,3 +241,18 @@ def test_synth_write_load_round_trip(tmp_path):
         assert sample["extra"] == qa.extra and sample["question"] == qa.question
         assert sample["video_id"] == rec.video_id and sample["dataset"] == "synthetic"
         assert sample["frames"].dtype == torch.uint8 and tuple(sample["frames"].shape) == (4, 3, 48, 64)
+
+
+def test_worker_with_only_bad_shards_falls_back_and_keeps_the_batch_count(tmp_path, shards):
+    out, paths, expected = shards
+    (tmp_path / "bad.tar").write_bytes(os.urandom(4096))
+    # 2 workers: one gets the good shard, the other only the corrupt one (seed-independent: 2 shards)
+    urls = [str(paths[0]), str(tmp_path / "bad.tar")]
+    loader = build_loader(cfg_for(urls, epoch_batches=6, batch_size=2, shuffle_shards=False), 0, 1)
+    batches, seen = collect(loader)
+    assert len(batches) == 6 and all(len(b) == 2 for b in batches)
+    assert set(seen) <= {q for q, v in expected.items() if v["key"] in {"synthetic__train__v0", "synthetic__train__v1",
+                                                                        "synthetic__train__v2"}}
+    assert loader.stats()["corrupt_tar"] >= 1
+    with pytest.raises(RuntimeError, match="gave no readable sample"):
+        list(build_loader(cfg_for([str(tmp_path / "bad.tar")] * 2, epoch_batches=2, num_workers=0), 0, 1))
