@@ -244,7 +244,7 @@ def test_synth_write_load_round_trip(tmp_path):
 
 
 def test_worker_with_only_bad_shards_falls_back_and_keeps_the_batch_count(tmp_path, shards):
-    out, paths, expected = shards
+    _, paths, expected = shards
     (tmp_path / "bad.tar").write_bytes(os.urandom(4096))
     # 2 workers: one gets the good shard, the other only the corrupt one (seed-independent: 2 shards)
     urls = [str(paths[0]), str(tmp_path / "bad.tar")]
