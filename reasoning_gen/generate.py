@@ -29,7 +29,7 @@ from reasoning_gen.backends.base import Backend, GenRequest, GenResult
 from reasoning_gen.prompts import (prompt_version, reasvqa_prompt, rephrase_prompt, vcot_bridge_prompt,
                                    vcot_common_prompt)
 from reasoning_gen.records import AppendWriter, kind, make_record, read_reasoning_lines
-from reasoning_gen.refine import refine
+from reasoning_gen.refine import audit_leak, refine
 
 
 @dataclass
@@ -72,7 +72,7 @@ class JobStats:
 
     counts: dict = field(default_factory=lambda: {
         "questions_in_shards": 0, "already_done": 0, "generated": 0, "ok": 0, "failed": 0, "graded": 0,
-        "teacher_correct": 0, "shards": 0, "shards_skipped_done": 0, "repaired_bytes": 0})
+        "teacher_correct": 0, "leaks": 0, "shards": 0, "shards_skipped_done": 0, "repaired_bytes": 0})
 
     def add(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -138,9 +138,10 @@ def _reasvqa(backend: Backend, batch: list[dict], cfg: GenerateConfig) -> list[d
         r = refine(res.text, s["options"], cfg.refine_strategy, cfg.refine_k)
         truth = cfg.truth.get(s["qid"], s["answer"]) if cfg.truth else s["answer"]
         correct = None if truth is None or r.teacher_answer is None else r.teacher_answer == truth
+        leak = audit_leak(r.text, s["options"], r.teacher_answer)
         out.append(make_record(s["qid"], backend.name, version, raw=res.text, refined=r.text,
                                teacher_answer=r.teacher_answer, teacher_correct=correct, split=s["split"],
-                               refine=cfg.refine_strategy))
+                               refine=cfg.refine_strategy, **({"leak": leak} if leak else {})))
     return out
 
 
@@ -271,6 +272,7 @@ def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size:
                 done.add(rec["qid"])
                 stats.add("generated")
                 stats.add(rec["status"])
+                stats.add("leaks", int("leak" in rec))
                 if rec.get("teacher_correct") is not None:
                     stats.add("graded")
                     stats.add("teacher_correct", int(rec["teacher_correct"]))
@@ -357,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     graded = stats.get("graded", 0)
     acc = f"{stats['teacher_correct'] / graded:.3f}" if graded else "n/a"
     print(f"rank {info.rank}: generated {stats['generated']} (ok {stats['ok']}, failed {stats['failed']}), "
-          f"skipped {stats['already_done']} already done, teacher accuracy {acc}; "
+          f"skipped {stats['already_done']} already done, teacher accuracy {acc}, "
+          f"refined texts still stating the answer {stats.get('leaks', 0)}; "
           + json.dumps({k: v for k, v in stats.items() if v}, sort_keys=True))
     return 0

@@ -118,7 +118,7 @@ class SyntheticTeacher:
     def common(self, qid: str, pair: int, num_frames: int, steps: list[str], false_steps: list[str]) -> str:
         """vCoT step 1 for frames (pair, pair + 1): what the two frames share."""
         step = self._pair_step(qid, pair, num_frames, steps, false_steps, "common")
-        return f"Both frames show the same plain background and the scene in which {_lower(step)}."
+        return f"Both frames show the same plain background and the same objects. {step[:1].upper()}{step[1:]}."
 
     def bridge(self, qid: str, pair: int, num_frames: int, steps: list[str], false_steps: list[str]) -> str:
         """vCoT step 2: the event between the two frames."""

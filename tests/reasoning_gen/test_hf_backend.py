@@ -97,3 +97,21 @@ def test_vllm_backend_says_how_to_install():
             build_backend("vllm", model="/nonexistent")
     else:
         pytest.skip("vllm is installed: the missing-vllm error cannot be shown")
+
+
+def test_generate_job_with_the_transformers_backend(tiny, synthetic_shards, tmp_path):
+    """The job decodes frames with the real loader and feeds them to the model backend."""
+    import json
+
+    from reasoning_gen.generate import main as generate_main
+
+    model_dir, _, _ = tiny
+    one_shard = synthetic_shards["pattern"].replace("{000000..000005}", "000000")
+    code = generate_main(["--shards", one_shard, "--out", str(tmp_path / "out"), "--backend", "transformers",
+                          "--model", str(model_dir), "--opt", "device=cpu", "--opt", "max_new_tokens=4",
+                          "--frames", "3", "--size", "28x28", "--batch-size", "4", "--workers", "0",
+                          "--no-progress"])
+    assert code == 0
+    recs = [json.loads(x) for x in (tmp_path / "out" / "val.rank00000.jsonl").read_text().splitlines()]
+    assert len(recs) == 8 and all(r["status"] == "ok" and r["teacher"] == "transformers:tiny-llava" for r in recs)
+    assert all(isinstance(r["raw"], str) and r["refined"] is not None for r in recs)
