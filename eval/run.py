@@ -216,7 +216,8 @@ def write_outputs(out: Path, results: dict[str, list[dict]], info: dict[str, Any
         raise ValueError(f"no question was evaluated (loader stats: {info.get('loader_stats')})")
     plain = score_records(results["plain"], annotations)
     info = dict(info, overall=plain["overall"], per_type=plain["per_type"], n_questions=len(results["plain"]),
-                generation=_generation_counts(results), probes={})
+                generation=_generation_counts(results), probes={},
+                questions_with_captions={k: sum(bool(r.get("captions")) for r in v) for k, v in results.items()})
     for name, recs in results.items():
         d = out if name == "plain" else out / "probes" / name
         result = plain if name == "plain" else score_records(recs, annotations)
@@ -320,6 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, help="generate mode (default: 16; the target length for STL)")
     p.add_argument("--fallback", choices=("loglik", "none"), default="loglik")
     p.add_argument("--gen-reasoning", action="store_true", help="also generate reasoning into records.jsonl")
+    p.add_argument("--reasoning-tokens", type=int, default=96, help="tokens of that generated reasoning")
     p.add_argument("--seed", type=int, default=0, help="seed of the probes' shuffles")
     p.add_argument("--threads", type=int, help="torch threads per rank")
     p.add_argument("--label", help="run name in reports (default from the training config, e.g. MTL(refined))")
@@ -370,7 +372,8 @@ def _run(args: argparse.Namespace) -> int:
     gen_task = "stl" if meta["task_mode"] == "stl" else "qa"
     max_new = args.max_new_tokens or (int(cfg_get(config, "task.max_target_len", 128)) if gen_task == "stl" else 16)
     opts = EvalOptions(mode=args.mode, answer_format=meta["answer_format"], gen_task=gen_task, max_new_tokens=max_new,
-                       fallback=args.fallback, gen_reasoning=args.gen_reasoning, use_vcot=meta["use_vcot"],
+                       fallback=args.fallback, gen_reasoning=args.gen_reasoning,
+                       reasoning_tokens=args.reasoning_tokens, use_vcot=meta["use_vcot"],
                        seed=args.seed)
     reasoning = None
     if args.reasoning:
@@ -421,6 +424,10 @@ def _print_summary(out: Path, info: dict[str, Any]) -> None:
         print(f"probe {name:<15} overall {p['overall']:.2f}  delta {delta}")
     for name, c in info["generation"].items():
         print(f"generation ({name}): {c}")
+    for name, n in info["questions_with_captions"].items():
+        if n < info["n_questions"] and (name == "vcot") != info["options"]["use_vcot"]:
+            print(f"WARNING: {name}: vCoT captions shown for only {n} of {info['n_questions']} questions "
+                  f"(the others have no 'vcot' in the reasoning files)")
     skipped = {k: v for k, v in info["loader_stats"].items() if k.startswith(("corrupt", "missing", "bad", "incomplete"))
                and v}
     if skipped:
