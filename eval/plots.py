@@ -35,12 +35,20 @@ def _yerr(cells: list[dict[str, Any]]) -> list[list[float]]:
     return [below, above]
 
 
-def _series_key(meta: dict[str, Any], label: str) -> str:
+def _series_key(meta: dict[str, Any], label: str, vary: str) -> str:
+    """Runs on one line share everything but the swept value: task, reasoning source and the
+    OTHER sweep's value (a beta-sweep run must not land on the teacher-accuracy line)."""
     if meta.get("series"):
         return str(meta["series"])
-    if meta.get("task_mode"):
-        return f"{meta['task_mode']}({meta.get('reasoning_source', '?')})"
-    return label
+    if not meta.get("task_mode"):
+        return label
+    key = f"{meta['task_mode']}({meta.get('reasoning_source', '?')})"
+    beta, teacher = _number(meta.get("beta")), _number(meta.get("teacher_acc"))
+    if vary == "beta" and teacher is not None:
+        key += f" teacher {teacher:.0f}%"
+    if vary == "teacher_acc" and beta is not None:
+        key += f" beta={beta:g}"
+    return key
 
 
 def _number(v: Any) -> float | None:
@@ -83,7 +91,7 @@ def plot_vs(summary: dict[str, Any], path: Path, key: str, xlabel: str, title: s
         x = _number(r["meta"].get(key))
         mode = r["meta"].get("task_mode")
         if x is not None and (mode is None or mode in line_modes):
-            points.setdefault(_series_key(r["meta"], r["label"]), {}).setdefault(x, []).append(r["overall"])
+            points.setdefault(_series_key(r["meta"], r["label"], key), {}).setdefault(x, []).append(r["overall"])
         else:
             refs.setdefault(r["label"], []).append(r["overall"])
     if not points:

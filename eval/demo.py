@@ -1,0 +1,284 @@
+"""``python -m eval demo`` (``bash scripts/demo.sh``): the whole method, end to end, on CPU.
+
+    synthetic videos + questions -> WebDataset shards -> synthetic teacher: raw reasoning (and
+    vCoT captions for the eval split) -> refinement -> training runs with DeepSpeed ZeRO-3 on
+    2 CPU ranks (torchrun) -> evaluation with probes -> report (markdown + PNG + JSON)
+
+The default study trains four settings once (seed 0): QA-only, MTL(refined), MTL(raw) and STL
+(reasoning then answer, refined reasoning). ``--full`` runs the bigger study: the four settings
+over 3 seeds, a beta sweep of MTL(refined) (0, 0.2, 0.5, 0.8, 1.0) and a teacher-accuracy
+sweep (synthetic teachers that conclude wrongly 0 %, 33 % and 67 % of the time), all with 3 seeds.
+``--smoke`` is a minutes-long version for CI (tiny sizes, QA-only and MTL(refined)).
+
+Everything goes under ``--out`` (default ``demo_out/``): ``data/``, ``shards/``,
+``reasoning/``, ``runs/<run>/`` (training), ``eval/<run>/`` (``python -m eval run``
+directories), ``report/`` and ``demo_log.jsonl`` (one line per step with its duration). With
+``--resume`` finished steps are kept (a step is finished when its ``.done`` marker exists and
+the study's settings are unchanged); otherwise the study directory is started afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "configs" / "demo_cpu.yaml"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the study."""
+
+    name: str
+    """Directory name under runs/ and eval/."""
+    label: str
+    """Setting name in the report (seeds of one label are aggregated)."""
+    mode: str
+    """task.mode: qa | mtl | stl."""
+    source: str = "none"
+    """task.reasoning_source: none | raw | refined."""
+    beta: float = 0.5
+    """task.beta (mtl)."""
+    teacher: str = "t33"
+    """Which teacher's reasoning file (see :attr:`Study.teachers`)."""
+    seed: int = 0
+    """run.seed."""
+
+
+@dataclass
+class Study:
+    """Sizes and runs of one demo preset."""
+
+    train_videos: int
+    val_videos: int
+    questions_per_video: int
+    steps: int
+    """Optimizer steps per training run."""
+    frames: int = 4
+    frame_size: int = 32
+    video_size: int = 64
+    duration: float = 3.0
+    shard_videos: int = 8
+    """Videos per shard (training needs at least 2 train shards for 2 ranks)."""
+    teachers: dict[str, float] = field(default_factory=lambda: {"t33": 0.33})
+    """Teacher name -> probability that it concludes with a wrong option."""
+    runs: list[RunSpec] = field(default_factory=list)
+    probes: tuple[str, ...] = ("shuffle_text", "shuffle_frames", "vcot")
+    eval_mode: str = "loglik"
+    overrides: tuple[str, ...] = ()
+    """Extra --section.field=value overrides for every training run."""
+
+
+def _four(seed: int, teacher: str = "t33") -> list[RunSpec]:
+    s = f"_s{seed}"
+    return [RunSpec(f"qa{s}", "QA-only", "qa", seed=seed, teacher=teacher),
+            RunSpec(f"mtl_refined{s}", "MTL(refined)", "mtl", "refined", seed=seed, teacher=teacher),
+            RunSpec(f"mtl_raw{s}", "MTL(raw)", "mtl", "raw", seed=seed, teacher=teacher),
+            RunSpec(f"stl{s}", "STL(refined)", "stl", "refined", seed=seed, teacher=teacher)]
+
+
+def full_runs(seeds: tuple[int, ...] = (0, 1, 2)) -> list[RunSpec]:
+    """The four settings, the beta sweep and the teacher sweep over ``seeds`` (shared runs once)."""
+    runs = [r for s in seeds for r in _four(s)]
+    for s in seeds:
+        for b in (0.0, 0.2, 0.8, 1.0):  # 0.5 is MTL(refined) above
+            runs.append(RunSpec(f"beta{b:g}_s{s}", f"MTL(refined) beta={b:g}", "mtl", "refined", beta=b, seed=s))
+        for t in ("t0", "t67"):  # t33 is MTL(refined) above
+            runs.append(RunSpec(f"teacher_{t}_s{s}", f"MTL(refined) teacher={t}", "mtl", "refined", teacher=t, seed=s))
+    return runs
+
+
+def presets() -> dict[str, Study]:
+    """smoke (CI), default (the 15-minute demo), full (the study of docs/RESULTS.md)."""
+    return {
+        "smoke": Study(train_videos=12, val_videos=4, questions_per_video=3, steps=6, shard_videos=4,
+                       runs=_four(0)[:2], probes=("shuffle_frames", "vcot")),
+        "default": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=60, runs=_four(0)),
+        "full": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=60, runs=full_runs(),
+                      teachers={"t0": 0.0, "t33": 0.33, "t67": 0.67}),
+    }
+
+
+class Demo:
+    """Runs the steps of a study under ``out``, logging each step's duration."""
+
+    def __init__(self, study: Study, out: Path, nproc: int = 2, resume: bool = False):
+        self.study, self.out, self.nproc = study, out, nproc
+        self.t0 = time.time()
+        fingerprint = json.dumps(dataclasses.asdict(study), sort_keys=True, default=str)
+        stamp = out / "study.json"
+        if out.exists() and not (resume and stamp.is_file() and stamp.read_text() == fingerprint):
+            for sub in ("data", "shards", "reasoning", "runs", "eval", "report", "demo_log.jsonl", "study.json"):
+                p = out / sub
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+        self.env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                        TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                            str(REPO / ".cache" / "torch_extensions")))
+
+    def step(self, name: str, fn, *args) -> None:
+        """Run ``fn(*args)`` unless its marker says it is done; log the duration."""
+        marker = self.out / ".done" / name
+        if marker.is_file():
+            print(f"[demo] {name}: done before, kept", flush=True)
+            return
+        t = time.time()
+        print(f"[demo] {name} ... (t={t - self.t0:.0f}s)", flush=True)
+        fn(*args)
+        dt = time.time() - t
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{dt:.1f}\n")
+        with (self.out / "demo_log.jsonl").open("a") as f:
+            f.write(json.dumps({"step": name, "seconds": round(dt, 1), "at": round(time.time() - self.t0, 1),
+                                "load": os.getloadavg()[0]}) + "\n")
+        print(f"[demo] {name}: {dt:.1f}s", flush=True)
+
+    def sh(self, cmd: list[str], log: Path | None = None) -> None:
+        """A subprocess in the repository root; its output to ``log`` (shown when it fails)."""
+        if log is None:
+            proc = subprocess.run(cmd, cwd=REPO, env=self.env)
+        else:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("w") as f:
+                proc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = "".join(log.read_text().splitlines(keepends=True)[-40:]) if log else ""
+            raise RuntimeError(f"step failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}"
+                               + (f"\n(full log: {log})" if log else ""))
+
+    # ---------------------------------------------------------------------------- the steps
+    def data(self) -> None:
+        from data_shards.synth import make_synthetic
+        from data_shards.writer import main as write_main
+
+        s = self.study
+        for split, n, seed in (("train", s.train_videos, 0), ("val", s.val_videos, 1)):
+            recs = make_synthetic(self.out / "data" / split, videos=n, seed=seed, split=split, width=s.video_size,
+                                  height=s.video_size, duration=s.duration, questions_per_video=s.questions_per_video)
+            code = write_main(["--records", str(recs), "--out", str(self.out / "shards" / split / f"{split}-%06d.tar"),
+                               "--max-count", str(s.shard_videos)])
+            if code != 0:
+                raise RuntimeError(f"shard writer failed for {split}")
+
+    def shards(self, split: str) -> str:
+        n = len(list((self.out / "shards" / split).glob(f"{split}-*.tar")))
+        return str(self.out / "shards" / split / f"{split}-{{000000..{n - 1:06d}}}.tar")
+
+    def teacher(self, name: str, wrong_rate: float) -> None:
+        """Raw reasoning of the synthetic teacher, merged, then refined by the refinement CLI."""
+        from reasoning_gen.generate import main as generate_main
+        from reasoning_gen.merge import main as merge_main
+        from reasoning_gen.refine import main as refine_main
+
+        d = self.out / "reasoning"
+        gen = ["--backend", "synthetic", "--opt", f"wrong_answer_rate={wrong_rate}", "--opt", "seed=0",
+               "--frames", str(self.study.frames), "--size", "native", "--workers", "0", "--no-progress"]
+        if generate_main(["--shards", self.shards("train"), "--out", str(d / f"gen_{name}"), *gen]) != 0:
+            raise RuntimeError(f"reasoning generation failed for teacher {name}")
+        if merge_main([str(d / f"gen_{name}"), "--out", str(d / f"{name}_raw.jsonl"), "--ok-only"]) != 0:
+            raise RuntimeError(f"merging reasoning of teacher {name} failed")
+        if refine_main(["--in", str(d / f"{name}_raw.jsonl"), "--out", str(d / f"{name}_refined.jsonl"),
+                        "--records", str(self.out / "data" / "train" / "records.jsonl")]) != 0:
+            raise RuntimeError(f"refinement failed for teacher {name}")
+
+    def vcot(self) -> None:
+        """vCoT transitional captions for the eval split (the vcot probe interleaves them)."""
+        from reasoning_gen.generate import main as generate_main
+        from reasoning_gen.merge import main as merge_main
+
+        d = self.out / "reasoning"
+        if generate_main(["--shards", self.shards("val"), "--out", str(d / "gen_val_vcot"), "--backend", "synthetic",
+                          "--prompt", "vcot", "--frames", str(self.study.frames), "--size", "native",
+                          "--workers", "0", "--no-progress"]) != 0:
+            raise RuntimeError("vCoT caption generation failed")
+        if merge_main([str(d / "gen_val_vcot"), "--out", str(d / "val_vcot.jsonl"), "--ok-only"]) != 0:
+            raise RuntimeError("merging vCoT captions failed")
+
+    def train(self, run: RunSpec) -> None:
+        s = self.study
+        reasoning = [] if run.mode == "qa" else [str(self.out / "reasoning" / f"{run.teacher}_refined.jsonl")]
+        overrides = [f"--data.urls={json.dumps([self.shards('train')])}", f"--data.reasoning={json.dumps(reasoning)}",
+                     f"--data.num_frames={s.frames}", f"--data.frame_size=[{s.frame_size},{s.frame_size}]",
+                     f"--task.mode={run.mode}", f"--task.reasoning_source={run.source}", f"--task.beta={run.beta}",
+                     f"--run.seed={run.seed}", f"--run.max_steps={s.steps}", f"--run.name={run.name}",
+                     f"--run.output_dir={self.out / 'runs'}", *s.overrides]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
+               "-m", "train", "--config", str(RECIPE), *overrides]
+        self.sh(cmd, self.out / "runs" / f"{run.name}.log")
+
+    def evaluate(self, run: RunSpec) -> None:
+        from eval.run import main as run_main
+
+        s = self.study
+        teacher_acc = self.teacher_accuracy(run.teacher) if run.mode != "qa" else None
+        args = ["--checkpoint", str(self.out / "runs" / run.name / "checkpoints"), "--shards", self.shards("val"),
+                "--out", str(self.out / "eval" / run.name), "--mode", s.eval_mode, "--label", run.label,
+                "--reasoning", str(self.out / "reasoning" / "val_vcot.jsonl"), "--probe", *s.probes,
+                "--meta", f"teacher={run.teacher}", f"teacher_acc={json.dumps(teacher_acc)}"]
+        if run_main(args) != 0:
+            raise RuntimeError(f"evaluation of {run.name} failed")
+
+    def teacher_accuracy(self, teacher: str) -> float | None:
+        from reasoning_gen.records import load_reasoning
+
+        recs = load_reasoning(self.out / "reasoning" / f"{teacher}_raw.jsonl")
+        graded = [r["teacher_correct"] for r in recs.values() if r.get("teacher_correct") is not None]
+        return round(100.0 * sum(graded) / len(graded), 2) if graded else None
+
+    def report(self) -> None:
+        from eval.report import main as report_main
+
+        runs = [str(self.out / "eval" / r.name) for r in self.study.runs]
+        if report_main([*runs, "--out", str(self.out / "report")]) != 0:
+            raise RuntimeError("report failed")
+
+    def run_all(self) -> Path:
+        self.step("data", self.data)
+        for name, rate in self.study.teachers.items():
+            self.step(f"teacher_{name}", self.teacher, name, rate)
+        self.step("vcot_val", self.vcot)
+        for run in self.study.runs:
+            self.step(f"train_{run.name}", self.train, run)
+            self.step(f"eval_{run.name}", self.evaluate, run)
+        self.step("report", self.report)
+        return self.out / "report"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval demo", description=__doc__.split("\n\n")[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="3 seeds + beta sweep + teacher-accuracy sweep")
+    size.add_argument("--smoke", action="store_true", help="minutes-long CI version (2 of the 4 runs)")
+    p.add_argument("--out", type=Path, default=REPO / "demo_out")
+    p.add_argument("--resume", action="store_true", help="keep finished steps of the same study")
+    p.add_argument("--nproc", type=int, default=2, help="training ranks (torchrun --nproc_per_node)")
+    p.add_argument("--steps", type=int, help="override the preset's optimizer steps per run")
+    p.add_argument("--seeds", type=int, help="--full: number of seeds (default 3)")
+    args = p.parse_args(argv)
+    study = presets()["full" if args.full else "smoke" if args.smoke else "default"]
+    if args.steps:
+        study.steps = args.steps
+    if args.full and args.seeds:
+        study.runs = full_runs(tuple(range(args.seeds)))
+    out = args.out / "full" if args.full else args.out
+    t0 = time.time()
+    try:
+        report = Demo(study, out, args.nproc, args.resume).run_all()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"\n[demo] finished in {time.time() - t0:.0f}s; report: {report / 'report.md'} "
+          f"(+ summary.json, acc_per_type.png, acc_vs_beta.png, acc_vs_teacher.png)\n")
+    md = (report / "report.md").read_text()
+    print(md.split("## Probes")[0].split("## Accuracy")[-1].strip())  # the comparison table, last
+    return 0
