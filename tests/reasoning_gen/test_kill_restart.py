@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +30,11 @@ def _start(shards: str, out: Path, rank: int, world: int, log: Path) -> subproce
                             start_new_session=True)
 
 
+def _kill(p: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+        _kill(p)
+
+
 def _count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
@@ -39,16 +45,18 @@ def test_kill9_halfway_then_restart(synthetic_shards, tmp_path):
     total = len(synthetic_shards["qids"])
     procs = [_start(shards, out, r, 2, tmp_path / f"run1.rank{r}.log") for r in range(2)]
     files = [out / f"val.rank{r:05d}.jsonl" for r in range(2)]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     try:
-        while time.monotonic() < deadline and not all(_count_lines(f) >= 4 for f in files):
-            if any(p.poll() is not None for p in procs):
-                break
-            time.sleep(0.05)
+        # each rank is killed as soon as its own file holds 4 records (batches take 0.3 s each)
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            for p, f in zip(procs, files):
+                if p.poll() is None and _count_lines(f) >= 4:
+                    _kill(p)
+            time.sleep(0.02)
     finally:
         for p in procs:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+                _kill(p)
             p.wait(timeout=30)
     logs = "\n".join((tmp_path / f"run1.rank{r}.log").read_text() for r in range(2))
     assert all(p.returncode == -signal.SIGKILL for p in procs), f"a rank ended before the kill:\n{logs}"
