@@ -32,7 +32,7 @@ def _start(shards: str, out: Path, rank: int, world: int, log: Path) -> subproce
 
 def _kill(p: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-        _kill(p)
+        os.killpg(p.pid, signal.SIGKILL)
 
 
 def _count_lines(path: Path) -> int:
