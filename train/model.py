@@ -26,13 +26,21 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from kernels import LinearWeightedCrossEntropy
+from kernels.attention import select_attention
 
 from train import flops as flops_mod
 from train import generation
 from train.projector import FrameEncoder, Projector, build_vision_tower, tower_mean_std
 from train.tasks import FrameLayout
 from train.tokenizer import frame_token_id
+
+try:  # peft is optional (LoRA); imported up front for the same zero.Init reason as transformers
+    import peft
+except ImportError:  # pragma: no cover - exercised only where peft is missing
+    peft = None
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +162,6 @@ def resolve_attention(requested: str, device: torch.device | str | None = None) 
     """(HF attn_implementation, reason) for a requested backend ("auto" asks kernels.attention)."""
     if requested != "auto":
         return requested, f"set in the config (model.attn_implementation={requested})"
-    from kernels.attention import select_attention
-
     return select_attention(torch.device(device) if device is not None else
                             torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -172,11 +178,13 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
             on CPU or inside the caller's deepspeed.zero.Init context).
         dtype: parameter dtype of pretrained parts loaded from a path (None = their own).
 
+    ZeRO-3: to build partitioned, call inside ``deepspeed.zero.Init(config_dict_or_path=ds)``
+    AND keep a ``transformers.integrations.HfDeepSpeedConfig(ds)`` alive: without it HF's weight
+    initialisation reads the empty [0] shards and fails.
+
     Returns:
         The model, with ``attention_report`` = (impl, reason).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     impl, reason = resolve_attention(cfg.attn_implementation, device)
     log.info("attention: %s (%s)", impl, reason)
     tower = build_vision_tower(cfg.vision.kind, cfg.vision.path, cfg.vision.config, cfg.vision.image_size,
@@ -217,12 +225,19 @@ def _install_loss_head(llm: nn.Module, chunk_size: int) -> None:
     inside ``deepspeed.zero.Init``, and keeps tied input/output embeddings tied (HF then saves
     and reloads them as tied). The state-dict key stays ``lm_head.weight``.
     """
-    from kernels import LinearWeightedCrossEntropy
-
     old = llm.get_output_embeddings()
     if not isinstance(old, nn.Linear):
         raise TypeError(f"the LLM's output layer is {type(old).__name__}, expected nn.Linear")
-    llm.set_output_embeddings(LinearWeightedCrossEntropy.from_linear(old, share=True, chunk_size=chunk_size))
+    if hasattr(old.weight, "ds_id"):
+        # ZeRO-3-partitioned (built under zero.Init): .shape is [0], so size the module from the
+        # Linear's own attributes; its placeholder weight lives on "meta" and is replaced at once.
+        with torch.device("meta"):
+            head = LinearWeightedCrossEntropy(old.in_features, old.out_features, bias=old.bias is not None,
+                                              chunk_size=chunk_size, dtype=old.weight.dtype)
+        head.weight, head.bias = old.weight, old.bias
+    else:
+        head = LinearWeightedCrossEntropy.from_linear(old, share=True, chunk_size=chunk_size)
+    llm.set_output_embeddings(head)
 
 
 class VideoLLM(nn.Module):
@@ -253,13 +268,13 @@ class VideoLLM(nn.Module):
         cfg = self.config
         self.vision.tower.requires_grad_(not cfg.vision.freeze)
         if cfg.lora.enabled:
-            from peft import LoraConfig, get_peft_model
-
+            if peft is None:
+                raise ImportError("model.lora.enabled needs peft (pip install peft)")
             if "lm_head" in cfg.lora.target_modules:
                 raise ValueError("model.lora.target_modules must not hold lm_head (it is the loss module)")
-            lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            lcfg = peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                               target_modules=list(cfg.lora.target_modules), bias="none")
-            self.llm = get_peft_model(self.llm, lcfg)  # freezes every non-adapter LLM weight
+            self.llm = peft.get_peft_model(self.llm, lcfg)  # freezes every non-adapter LLM weight
         elif cfg.llm.freeze:
             self.llm.requires_grad_(False)
         if cfg.gradient_checkpointing:

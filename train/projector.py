@@ -16,6 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Imported here, not lazily: importing HF modeling code pulls in torch._dynamo, which fails
+# inside deepspeed.zero.Init (it patches tensor construction while the model is built).
+from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+
 # Normalisation constants of the public preprocessors (used when a local tower directory has
 # no preprocessor_config.json, and for towers built from a config dict).
 DEFAULT_MEAN_STD = {
@@ -39,8 +43,6 @@ def build_vision_tower(kind: str, path: str | None, config: dict[str, Any] | Non
         attn_implementation: HF attention implementation string.
         dtype: parameter dtype when loading from ``path``.
     """
-    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
-
     classes = {"siglip": (SiglipVisionModel, SiglipVisionConfig), "clip": (CLIPVisionModel, CLIPVisionConfig)}
     if kind not in classes:
         raise ValueError(f"model.vision.kind must be 'siglip' or 'clip', got {kind!r}")

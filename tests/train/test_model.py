@@ -196,25 +196,25 @@ def test_generation_and_option_scoring_are_correct_and_deterministic(tok):
     assert a == model.generate_text(tok, frames, qs, opts, max_new_tokens=6)
     # KV-cache greedy (batched, left-padded) equals a no-cache greedy loop run per clip.
     from train.generation import _prompts
+    from train.prompts import qa_instruction
 
-    prompts = _prompts(model, tok, frames, qs, opts, None, "Answer.")
-    prompts[1] = prompts[1] + tok.encode(" extra words here", add_special_tokens=False)  # unequal lengths
-    got = model.generate(frames, prompts, max_new_tokens=5)
+    prompt_ids = _prompts(model, tok, frames, qs, opts, None, "Answer.")
+    prompt_ids[1] = prompt_ids[1] + tok.encode(" extra words here", add_special_tokens=False)  # unequal lengths
+    got = model.generate(frames, prompt_ids, max_new_tokens=5)
     for i in range(2):
-        ids = list(prompts[i])
+        ids = list(prompt_ids[i])
         for _ in range(5):
             logits = model.logits(frames[i:i + 1], torch.tensor([ids]))
             ids.append(int(logits[0, -1].argmax()))
-        assert got[i] == ids[len(prompts[i]):], f"clip {i}"
-    assert model.generate(frames, prompts, max_new_tokens=5, eos_token_id=got[0][0])[0] == []
+        assert got[i] == ids[len(prompt_ids[i]):], f"clip {i}"
+    assert model.generate(frames, prompt_ids, max_new_tokens=5, eos_token_id=got[0][0])[0] == []
     # Option scores: batched == one clip at a time == a direct sum over full logits.
     s = model.score_options(tok, frames, qs, opts)
     assert s["sum"].shape == (2, 3) and s["sum"][0, 2] == float("-inf") and s["n_tokens"][0, 2] == 0
     one = model.score_options(tok, frames[1:], qs[1:], opts[1:])
     assert_close_report(one["sum"][0], s["sum"][1], rtol=1e-5, atol=1e-5, name="batched vs single")
     assert torch.equal(s["sum"], model.score_options(tok, frames, qs, opts)["sum"])
-    p = prompts[0][: len(prompts[0])]
-    p = _prompts(model, tok, frames[:1], qs[:1], opts[:1], None, __import__("train.prompts").prompts.qa_instruction("letter"))[0]
+    p = _prompts(model, tok, frames[:1], qs[:1], opts[:1], None, qa_instruction("letter"))[0]
     opt = tok.encode(" (B)", add_special_tokens=False)
     logp = torch.log_softmax(model.logits(frames[:1], torch.tensor([p + opt]))[0], -1)
     direct = sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(opt))
@@ -263,3 +263,68 @@ def test_flops_formula_counts_the_models_matmul_weights(tok):
     assert model.flops_per_token(128, 4) == pytest.approx(f["total"] / 128)
     frozen = flops.flops_per_sample(dataclasses.replace(d, train_llm=False), 128, 4)
     assert frozen["llm"] == pytest.approx(f["llm"] * 2 / 3)
+
+
+ZERO3_SCRIPT = r"""
+import os, sys, torch
+import deepspeed
+from transformers.integrations import HfDeepSpeedConfig
+from train.model import ModelConfig, LoraSettings, build_model
+from train.tasks import TaskConfig, build_examples, collate, task_token_counts, token_weights
+from train.tokenizer import build_tokenizer
+
+deepspeed.init_distributed(dist_backend="gloo")
+ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
+      "optimizer": {"type": "AdamW", "params": {"lr": 3e-3}}, "zero_allow_untested_optimizer": True}
+keep = HfDeepSpeedConfig(ds)  # HF models then initialise their weights with gathered ZeRO-3 params
+tok = build_tokenizer()
+for lora in (False, True):
+    with deepspeed.zero.Init(config_dict_or_path=ds):
+        model = build_model(ModelConfig(lora=LoraSettings(enabled=lora)), tok)
+    head = model.loss_head.weight
+    assert head.shape == (0,) and head.ds_numel == len(tok) * 64, (head.shape, head.ds_numel)
+    engine, *_ = deepspeed.initialize(model=model, config=ds,
+                                      model_parameters=[p for p in model.parameters() if p.requires_grad])
+    g = torch.Generator().manual_seed(0)
+    sample = {"qid": "q/s/v/0", "frames": torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, generator=g),
+              "question": "What color?", "options": ["red", "blue"], "answer": 1, "extra": {},
+              "reasoning": {"refined": "The ball is blue."}}
+    cfg = TaskConfig()
+    b = collate(build_examples(sample, cfg), tok, cfg, model.frame_layout(4))
+    w = token_weights(b["task_ids"], *task_token_counts(b["task_ids"]), 1.0, 0.5)
+    losses = []
+    for step in range(4):
+        labels = b["labels"] if step != 2 else torch.full_like(b["labels"], -100)  # a step without targets
+        out = engine(b["pixel_values"], b["input_ids"], b["attention_mask"], labels, w)
+        engine.backward(out["loss"])
+        engine.step()
+        losses.append(float(out["loss"]))
+    assert all(map(lambda x: x == x, losses)) and losses[2] == 0.0, losses
+    assert losses[3] < losses[0], losses
+    engine.eval()
+    scores = model.score_options(tok, b["pixel_values"][:1], ["What color?"], [["red", "blue"]])
+    assert torch.isfinite(scores["sum"]).all()
+    print("ok", lora, losses)
+"""
+
+
+@pytest.mark.slow
+def test_builds_and_trains_under_deepspeed_zero3_init(tmp_path):
+    """The model built inside deepspeed.zero.Init (partitioned params, loss module owning a
+    partitioned lm_head) trains, survives a micro-batch without targets, and scores options."""
+    import os
+    import socket
+    import sys
+
+    from tests.conftest import REPO
+
+    with socket.socket() as s:  # a free port, so parallel test runs never collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+               LOCAL_RANK="0", TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"),
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", ZERO3_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("ok ") == 2, proc.stdout[-2000:]
