@@ -43,9 +43,9 @@ from data_shards.frames import segment_times
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = REPO / "docs" / "bench" / "loader.csv"
 CSV_FIELDS = ["date", "commit", "cpus", "load_1m", "shards", "videos_in_shards", "frames", "size", "workers",
-              "seconds", "max_videos", "loader_videos", "loader_videos_s", "loader_frames_s", "tc_seq_videos_s",
-              "tc_seq_frames_s", "pyav_videos_s", "pyav_frames_s", "pyav_all_videos_s", "pyav_key_videos_s", "speedup_vs_pyav",
-              "speedup_tc_seq_vs_pyav"]
+              "seconds", "rounds", "max_videos", "loader_videos", "loader_videos_s", "loader_frames_s",
+              "tc_seq_videos_s", "tc_seq_frames_s", "pyav_videos_s", "pyav_frames_s", "pyav_all_videos_s",
+              "pyav_key_videos_s", "speedup_vs_pyav", "speedup_tc_seq_vs_pyav"]
 
 
 @dataclass
@@ -79,22 +79,20 @@ def tar_videos(urls: list[str]) -> Iterator[tuple[str, dict, bytes]]:
 
 
 def cycle_videos(urls: list[str], max_videos: int, budget_s: float, work: Callable[[str, dict, bytes], np.ndarray],
-                 result: Result, keep: set[str]) -> Result:
-    """Run ``work`` over the shards' videos (cycling) until ``max_videos`` or ``budget_s``."""
-    t0 = time.perf_counter()
-    while result.videos < max_videos:
+                 result: Result, keep: set[str]) -> None:
+    """Run ``work`` over the shards' videos (cycling) until ``max_videos`` or ``budget_s``; adds to ``result``."""
+    t0, done = time.perf_counter(), 0
+    while done < max_videos and time.perf_counter() - t0 < budget_s:
         for key, record, data in tar_videos(urls):
             frames = work(key, record, data)
+            done += 1
             result.videos += 1
             result.frames += len(frames)
             if key in keep and key not in result.samples:
                 result.samples[key] = frames
-            if result.videos >= max_videos or time.perf_counter() - t0 >= budget_s:
+            if done >= max_videos or time.perf_counter() - t0 >= budget_s:
                 break
-        if time.perf_counter() - t0 >= budget_s:
-            break
-    result.seconds = time.perf_counter() - t0
-    return result
+    result.seconds += time.perf_counter() - t0
 
 
 PYAV_MODES = ("seek", "keyframe", "decode-all")
@@ -149,31 +147,35 @@ def pyav_frames(data: bytes, num_frames: int, size: tuple[int, int], record: dic
 
 
 def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers: int, max_videos: int,
-               budget_s: float, last_qids: set[str], keep: set[str]) -> Result:
-    """Our loader (endless passes over the shards) until ``max_videos`` videos reached the consumer."""
+               budget_s: float, last_qids: set[str], keep: set[str], result: Result) -> None:
+    """Our loader (endless passes over the shards) until ``max_videos`` videos reached the consumer.
+
+    Timed from building the loader (worker start-up included) to the last counted batch.
+    """
     from data_shards.loader import LoaderConfig, build_loader
 
+    t0, done = time.perf_counter(), 0
     cfg = LoaderConfig(urls=urls, num_frames=num_frames, frame_size=size, batch_size=8, num_workers=workers,
                        shuffle_shards=False, shuffle_buffer=0, epoch_batches=1 << 40)
     loader = build_loader(cfg, rank=0, world_size=1)
-    result = Result(f"loader ({workers} workers)")
-    t0 = time.perf_counter()
     it = iter(loader)
     for batch in it:
         for sample in batch:
-            if sample["qid"] in last_qids and result.videos < max_videos:  # the video's last question:
-                result.videos += 1                                          # all of it was delivered
+            # a video counts at its last question: all of it reached the consumer
+            if sample["qid"] in last_qids and done < max_videos:
+                done += 1
+                result.videos += 1
                 result.frames += sample["frames"].shape[0]
                 if sample["__key__"] in keep and sample["__key__"] not in result.samples:
                     result.samples[sample["__key__"]] = sample["frames"].permute(0, 2, 3, 1).numpy()
-        if result.videos >= max_videos or time.perf_counter() - t0 >= budget_s:
+        if done >= max_videos or time.perf_counter() - t0 >= budget_s:
             break
-    result.seconds = time.perf_counter() - t0
+    result.seconds += time.perf_counter() - t0
     it.close()  # stop the workers (not timed)
     stats = loader.stats()
     skipped = {k: stats[k] for k in ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record") if stats[k]}
-    result.note = f"skipped {skipped}" if skipped else ""
-    return result
+    if skipped:
+        result.note = f"skipped {skipped}"
 
 
 def compare(a: Result, b: Result) -> str:
@@ -216,8 +218,14 @@ def append_csv(path: Path, row: dict) -> None:
 
 
 def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: int, budget_s: float,
-            max_videos: int | None) -> tuple[list[Result], int]:
-    """All four providers on the same shards; returns their results and the videos in the shards."""
+            max_videos: int | None, rounds: int = 3) -> tuple[list[Result], int]:
+    """All providers on the same shards, interleaved in ``rounds`` rounds of ``budget_s / rounds``
+    each (so that a change in machine load hits every provider alike).
+
+    Returns:
+        The providers' results (loader, torchcodec-seq, pyav-seq, pyav-decode-all, pyav-keyframe)
+        and the number of videos in the shards.
+    """
     from data_shards.frames import decode_frames
 
     index = [(key, rec) for key, rec, _ in tar_videos(urls)]
@@ -226,21 +234,34 @@ def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: in
     last_qids = {rec["qas"][-1]["qid"] for _, rec in index}
     keep = {key for key, _ in index[:4]}
     limit = max_videos if max_videos is not None else 1 << 40
-    results = [run_loader(urls, num_frames, size, workers, limit, budget_s, last_qids, keep)]
-    tc = Result("torchcodec-seq")
-    results.append(cycle_videos(urls, limit, budget_s, lambda k, r, d: decode_frames(
-        d, num_frames, size, r["start"], r["end"], name=k).permute(0, 2, 3, 1).numpy(), tc, keep))
-    for name, mode in (("pyav-seq", "seek"), ("pyav-decode-all", "decode-all"), ("pyav-keyframe", "keyframe")):
-        res, errors = Result(name), []
+    results = [Result(f"loader ({workers} workers)"), Result("torchcodec-seq"), Result("pyav-seq"),
+               Result("pyav-decode-all"), Result("pyav-keyframe")]
+    errors: dict[str, list[float]] = {r.name: [] for r in results}
 
-        def work(key, rec, data, mode=mode, errors=errors):
+    def torchcodec_work(key, rec, data):
+        return decode_frames(data, num_frames, size, rec["start"], rec["end"], name=key).permute(0, 2, 3, 1).numpy()
+
+    def pyav_work(mode: str, name: str):
+        def work(key, rec, data):
             frames, err = pyav_frames(data, num_frames, size, rec, mode)
-            errors.append(err)
+            errors[name].append(err)
             return frames
+        return work
 
-        cycle_videos(urls, limit, budget_s, work, res, keep)
-        res.note = f"mean |t_frame - t| = {np.mean(errors):.3f} s"
-        results.append(res)
+    works = [None, torchcodec_work, pyav_work("seek", "pyav-seq"), pyav_work("decode-all", "pyav-decode-all"),
+             pyav_work("keyframe", "pyav-keyframe")]
+    for r in range(rounds):
+        for res, work in zip(results, works):
+            share = -(-(limit - res.videos) // (rounds - r))  # ceil: what is left, spread over the rounds left
+            if share <= 0:
+                continue
+            if work is None:
+                run_loader(urls, num_frames, size, workers, share, budget_s / rounds, last_qids, keep, res)
+            else:
+                cycle_videos(urls, share, budget_s / rounds, work, res, keep)
+    for res in results:
+        if errors[res.name]:
+            res.note = f"mean |t_frame - t| = {np.mean(errors[res.name]):.3f} s"
     return results, len(index)
 
 
@@ -253,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=8, help="K frames per video")
     p.add_argument("--workers", type=int, default=2, help="loader DataLoader workers")
     p.add_argument("--size", type=_parse_size, default=(224, 224), help="HxW")
-    p.add_argument("--seconds", type=float, default=20.0, help="time budget per provider")
+    p.add_argument("--seconds", type=float, default=20.0, help="time budget per provider (all rounds)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per provider")
     p.add_argument("--max-videos", type=int, default=None, help="stop each provider after this many videos")
     p.add_argument("--csv", default=str(DEFAULT_CSV), help="append the result row here ('' to skip)")
     args = p.parse_args(argv)
@@ -262,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     if size is None:
         raise SystemExit("bench needs a fixed --size HxW")
     load = os.getloadavg()[0]
-    results, n_videos = run_all(urls, args.frames, size, args.workers, args.seconds, args.max_videos)
+    results, n_videos = run_all(urls, args.frames, size, args.workers, args.seconds, args.max_videos,
+                                args.rounds)
     loader, tc, pyav, pyav_all, pyav_key = results
     print(f"bench: {len(urls)} shard(s), {n_videos} videos, K={args.frames} frames at {size[0]}x{size[1]}, "
-          f"{args.workers} loader workers, budget {args.seconds:g} s, cpus {os.cpu_count()}, load(1m) {load:.2f}")
+          f"{args.workers} loader workers, budget {args.seconds:g} s in {args.rounds} rounds, cpus {os.cpu_count()}, "
+          f"load(1m) {load:.2f}")
     print(f"{'provider':<22}{'videos':>8}{'frames':>9}{'seconds':>9}{'videos/s':>10}{'frames/s':>10}"
           f"{'vs pyav':>9}  note")
     for r in results:
@@ -280,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         append_csv(Path(args.csv), {
             "date": dt.datetime.now().isoformat(timespec="seconds"), "commit": _commit(), "cpus": os.cpu_count(),
             "load_1m": f"{load:.2f}", "shards": len(urls), "videos_in_shards": n_videos, "frames": args.frames,
-            "size": f"{size[0]}x{size[1]}", "workers": args.workers, "seconds": args.seconds,
+            "size": f"{size[0]}x{size[1]}", "workers": args.workers, "seconds": args.seconds, "rounds": args.rounds,
             "max_videos": args.max_videos or "", "loader_videos": loader.videos,
             "loader_videos_s": f"{loader.videos_s:.3f}", "loader_frames_s": f"{loader.frames_s:.2f}",
             "tc_seq_videos_s": f"{tc.videos_s:.3f}", "tc_seq_frames_s": f"{tc.frames_s:.2f}",
