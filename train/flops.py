@@ -78,8 +78,17 @@ def _factor(trained: bool, grad_flows_in: bool) -> int:
     return 3 if trained else (2 if grad_flows_in else 1)
 
 
-def flops_per_sample(d: FlopsDims, seq_len: int, num_frames: int) -> dict[str, float]:
+def flops_per_sample(d: FlopsDims, seq_len: int, num_frames: int,
+                     clips_per_sequence: float = 1.0) -> dict[str, float]:
     """Training model FLOPs of one sample (one sequence of ``seq_len`` tokens with its clip).
+
+    Args:
+        d: the dimensions.
+        seq_len: LLM sequence length (padded).
+        num_frames: frames per clip.
+        clips_per_sequence: distinct clips encoded per sequence. The model encodes a clip once
+            for the adjacent QA and reasoning sequences of one question, so multi-task batches
+            have about 0.5 (``VideoLLM.batch_flops`` counts it exactly); 1.0 is an upper bound.
 
     Returns:
         {"vision", "projector", "llm", "total"} in FLOPs (per sample).
@@ -87,11 +96,11 @@ def flops_per_sample(d: FlopsDims, seq_len: int, num_frames: int) -> dict[str, f
     P = d.vis_patches
     vis_fwd = (2 * P * vision_params(d) + 2 * P * d.vis_channels * d.vis_patch_size ** 2 * d.vis_hidden
                + 4 * d.vis_layers * P * P * d.vis_hidden)
-    vision = _factor(d.train_vision, False) * vis_fwd * num_frames
+    vision = _factor(d.train_vision, False) * vis_fwd * num_frames * clips_per_sequence
     groups = -(-num_frames // d.temporal_stride)
     n_visual = groups * d.tokens_per_group
     proj_fwd = 2 * (d.vis_hidden * d.proj_hidden + d.proj_hidden * d.llm_hidden) * n_visual
-    projector = _factor(d.train_projector, d.train_vision) * proj_fwd
+    projector = _factor(d.train_projector, d.train_vision) * proj_fwd * clips_per_sequence
     a = d.llm_heads * d.llm_head_dim
     llm_fwd = (2 * llm_params(d) + 2 * d.llm_layers * a * seq_len) * seq_len
     llm = _factor(d.train_llm, d.train_vision or d.train_projector or d.lora) * llm_fwd
@@ -99,6 +108,6 @@ def flops_per_sample(d: FlopsDims, seq_len: int, num_frames: int) -> dict[str, f
             "total": float(vision + projector + llm)}
 
 
-def flops_per_token(d: FlopsDims, seq_len: int, num_frames: int) -> float:
+def flops_per_token(d: FlopsDims, seq_len: int, num_frames: int, clips_per_sequence: float = 1.0) -> float:
     """Training model FLOPs per LLM sequence position (padded length), the MFU numerator."""
-    return flops_per_sample(d, seq_len, num_frames)["total"] / seq_len
+    return flops_per_sample(d, seq_len, num_frames, clips_per_sequence)["total"] / seq_len

@@ -240,6 +240,15 @@ def _install_loss_head(llm: nn.Module, chunk_size: int) -> None:
     llm.set_output_embeddings(head)
 
 
+def unique_adjacent_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collapse runs of identical consecutive rows: (index long [B] into unique, unique [U, ...])."""
+    if x.shape[0] == 1:
+        return torch.zeros(1, dtype=torch.long, device=x.device), x
+    same = (x[1:] == x[:-1]).flatten(1).all(dim=1)  # one comparison pass, one host sync
+    new = torch.cat([torch.ones(1, dtype=torch.bool, device=x.device), ~same])
+    return new.long().cumsum(0) - 1, x[new]
+
+
 class VideoLLM(nn.Module):
     """Vision tower + projector + causal LM whose lm_head is the weighted cross-entropy module.
 
@@ -303,13 +312,20 @@ class VideoLLM(nn.Module):
 
     # ------------------------------------------------------------------ forward pieces
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, T, 3, H, W] -> visual tokens [B, Nv, D_llm] (Nv = frame_layout(T).num_visual_tokens)."""
+        """uint8 [B, T, 3, H, W] -> visual tokens [B, Nv, D_llm] (Nv = frame_layout(T).num_visual_tokens).
+
+        A row equal to the row before it (the QA and reasoning sequences of one question sit next
+        to each other in a collated batch) reuses that row's features: the tower and projector
+        run once per distinct clip.
+        """
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [B, T, 3, H, W], got {tuple(pixel_values.shape)}")
-        B, T = pixel_values.shape[:2]
+        index, unique = unique_adjacent_rows(pixel_values)
+        U, T = unique.shape[:2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_trainable):
-            feats = self.vision(pixel_values.flatten(0, 1))  # [B*T, P, Dv]
-        return self.projector(feats.reshape(B, T, *feats.shape[1:]))
+            feats = self.vision(unique.flatten(0, 1))  # [U*T, P, Dv]
+        visual = self.projector(feats.reshape(U, T, *feats.shape[1:]))
+        return visual if U == pixel_values.shape[0] else visual.index_select(0, index)
 
     def embed(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the frame placeholders replaced by ``visual`` [B, Nv, D].
@@ -428,9 +444,17 @@ class VideoLLM(nn.Module):
             train_projector=True, train_llm=not (self.config.llm.freeze or self.config.lora.enabled),
             lora=self.config.lora.enabled)
 
-    def flops_per_token(self, seq_len: int, num_frames: int) -> float:
+    def flops_per_token(self, seq_len: int, num_frames: int, clips_per_sequence: float = 1.0) -> float:
         """Training model FLOPs per LLM sequence position (formula in :mod:`train.flops`)."""
-        return flops_mod.flops_per_token(self.flops_dims(), seq_len, num_frames)
+        return flops_mod.flops_per_token(self.flops_dims(), seq_len, num_frames, clips_per_sequence)
+
+    def batch_flops(self, batch: dict[str, Any]) -> float:
+        """Training model FLOPs of one collated micro-batch (B sequences of padded length L,
+        one tower pass per distinct adjacent clip, as :meth:`encode_frames` runs it)."""
+        B, L = batch["input_ids"].shape
+        clips = int(unique_adjacent_rows(batch["pixel_values"])[1].shape[0])
+        T = int(batch["pixel_values"].shape[1])
+        return B * flops_mod.flops_per_sample(self.flops_dims(), L, T, clips / B)["total"]
 
     # ------------------------------------------------------------------ save / load
     def export_llm(self) -> nn.Module:

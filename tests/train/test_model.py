@@ -328,3 +328,20 @@ def test_builds_and_trains_under_deepspeed_zero3_init(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("ok ") == 2, proc.stdout[-2000:]
+
+
+def test_adjacent_identical_clips_are_encoded_once(tok):
+    model = tiny(tok)
+    a, b = random_frames(2, seed=5)
+    pv = torch.stack([a, a, b, b, a])  # the mtl layout: QA + reasoning rows of one question adjacent
+    seen = []
+    model.vision.tower.register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs["pixel_values"].shape[0]),
+                                             with_kwargs=True)
+    got = model.encode_frames(pv)
+    assert seen == [3 * 4]  # 3 distinct runs x 4 frames
+    want = torch.cat([model.encode_frames(pv[i:i + 1]) for i in range(5)])
+    assert_close_report(got, want, rtol=1e-5, atol=1e-6, name="deduplicated visual tokens")
+    batch = batch_for(model, tok, [a, b])  # mtl: 4 sequences, 2 clips
+    d = model.flops_dims()
+    L = batch["input_ids"].shape[1]
+    assert model.batch_flops(batch) == pytest.approx(4 * flops.flops_per_sample(d, L, 4, 0.5)["total"])
