@@ -345,3 +345,29 @@ def test_adjacent_identical_clips_are_encoded_once(tok):
     d = model.flops_dims()
     L = batch["input_ids"].shape[1]
     assert model.batch_flops(batch) == pytest.approx(4 * flops.flops_per_sample(d, L, 4, 0.5)["total"])
+
+
+def test_pretrained_llm_from_a_local_path_tied_and_resized(tok, tmp_path):
+    from transformers import AutoConfig
+
+    qcfg = AutoConfig.for_model("qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                                tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(qcfg).save_pretrained(tmp_path / "qwen")
+    llm = dataclasses.replace(ModelConfig().llm, path=str(tmp_path / "qwen"), config=None)
+    model = tiny(tok, llm=llm)
+    emb = model.causal_lm.get_input_embeddings().weight
+    assert emb.shape[0] == len(tok) > 300  # resized to the tokenizer (frame token etc.)
+    assert model.loss_head.weight is emb  # the loss module shares the tied weight
+    b = batch_for(model, tok, random_frames(1))
+    out = run(model, b)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and emb.grad is not None
+    ids = b["input_ids"][:1, :20]
+    want = _text_logits(model, ids)
+    model.export_llm().save_pretrained(tmp_path / "out")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True)
+    assert loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
+    with torch.no_grad():
+        assert_close_report(loaded(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5, name="tied export logits")
