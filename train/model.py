@@ -70,6 +70,19 @@ class VisionTowerConfig:
     std: list[float] | None = None
     """Pixel std; None = as ``mean``."""
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for every bad value."""
+        out = []
+        if self.path is None and self.config is None:
+            out.append(("config", "give a path or a config dict"))
+        if self.image_size is not None and self.image_size < 1:
+            out.append(("image_size", f"must be >= 1, got {self.image_size}"))
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
+                out.append((name, f"must be 3 values{' > 0' if name == 'std' else ''}, got {v}"))
+        return out
+
 
 @dataclass
 class ProjectorConfig:
@@ -81,6 +94,17 @@ class ProjectorConfig:
     """Consecutive frames averaged into one group (1 = every frame its own tokens)."""
     hidden: int | None = None
     """MLP hidden width; None = the LLM's hidden size."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for every bad value."""
+        out = []
+        if len(self.pool) != 2 or min(self.pool) < 1:
+            out.append(("pool", f"must be [h, w] with h, w >= 1, got {self.pool}"))
+        if self.temporal_stride < 1:
+            out.append(("temporal_stride", f"must be >= 1, got {self.temporal_stride}"))
+        if self.hidden is not None and self.hidden < 1:
+            out.append(("hidden", f"must be >= 1 or null, got {self.hidden}"))
+        return out
 
 
 @dataclass
@@ -97,6 +121,14 @@ class LanguageModelConfig:
     freeze: bool = False
     """Keep the LLM's weights fixed (LoRA adapters, if enabled, still train)."""
 
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for every bad value."""
+        if self.path is None and self.config is None:
+            return [("config", "give a path or a config dict")]
+        if self.path is None and "model_type" not in self.config:
+            return [("config", "needs a 'model_type' (e.g. 'llama', 'qwen2')")]
+        return []
+
 
 @dataclass
 class LoraSettings:
@@ -112,6 +144,17 @@ class LoraSettings:
     """Dropout on the adapter input."""
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     """Names of the LLM's linear layers that get adapters (never lm_head: it is the loss module)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for every bad value."""
+        out = []
+        if self.r < 1:
+            out.append(("r", f"must be >= 1, got {self.r}"))
+        if not 0 <= self.dropout < 1:
+            out.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
+        if "lm_head" in self.target_modules:
+            out.append(("target_modules", "must not hold lm_head (it is the loss module)"))
+        return out
 
 
 @dataclass
@@ -133,6 +176,13 @@ class ModelConfig:
     """Recompute LLM (and trained vision) layer activations in backward to save memory."""
     loss_chunk_size: int = 1024
     """Tokens per chunk of the fused linear cross-entropy (bounds the [chunk, vocab] logits)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for every bad value of this section and its subsections."""
+        out = [] if self.loss_chunk_size >= 1 else [("loss_chunk_size", f"must be >= 1, got {self.loss_chunk_size}")]
+        for name in ("vision", "projector", "llm", "lora"):
+            out += [(f"{name}.{f}", m) for f, m in getattr(self, name).problems()]
+        return out
 
     def frame_layout(self, num_frames: int) -> FrameLayout:
         """The prompt's placeholder layout for ``num_frames`` frames."""

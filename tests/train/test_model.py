@@ -371,3 +371,14 @@ def test_pretrained_llm_from_a_local_path_tied_and_resized(tok, tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
     with torch.no_grad():
         assert_close_report(loaded(input_ids=ids).logits, want, rtol=1e-4, atol=1e-5, name="tied export logits")
+
+
+def test_model_config_problems_and_from_dict():
+    assert ModelConfig().problems() == []
+    cfg = ModelConfig.from_dict({"projector": {"pool": [0, 2]}, "lora": {"r": 0, "target_modules": ["lm_head"]},
+                                 "llm": {"config": {"hidden_size": 8}}, "loss_chunk_size": 0})
+    fields = [f for f, _ in cfg.problems()]
+    assert fields == ["loss_chunk_size", "projector.pool", "llm.config", "lora.r", "lora.target_modules"]
+    with pytest.raises(ValueError, match="unknown key.*'vision'"):
+        ModelConfig.from_dict({"vision": {"kind": "clip", "size": 3}})
+    assert ModelConfig().frame_layout(8).num_visual_tokens == 8 * 4
