@@ -5,7 +5,8 @@
     TRITON_INTERPRET=1 python -m kernels.bench               # CPU: tiny shapes, functional check
 
 Providers: ours-triton (the Triton path, interpreted on CPU), ours-triton-inplace (CE with the
-gradient written into the logits, Liger's memory behaviour), torch-eager (fp32 logits as a
+gradient written into the logits, Liger's memory behaviour), ours-triton-fp32acc (FLCE with an fp32
+lm_weight-gradient accumulator), torch-eager (fp32 logits as a
 HuggingFace loss does), torch-compile (the eager function under torch.compile), liger (when
 importable; it has no per-token weights, so it runs the unweighted loss), torch-chunked (our
 pure-PyTorch chunked path).  Modes: forward (a training forward: inputs require grad, so ours makes
@@ -41,7 +42,8 @@ from kernels.reference import (fused_linear_weighted_cross_entropy_chunked,
                                fused_linear_weighted_cross_entropy_eager,
                                weighted_cross_entropy_chunked, weighted_cross_entropy_eager)
 
-PROVIDERS = ("ours-triton", "ours-triton-inplace", "torch-eager", "torch-compile", "liger", "torch-chunked")
+PROVIDERS = ("ours-triton", "ours-triton-inplace", "ours-triton-fp32acc", "torch-eager", "torch-compile",
+             "liger", "torch-chunked")
 MODES = ("forward", "backward", "full")
 GPU_SHAPES = "2048x4096x32000,8192x4096x151936,16384x4096x151936"
 CPU_SHAPES = "64x32x1000,256x64x5003"
@@ -81,11 +83,11 @@ def _ours_ce(inplace: bool):
     return lambda x, y, w: WeightedCrossEntropyFunction.apply(x, y, w, opts)
 
 
-def _ours_flce(chunk_size: int | None):
+def _ours_flce(chunk_size: int | None, accum_dtype: torch.dtype | None = None):
     from kernels.cross_entropy import _forward
     from kernels.fused_linear_cross_entropy import FusedLinearWeightedCrossEntropyFunction
 
-    opts = FLCEOptions(chunk_size=chunk_size)
+    opts = FLCEOptions(chunk_size=chunk_size, accum_dtype=accum_dtype)
     return lambda h, lm, y, w: FusedLinearWeightedCrossEntropyFunction.apply(h, lm, None, y, w, opts, _forward)
 
 
@@ -94,9 +96,9 @@ def loss_fn(kernel: str, provider: str, chunk_size: int | None = None) -> Callab
 
     ``chunk_size`` applies to our fused linear CE (Triton and chunked torch).
     """
-    if provider in ("ours-triton", "ours-triton-inplace"):
+    if provider.startswith("ours-triton"):
         if kernel == "flce":
-            return _ours_flce(chunk_size)
+            return _ours_flce(chunk_size, torch.float32 if provider.endswith("fp32acc") else None)
         return _ours_ce(inplace=provider.endswith("inplace"))
     eager = weighted_cross_entropy_eager if kernel == "ce" else fused_linear_weighted_cross_entropy_eager
     if provider == "torch-eager":
@@ -227,8 +229,8 @@ def case_rows(kernel, shape, dtype, device, providers, modes, reps, meta, chunk_
     elem = torch.finfo(dtype).bits // 8
     results = {}
     for provider in providers:
-        if kernel == "flce" and provider == "ours-triton-inplace":
-            continue  # the fused op always works in place on its private chunk buffers
+        if (kernel, provider) in (("flce", "ours-triton-inplace"), ("ce", "ours-triton-fp32acc")):
+            continue  # FLCE is always in place on its private chunks; CE has no accumulator
         try:
             results[provider] = bench_case(kernel, provider, shape, dtype, device, reps, chunk_size)
         except Exception as exc:  # OOM of the eager baseline at big shapes, a Liger API change ...

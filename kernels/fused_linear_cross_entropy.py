@@ -7,16 +7,17 @@ For hidden [N, H], lm_weight [V, H] (and bias [V]) the loss is the weighted CE o
    batches most tokens are prompt and video tokens, so only target tokens pay for the vocab;
 2. per chunk of C active rows: logits [C, V] = one GEMM into a private buffer; the row kernel
    (Triton, or its torch twin) writes loss_i and, in place, the logits gradient (weights included);
-   then grad_hidden[rows] = G @ lm_weight and grad_lm_weight += G.T @ hidden[rows] (fp32
-   accumulator by default), grad_bias += column sums of G;
+   then grad_hidden[rows] = G @ lm_weight and grad_lm_weight += G.T @ hidden[rows] (accumulated
+   in lm_weight's dtype by default, fp32 on request: ``FLCEOptions.accum_dtype``), grad_bias +=
+   column sums of G (fp32);
 3. backward: reduction "sum" scales the three gradients by the scalar grad_output.
    Reduction "none" cannot: grad_lm_weight = sum_i g_i G_i^T h_i mixes rows, so a non-uniform
    per-row grad_output cannot be applied after the fact.  For "none" the forward computes only the
    losses and the backward RECOMPUTES the chunks with weights w_i * g_i (one more logits GEMM per
    chunk, exact for any grad_output).
 
-Peak extra memory: one chunk of logits (C x V, ``CHUNK_LOGITS_BYTES`` by default) + the gradients
-(grad_hidden [N, H], the [V, H] accumulator) - never O(N x V).
+Peak extra memory: one chunk of logits (C x V, ``CHUNK_LOGITS_BYTES`` by default), a temporary of
+at most that size, and the gradients (grad_hidden [N, H], the [V, H] accumulator) - never O(N x V).
 
 The row CE is passed in as ``ce_rows`` (``kernels.cross_entropy._forward`` or
 ``kernels.reference.ce_rows_torch``); this module itself imports no triton.  The GEMMs are torch's
@@ -70,9 +71,9 @@ def _forward(
     active = ((target != opts.ignore_index) & (weight != 0)).nonzero().squeeze(1)
     loss = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device)
     grad_h = torch.zeros_like(hidden) if need_h else None
-    acc_dtype = opts.accum_dtype or torch.float32
+    acc_dtype = opts.accum_dtype or lm_weight.dtype
     grad_w = torch.zeros(lm_weight.shape, dtype=acc_dtype, device=hidden.device) if need_w else None
-    grad_b = torch.zeros(n_classes, dtype=acc_dtype, device=hidden.device) if need_b else None
+    grad_b = torch.zeros(n_classes, dtype=torch.float32, device=hidden.device) if need_b else None
     chunk = opts.chunk_size or default_chunk_size(active.numel(), n_classes, hidden.element_size())
     w_t = lm_weight.t()
     for start in range(0, active.numel(), chunk):
@@ -89,7 +90,7 @@ def _forward(
         if need_w:
             _accumulate_mm(grad_w, logits.t(), h, max_temp_elems=logits.numel())
         if need_b:
-            grad_b += logits.sum(dim=0, dtype=acc_dtype)
+            grad_b += logits.sum(dim=0, dtype=torch.float32)
     if grad_w is not None and grad_w.dtype != lm_weight.dtype:
         grad_w = grad_w.to(lm_weight.dtype)
     if grad_b is not None and grad_b.dtype != bias.dtype:
