@@ -97,6 +97,13 @@ def preflight(cfg: DataConfig, count_questions: bool = False) -> DataSummary:
             raise DataError(f"data.reasoning: file not found: {pattern}")
     if not local:
         return DataSummary(urls, False, None, None)
+    counted = _counts_from_sizes(urls)
+    if counted is not None:
+        videos, questions = counted
+        if videos == 0 or questions == 0:
+            raise DataError(f"data.urls: the dataset is empty: sizes.json lists {videos} videos and {questions} "
+                            f"questions in {len(urls)} shard(s) ({urls[0]}{' ...' if len(urls) > 1 else ''})")
+        return DataSummary(urls, True, videos, questions)
     videos = questions = 0
     for u in urls:
         try:
@@ -113,6 +120,26 @@ def preflight(cfg: DataConfig, count_questions: bool = False) -> DataSummary:
         raise DataError(f"data.urls: the dataset is empty: {len(urls)} shard(s) hold no "
                         f"{'sample' if videos == 0 else 'question'} ({urls[0]}{' ...' if len(urls) > 1 else ''})")
     return DataSummary(urls, True, videos, questions)
+
+
+def _counts_from_sizes(urls: list[str]) -> tuple[int, int] | None:
+    """(videos, questions) of the shards from the writer's sizes.json files, if they list every shard."""
+    videos = questions = 0
+    tables: dict[Path, dict] = {}
+    for u in urls:
+        path = _local_path(u)
+        sizes = path.parent / "sizes.json"
+        if sizes not in tables:
+            try:
+                tables[sizes] = json.loads(sizes.read_text()).get("shards", {}) if sizes.is_file() else {}
+            except (OSError, json.JSONDecodeError, AttributeError):
+                tables[sizes] = {}
+        entry = tables[sizes].get(path.name)
+        if not isinstance(entry, dict) or "videos" not in entry or "questions" not in entry:
+            return None
+        videos += int(entry["videos"])
+        questions += int(entry["questions"])
+    return videos, questions
 
 
 def corpus_texts(urls: list[str], max_videos: int, reasoning: dict[str, dict] | None = None) -> list[str]:

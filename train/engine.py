@@ -145,8 +145,12 @@ def model_init_context(ds_config: dict, enabled: bool) -> Iterator[Any]:
         yield None
         return
     import deepspeed
+    import torch._dynamo  # noqa: F401
     from transformers.integrations import HfDeepSpeedConfig
 
+    # zero.Init patches torch's tensor constructors; torch._dynamo checks their signatures when it
+    # is first imported (transformers imports it lazily, e.g. with a vision model class), which
+    # fails inside the context: import it before entering.
     hf_ds = HfDeepSpeedConfig(ds_config)
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
         yield hf_ds
@@ -238,6 +242,7 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     frames_local = sum(int(mb["pixel_values"].shape[0] * mb["pixel_values"].shape[1]) for mb in micro_batches)
     n_qa, n_re = all_reduce_sum([n_qa_local, n_re_local])
     scale = float(gas * world_size)
+    lr = float(engine.get_lr()[0])  # the LR this step applies (the scheduler advances in engine.step)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64)
     for mb in micro_batches:
@@ -251,5 +256,5 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     loss_g, tokens, examples, frames = all_reduce_sum([float(loss_sum), tokens_local, examples_local, frames_local])
     norm = engine.get_global_grad_norm()
     return StepStats(loss=loss_g, n_qa=int(n_qa), n_reason=int(n_re), tokens=int(tokens), examples=int(examples),
-                     frames=int(frames), lr=float(engine.get_lr()[0]),
+                     frames=int(frames), lr=lr,
                      grad_norm=None if norm is None else float(norm), compute_s=compute_s)

@@ -1,13 +1,11 @@
 """Helpers of the trainer (T2) tests: real synthetic shards, the tiny recipe, 2-rank launches.
 
-Shards are REAL: ``data_shards.synth.make_synthetic`` renders and ffmpeg-encodes mp4s; they are
-packed into WebDataset tars by ``data_shards.writer.write_shards`` when that exists, else by
-``webdataset.TarWriter`` following contract 1 (key without dots, ``{key}.mp4`` + ``{key}.json``).
+Shards are REAL: ``data_shards.synth.make_synthetic`` renders and ffmpeg-encodes mp4s and
+``data_shards.writer.write_shards`` packs them into WebDataset tars (contract 1) + sizes.json.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -16,61 +14,48 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny_cpu.yaml"
-
-
-def _pack_with_tarwriter(records_path: Path, videos_dir: Path, out: Path, n_shards: int) -> str:
-    import re
-
-    import webdataset as wds
-
-    records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
-    per = -(-len(records) // n_shards)
-    for s in range(n_shards):
-        with wds.TarWriter(str(out / f"train-{s:06d}.tar")) as sink:
-            for rec in records[s * per:(s + 1) * per]:
-                key = re.sub(r"[^A-Za-z0-9_-]", "-", f"{rec['dataset']}__{rec['split']}__{rec['video_id']}")
-                video = (videos_dir / rec["video"]).read_bytes()
-                rec = {**rec, "video": f"{key}.mp4"}
-                sink.write({"__key__": key, "mp4": video, "json": json.dumps(rec).encode()})
-    return str(out / f"train-{{000000..{n_shards - 1:06d}}}.tar")
+SYNTH = dict(width=64, height=64, fps=8, duration=2.0, questions_per_video=3, jobs=2)
+"""Synthetic videos of the trainer tests: small and short (decoded to 4 frames of 32x32)."""
 
 
 def make_shards(root: Path, videos: int = 8, shards: int = 4, seed: int = 0) -> str:
-    """Synthetic videos -> ``shards`` tar files under ``root/shards``; returns the brace pattern."""
+    """Synthetic videos -> ``shards`` tar files (+ sizes.json) under ``root/shards``; returns the brace pattern."""
     from data_shards.synth import make_synthetic
+    from data_shards.writer import write_shards
 
     src = root / "synth"
-    records = make_synthetic(src, videos=videos, seed=seed, width=64, height=64, fps=8, duration=2.0,
-                             questions_per_video=3, jobs=2)
+    records = make_synthetic(src, videos=videos, seed=seed, **SYNTH)
     out = root / "shards"
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        from data_shards.writer import write_shards  # noqa: F401
-    except ImportError:
-        return _pack_with_tarwriter(Path(records), src / "videos", out, shards)
-    return _write_with_writer(Path(records), src / "videos", out, shards)
-
-
-def _write_with_writer(records: Path, videos: Path, out: Path, shards: int) -> str:
-    from data_shards import writer
-
-    argv = ["--records", str(records), "--videos", str(videos), "--out", str(out), "--prefix", "train",
-            "--shards", str(shards)]
-    try:
-        writer.main(argv)
-    except SystemExit:
-        return _pack_with_tarwriter(records, videos, out, shards)
-    tars = sorted(out.glob("*.tar"))
-    if len(tars) < 2:
-        return _pack_with_tarwriter(records, videos, out, shards)
-    return "::".join(str(t) for t in tars) if len(tars) != shards else str(tars[0]).rsplit("-", 1)[0] + \
-        f"-{{000000..{len(tars) - 1:06d}}}.tar"
+    write_shards(records, src / "videos", str(out / "train-%06d.tar"), max_count=-(-videos // shards),
+                 log=lambda *a, **k: None)
+    n = len(list(out.glob("train-*.tar")))
+    assert n == shards, f"expected {shards} shards, the writer made {n}"
+    return str(out / f"train-{{000000..{n - 1:06d}}}.tar")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL a launcher and every process under it (torchrun starts each rank in its own session,
+    so killing torchrun's process group would leave the ranks running). Returns the killed pids."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return []
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+    return [p.pid for p in procs]
 
 
 def env_for_launch() -> dict:
@@ -82,10 +67,11 @@ def env_for_launch() -> dict:
     return env
 
 
-def torchrun_cmd(nproc: int, *args: str, module: str = "train") -> list[str]:
-    """``python -m torch.distributed.run --nproc_per_node N -m MODULE ARGS`` on a free port."""
+def torchrun_cmd(nproc: int, *args: str, module: str | None = "train") -> list[str]:
+    """``python -m torch.distributed.run --nproc_per_node N -m MODULE ARGS`` on a free port
+    (``module=None``: ARGS start with a script path)."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_port", str(free_port()), "-m", module, *args]
+            "--master_port", str(free_port()), *(["-m", module] if module else []), *args]
 
 
 def run_torchrun(nproc: int, *args: str, timeout: float = 300, module: str = "train") -> subprocess.CompletedProcess:
@@ -93,15 +79,22 @@ def run_torchrun(nproc: int, *args: str, timeout: float = 300, module: str = "tr
                           capture_output=True, text=True, timeout=timeout)
 
 
+GOLDEN_STEPS, CKPT_EVERY = 8, 4
+"""The trainer tests run the tiny recipe for 8 steps with checkpoints at 4 and 8 (= the golden run)."""
+GOLDEN = REPO / "tests" / "train" / "golden" / "tiny_cpu_losses.json"
+
+
 def tiny_overrides(urls: str, run_dir: Path, **extra: object) -> list[str]:
-    """Overrides that point the tiny recipe at test shards and a tmp run dir."""
+    """Overrides that point the tiny recipe at test shards and a tmp run dir (the golden run's args)."""
     items = [f"--data.urls={urls}", f"--run.output_dir={run_dir.parent}", f"--run.name={run_dir.name}",
-             "--logging.progress_bar=false", "--logging.tensorboard=false"]
+             f"--run.max_steps={GOLDEN_STEPS}", f"--checkpoint.interval_steps={CKPT_EVERY}",
+             "--logging.progress_bar=false"]
     items += [f"--{k}={v}" for k, v in extra.items()]
     return items
 
 
-def losses(run_dir: Path) -> list[float]:
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss from a run's metrics.jsonl (a resumed run appends: the last record of a step wins)."""
     from train.metrics import read_metrics
 
-    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")]
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")}

@@ -1,0 +1,145 @@
+"""Multi-process trainer tests: 2 CPU ranks over gloo, DeepSpeed ZeRO-3 (all marked slow).
+
+* exactness: 2 ranks x 2 accumulation steps == 1 process on the whole batch (plain SGD).
+* the tiny recipe (``python -m train`` under torchrun) trains from real synthetic shards,
+  its loss falls and matches the golden file; a run SIGKILLed after its step-4 checkpoint and
+  resumed with ``--resume latest`` continues with exactly the uninterrupted run's losses.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import assert_close_report
+from tests.train.engine_helpers import (CKPT_EVERY, GOLDEN, GOLDEN_STEPS, REPO, TINY, env_for_launch, kill_tree,
+                                        losses, make_shards, run_torchrun, tiny_overrides, torchrun_cmd)
+
+pytestmark = pytest.mark.slow
+
+
+def _check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
+
+
+def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(tmp_path):
+    """Gradient of alpha*mean_QA + beta*mean_reason over the GLOBAL batch, whatever the split.
+
+    SGD (lr 0.5, no momentum/decay/clipping) makes the parameter update proportional to the
+    gradient, so any wrong factor (DeepSpeed's 1/gas, the rank average, per-micro-batch means)
+    shows; AdamW's first step (~lr * sign(g)) would hide it. Tolerance: fp32, atol 1e-6 on
+    parameters whose update reaches 0.3: the only differences are summation order (the ZeRO-3
+    reduce-scatter over gloo adds the two ranks' gradients; one process adds all tokens at once).
+    """
+    from tests.train import exactness_worker as W
+    from train.config import load_config
+    from train.model import build_model
+    from train.tasks import TASK_QA, TASK_REASON, build_examples, collate, token_weights
+
+    out = tmp_path / "exact.pt"
+    proc = subprocess.run(torchrun_cmd(2, str(REPO / "tests" / "train" / "exactness_worker.py"), str(out), module=None),
+                          cwd=REPO, env=env_for_launch(), capture_output=True, text=True, timeout=300)
+    _check(proc)
+    res = torch.load(out, weights_only=False)
+
+    torch.set_num_threads(1)
+    cfg = load_config(TINY, W.OVERRIDES)
+    tok = W.tokenizer()
+    model = build_model(cfg.model, tok)
+    model.load_state_dict(res["before"], strict=True)
+    examples = [ex for q in W.global_batch() for ex in build_examples(q, cfg.task)]
+    batch = collate(examples, tok, cfg.task, model.frame_layout(cfg.data.num_frames))
+    n_qa, n_re = int((batch["task_ids"] == TASK_QA).sum()), int((batch["task_ids"] == TASK_REASON).sum())
+    assert (res["n_qa"], res["n_reason"]) == (n_qa, n_re)
+    w = token_weights(batch["task_ids"], n_qa, n_re, cfg.task.alpha, cfg.task.beta)
+    loss = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
+                 attention_mask=batch["attention_mask"], labels=batch["labels"], loss_weight=w)["loss"]
+    loss.backward()
+    assert abs(res["loss"] - loss.item()) <= 1e-5 * abs(loss.item()), (res["loss"], loss.item())
+    assert res["lr"] == cfg.optim.lr
+    biggest = 0.0
+    for name, p in model.named_parameters():
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        want = res["before"][name] - cfg.optim.lr * grad
+        biggest = max(biggest, float((want - res["before"][name]).abs().max()))
+        assert_close_report(res["after"][name], want, rtol=1e-5, atol=1e-6, name=name)
+    assert biggest > 0.05, "the step barely moved the parameters: the test would not see a wrong scale"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    return make_shards(tmp_path_factory.mktemp("trainer_shards"))
+
+
+@pytest.fixture(scope="module")
+def golden_run(shards, tmp_path_factory) -> Path:
+    """The tiny recipe, uninterrupted, 8 steps (checkpoints at 4 and 8): the golden run."""
+    run_dir = tmp_path_factory.mktemp("runs") / "golden"
+    _check(run_torchrun(2, "--config", str(TINY), *tiny_overrides(shards, run_dir)))
+    return run_dir
+
+
+def test_tiny_recipe_trains_and_matches_the_golden_losses(golden_run):
+    golden = json.loads(GOLDEN.read_text())
+    got = losses(golden_run)
+    assert sorted(got) == list(range(1, GOLDEN_STEPS + 1))
+    seq = [got[s] for s in sorted(got)]
+    assert seq[-1] < seq[0] - 1.0, f"loss did not fall: {seq}"
+    from data_shards.synth import GENERATOR_VERSION
+
+    assert golden["versions"]["synth_generator"] == GENERATOR_VERSION, (
+        f"the synthetic generator changed: regenerate with `{golden['regenerate']}`")
+    tol = golden["tolerance"]
+    assert_close_report(torch.tensor(seq, dtype=torch.float64), torch.tensor(golden["losses"], dtype=torch.float64),
+                        rtol=tol["rtol"], atol=tol["atol"], name=f"tiny_cpu losses (regenerate: {golden['regenerate']})")
+    ckpts = golden_run / "checkpoints"
+    assert (ckpts / "latest").read_text() == f"global_step{GOLDEN_STEPS}"
+    for step in (CKPT_EVERY, GOLDEN_STEPS):
+        files = {p.name for p in (ckpts / f"global_step{step}").iterdir()}
+        assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt",
+                "train_config.yaml", "ds_config.json", "complete.json"} <= files
+    ds = json.loads((golden_run / "ds_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 3 and ds["gradient_accumulation_steps"] == 2
+    assert (golden_run / "config.yaml").is_file()
+
+
+def test_sigkill_after_checkpoint_then_resume_latest_continues_exactly(shards, golden_run, tmp_path):
+    """Kill -9 the whole job once its step-4 checkpoint is complete, resume, compare with the golden run.
+
+    The data position is restored by replaying the loader's deterministic order for
+    (seed, epoch) and skipping the batches consumed before the checkpoint; model, optimizer,
+    LR schedule and per-rank RNG states come from the checkpoint. Tolerance: exact (same CPU,
+    same arithmetic in the same order), checked as rtol 1e-7.
+    """
+    run_dir = tmp_path / "runs" / "killed"
+    args = ["--config", str(TINY), *tiny_overrides(shards, run_dir)]
+    proc = subprocess.Popen(torchrun_cmd(2, *args), cwd=REPO, env=env_for_launch(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    latest = run_dir / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if latest.is_file() and latest.read_text() == f"global_step{CKPT_EVERY}":
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stderr.read()[-3000:]}"
+        killed = kill_tree(proc.pid)  # SIGKILL torchrun and both ranks: no clean-up of any kind
+        assert len(killed) >= 3, f"expected torchrun + 2 ranks, killed {killed}"
+    finally:
+        kill_tree(proc.pid)
+        proc.wait(timeout=60)
+    assert latest.read_text() == f"global_step{CKPT_EVERY}"
+    before = losses(run_dir)
+    assert max(before) < GOLDEN_STEPS, "the killed run got to the end"
+
+    _check(run_torchrun(2, *args, "--resume", "latest"))
+    resumed, golden = losses(run_dir), losses(golden_run)
+    assert sorted(resumed) == list(range(1, GOLDEN_STEPS + 1))
+    for step in range(1, GOLDEN_STEPS + 1):
+        assert resumed[step] == pytest.approx(golden[step], rel=1e-7), (step, resumed, golden)
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"global_step{GOLDEN_STEPS}"
