@@ -143,3 +143,52 @@ def test_sigkill_after_checkpoint_then_resume_latest_continues_exactly(shards, g
     for step in range(1, GOLDEN_STEPS + 1):
         assert resumed[step] == pytest.approx(golden[step], rel=1e-7), (step, resumed, golden)
     assert (run_dir / "checkpoints" / "latest").read_text() == f"global_step{GOLDEN_STEPS}"
+
+
+def test_checkpoint_consolidates_and_exports_for_transformers_and_eval(golden_run, tmp_path):
+    """zero_to_fp32 (the script the checkpoint carries, and the library call) -> export folder ->
+    AutoModelForCausalLM.from_pretrained (LLM part) and train.export.load_for_eval."""
+    import sys
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from train.export import consolidated_state_dict, load_for_eval, main as export_main
+
+    ckpts = golden_run / "checkpoints"
+    script_out = tmp_path / "zero_to_fp32"
+    proc = subprocess.run([sys.executable, str(ckpts / "zero_to_fp32.py"), str(ckpts), str(script_out),
+                           "--safe_serialization"], cwd=REPO, env=env_for_launch(), capture_output=True, text=True,
+                          timeout=300)
+    _check(proc)
+    by_script = {}
+    for f in sorted(script_out.glob("*.safetensors")):
+        by_script.update(load_file(str(f)))
+    state = consolidated_state_dict(ckpts, f"global_step{GOLDEN_STEPS}")
+    assert set(by_script) == set(state) and len(state) > 10
+    for k in state:
+        assert torch.equal(by_script[k], state[k]), k
+
+    out = tmp_path / "export"
+    assert export_main(["--checkpoint", str(ckpts), "--out", str(out)]) == 0
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["step"] == GOLDEN_STEPS
+    llm = AutoModelForCausalLM.from_pretrained(out / "llm", local_files_only=True).eval()
+    llm_state = llm.state_dict()
+    for k, v in state.items():
+        if k.startswith("llm."):
+            assert torch.equal(llm_state[k[len("llm."):]], v), k
+    model, tok, cfg = load_for_eval(out)
+    assert cfg.task.mode == "mtl" and cfg.data.num_frames == 4
+    for k, v in model.state_dict().items():
+        if k in state:
+            assert torch.equal(v, state[k]), k
+    # the exported LLM and the eval model's LLM compute the same text logits
+    ids = torch.tensor([tok.encode("What did the red ball do?", add_special_tokens=False)])
+    with torch.no_grad():
+        hf_logits = llm(input_ids=ids).logits
+        ours = model.causal_lm(input_ids=ids).logits
+    assert_close_report(ours, hf_logits, rtol=1e-5, atol=1e-5, name="text logits")
+    # a checkpoint directory loads for eval directly too (consolidated in memory)
+    model2, _, _ = load_for_eval(ckpts / f"global_step{GOLDEN_STEPS}")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))

@@ -1,0 +1,120 @@
+"""Trainer config: recipes load, overrides are typed, bad keys/values give one line naming them,
+and the CLI stops on a missing shard or an empty dataset before any process group exists."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import tarfile
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import config as C
+from train.config import ConfigError, TrainConfig, field_docs, load_config, save_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny_cpu.yaml"
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_loads(recipe):
+    cfg = load_config(recipe)
+    assert cfg.deepspeed.zero_stage == 3
+    assert cfg.data.urls
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(TINY, ["--optim.lr=3e-4", "--run.max_steps=7", "--logging.tensorboard=false",
+                             "--data.frame_size=[48,64]", "--data.urls=/a/{0..1}.tar", "--model.llm.config.hidden_size=32",
+                             "--run.name=123", "--data.epoch_batches=null", "--task.beta=1"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.run.max_steps == 7 and cfg.logging.tensorboard is False
+    assert cfg.data.frame_size == [48, 64] and cfg.data.urls == ["/a/{0..1}.tar"]
+    assert cfg.model.llm.config["hidden_size"] == 32 and cfg.model.llm.config["model_type"] == "llama"
+    assert cfg.run.name == "123" and cfg.data.epoch_batches is None and cfg.task.beta == 1.0
+
+
+@pytest.mark.parametrize("override, named", [
+    ("--optim.lrr=1", "'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("--bogus.x=1", "'bogus'"),
+    ("--model.vision.kindd=clip", "'model.vision.kindd'"),
+    ("--task.mode=foo", "task.mode"),
+    ("--optim.lr=-0.1", "optim.lr: must be > 0"),
+    ("--run.max_steps=abc", "run.max_steps: expected an integer"),
+    ("--deepspeed.zero_stage=5", "deepspeed.zero_stage"),
+    ("--deepspeed.precision=fp8", "deepspeed.precision: must be one of"),
+    ("--data.frame_size=[32]", "data.frame_size"),
+    ("--logging.tensorboard=maybe", "logging.tensorboard: expected true or false"),
+    ("--model.vision.kind=vit", "model.vision.kind"),
+    ("--optim.warmup_steps=50", "optim.warmup_steps"),
+    ("--optim=3", "'optim' is a section"),
+])
+def test_bad_key_or_value_is_one_line_naming_it(override, named):
+    with pytest.raises(ConfigError) as e:
+        load_config(TINY, [override])
+    msg = str(e.value)
+    assert named in msg and "\n" not in msg, msg
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("  seed: 0\n", "  seed: 0\n  sed: 1\n"))
+    with pytest.raises(ConfigError, match=r"unknown key 'run\.sed'"):
+        load_config(bad)
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(TINY, ["--optim.lr=1e-3", "--model.llm.config.num_hidden_layers=1"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(path) == cfg
+
+
+def test_every_trainer_field_has_a_docstring():
+    for cls in (C.DataConfig, C.OptimConfig, C.DeepSpeedSection, C.CheckpointConfig, C.LoggingConfig,
+                C.TokenizerConfig, C.RunConfig, TrainConfig):
+        docs = field_docs(cls)
+        missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{cls.__name__}: fields without a docstring: {missing}"
+    lines = C.describe()
+    assert any(line.strip().startswith("optim.lr: float = 0.0001  # Peak learning rate") for line in lines)
+
+
+def _main_error(argv: list[str]) -> str:
+    from train.__main__ import main
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(argv) == 2
+    return err.getvalue().strip()
+
+
+def test_cli_config_error_is_one_line():
+    text = _main_error(["--config", str(TINY), "--optim.lrr=1"])
+    assert text.count("\n") == 0 and "optim.lrr" in text and text.startswith("error: config:")
+    assert "unexpected argument" in _main_error(["--config", str(TINY), "positional"])
+
+
+def test_missing_shard_and_empty_dataset_stop_before_deepspeed(tmp_path):
+    tar = tmp_path / "train-000000.tar"
+    with tarfile.open(tar, "w"):
+        pass  # a valid tar with no sample
+    text = _main_error(["--config", str(TINY), f"--data.urls={tmp_path}/train-{{000000..000001}}.tar",
+                        f"--run.output_dir={tmp_path}/runs"])
+    assert "shard not found" in text and "train-000001.tar" in text and text.count("\n") == 0
+    text = _main_error(["--config", str(TINY), f"--data.urls={tar}", f"--run.output_dir={tmp_path}/runs"])
+    assert "dataset is empty" in text
+    (tmp_path / "sizes.json").write_text(json.dumps({"shards": {tar.name: {"videos": 0, "questions": 0}}}))
+    assert "dataset is empty" in _main_error(["--config", str(TINY), f"--data.urls={tar}"])
+    text = _main_error(["--config", str(TINY), f"--data.urls={tar}", "--data.reasoning=[/nope/r.jsonl]"])
+    assert "data.reasoning: file not found: /nope/r.jsonl" in text
+    assert not torch.distributed.is_initialized()
+    assert not (tmp_path / "runs").exists()
