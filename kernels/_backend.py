@@ -11,9 +11,11 @@ Every distinct choice is logged once (``logging`` logger ``"kernels"``) and can 
 
 Triton decides between compiling and interpreting a ``@triton.jit`` function when it is DECORATED
 (it reads ``TRITON_INTERPRET`` then).  So that the choice above does not depend on import order
-(a training module may import the kernels long before a test sets ``TRITON_INTERPRET=1``),
-:func:`kernel_for` re-decorates the raw Python function of a kernel in the mode a call needs and
-caches both variants.
+(a training module, or torchcodec, may import triton long before a test sets
+``TRITON_INTERPRET=1``), :func:`kernel_for` re-decorates the raw Python function of a kernel in the
+mode a call needs and caches both variants.  For the same reason our kernels call no ``@jit``
+function of triton's standard library (``tl.max``, ``tl.sum``, ``tl.zeros`` are decorated when
+triton is imported) and no ``@jit`` helper of their own: see ``kernels/cross_entropy.py``.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def kernel_for(kernel, interpret: bool):
     Returns:
         A launchable kernel (``kernel[grid](...)``) of the requested kind, cached per kernel.
     """
+    if type(kernel).__name__ == ("InterpretedFunction" if interpret else "JITFunction"):
+        return kernel  # already decorated in the wanted mode
     key = (id(kernel), interpret)
     cached = _variants.get(key)
     if cached is not None:

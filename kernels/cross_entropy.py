@@ -53,6 +53,8 @@ if _MAX_COMBINE is None or _SUM_COMBINE is None:  # other triton versions: corre
         return a + b
 
 
+# One function, no @triton.jit helpers: a helper would keep the mode it was decorated in at import,
+# and an interpreted kernel cannot call a compiled helper (see kernels._backend.kernel_for).
 @triton.jit
 def _weighted_ce_fwd_kernel(
     x_ptr, x_stride, g_ptr, g_stride, target_ptr, weight_ptr, loss_ptr, lse_ptr,
