@@ -32,7 +32,7 @@ def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def generate(model: "VideoLLM", pixel_values: torch.Tensor, prompt_ids: list[list[int]],
+def generate(model: VideoLLM, pixel_values: torch.Tensor, prompt_ids: list[list[int]],
              max_new_tokens: int = 64, eos_token_id: int | None = None, pad_token_id: int = 0) -> list[list[int]]:
     """Greedy decoding with the HF KV cache, prompts left-padded.
 
@@ -76,7 +76,7 @@ def generate(model: "VideoLLM", pixel_values: torch.Tensor, prompt_ids: list[lis
 
 
 @torch.no_grad()
-def option_logprobs(model: "VideoLLM", pixel_values: torch.Tensor, prompt_ids: list[list[int]],
+def option_logprobs(model: VideoLLM, pixel_values: torch.Tensor, prompt_ids: list[list[int]],
                     option_ids: list[list[list[int]]], pad_token_id: int = 0,
                     max_rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-likelihood of each option's tokens given its prompt (teacher forcing).
@@ -123,7 +123,7 @@ def option_logprobs(model: "VideoLLM", pixel_values: torch.Tensor, prompt_ids: l
     return total, count
 
 
-def _prompts(model: "VideoLLM", tokenizer: PreTrainedTokenizerBase, pixel_values: torch.Tensor,
+def _prompts(model: VideoLLM, tokenizer: PreTrainedTokenizerBase, pixel_values: torch.Tensor,
              questions: list[str], options: list[list[str]], captions, instruction: str) -> list[list[int]]:
     layout = model.frame_layout(int(pixel_values.shape[1]))
     captions = captions if captions is not None else [None] * len(questions)
@@ -131,7 +131,7 @@ def _prompts(model: "VideoLLM", tokenizer: PreTrainedTokenizerBase, pixel_values
             for q, o, c in zip(questions, options, captions, strict=True)]
 
 
-def score_options(model: "VideoLLM", tokenizer: PreTrainedTokenizerBase, pixel_values: torch.Tensor,
+def score_options(model: VideoLLM, tokenizer: PreTrainedTokenizerBase, pixel_values: torch.Tensor,
                   questions: list[str], options: list[list[str]],
                   captions: list[list[str | None] | None] | None = None,
                   answer_format: str = "letter") -> dict[str, torch.Tensor]:
@@ -157,7 +157,7 @@ def score_options(model: "VideoLLM", tokenizer: PreTrainedTokenizerBase, pixel_v
     return {"sum": total, "mean": mean, "n_tokens": count, "pred": pred}
 
 
-def generate_text(model: "VideoLLM", tokenizer: PreTrainedTokenizerBase, pixel_values: torch.Tensor,
+def generate_text(model: VideoLLM, tokenizer: PreTrainedTokenizerBase, pixel_values: torch.Tensor,
                   questions: list[str], options: list[list[str]],
                   captions: list[list[str | None] | None] | None = None, task: str = "qa",
                   answer_format: str = "letter", max_new_tokens: int = 64) -> list[str]:

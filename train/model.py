@@ -30,7 +30,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBa
 
 from kernels import LinearWeightedCrossEntropy
 from kernels.attention import select_attention
-
 from train import flops as flops_mod
 from train import generation
 from train.projector import FrameEncoder, Projector, build_vision_tower, tower_mean_std
@@ -190,7 +189,7 @@ class ModelConfig:
         return FrameLayout(num_frames, self.projector.temporal_stride, ph * pw)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Nested dict (e.g. from JSON) -> ModelConfig; unknown keys raise ValueError."""
         subs = {"vision": VisionTowerConfig, "projector": ProjectorConfig, "llm": LanguageModelConfig,
                 "lora": LoraSettings}
@@ -217,7 +216,7 @@ def resolve_attention(requested: str, device: torch.device | str | None = None) 
 
 
 def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device | str | None = None,
-                dtype: torch.dtype | None = None) -> "VideoLLM":
+                dtype: torch.dtype | None = None) -> VideoLLM:
     """Assemble the VideoLLM from its config (nothing is downloaded).
 
     Args:
@@ -242,8 +241,8 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
     mean, std = tower_mean_std(cfg.vision.kind, cfg.vision.path)
     encoder = FrameEncoder(tower, cfg.vision.kind, cfg.vision.mean or mean, cfg.vision.std or std,
                            cfg.vision.feature_layer)
-    specials = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    specials = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     if cfg.llm.path is not None:
         if not Path(cfg.llm.path).is_dir():
             raise FileNotFoundError(f"model.llm.path {cfg.llm.path} is not a directory")
@@ -548,7 +547,7 @@ class VideoLLM(nn.Module):
     def from_pretrained_parts(cls, path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None,
                               device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                               attn_implementation: str | None = None
-                              ) -> tuple["VideoLLM", PreTrainedTokenizerBase]:
+                              ) -> tuple[VideoLLM, PreTrainedTokenizerBase]:
         """Load what :meth:`save_pretrained_parts` wrote; returns (model in eval mode, tokenizer)."""
         from safetensors.torch import load_file
 

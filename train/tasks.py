@@ -146,7 +146,7 @@ def build_examples(sample: dict, cfg: TaskConfig) -> list[Example]:
         raise ValueError(f"question sample {qid}: field 'answer' = {answer} outside the {len(options)} options")
     captions = _vcot_captions(sample) if cfg.use_vcot else None
     reasoning = reasoning_text(sample, cfg.reasoning_source)
-    common = dict(qid=qid, frames=frames, question=question, options=list(options), captions=captions)
+    common = {"qid": qid, "frames": frames, "question": question, "options": list(options), "captions": captions}
     out: list[Example] = []
     if cfg.mode == "stl" and answer is not None:
         ans = prompts.answer_text(int(answer), options, cfg.answer_format)

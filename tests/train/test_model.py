@@ -18,7 +18,7 @@ from tests.conftest import assert_close_report
 from train import flops
 from train.model import LoraSettings, ModelConfig, VideoLLM, build_model
 from train.tasks import TaskConfig, build_examples, collate, task_token_counts, token_weights
-from train.tokenizer import build_tokenizer, frame_token_id
+from train.tokenizer import build_tokenizer
 
 CORPUS = ["What is the ball's color in the video?", "The ball is blue.", "A boy throws a red cup.",
           "Why did the man open the door?", "So the answer is (B) blue."] * 10
@@ -325,7 +325,7 @@ def test_builds_and_trains_under_deepspeed_zero3_init(tmp_path):
                LOCAL_RANK="0", TORCH_EXTENSIONS_DIR=str(REPO / ".cache" / "torch_extensions"),
                PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", ZERO3_SCRIPT], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("ok ") == 2, proc.stdout[-2000:]
 

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from train import prompts
-from train.tasks import (TASK_QA, TASK_REASON, FrameLayout, TaskConfig, build_examples, collate,
-                         encode_prompt, task_token_counts, token_weights)
+from train.tasks import (
+    TASK_QA,
+    TASK_REASON,
+    FrameLayout,
+    TaskConfig,
+    build_examples,
+    collate,
+    encode_prompt,
+    task_token_counts,
+    token_weights,
+)
 from train.tokenizer import build_tokenizer, frame_token_id
 
 LAYOUT = FrameLayout(num_frames=4, temporal_stride=1, tokens_per_group=4)
@@ -89,7 +98,7 @@ def test_collate_labels_mask_only_the_targets(tok):
     cfg = TaskConfig(mode="mtl")
     exs = build_examples(sample(), cfg) + build_examples(sample("synthetic/train/v2/0", answer=0), TaskConfig(mode="qa"))
     b = collate(exs, tok, cfg, LAYOUT)
-    B, L = b["input_ids"].shape
+    L = b["input_ids"].shape[1]
     assert b["pixel_values"].shape == (3, 4, 3, 8, 8) and b["pixel_values"].dtype == torch.uint8
     assert b["qids"] == ["synthetic/train/v1/0", "synthetic/train/v1/0", "synthetic/train/v2/0"]
     assert b["tasks"] == ["qa", "reasoning", "qa"]
