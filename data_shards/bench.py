@@ -30,6 +30,7 @@ import datetime as dt
 import io
 import json
 import os
+import resource
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +46,8 @@ DEFAULT_CSV = REPO / "docs" / "bench" / "loader.csv"
 CSV_FIELDS = ["date", "commit", "cpus", "load_1m", "shards", "videos_in_shards", "frames", "size", "workers",
               "seconds", "rounds", "max_videos", "loader_videos", "loader_videos_s", "loader_frames_s",
               "tc_seq_videos_s", "tc_seq_frames_s", "pyav_videos_s", "pyav_frames_s", "pyav_all_videos_s",
-              "pyav_key_videos_s", "speedup_vs_pyav", "speedup_tc_seq_vs_pyav"]
+              "pyav_key_videos_s", "loader_frames_cpu_s", "pyav_frames_cpu_s", "speedup_vs_pyav",
+              "speedup_tc_seq_vs_pyav", "cpu_efficiency_vs_pyav"]
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Result:
     videos: int = 0
     frames: int = 0
     seconds: float = 0.0
+    cpu_s: float = 0.0
+    """CPU seconds used (all threads, and for the loader its worker processes too)."""
     note: str = ""
     samples: dict[str, np.ndarray] = field(default_factory=dict)
     """A few decoded videos by key (uint8 [K, H, W, 3]) to check that providers agree."""
@@ -67,6 +71,16 @@ class Result:
     @property
     def frames_s(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
+
+    @property
+    def frames_cpu_s(self) -> float:
+        return self.frames / self.cpu_s if self.cpu_s else 0.0
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished (joined) child processes."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def tar_videos(urls: list[str]) -> Iterator[tuple[str, dict, bytes]]:
@@ -81,7 +95,7 @@ def tar_videos(urls: list[str]) -> Iterator[tuple[str, dict, bytes]]:
 def cycle_videos(urls: list[str], max_videos: int, budget_s: float, work: Callable[[str, dict, bytes], np.ndarray],
                  result: Result, keep: set[str]) -> None:
     """Run ``work`` over the shards' videos (cycling) until ``max_videos`` or ``budget_s``; adds to ``result``."""
-    t0, done = time.perf_counter(), 0
+    t0, cpu0, done = time.perf_counter(), cpu_seconds(), 0
     while done < max_videos and time.perf_counter() - t0 < budget_s:
         for key, record, data in tar_videos(urls):
             frames = work(key, record, data)
@@ -93,6 +107,7 @@ def cycle_videos(urls: list[str], max_videos: int, budget_s: float, work: Callab
             if done >= max_videos or time.perf_counter() - t0 >= budget_s:
                 break
     result.seconds += time.perf_counter() - t0
+    result.cpu_s += cpu_seconds() - cpu0
 
 
 PYAV_MODES = ("seek", "keyframe", "decode-all")
@@ -154,7 +169,7 @@ def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers:
     """
     from data_shards.loader import LoaderConfig, build_loader
 
-    t0, done = time.perf_counter(), 0
+    t0, cpu0, done = time.perf_counter(), cpu_seconds(), 0
     cfg = LoaderConfig(urls=urls, num_frames=num_frames, frame_size=size, batch_size=8, num_workers=workers,
                        shuffle_shards=False, shuffle_buffer=0, epoch_batches=1 << 40)
     loader = build_loader(cfg, rank=0, world_size=1)
@@ -171,7 +186,8 @@ def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers:
         if done >= max_videos or time.perf_counter() - t0 >= budget_s:
             break
     result.seconds += time.perf_counter() - t0
-    it.close()  # stop the workers (not timed)
+    it.close()  # stop and join the workers (not in the wall time; their CPU time is counted)
+    result.cpu_s += cpu_seconds() - cpu0
     stats = loader.stats()
     skipped = {k: stats[k] for k in ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record") if stats[k]}
     if skipped:
@@ -291,11 +307,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.workers} loader workers, budget {args.seconds:g} s in {args.rounds} rounds, cpus {os.cpu_count()}, "
           f"load(1m) {load:.2f}")
     print(f"{'provider':<22}{'videos':>8}{'frames':>9}{'seconds':>9}{'videos/s':>10}{'frames/s':>10}"
-          f"{'vs pyav':>9}  note")
+          f"{'vs pyav':>9}{'cpu s':>8}{'frames/cpu-s':>14}{'vs pyav':>9}  note")
     for r in results:
         ratio = r.frames_s / pyav.frames_s if pyav.frames_s else float("nan")
+        cpu_ratio = r.frames_cpu_s / pyav.frames_cpu_s if pyav.frames_cpu_s else float("nan")
         print(f"{r.name:<22}{r.videos:>8}{r.frames:>9}{r.seconds:>9.2f}{r.videos_s:>10.2f}{r.frames_s:>10.1f}"
-              f"{ratio:>8.2f}x  {r.note}")
+              f"{ratio:>8.2f}x{r.cpu_s:>8.1f}{r.frames_cpu_s:>14.1f}{cpu_ratio:>8.2f}x  {r.note}")
     print(native_check(urls, args.frames))
     print(compare(loader, pyav))
     print(compare(tc, pyav))
@@ -310,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
             "tc_seq_videos_s": f"{tc.videos_s:.3f}", "tc_seq_frames_s": f"{tc.frames_s:.2f}",
             "pyav_videos_s": f"{pyav.videos_s:.3f}", "pyav_frames_s": f"{pyav.frames_s:.2f}",
             "pyav_all_videos_s": f"{pyav_all.videos_s:.3f}", "pyav_key_videos_s": f"{pyav_key.videos_s:.3f}", "speedup_vs_pyav": f"{speedup:.3f}",
-            "speedup_tc_seq_vs_pyav": f"{tc.frames_s / pyav.frames_s if pyav.frames_s else float('nan'):.3f}"})
+            "speedup_tc_seq_vs_pyav": f"{tc.frames_s / pyav.frames_s if pyav.frames_s else float('nan'):.3f}",
+            "loader_frames_cpu_s": f"{loader.frames_cpu_s:.2f}", "pyav_frames_cpu_s": f"{pyav.frames_cpu_s:.2f}",
+            "cpu_efficiency_vs_pyav": f"{loader.frames_cpu_s / pyav.frames_cpu_s if pyav.frames_cpu_s else 0:.3f}"})
         print(f"appended a row to {args.csv}")
     print(f"speedup_vs_pyav: {speedup:.2f}")
     return 0
