@@ -120,16 +120,17 @@ def loss_fn(kernel: str, provider: str, chunk_size: int | None = None) -> Callab
 
 
 def make_inputs(kernel: str, n: int, h: int, v: int, dtype, device) -> tuple[list[torch.Tensor], list]:
-    """Fresh inputs (leaves requiring grad first) and the rest of the arguments."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    target = torch.randint(0, v, (n,), generator=gen)
+    """Fresh inputs made on ``device`` (leaves requiring grad first) and the rest of the arguments."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    target = torch.randint(0, v, (n,), generator=gen, device=device)
     target[: n // 8] = -100  # some ignored rows, as prompts give
-    weight = torch.rand(n, generator=gen)
-    rest = [target.to(device), weight.to(device)]
+    weight = torch.rand(n, generator=gen, device=device)
+    rest = [target, weight]
     if kernel == "ce":
-        return [(torch.randn(n, v, generator=gen) * 2).to(device, dtype).requires_grad_()], rest
-    hidden = torch.randn(n, h, generator=gen).to(device, dtype).requires_grad_()
-    lm = (torch.randn(v, h, generator=gen) / h ** 0.5).to(device, dtype).requires_grad_()
+        logits = torch.randn(n, v, generator=gen, device=device, dtype=dtype).mul_(2)
+        return [logits.requires_grad_()], rest
+    hidden = torch.randn(n, h, generator=gen, device=device, dtype=dtype).requires_grad_()
+    lm = torch.randn(v, h, generator=gen, device=device, dtype=dtype).mul_(h ** -0.5).requires_grad_()
     return [hidden, lm], rest
 
 
@@ -178,7 +179,7 @@ def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def copy_ms(n: int, v: int, dtype, device, reps: int) -> float:
-    src = torch.randn(n, v, device=device).to(dtype)
+    src = torch.randn(n, v, device=device, dtype=dtype)
     dst = torch.empty_like(src)
     return median_ms(lambda: dst.copy_(src), device, reps)
 
