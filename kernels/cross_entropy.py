@@ -266,13 +266,13 @@ class WeightedCrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits, target, weight, opts: CEOptions):
         grad = None
         if ctx.needs_input_grad[0]:
-            if opts.inplace:
+            if opts.inplace and logits.stride(1) == 1:  # (columns must be contiguous to write rows)
                 # The logits are overwritten: bump their version so that autograd raises if anything
                 # else saved them for its own backward (instead of silently using gradients).
                 torch.autograd.graph.increment_version(logits)
                 grad = logits
             else:
-                grad = torch.empty_like(logits)
+                grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
         loss, _ = _forward(logits, target, weight, ignore_index=opts.ignore_index,
                            label_smoothing=opts.label_smoothing, z_loss=opts.z_loss,
                            grad=grad, block_v=opts.block_v)

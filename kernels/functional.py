@@ -40,7 +40,8 @@ def weighted_cross_entropy(
         label_smoothing: in [0, 1], as in torch.
         inplace: write the gradient into ``logits`` (saves N x V memory; the logits values are
             lost, and autograd raises if another op saved them for its backward).  Default False:
-            a private gradient buffer.  Only relevant when ``logits`` requires grad.
+            a private gradient buffer.  Only relevant when ``logits`` requires grad; logits whose
+            columns are not contiguous (stride(1) != 1) always get a private buffer.
 
     Returns:
         The loss, fp32 (0-dim or [N]).  Its backward scales the stored gradient by grad_output

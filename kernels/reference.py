@@ -136,11 +136,11 @@ class ChunkedWeightedCrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits, target, weight, opts: CEOptions):
         grad = None
         if ctx.needs_input_grad[0]:
-            if opts.inplace:
+            if opts.inplace and logits.stride(1) == 1:
                 torch.autograd.graph.increment_version(logits)  # see the Triton Function
                 grad = logits
             else:
-                grad = torch.empty_like(logits)
+                grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
         loss, _ = ce_rows_torch(logits, target, weight, ignore_index=opts.ignore_index,
                                 label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, grad=grad)
         ctx.save_for_backward(grad)

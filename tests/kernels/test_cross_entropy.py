@@ -85,6 +85,20 @@ def test_inplace_option(backend_device, inplace):
     assert_close_report(leaf.grad, ref_grad, **TOL[torch.float32], name="grad")
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_strided_logits(backend_device, inplace):
+    """Rows with a gap (a slice of a wider buffer) and transposed storage (stride(1) != 1)."""
+    _, dev = backend_device
+    logits, target, weight = make_rows(7, 90, torch.float32, dev)
+    _, ref_grad = loss_and_grad(weighted_cross_entropy_eager, logits, target, weight, None)
+    wide = torch.cat([logits, torch.randn(7, 13, device=dev)], dim=1)
+    for view in (wide[:, :90], logits.t().contiguous().t()):
+        leaf = view.detach().requires_grad_(True) if not inplace else None
+        x = leaf if leaf is not None else view.clone().requires_grad_(True)
+        weighted_cross_entropy(x, target, weight, inplace=inplace).backward()
+        assert_close_report(x.grad, ref_grad, **TOL[torch.float32], name=f"grad strides {view.stride()}")
+
+
 def test_inplace_refuses_to_corrupt_saved_logits(backend_device):
     _, dev = backend_device
     logits, target, weight = make_rows(4, 50, torch.float32, dev)
