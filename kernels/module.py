@@ -66,10 +66,18 @@ class LinearWeightedCrossEntropy(nn.Module):
         Args:
             linear: the head, weight [V, H] (and bias [V] or None).
             share: True -> the new module uses the SAME Parameter objects (tied embeddings and
-                optimizer state stay tied); False -> copies of the values.
+                optimizer state stay tied; works on a ZeRO-3-partitioned head too, sized from
+                ``in_features`` / ``out_features``); False -> copies of the values.
             options: loss defaults (ignore_index, reduction, z_loss, ...).
         """
-        v, h = linear.weight.shape
+        # in/out_features, not weight.shape: under ZeRO-3 (zero.Init) the weight is an empty shard.
+        h, v = getattr(linear, "in_features", None), getattr(linear, "out_features", None)
+        if h is None or v is None:
+            v, h = linear.weight.shape
+        partitioned = linear.weight.shape != (v, h)
+        if partitioned and not share:
+            raise ValueError("from_linear(share=False) cannot copy a partitioned (ZeRO-3) weight; "
+                             "use share=True or gather it first")
         with torch.device("meta"):  # no throw-away allocation of a [V, H] tensor
             mod = cls(h, v, bias=linear.bias is not None, dtype=linear.weight.dtype, **options)
         if share:

@@ -55,6 +55,13 @@ def test_from_linear_share_and_copy():
     assert copied.weight.device.type == "cpu" and not copied.weight.is_meta
     x = torch.randn(4, 8)
     assert torch.equal(shared(x), lin(x))
+    # A ZeRO-3-partitioned head: DeepSpeed leaves an empty [0] shard in .data outside forward.
+    part = nn.Linear(8, 30, bias=False)
+    part.weight.data = torch.empty(0)
+    head = LinearWeightedCrossEntropy.from_linear(part)
+    assert (head.in_features, head.vocab_size) == (8, 30) and head.weight is part.weight
+    with pytest.raises(ValueError, match="partitioned"):
+        LinearWeightedCrossEntropy.from_linear(part, share=False)
 
 
 def test_swap_transformers_lm_head():
