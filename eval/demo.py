@@ -7,7 +7,8 @@
 The default study trains four settings once (seed 0): QA-only, MTL(refined), MTL(raw) and STL
 (reasoning then answer, refined reasoning). ``--full`` runs the bigger study: the four settings
 over 3 seeds, a beta sweep of MTL(refined) (0, 0.2, 0.5, 0.8, 1.0) and a teacher-accuracy
-sweep (synthetic teachers that conclude wrongly 0 %, 33 % and 67 % of the time), all with 3 seeds.
+sweep of MTL(refined) and MTL(raw) (synthetic teachers that conclude wrongly 0 %, 33 % and 67 % of
+the time and get 0 %, 15 % and 30 % of their steps wrong), all with 3 seeds.
 ``--smoke`` is a minutes-long version for CI (tiny sizes, QA-only and MTL(refined)).
 
 Everything goes under ``--out`` (default ``demo_out/``): ``data/``, ``shards/``,
@@ -69,8 +70,9 @@ class Study:
     duration: float = 3.0
     shard_videos: int = 8
     """Videos per shard (training needs at least 2 train shards for 2 ranks)."""
-    teachers: dict[str, float] = field(default_factory=lambda: {"t33": 0.33})
-    """Teacher name -> probability that it concludes with a wrong option."""
+    teachers: dict[str, tuple[float, float]] = field(default_factory=lambda: {"t33": (0.33, 0.15)})
+    """Teacher name -> (probability that it concludes with a wrong option, probability that each
+    reasoning step is replaced by its false version): a worse teacher errs in both."""
     runs: list[RunSpec] = field(default_factory=list)
     probes: tuple[str, ...] = ("shuffle_text", "shuffle_frames", "vcot")
     eval_mode: str = "loglik"
@@ -92,8 +94,10 @@ def full_runs(seeds: tuple[int, ...] = (0, 1, 2)) -> list[RunSpec]:
     for s in seeds:
         for b in (0.0, 0.2, 0.8, 1.0):  # 0.5 is MTL(refined) above
             runs.append(RunSpec(f"beta{b:g}_s{s}", f"MTL(refined) beta={b:g}", "mtl", "refined", beta=b, seed=s))
-        for t in ("t0", "t67"):  # t33 is MTL(refined) above
-            runs.append(RunSpec(f"teacher_{t}_s{s}", f"MTL(refined) teacher={t}", "mtl", "refined", teacher=t, seed=s))
+        for t in ("t0", "t67"):  # t33 is MTL(refined) / MTL(raw) above
+            for src in ("refined", "raw"):
+                runs.append(RunSpec(f"teacher_{t}_{src}_s{s}", f"MTL({src}) teacher={t}", "mtl", src, teacher=t,
+                                    seed=s))
     return runs
 
 
@@ -102,9 +106,9 @@ def presets() -> dict[str, Study]:
     return {
         "smoke": Study(train_videos=12, val_videos=4, questions_per_video=3, steps=6, shard_videos=4,
                        runs=_four(0)[:2], probes=("shuffle_frames", "vcot")),
-        "default": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=60, runs=_four(0)),
-        "full": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=60, runs=full_runs(),
-                      teachers={"t0": 0.0, "t33": 0.33, "t67": 0.67}),
+        "default": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=240, runs=_four(0)),
+        "full": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=240, runs=full_runs(),
+                      teachers={"t0": (0.0, 0.0), "t33": (0.33, 0.15), "t67": (0.67, 0.3)}),
     }
 
 
@@ -174,14 +178,15 @@ class Demo:
         n = len(list((self.out / "shards" / split).glob(f"{split}-*.tar")))
         return str(self.out / "shards" / split / f"{split}-{{000000..{n - 1:06d}}}.tar")
 
-    def teacher(self, name: str, wrong_rate: float) -> None:
+    def teacher(self, name: str, rates: tuple[float, float]) -> None:
         """Raw reasoning of the synthetic teacher, merged, then refined by the refinement CLI."""
         from reasoning_gen.generate import main as generate_main
         from reasoning_gen.merge import main as merge_main
         from reasoning_gen.refine import main as refine_main
 
         d = self.out / "reasoning"
-        gen = ["--backend", "synthetic", "--opt", f"wrong_answer_rate={wrong_rate}", "--opt", "seed=0",
+        gen = ["--backend", "synthetic", "--opt", f"wrong_answer_rate={rates[0]}", "--opt",
+               f"step_error_rate={rates[1]}", "--opt", "seed=0",
                "--frames", str(self.study.frames), "--size", "native", "--workers", "0", "--no-progress"]
         if generate_main(["--shards", self.shards("train"), "--out", str(d / f"gen_{name}"), *gen]) != 0:
             raise RuntimeError(f"reasoning generation failed for teacher {name}")
@@ -223,6 +228,7 @@ class Demo:
         teacher_acc = self.teacher_accuracy(run.teacher) if run.mode != "qa" else None
         args = ["--checkpoint", str(self.out / "runs" / run.name / "checkpoints"), "--shards", self.shards("val"),
                 "--out", str(self.out / "eval" / run.name), "--mode", s.eval_mode, "--label", run.label,
+                "--threads", "1",  # one busy thread beats two contending ones on a shared 2-core box
                 "--reasoning", str(self.out / "reasoning" / "val_vcot.jsonl"), "--probe", *s.probes,
                 "--meta", f"teacher={run.teacher}", f"teacher_acc={json.dumps(teacher_acc)}"]
         if run_main(args) != 0:
@@ -244,8 +250,8 @@ class Demo:
 
     def run_all(self) -> Path:
         self.step("data", self.data)
-        for name, rate in self.study.teachers.items():
-            self.step(f"teacher_{name}", self.teacher, name, rate)
+        for name, rates in self.study.teachers.items():
+            self.step(f"teacher_{name}", self.teacher, name, rates)
         self.step("vcot_val", self.vcot)
         for run in self.study.runs:
             self.step(f"train_{run.name}", self.train, run)

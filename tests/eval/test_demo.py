@@ -1,0 +1,83 @@
+"""The demo: study presets, restart behaviour, and the smoke version run end to end (slow).
+
+The smoke run is the real pipeline at tiny sizes: synthetic videos -> shards -> synthetic
+teacher -> refinement -> vCoT captions -> 2-rank torchrun ZeRO-3 training -> eval run with
+probes -> report. It trains 2 of the 4 demo settings (QA-only and MTL(refined)) to stay within
+a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.demo import Demo, full_runs, presets
+from tests.conftest import has_ffmpeg
+
+
+def test_presets_are_consistent():
+    p = presets()
+    assert [r.label for r in p["default"].runs] == ["QA-only", "MTL(refined)", "MTL(raw)", "STL(refined)"]
+    assert [r.label for r in p["smoke"].runs] == ["QA-only", "MTL(refined)"]
+    runs = full_runs()
+    assert len(runs) == 3 * (4 + 4 + 4) and len({r.name for r in runs}) == len(runs)
+    for r in runs:
+        assert r.teacher in p["full"].teachers, r
+        assert (r.mode == "qa") == (r.source == "none"), r
+    # the beta sweep of one seed: 0, 0.2, 0.5 (MTL(refined)), 0.8, 1.0, all with teacher t33
+    betas = sorted(r.beta for r in runs if r.seed == 0 and r.mode == "mtl" and r.source == "refined"
+                   and r.teacher == "t33")
+    assert betas == [0.0, 0.2, 0.5, 0.8, 1.0]
+    for src in ("refined", "raw"):
+        assert {r.teacher for r in runs if r.seed == 1 and r.mode == "mtl" and r.source == src and r.beta == 0.5} \
+            == {"t0", "t33", "t67"}
+
+
+def test_restart_keeps_finished_steps_only_for_the_same_study(tmp_path):
+    study = presets()["smoke"]
+    d = Demo(study, tmp_path)
+    calls = []
+    d.step("a", calls.append, 1)
+    assert calls == [1] and (tmp_path / ".done" / "a").is_file()
+    assert json.loads((tmp_path / "demo_log.jsonl").read_text())["step"] == "a"
+    d2 = Demo(study, tmp_path, resume=True)
+    d2.step("a", calls.append, 2)
+    assert calls == [1]  # kept
+    (tmp_path / "runs").mkdir()
+    study.steps += 1  # another study: everything of the old one goes
+    Demo(study, tmp_path, resume=True)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "demo_log.jsonl").exists()
+    with pytest.raises(RuntimeError, match="step failed"):
+        d.sh(["python", "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "x.log")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")
+def test_smoke_demo_end_to_end(tmp_path, capsys):
+    from eval.demo import main
+
+    out = tmp_path / "demo_out"
+    assert main(["--smoke", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = out / "report"
+    md = (report / "report.md").read_text()
+    assert "| QA-only | 1 |" in md and "| MTL(refined) | 1 |" in md and "shuffle_frames" in md
+    for png in ("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"):
+        assert (report / png).read_bytes()[:4] == b"\x89PNG", png
+    summary = json.loads((report / "summary.json").read_text())
+    assert [g["label"] for g in summary["groups"]] == ["QA-only", "MTL(refined)"]
+    val_qids = {json.loads(x)["qid"] for x in (out / "reasoning" / "val_vcot.jsonl").read_text().splitlines()}
+    for run in ("qa_s0", "mtl_refined_s0"):
+        preds = json.loads((out / "eval" / run / "predictions.json").read_text())
+        assert set(preds) == val_qids  # every question answered
+        info = json.loads((out / "eval" / run / "run.json").read_text())
+        assert info["questions_with_captions"]["vcot"] == len(val_qids)
+        ckpt = out / "runs" / run / "checkpoints"
+        assert (ckpt / "latest").read_text().strip() == f"global_step{presets()['smoke'].steps}"
+    mtl = json.loads((out / "eval" / "mtl_refined_s0" / "run.json").read_text())["meta"]
+    assert mtl["task_mode"] == "mtl" and mtl["reasoning_source"] == "refined" and 0 < mtl["teacher_acc"] < 100
+    steps = [json.loads(x)["step"] for x in (out / "demo_log.jsonl").read_text().splitlines()]
+    assert steps == ["data", "teacher_t33", "vcot_val", "train_qa_s0", "eval_qa_s0", "train_mtl_refined_s0",
+                     "eval_mtl_refined_s0", "report"]
+    assert printed.rstrip().endswith("|") and "report:" in printed  # ends with the comparison table
