@@ -5,8 +5,8 @@
     TRITON_INTERPRET=1 python -m kernels.bench               # CPU: tiny shapes, functional check
 
 Providers: ours-triton (the Triton path, interpreted on CPU), ours-triton-inplace (CE with the
-gradient written into the logits, Liger's memory behaviour), ours-triton-fp32acc (FLCE with an fp32
-lm_weight-gradient accumulator), torch-eager (fp32 logits as a
+gradient written into the logits, Liger's memory behaviour), ours-triton-bf16acc (FLCE with the
+lm_weight-gradient accumulator in the weight dtype, as Liger), torch-eager (fp32 logits as a
 HuggingFace loss does), torch-compile (the eager function under torch.compile), liger (when
 importable; it has no per-token weights, so it runs the unweighted loss), torch-chunked (our
 pure-PyTorch chunked path).  Modes: forward (a training forward: inputs require grad, so ours makes
@@ -42,7 +42,7 @@ from kernels.reference import (fused_linear_weighted_cross_entropy_chunked,
                                fused_linear_weighted_cross_entropy_eager,
                                weighted_cross_entropy_chunked, weighted_cross_entropy_eager)
 
-PROVIDERS = ("ours-triton", "ours-triton-inplace", "ours-triton-fp32acc", "torch-eager", "torch-compile",
+PROVIDERS = ("ours-triton", "ours-triton-inplace", "ours-triton-bf16acc", "torch-eager", "torch-compile",
              "liger", "torch-chunked")
 MODES = ("forward", "backward", "full")
 GPU_SHAPES = "2048x4096x32000,8192x4096x151936,16384x4096x151936"
@@ -98,7 +98,7 @@ def loss_fn(kernel: str, provider: str, chunk_size: int | None = None) -> Callab
     """
     if provider.startswith("ours-triton"):
         if kernel == "flce":
-            return _ours_flce(chunk_size, torch.float32 if provider.endswith("fp32acc") else None)
+            return _ours_flce(chunk_size, torch.bfloat16 if provider.endswith("bf16acc") else None)
         return _ours_ce(inplace=provider.endswith("inplace"))
     eager = weighted_cross_entropy_eager if kernel == "ce" else fused_linear_weighted_cross_entropy_eager
     if provider == "torch-eager":
@@ -230,7 +230,7 @@ def case_rows(kernel, shape, dtype, device, providers, modes, reps, meta, chunk_
     elem = torch.finfo(dtype).bits // 8
     results = {}
     for provider in providers:
-        if (kernel, provider) in (("flce", "ours-triton-inplace"), ("ce", "ours-triton-fp32acc")):
+        if (kernel, provider) in (("flce", "ours-triton-inplace"), ("ce", "ours-triton-bf16acc")):
             continue  # FLCE is always in place on its private chunks; CE has no accumulator
         try:
             results[provider] = bench_case(kernel, provider, shape, dtype, device, reps, chunk_size)

@@ -95,8 +95,8 @@ def fused_linear_weighted_cross_entropy(
         bias: [V] or None.
         ignore_index, reduction, z_loss, label_smoothing: as in :func:`weighted_cross_entropy`.
         chunk_size: active rows per chunk; None picks about 512 MiB of logits per chunk.
-        accum_dtype: accumulator dtype of the lm_weight gradient across chunks; None: lm_weight's
-            dtype (one rounding per chunk for bf16), torch.float32: exact, +4 V H bytes.
+        accum_dtype: accumulator dtype of the lm_weight gradient across chunks; None: fp32
+            (+4 V H bytes); lm_weight's dtype saves that at one rounding per chunk for bf16.
 
     Returns:
         The loss, fp32: 0-dim ("sum") or [N] ("none").

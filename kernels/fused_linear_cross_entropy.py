@@ -8,7 +8,7 @@ For hidden [N, H], lm_weight [V, H] (and bias [V]) the loss is the weighted CE o
 2. per chunk of C active rows: logits [C, V] = one GEMM into a private buffer; the row kernel
    (Triton, or its torch twin) writes loss_i and, in place, the logits gradient (weights included);
    then grad_hidden[rows] = G @ lm_weight and grad_lm_weight += G.T @ hidden[rows] (accumulated
-   in lm_weight's dtype by default, fp32 on request: ``FLCEOptions.accum_dtype``), grad_bias +=
+   in fp32 by default; lm_weight's dtype on request to save memory: ``FLCEOptions.accum_dtype``), grad_bias +=
    column sums of G (fp32);
 3. backward: reduction "sum" scales the three gradients by the scalar grad_output.
    Reduction "none" cannot: grad_lm_weight = sum_i g_i G_i^T h_i mixes rows, so a non-uniform
@@ -71,7 +71,7 @@ def _forward(
     active = ((target != opts.ignore_index) & (weight != 0)).nonzero().squeeze(1)
     loss = torch.zeros(n_rows, dtype=torch.float32, device=hidden.device)
     grad_h = torch.zeros_like(hidden) if need_h else None
-    acc_dtype = opts.accum_dtype or lm_weight.dtype
+    acc_dtype = opts.accum_dtype or torch.float32
     grad_w = torch.zeros(lm_weight.shape, dtype=acc_dtype, device=hidden.device) if need_w else None
     grad_b = torch.zeros(n_classes, dtype=torch.float32, device=hidden.device) if need_b else None
     chunk = opts.chunk_size or default_chunk_size(active.numel(), n_classes, hidden.element_size())

@@ -16,13 +16,13 @@ def _rows(path):
 
 def test_bench_cpu_end_to_end(tmp_path, capsys):
     out = tmp_path / "kernels.csv"
-    providers = "ours-triton,ours-triton-inplace,ours-triton-fp32acc,torch-eager,torch-chunked"
+    providers = "ours-triton,ours-triton-inplace,ours-triton-bf16acc,torch-eager,torch-chunked"
     assert bench.main(["--shapes", "16x8x100", "--reps", "1", "--providers", providers,
                        "--csv", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "provider" in printed and "ours-triton" in printed and "appended 25 rows" in printed
     rows = _rows(out)
-    # ce: the copy baseline + 4 providers x 3 modes (no fp32acc twin); flce: 4 x 3 (no inplace twin).
+    # ce: the copy baseline + 4 providers x 3 modes (no bf16acc twin); flce: 4 x 3 (no inplace twin).
     assert len(rows) == 1 + 4 * 3 + 4 * 3
     assert {r["kernel"] for r in rows} == {"ce", "flce"}
     for r in rows:
