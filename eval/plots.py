@@ -63,12 +63,14 @@ def plot_per_type(summary: dict[str, Any], path: Path) -> str | None:
     plt = _pyplot()
     cols = ["overall"] + summary["types"]
     width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(cols) * max(1, len(groups)) ** 0.5 + 3), 4))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.5 * len(cols) * max(1, len(groups)) ** 0.5 + 3)), 4.5))
     for i, g in enumerate(groups):
         cells = [g["overall"]] + [g["per_type"][t] for t in summary["types"]]
         xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(cols))]
         means = [c["mean"] if c["n"] else 0.0 for c in cells]
-        ax.bar(xs, means, width, yerr=_yerr(cells), capsize=2, label=f"{g['label']} (n={len(g['seeds'])})")
+        many = any(c["n"] > 1 for c in cells)
+        ax.bar(xs, means, width, yerr=_yerr(cells) if many else None, capsize=2,
+               label=f"{g['label']} (n={len(g['seeds'])})")
     ax.set_xticks(range(len(cols)))
     ax.set_xticklabels(cols, rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
