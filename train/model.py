@@ -277,15 +277,8 @@ def _install_loss_head(llm: nn.Module, chunk_size: int) -> None:
     old = llm.get_output_embeddings()
     if not isinstance(old, nn.Linear):
         raise TypeError(f"the LLM's output layer is {type(old).__name__}, expected nn.Linear")
-    if hasattr(old.weight, "ds_id"):
-        # ZeRO-3-partitioned (built under zero.Init): .shape is [0], so size the module from the
-        # Linear's own attributes; its placeholder weight lives on "meta" and is replaced at once.
-        with torch.device("meta"):
-            head = LinearWeightedCrossEntropy(old.in_features, old.out_features, bias=old.bias is not None,
-                                              chunk_size=chunk_size, dtype=old.weight.dtype)
-        head.weight, head.bias = old.weight, old.bias
-    else:
-        head = LinearWeightedCrossEntropy.from_linear(old, share=True, chunk_size=chunk_size)
+    # from_linear sizes the module from in/out_features, so a ZeRO-3-partitioned head works too.
+    head = LinearWeightedCrossEntropy.from_linear(old, share=True, chunk_size=chunk_size)
     llm.set_output_embeddings(head)
 
 
