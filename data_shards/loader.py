@@ -44,9 +44,9 @@ from data_shards.pipeline import (
     ShardSource,
     SharedCounters,
     SkipHandler,
+    TarSamples,
     decode_video,
     expand_questions,
-    read_tar_samples,
 )
 
 log = logging.getLogger("data_shards.loader")
@@ -154,11 +154,11 @@ class VideoQALoader:
                                   resample=cfg.resample, counters=self.counters, progress=progress)
         size = tuple(cfg.frame_size) if cfg.frame_size is not None else None
 
-        # partials of module-level functions (not closures) so the pipeline also pickles for
-        # workers started with "spawn".
+        # Stages are objects and partials of module-level functions, not closures, so that the
+        # pipeline also pickles for workers started with "spawn".
         decode = functools.partial(decode_video, num_frames=cfg.num_frames, size=size, decode=cfg.decode,
                                    num_threads=cfg.decode_threads, counters=self.counters)
-        stages: list[Any] = [self.source, read_tar_samples(handler, progress)]
+        stages: list[Any] = [self.source, TarSamples(handler, progress)]
         if cfg.shuffle_buffer > 1:
             stages.append(SeededShuffle(cfg.shuffle_buffer, self.source))
         stages += [wds_map(decode, handler=handler),

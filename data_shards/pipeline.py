@@ -259,16 +259,18 @@ class SeededShuffle:
         return shuffle(self.bufsize, initial=self.bufsize, rng=rng)(samples)
 
 
-def read_tar_samples(handler: Callable[[BaseException], bool], progress: Progress):
+class TarSamples:
     """webdataset tar reading (open URL, iterate members, group by key) that also feeds ``progress``."""
-    from webdataset.tariterators import tarfile_samples
 
-    def stage(src):
-        for sample in tarfile_samples(src, handler=handler):
-            progress.samples += 1
+    def __init__(self, handler: Callable[[BaseException], bool], progress: Progress):
+        self.handler, self.progress = handler, progress
+
+    def __call__(self, src: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+        from webdataset.tariterators import tarfile_samples
+
+        for sample in tarfile_samples(src, handler=self.handler):
+            self.progress.samples += 1
             yield sample
-
-    return stage
 
 
 def decode_video(sample: dict[str, Any], *, num_frames: int, size: tuple[int, int] | None, decode: bool,

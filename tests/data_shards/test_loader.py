@@ -256,3 +256,17 @@ def test_worker_with_only_bad_shards_falls_back_and_keeps_the_batch_count(tmp_pa
     assert loader.stats()["corrupt_tar"] >= 1
     with pytest.raises(RuntimeError, match="gave no readable sample"):
         list(build_loader(cfg_for([str(tmp_path / "bad.tar")] * 2, epoch_batches=2, num_workers=0), 0, 1))
+
+
+def test_pipeline_pickles_for_spawned_workers(shards):
+    """Workers started with "spawn" receive the pipeline pickled: no closures or lambdas in it."""
+    import io
+    from multiprocessing.reduction import ForkingPickler
+
+    out, paths, _ = shards
+    for resample in (False, True):
+        loader = build_loader(cfg_for(pattern(out, len(paths)), resample=resample, epoch_batches=3), 0, 1,
+                              reasoning={"x": {"qid": "x"}})
+        buf = io.BytesIO()
+        ForkingPickler(buf).dump(loader.dataset)
+        assert buf.tell() > 0
