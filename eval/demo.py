@@ -107,7 +107,7 @@ def presets() -> dict[str, Study]:
         "smoke": Study(train_videos=12, val_videos=4, questions_per_video=3, steps=6, shard_videos=4,
                        runs=_four(0)[:2], probes=("shuffle_frames", "vcot")),
         "default": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=240, runs=_four(0)),
-        "full": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=240, runs=full_runs(),
+        "full": Study(train_videos=64, val_videos=48, questions_per_video=6, steps=240, runs=full_runs(),
                       teachers={"t0": (0.0, 0.0), "t33": (0.33, 0.15), "t67": (0.67, 0.3)}),
     }
 
