@@ -150,11 +150,11 @@ class Demo:
     def sh(self, cmd: list[str], log: Path | None = None) -> None:
         """A subprocess in the repository root; its output to ``log`` (shown when it fails)."""
         if log is None:
-            proc = subprocess.run(cmd, cwd=REPO, env=self.env)
+            proc = subprocess.run(cmd, cwd=REPO, env=self.env, check=False)
         else:
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("w") as f:
-                proc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+                proc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=f, stderr=subprocess.STDOUT, check=False)
         if proc.returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-40:]) if log else ""
             raise RuntimeError(f"step failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}"

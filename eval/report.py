@@ -100,13 +100,13 @@ def load_run(path: str | Path) -> Run:
             raise ValueError(f"{path}: not an evaluated run (missing {p.name}; write it with python -m eval run)")
     info, scores = _read_json(info_path), _read_json(scores_path)
     if not isinstance(info, dict) or not isinstance(scores, dict):
-        raise ValueError(f"{path}: run.json and scores.json must be json objects")
+        raise ValueError(f"{path}: run.json and scores.json must be json objects")  # noqa: TRY004 (bad file)
     for key in ("overall", "per_type"):
         if key not in scores:
             raise ValueError(f"{scores_path}: missing field {key!r} (not an eval.score result)")
     meta = info.get("meta") or {}
     if not isinstance(meta, dict):
-        raise ValueError(f"{info_path}: field 'meta' must be an object, got {type(meta).__name__}")
+        raise ValueError(f"{info_path}: field 'meta' must be an object, got {type(meta).__name__}")  # noqa: TRY004
     label = info.get("label") or path.name
     seed = meta.get("seed")
     probes = {}
@@ -210,8 +210,8 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
     how = ("mean ± half-width of the 95% Student-t interval over seeds" if kind == "t95"
            else "mean [min, max] over seeds")
     lines = ["# Evaluation report", "",
-             f"{len(summary['runs'])} run(s), {len(summary['groups'])} setting(s). Accuracy in %; "
-             f"with several seeds: {how}; one seed: the value alone.", "",
+             (f"{len(summary['runs'])} run(s), {len(summary['groups'])} setting(s). Accuracy in %; "
+              f"with several seeds: {how}; one seed: the value alone."), "",
              "## Accuracy", ""]
     cols = ["overall"] + summary["types"]
     lines.append("| run | seeds | " + " | ".join(cols) + " |")

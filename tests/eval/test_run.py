@@ -147,7 +147,7 @@ def test_two_ranks_give_the_same_predictions_as_one(world, tmp_path):
     for shards, name in ((world["shards"], "two"), (world["shards"].replace("{000000..000001}", "000000"), "shared")):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "eval", "run",
                *common, "--shards", shards, "--out", str(tmp_path / name), "--threads", "1"]
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two = tmp_path / "two"
     assert _read(two, "run.json")["world_size"] == 2
@@ -166,8 +166,8 @@ def test_two_ranks_give_the_same_predictions_as_one(world, tmp_path):
 
 def test_probe_building_blocks():
     q, opts = shuffle_text("what does the red ball do", ["it falls down", "it stays"], "d/s/v/q1", seed=0)
-    assert sorted(q.split()) == sorted("what does the red ball do".split())
-    assert [sorted(o.split()) for o in opts] == [sorted("it falls down".split()), ["it", "stays"]]
+    assert sorted(q.split()) == sorted(["what", "does", "the", "red", "ball", "do"])
+    assert [sorted(o.split()) for o in opts] == [sorted(["it", "falls", "down"]), ["it", "stays"]]
     assert (q, opts) == shuffle_text("what does the red ball do", ["it falls down", "it stays"], "d/s/v/q1", seed=0)
     for n in (2, 3, 8):
         order = frame_permutation(n, "d/s/v/q1")
