@@ -123,8 +123,10 @@ def test_loglik_with_probes_and_generate(world, tmp_path, capsys):
 def test_fallback_none_leaves_unreadable_answers_missing(world, tmp_path):
     out = tmp_path / "none"
     assert main(["--checkpoint", str(world["export"]), "--shards", world["shards"], "--out", str(out),
-                 "--mode", "generate", "--max-new-tokens", "2", "--fallback", "none"]) == 0
+                 "--mode", "generate", "--max-new-tokens", "2", "--fallback", "none",
+                 "--annotations", str(world["root"] / "synth" / "records.jsonl")]) == 0
     recs, scores = _read(out, "records.jsonl"), _read(out, "scores.json")
+    assert scores["count"] == world["n"]  # scored against the annotation file
     unread = [r["qid"] for r in recs if r["extracted"] is None]
     assert scores["missing"] == len(unread) and set(_read(out, "predictions.json")).isdisjoint(unread)
 
