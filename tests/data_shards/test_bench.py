@@ -17,6 +17,7 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"speedup_vs_pyav: \d+\.\d\d", lines[-1]), lines[-1]
+    assert re.fullmatch(r"speedup_vs_pyav_seek: \d+\.\d\d", lines[-2]), lines[-2]
     rows = {}
     for line in lines:
         m = re.match(r"^(loader \(2 workers\)|torchcodec-seq|pyav-seq|pyav-decode-all|pyav-keyframe)\s+(\d+)\s+(\d+)\s+([\d.]+)", line)
@@ -32,3 +33,4 @@ def test_bench_end_to_end(tmp_path, capsys):
     assert len(table) == 1 and list(table[0]) == CSV_FIELDS
     assert table[0]["loader_videos"] == "10" and float(table[0]["speedup_vs_pyav"]) > 0
     assert f"{float(table[0]['speedup_vs_pyav']):.2f}" == lines[-1].split()[-1]
+    assert f"{float(table[0]['speedup_vs_pyav_seek']):.2f}" == lines[-2].split()[-1]
