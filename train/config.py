@@ -158,9 +158,19 @@ class DeepSpeedSection:
     reduce_bucket_size: int = 50_000_000
     """Elements per gradient reduce bucket."""
     prefetch_bucket_size: int = 50_000_000
-    """ZeRO-3: elements of parameters prefetched ahead of use."""
+    """ZeRO-3: elements of parameters prefetched ahead of use (0 = no prefetch)."""
     param_persistence_threshold: int = 100_000
     """ZeRO-3: parameters smaller than this many elements stay gathered (saves tiny all-gathers)."""
+    module_granularity_threshold: int = 0
+    """ZeRO-3: a module whose parameters per layer below it are fewer than this is fetched as ONE
+    unit (one hook instead of one per submodule: less host overhead for small layers); 0 = off."""
+    memory_efficient_linear: bool = False
+    """ZeRO-3: let DeepSpeed replace torch.nn.functional.linear PROCESS-WIDE (it stays replaced) by
+    an autograd function that does not keep gathered weights for backward. Off: native linear
+    (faster; backward re-gathers through the module hooks either way)."""
+    leaf_modules: list[str] = field(default_factory=list)
+    """ZeRO-3: module class names fetched as one unit (deepspeed.utils.set_z3_leaf_modules), e.g.
+    ["LlamaDecoderLayer"]: one gather per layer instead of one hook per submodule."""
     max_live_parameters: int = 1_000_000_000
     """ZeRO-3: gathered parameter elements kept alive at once per rank."""
     backend: Literal["auto", "nccl", "gloo", "ccl"] = "auto"
@@ -178,11 +188,12 @@ class DeepSpeedSection:
             out.append(("nvme_path", "required when an offload device is nvme"))
         if self.offload_param != "none" and self.zero_stage != 3:
             out.append(("offload_param", "parameter offload needs zero_stage 3"))
-        for name in ("reduce_bucket_size", "prefetch_bucket_size", "max_live_parameters"):
+        for name in ("reduce_bucket_size", "max_live_parameters"):
             if getattr(self, name) < 1:
                 out.append((name, f"must be >= 1, got {getattr(self, name)}"))
-        if self.param_persistence_threshold < 0:
-            out.append(("param_persistence_threshold", f"must be >= 0, got {self.param_persistence_threshold}"))
+        for name in ("prefetch_bucket_size", "param_persistence_threshold", "module_granularity_threshold"):
+            if getattr(self, name) < 0:
+                out.append((name, f"must be >= 0, got {getattr(self, name)}"))
         return out
 
 

@@ -77,6 +77,17 @@ def export_torch_env(info: WorldInfo | ParallelDims, env: dict | None = None) ->
                            f"{info.launcher}: export them (see scripts/slurm_train.sbatch)")
 
 
+def local_world_size(dims: ParallelDims, env: dict | None = None) -> int:
+    """Processes on this node, from the launcher's variables (1 for a single process)."""
+    env = os.environ if env is None else env
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = env.get(name, "")
+        digits = value.split("(")[0].split(",")[0]  # SLURM writes e.g. "8(x4)"
+        if digits.isdigit() and int(digits) > 0:
+            return int(digits)
+    return dims.world_size if dims.launcher in ("none", "torchrun") else 1
+
+
 def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
     """Create the default process group through DeepSpeed and pick this rank's device.
 
@@ -95,6 +106,11 @@ def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
     accel = get_accelerator()
     if accel.device_name() != "cpu":
         accel.set_device(dims.local_rank)
+    else:
+        # DeepSpeed's CPU accelerator answers device_count() from LOCAL_SIZE (its own launcher sets
+        # it) and otherwise runs `numactl --hardware` in a subprocess, which ZeRO-3 does for every
+        # gradient reduction: a fork per bucket per step.
+        os.environ.setdefault("LOCAL_SIZE", str(local_world_size(dims)))
     name = accel.communication_backend_name() if backend == "auto" else backend
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=name, auto_mpi_discovery=False, rank=dims.rank,

@@ -65,6 +65,8 @@ def deepspeed_config(cfg: TrainConfig, dims: ParallelDims, accel: str | None = N
         zero.update({"stage3_prefetch_bucket_size": ds.prefetch_bucket_size,
                      "stage3_param_persistence_threshold": ds.param_persistence_threshold,
                      "stage3_max_live_parameters": ds.max_live_parameters,
+                     "stage3_module_granularity_threshold": ds.module_granularity_threshold,
+                     "memory_efficient_linear": ds.memory_efficient_linear,
                      "stage3_gather_16bit_weights_on_model_save": False})
     for kind in ("optimizer", "param"):
         device = getattr(ds, f"offload_{kind}")
@@ -156,6 +158,23 @@ def model_init_context(ds_config: dict, enabled: bool) -> Iterator[Any]:
         yield hf_ds
 
 
+def set_leaf_modules(model: torch.nn.Module, class_names: list[str]) -> list[str]:
+    """Mark modules of the named classes as ZeRO-3 leaves (their parameters are gathered together).
+
+    Raises:
+        ValueError: a name matches no module of the model (a typo must not pass silently).
+    """
+    from deepspeed.utils import set_z3_leaf_modules
+
+    classes = {type(m).__name__: type(m) for m in model.modules()}
+    missing = [n for n in class_names if n not in classes]
+    if missing:
+        raise ValueError(f"deepspeed.leaf_modules: no module of class {missing} in the model "
+                         f"(classes: {sorted(classes)[:20]} ...)")
+    set_z3_leaf_modules(model, [classes[n] for n in class_names])
+    return class_names
+
+
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict) -> Any:
     """``deepspeed.initialize`` with our optimizer and schedule; returns the engine."""
     import deepspeed
@@ -163,6 +182,8 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict) -> A
 
     max_steps = cfg.run.max_steps
     sched = lambda opt: LambdaLR(opt, lambda s: lr_factor(s, cfg.optim, max_steps))  # noqa: E731
+    if cfg.deepspeed.leaf_modules and cfg.deepspeed.zero_stage == 3:
+        set_leaf_modules(model, cfg.deepspeed.leaf_modules)
     client = build_client_optimizer(model, cfg.optim) if "optimizer" not in ds_config else None
     params = None if client is not None else param_groups(model, cfg.optim.weight_decay)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=client, model_parameters=params,

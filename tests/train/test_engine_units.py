@@ -26,10 +26,12 @@ def dims(world: int = 2, gas: int = 2, micro: int = 2) -> ParallelDims:
 def test_deepspeed_json_from_the_config():
     cfg = load_config(TINY, ["--deepspeed.precision=bf16", "--optim.grad_clip=0.5",
                              "--deepspeed.gradient_accumulation_steps=4"])
-    ds = deepspeed_config(cfg, dims(world=2, gas=4), accel="cpu")
+    ds = deepspeed_config(cfg, dims(world=2, gas=4, micro=cfg.data.micro_batch_size), accel="cpu")
     assert ds["zero_optimization"]["stage"] == 3
-    assert ds["gradient_accumulation_steps"] == 4 and ds["train_micro_batch_size_per_gpu"] == 2
-    assert ds["train_batch_size"] == 2 * 4 * 2
+    micro = cfg.data.micro_batch_size
+    assert ds["gradient_accumulation_steps"] == 4 and ds["train_micro_batch_size_per_gpu"] == micro
+    assert ds["train_batch_size"] == micro * 4 * 2
+    assert ds["zero_optimization"]["memory_efficient_linear"] is False
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True}
     assert ds["zero_force_ds_cpu_optimizer"] is False and "optimizer" not in ds  # torch AdamW as client
     assert ds["zero_optimization"]["overlap_comm"] is False  # no streams on CPU

@@ -1,0 +1,279 @@
+"""Trainer throughput: our DeepSpeed ZeRO-3 step vs a bare PyTorch loop, same run.
+
+    python -m train.bench --config configs/tiny_cpu.yaml --steps 20 [--csv docs/bench/train.csv]
+    python -m train.bench --config configs/bench_1b_gpu.yaml --steps 30      (one GPU)
+
+OURS is the real trainer (``train.loop.Trainer``: streaming loader -> tasks.collate ->
+``engine.optimizer_step`` with DeepSpeed, ZeRO stage/precision from the config). BARE is the
+same model architecture with the SAME initial weights, run on the SAME collated micro-batches
+(the ones ours just consumed) with the same weighted loss, plain ``torch.optim.AdamW``,
+gradient clipping and LR schedule, no DeepSpeed, one process. The two alternate step by step
+so that a change in machine load hits both alike; step times are medians. Process CPU time is
+reported beside wall time: on a shared CPU machine it is the figure other processes cannot move.
+
+``ratio`` = ours / bare median COMPUTE step time (forward + backward + optimizer over the
+gradient-accumulation micro-batches); the bare loop replays cached batches, so data loading
+is reported separately for ours (``data_wait_frac``). MFU = model FLOPs (``train.flops``,
+T1's formula) / step time / peak FLOP/s; peak from a table of GPUs (dense bf16/fp16 tensor
+core, fp32 for fp32 runs) or, on CPU, a measured fp32 matmul peak with this process's threads.
+Only one process: launch without torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense peak FLOP/s (bf16/fp16 tensor core, fp32 non-tensor) by device-name substring.
+GPU_PEAKS = {
+    "H200": (989e12, 67e12), "H100 SXM": (989e12, 67e12), "H100 PCIe": (756e12, 51e12), "H100": (989e12, 67e12),
+    "A100": (312e12, 19.5e12), "L40S": (362e12, 91.6e12), "A10G": (125e12, 31.2e12), "L4": (121e12, 30.3e12),
+    "V100": (125e12, 15.7e12), "RTX 4090": (165e12, 82.6e12),
+}
+
+
+def cpu_matmul_peak(n: int = 1024, seconds: float = 1.0) -> float:
+    """Measured fp32 matmul FLOP/s of this process (its torch threads), best of repeated runs."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, (half, fp32) in GPU_PEAKS.items():
+            if key in name:
+                return (fp32 if precision == "fp32" else half), f"table: {key} {'fp32' if precision == 'fp32' else 'bf16'}"
+        return float("nan"), f"no table entry for {name}"
+    return cpu_matmul_peak(), f"measured fp32 matmul, {torch.get_num_threads()} thread(s)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batch_flops(model: Any, micro: list[dict]) -> float:
+    """Model FLOPs of one optimizer step's micro-batches (padded length, T1's formula)."""
+    total = 0.0
+    for mb in micro:
+        B, L = mb["input_ids"].shape
+        T = mb["pixel_values"].shape[1]
+        total += B * L * model.flops_per_token(L, T)
+    return total
+
+
+class BareLoop:
+    """The baseline: the same model and loss in plain PyTorch (AdamW, clipping, schedule)."""
+
+    def __init__(self, trainer: Any, init_state: dict[str, torch.Tensor]) -> None:
+        from train.engine import lr_factor, param_groups
+        from train.loop import seed_everything
+        from train.model import build_model
+
+        cfg = trainer.cfg
+        self.cfg, self.device = cfg, trainer.device
+        seed_everything(cfg.run.seed)
+        self.model = build_model(cfg.model, trainer.tokenizer)
+        self.model.load_state_dict(init_state, strict=False)
+        self.model.to(self.device).train()
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+                                     eps=o.eps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, o, cfg.run.max_steps))
+        prec = cfg.deepspeed.precision
+        self.autocast = None if prec == "fp32" else (torch.bfloat16 if prec == "bf16" else torch.float16)
+
+    def step(self, micro: list[dict]) -> float:
+        from train.engine import count_task_tokens, model_inputs
+        from train.tasks import token_weights
+
+        task = self.cfg.task
+        n_qa, n_re = count_task_tokens(micro)
+        total = 0.0
+        for mb in micro:
+            w = token_weights(mb["task_ids"], n_qa, n_re, task.alpha, task.beta)
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                loss = self.model(**model_inputs(mb, w, self.device))["loss"]
+            loss.backward()
+            total += float(loss.detach())
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return total
+
+
+def _gather_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()}
+
+
+def _peak_mem_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB (whole process)
+
+
+def _timed(fn: Any, device: torch.device) -> tuple[Any, float, float]:
+    """(result, wall seconds, process CPU seconds) of fn() (synchronized on a GPU)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def run_bench(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    """Measure ours and bare, alternating step by step on the same batches; returns the record."""
+    from train.config import load_config
+    from train.engine import optimizer_step
+    from train.loop import Trainer
+
+    tmp = tempfile.mkdtemp(prefix="train-bench-")
+    fixed = [f"--run.output_dir={tmp}", "--checkpoint.interval_steps=0", "--checkpoint.save_final=false",
+             "--logging.progress_bar=false", "--logging.jsonl=false", "--logging.tensorboard=false",
+             f"--run.max_steps={warmup + steps}", "--optim.warmup_steps=0"]
+    cfg = load_config(config, overrides + fixed)
+    trainer = Trainer(cfg)
+    if trainer.dims.world_size != 1:
+        raise SystemExit("train.bench runs one process (the bare loop is single-process): launch without torchrun")
+    bare = BareLoop(trainer, _gather_state(trainer.model))
+    gas, dev = cfg.deepspeed.gradient_accumulation_steps, trainer.device
+    keys = ("ours_s", "ours_cpu_s", "data_s", "bare_s", "bare_cpu_s", "flops", "tokens", "examples", "frames")
+    rec: dict[str, list] = {k: [] for k in keys}
+    first_losses = None
+    for step in range(warmup + steps):
+        # Alternate ours and bare every step (same batches), so that load from other processes on a
+        # shared machine hits both alike.
+        micro, data_s, _ = _timed(lambda: [trainer.next_micro_batch() for _ in range(gas)], dev)
+        stats, ours_s, ours_cpu = _timed(lambda: optimizer_step(trainer.engine, micro, cfg.task, 1, dev), dev)
+        loss, bare_s, bare_cpu = _timed(lambda: bare.step(micro), dev)
+        first_losses = first_losses or (stats.loss, loss)
+        if step >= warmup:
+            for k, v in zip(keys, (ours_s, ours_cpu, data_s, bare_s, bare_cpu, batch_flops(trainer.model, micro),
+                                   stats.tokens, stats.examples, stats.frames)):
+                rec[k].append(v)
+    return summarize(cfg, trainer, rec, first_losses, steps, warmup, config, overrides)
+
+
+def summarize(cfg: Any, trainer: Any, rec: dict, first_losses: tuple, steps: int, warmup: int,
+              config: str, overrides: list[str]) -> dict:
+    """Medians, rates, MFU and the ratio ours / bare."""
+    dev = trainer.device
+    med = {k: statistics.median(rec[k]) for k in ("ours_s", "ours_cpu_s", "data_s", "bare_s", "bare_cpu_s")}
+    step_total = med["ours_s"] + med["data_s"]
+    per_step = {k: sum(rec[k]) / len(rec[k]) for k in ("flops", "tokens", "examples", "frames")}
+    peak, peak_src = device_peak(dev, cfg.deepspeed.precision)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "bench": "train", "config": config, "overrides": " ".join(overrides), "commit": commit,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "threads": torch.get_num_threads(), "precision": cfg.deepspeed.precision, "zero_stage": cfg.deepspeed.zero_stage,
+        "gas": cfg.deepspeed.gradient_accumulation_steps, "micro_batch_questions": cfg.data.micro_batch_size,
+        "steps": steps, "warmup": warmup,
+        "ours_step_s": med["ours_s"], "bare_step_s": med["bare_s"], "ratio": med["ours_s"] / med["bare_s"],
+        "ours_step_cpu_s": med["ours_cpu_s"], "bare_step_cpu_s": med["bare_cpu_s"],
+        "ratio_cpu_time": med["ours_cpu_s"] / med["bare_cpu_s"],
+        "ours_step_with_data_s": step_total, "data_wait_frac": med["data_s"] / step_total,
+        "tokens_per_s": per_step["tokens"] / step_total, "samples_per_s": per_step["examples"] / step_total,
+        "frames_per_s": per_step["frames"] / step_total,
+        "tokens_per_s_compute": per_step["tokens"] / med["ours_s"],
+        "bare_tokens_per_s": per_step["tokens"] / med["bare_s"],
+        "flops_per_step": per_step["flops"], "peak_flops": peak, "peak_source": peak_src,
+        "mfu": per_step["flops"] / med["ours_s"] / peak, "bare_mfu": per_step["flops"] / med["bare_s"] / peak,
+        "peak_mem_gb": _peak_mem_gb(dev),
+        "first_step_loss_ours": first_losses[0], "first_step_loss_bare": first_losses[1],
+        "attention": list(getattr(trainer.model, "attention_report", ("?", "?"))),
+    }
+
+
+def table(r: dict) -> str:
+    rows = [("", "ours (DeepSpeed)", "bare PyTorch"),
+            ("step time, compute (median)", f"{r['ours_step_s'] * 1e3:.1f} ms", f"{r['bare_step_s'] * 1e3:.1f} ms"),
+            ("ratio ours / bare", f"{r['ratio']:.3f}", "1"),
+            ("step CPU time (median)", f"{r['ours_step_cpu_s'] * 1e3:.1f} ms", f"{r['bare_step_cpu_s'] * 1e3:.1f} ms"),
+            ("ratio of CPU time", f"{r['ratio_cpu_time']:.3f}", "1"),
+            ("step time with data", f"{r['ours_step_with_data_s'] * 1e3:.1f} ms", "(cached batches)"),
+            ("data wait fraction", f"{r['data_wait_frac']:.3f}", "-"),
+            ("tokens/s", f"{r['tokens_per_s']:,.0f}", f"{r['bare_tokens_per_s']:,.0f}"),
+            ("samples/s", f"{r['samples_per_s']:,.2f}", "-"),
+            ("frames/s", f"{r['frames_per_s']:,.1f}", "-"),
+            ("MFU", f"{r['mfu']:.4f}", f"{r['bare_mfu']:.4f}"),
+            ("peak memory", f"{r['peak_mem_gb']:.2f} GB", "(same process)"),
+            ("first-step loss", f"{r['first_step_loss_ours']:.6f}", f"{r['first_step_loss_bare']:.6f}")]
+    w = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [" | ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
+    head = (f"train.bench on {r['device']}, {r['precision']}, ZeRO-{r['zero_stage']}, gas {r['gas']}, "
+            f"{r['steps']} steps (+{r['warmup']} warm-up), peak {r['peak_flops'] / 1e12:.3g} TFLOP/s ({r['peak_source']})")
+    return "\n".join([head, lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+CSV_FIELDS = ["commit", "config", "overrides", "device", "threads", "precision", "zero_stage", "gas", "steps",
+              "ours_step_s", "bare_step_s", "ratio", "ratio_cpu_time", "data_wait_frac", "tokens_per_s", "samples_per_s",
+              "frames_per_s", "mfu", "peak_flops", "peak_mem_gb"]
+
+
+def append_csv(path: str | Path, r: dict) -> None:
+    path = Path(path)
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train.bench``: ours vs bare PyTorch step time, throughput and MFU."""
+    from train.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="python -m train.bench", description=main.__doc__,
+                                epilog="Other --section.field=value items override the config.")
+    p.add_argument("--config", required=True)
+    p.add_argument("--steps", type=int, default=20, help="measured optimizer steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--csv", default=None, help="append the result row here (e.g. docs/bench/train.csv)")
+    args, rest = p.parse_known_args(argv)
+    from train.__main__ import split_overrides
+
+    try:
+        result = run_bench(args.config, split_overrides(rest), args.steps, args.warmup)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(result))
+    print(json.dumps(result), flush=True)
+    if args.csv:
+        append_csv(args.csv, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
