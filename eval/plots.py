@@ -81,10 +81,16 @@ def plot_per_type(summary: dict[str, Any], path: Path) -> str | None:
     return None
 
 
-def plot_vs(summary: dict[str, Any], path: Path, key: str, xlabel: str, title: str,
-            line_modes: tuple[str, ...], xlim: tuple[float, float] | None = None) -> str | None:
-    """Overall accuracy against ``meta[key]``: lines for runs with a numeric value whose task mode
-    is in ``line_modes`` (or unknown); dashed horizontal lines for the other settings."""
+def sweep(summary: dict[str, Any], key: str, line_modes: tuple[str, ...]) -> dict[str, Any]:
+    """Overall accuracy against ``meta[key]`` (e.g. beta, teacher_acc), aggregated over seeds.
+
+    Runs with a numeric value whose task mode is in ``line_modes`` (or unknown) make lines, one
+    per series (:func:`_series_key`); the other settings become reference values. When some
+    series has 2+ x values, single-point series are dropped: they are runs of the OTHER sweep.
+
+    Returns:
+        ``{"lines": {series: {x: interval cell}}, "refs": {label: interval cell}}``.
+    """
     points: dict[str, dict[float, list[float]]] = {}
     refs: dict[str, list[float]] = {}
     for r in summary["runs"]:
@@ -96,18 +102,30 @@ def plot_vs(summary: dict[str, Any], path: Path, key: str, xlabel: str, title: s
             points.setdefault(_series_key(r["meta"], r["label"], key), {}).setdefault(x, []).append(r["overall"])
         else:
             refs.setdefault(r["label"], []).append(r["overall"])
+    if any(len(by_x) > 1 for by_x in points.values()):
+        points = {k: v for k, v in points.items() if len(v) > 1}
+    kind = summary["interval"]
+    return {"lines": {name: {x: interval(by_x[x], kind) for x in sorted(by_x)} for name, by_x in points.items()},
+            "refs": {label: interval(vals, kind) for label, vals in refs.items()}}
+
+
+def plot_vs(summary: dict[str, Any], path: Path, key: str, xlabel: str, title: str,
+            line_modes: tuple[str, ...], xlim: tuple[float, float] | None = None) -> str | None:
+    """Draw :func:`sweep` (lines with interval error bars, dashed reference lines)."""
+    data = sweep(summary, key, line_modes)
+    points, refs = data["lines"], data["refs"]
     if not points:
         return f"no run has a numeric {key!r} in its meta"
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, by_x in points.items():
         xs = sorted(by_x)
-        cells = [interval(by_x[x], summary["interval"]) for x in xs]
+        cells = [by_x[x] for x in xs]
         ax.errorbar(xs, [c["mean"] for c in cells], yerr=_yerr(cells), marker="o", capsize=3,
                     label=f"{name} (n={max(c['n'] for c in cells)})")
-    for i, (label, vals) in enumerate(refs.items()):
-        ax.axhline(sum(vals) / len(vals), linestyle="--", linewidth=1, color=f"C{(len(points) + i) % 10}",
-                   label=f"{label} (n={len(vals)})")
+    for i, (label, cell) in enumerate(refs.items()):
+        ax.axhline(cell["mean"], linestyle="--", linewidth=1, color=f"C{(len(points) + i) % 10}",
+                   label=f"{label} (n={cell['n']})")
     all_x = [x for by_x in points.values() for x in by_x]
     if xlim is not None and xlim[0] <= min(all_x) and max(all_x) <= xlim[1]:
         pad = 0.05 * (xlim[1] - xlim[0])  # the whole natural range, so that sweeps read alike
@@ -128,12 +146,22 @@ def _save(fig, path: Path, plt) -> None:
     tmp.replace(path)
 
 
+# meta key -> (plot file, task modes drawn as lines, x label, title, natural x range)
+SWEEPS: dict[str, tuple[str, tuple[str, ...], str, str, tuple[float, float]]] = {
+    "beta": (PLOTS[1], ("mtl",), "beta (weight of the reasoning loss)", "Accuracy vs beta", (0.0, 1.0)),
+    "teacher_acc": (PLOTS[2], ("mtl", "stl"), "teacher accuracy on the training questions (%)",
+                    "Accuracy vs teacher accuracy", (0.0, 100.0)),
+}
+
+
+def sweeps(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """:func:`sweep` for every key of :data:`SWEEPS` (the numbers behind the two sweep plots)."""
+    return {key: sweep(summary, key, spec[1]) for key, spec in SWEEPS.items()}
+
+
 def draw_all(summary: dict[str, Any], out: Path) -> dict[str, str | None]:
     """Draw the three plots into ``out``: plot file name -> None (written) or why it was skipped."""
-    return {
-        PLOTS[0]: plot_per_type(summary, out / PLOTS[0]),
-        PLOTS[1]: plot_vs(summary, out / PLOTS[1], "beta", "beta (weight of the reasoning loss)",
-                          "Accuracy vs beta", ("mtl",), (0.0, 1.0)),
-        PLOTS[2]: plot_vs(summary, out / PLOTS[2], "teacher_acc", "teacher accuracy on the training questions (%)",
-                          "Accuracy vs teacher accuracy", ("mtl", "stl"), (0.0, 100.0)),
-    }
+    result = {PLOTS[0]: plot_per_type(summary, out / PLOTS[0])}
+    for key, (name, modes, xlabel, title, xlim) in SWEEPS.items():
+        result[name] = plot_vs(summary, out / name, key, xlabel, title, modes, xlim)
+    return result

@@ -225,6 +225,7 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
         for g in summary["groups"]:
             lines.append(f"| {g['label']} | " + " | ".join(fmt_cell(g["probe_delta"][p], kind, signed=True)
                                                          for p in summary["probes"]) + " |")
+    lines += _sweep_tables(summary)
     lines += ["", "## Settings", "", "| run | " + " | ".join(h for _, h in _META_COLUMNS) + " | directories |",
               "|---|" + "---|" * (len(_META_COLUMNS) + 1)]
     for g in summary["groups"]:
@@ -234,6 +235,23 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
     for name, reason in plots.items():
         lines.append(f"![{name}]({name})" if reason is None else f"- {name}: not drawn ({reason})")
     return "\n".join(lines) + "\n"
+
+
+def _sweep_tables(summary: dict[str, Any]) -> list[str]:
+    """One table per sweep that has a line with 2+ values: series x swept value."""
+    kind, lines = summary["interval"], []
+    for key, data in summary.get("sweeps", {}).items():
+        rows = {name: by_x for name, by_x in data["lines"].items() if len(by_x) > 1}
+        if not rows:
+            continue
+        xs = sorted({x for by_x in rows.values() for x in by_x})
+        lines += ["", f"## Overall accuracy vs {key}", "", "| series | " + " | ".join(f"{x:g}" for x in xs) + " |",
+                  "|---|" + "---|" * len(xs)]
+        for name, by_x in rows.items():
+            lines.append(f"| {name} | " + " | ".join(fmt_cell(by_x[x], kind) if x in by_x else "-" for x in xs) + " |")
+        for label, cell in data["refs"].items():
+            lines.append(f"| {label} (reference) | " + " | ".join([fmt_cell(cell, kind)] * len(xs)) + " |")
+    return lines
 
 
 def _meta_text(v: Any) -> str:
@@ -252,11 +270,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def write_report(runs: list[Run], out: str | Path, kind: str = "t95") -> dict[str, Any]:
     """Write report.md, summary.json and the PNG plots into ``out``; return the summary."""
-    from eval.plots import draw_all
+    from eval.plots import draw_all, sweeps
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs, kind)
+    summary["sweeps"] = sweeps(summary)
     plots = draw_all(summary, out)
     summary["plots"] = {name: ("written" if reason is None else f"skipped: {reason}")
                         for name, reason in plots.items()}

@@ -139,3 +139,28 @@ def test_bad_run_directories_name_the_problem(tmp_path, capsys):
     assert "runs labelled 'A' repeat seed(s) 0" in capsys.readouterr().err
     assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 1
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_sweeps_by_hand(runs_root, tmp_path):
+    """Beta sweep: MTL(refined) at teacher 70 % has beta 0 (seeds 20, 30) and 0.5 (50, 60, 70).
+    Teacher sweep: MTL(refined) at beta 0.5 has teacher 70 % (50, 60, 70) and 90 % (80).
+    Single-point series (MTL(raw); the other sweep's runs) are left out of each sweep."""
+    base = {"task_mode": "mtl", "reasoning_source": "refined"}
+    _run(runs_root, "beta0_s0", "MTL(refined) beta=0", 0, 20, 20, dict(base, beta=0.0, teacher_acc=70.0))
+    _run(runs_root, "beta0_s1", "MTL(refined) beta=0", 1, 30, 20, dict(base, beta=0.0, teacher_acc=70.0))
+    _run(runs_root, "t90_s0", "MTL(refined) teacher=t90", 0, 80, 20, dict(base, beta=0.5, teacher_acc=90.0))
+    out = tmp_path / "rep"
+    assert main([str(runs_root), "--out", str(out)]) == 0
+    sw = json.loads((out / "summary.json").read_text())["sweeps"]
+    beta = sw["beta"]["lines"]
+    assert list(beta) == ["mtl(refined) teacher 70%"]
+    assert beta["mtl(refined) teacher 70%"]["0.0"]["mean"] == 25 and beta["mtl(refined) teacher 70%"]["0.5"]["mean"] == 60
+    assert sw["beta"]["refs"]["QA-only"]["mean"] == 45
+    teacher = sw["teacher_acc"]["lines"]
+    assert list(teacher) == ["mtl(refined) beta=0.5"]
+    assert teacher["mtl(refined) beta=0.5"]["70.0"]["n"] == 3 and teacher["mtl(refined) beta=0.5"]["90.0"]["mean"] == 80
+    md = (out / "report.md").read_text()
+    assert "## Overall accuracy vs beta\n\n| series | 0 | 0.5 |" in md
+    assert "| mtl(refined) teacher 70% | 25.0 ± 63.5 | 60.0 ± 24.8 |" in md
+    assert "| QA-only (reference) | 45.0 | 45.0 |" in md
+    assert "| mtl(refined) beta=0.5 | 60.0 ± 24.8 | 80.0 |" in md
