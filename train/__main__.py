@@ -43,6 +43,8 @@ def _train(argv: list[str]) -> int:
     p.add_argument("--config", help="YAML recipe (configs/*.yaml)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory global_step{N}")
     p.add_argument("--help-config", action="store_true", help="list every config field with its doc")
+    # the deepspeed launcher appends --local_rank=N (LOCAL_RANK is in the environment as well)
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)
     if args.help_config:
         print("\n".join(describe()))
