@@ -72,7 +72,11 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from data_shards.distenv import world_info_from_env
+
+    # only rank 0 logs progress; the other ranks report warnings and errors
+    level = os.environ.get("LOGLEVEL", "INFO") if world_info_from_env().rank == 0 else "WARNING"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv and argv[0] == "export":
         from train.export import main as export_main
 

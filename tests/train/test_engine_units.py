@@ -163,3 +163,16 @@ def test_batch_stream_position_resumes_exactly():
     assert pos == {"epoch": 1, "batch": 1}
     resumed = BatchStream(_ListLoader(3), **pos)
     assert head + [resumed.next_batch() for _ in range(3)] == seq
+
+
+def test_epoch_batches_equal_on_every_rank():
+    from train.datastream import DataError, DataSummary, epoch_batches_for
+
+    data = load_config(TINY, ["--data.epoch_batches=null", "--data.micro_batch_size=2"]).data
+    counted = DataSummary(["a.tar"], True, videos=8, questions=24)
+    assert epoch_batches_for(data, counted, world_size=2) == 6  # 24 questions / (2 per batch x 2 ranks)
+    assert epoch_batches_for(data, counted, world_size=1) is None  # one process: one pass, any length
+    with pytest.raises(DataError, match="data.epoch_batches: must be set"):
+        epoch_batches_for(data, DataSummary(["pipe:cat a.tar"], False, None, None), world_size=2)
+    fixed = load_config(TINY, ["--data.epoch_batches=5"]).data
+    assert epoch_batches_for(fixed, counted, world_size=2) == 5
