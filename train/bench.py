@@ -62,7 +62,8 @@ def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
         name = torch.cuda.get_device_name(device)
         for key, (half, fp32) in GPU_PEAKS.items():
             if key in name:
-                return (fp32 if precision == "fp32" else half), f"table: {key} {'fp32' if precision == 'fp32' else 'bf16'}"
+                kind = "fp32" if precision == "fp32" else "bf16"
+                return (fp32 if kind == "fp32" else half), f"table: {key} {kind}"
         return float("nan"), f"no table entry for {name}"
     return cpu_matmul_peak(), f"measured fp32 matmul, {torch.get_num_threads()} thread(s)"
 
@@ -168,8 +169,8 @@ def run_bench(config: str, overrides: list[str], steps: int, warmup: int) -> dic
         # Alternate ours and bare every step (same batches), so that load from other processes on a
         # shared machine hits both alike.
         micro, data_s, _ = _timed(lambda: [trainer.next_micro_batch() for _ in range(gas)], dev)
-        stats, ours_s, ours_cpu = _timed(lambda: optimizer_step(trainer.engine, micro, cfg.task, 1, dev), dev)
-        loss, bare_s, bare_cpu = _timed(lambda: bare.step(micro), dev)
+        stats, ours_s, ours_cpu = _timed(lambda m=micro: optimizer_step(trainer.engine, m, cfg.task, 1, dev), dev)
+        loss, bare_s, bare_cpu = _timed(lambda m=micro: bare.step(m), dev)
         first_losses = first_losses or (stats.loss, loss)
         if step >= warmup:
             for k, v in zip(keys, (ours_s, ours_cpu, data_s, bare_s, bare_cpu, batch_flops(trainer.model, micro),
@@ -194,7 +195,8 @@ def summarize(cfg: Any, trainer: Any, rec: dict, first_losses: tuple, steps: int
     return {
         "bench": "train", "config": config, "overrides": " ".join(overrides), "commit": commit,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "threads": torch.get_num_threads(), "precision": cfg.deepspeed.precision, "zero_stage": cfg.deepspeed.zero_stage,
+        "threads": torch.get_num_threads(), "precision": cfg.deepspeed.precision,
+        "zero_stage": cfg.deepspeed.zero_stage,
         "gas": cfg.deepspeed.gradient_accumulation_steps, "micro_batch_questions": cfg.data.micro_batch_size,
         "steps": steps, "warmup": warmup,
         "ours_step_s": med["ours_s"], "bare_step_s": med["bare_s"], "ratio": med["ours_s"] / med["bare_s"],
@@ -230,13 +232,14 @@ def table(r: dict) -> str:
     w = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [" | ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
     head = (f"train.bench on {r['device']}, {r['precision']}, ZeRO-{r['zero_stage']}, gas {r['gas']}, "
-            f"{r['steps']} steps (+{r['warmup']} warm-up), peak {r['peak_flops'] / 1e12:.3g} TFLOP/s ({r['peak_source']})")
+            f"{r['steps']} steps (+{r['warmup']} warm-up), "
+            f"peak {r['peak_flops'] / 1e12:.3g} TFLOP/s ({r['peak_source']})")
     return "\n".join([head, lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 CSV_FIELDS = ["commit", "config", "overrides", "device", "threads", "precision", "zero_stage", "gas", "steps",
-              "ours_step_s", "bare_step_s", "ratio", "ratio_cpu_time", "data_wait_frac", "tokens_per_s", "samples_per_s",
-              "frames_per_s", "mfu", "peak_flops", "peak_mem_gb"]
+              "ours_step_s", "bare_step_s", "ratio", "ratio_cpu_time", "data_wait_frac", "tokens_per_s",
+              "samples_per_s", "frames_per_s", "mfu", "peak_flops", "peak_mem_gb"]
 
 
 def append_csv(path: str | Path, r: dict) -> None:

@@ -52,7 +52,7 @@ class ParallelDims:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, micro_batch_size: int, grad_accum: int, env: dict | None = None) -> "ParallelDims":
+    def from_env(cls, micro_batch_size: int, grad_accum: int, env: dict | None = None) -> ParallelDims:
         info = world_info_from_env(env)
         return cls(info.rank, info.world_size, info.local_rank, info.launcher, micro_batch_size, grad_accum)
 

@@ -29,7 +29,8 @@ def test_every_recipe_loads(recipe):
 
 def test_overrides_are_typed_and_nested():
     cfg = load_config(TINY, ["--optim.lr=3e-4", "--run.max_steps=7", "--logging.tensorboard=false",
-                             "--data.frame_size=[48,64]", "--data.urls=/a/{0..1}.tar", "--model.llm.config.hidden_size=32",
+                             "--data.frame_size=[48,64]", "--data.urls=/a/{0..1}.tar",
+                             "--model.llm.config.hidden_size=32",
                              "--run.name=123", "--data.epoch_batches=null", "--task.beta=1"])
     assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.run.max_steps == 7 and cfg.logging.tensorboard is False

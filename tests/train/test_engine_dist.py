@@ -17,14 +17,27 @@ import pytest
 import torch
 
 from tests.conftest import assert_close_report
-from tests.train.engine_helpers import (CKPT_EVERY, GOLDEN, GOLDEN_STEPS, REPO, TINY, env_for_launch, kill_tree,
-                                        losses, make_shards, run_torchrun, tiny_overrides, torchrun_cmd)
+from tests.train.engine_helpers import (
+    CKPT_EVERY,
+    GOLDEN,
+    GOLDEN_STEPS,
+    REPO,
+    TINY,
+    env_for_launch,
+    kill_tree,
+    losses,
+    make_shards,
+    run_torchrun,
+    tiny_overrides,
+    torchrun_cmd,
+)
 
 pytestmark = pytest.mark.slow
 
 
 def _check(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                                  f"stderr:\n{proc.stderr[-6000:]}")
 
 
 def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(tmp_path):
@@ -96,7 +109,8 @@ def test_tiny_recipe_trains_and_matches_the_golden_losses(golden_run):
         f"the synthetic generator changed: regenerate with `{golden['regenerate']}`")
     tol = golden["tolerance"]
     assert_close_report(torch.tensor(seq, dtype=torch.float64), torch.tensor(golden["losses"], dtype=torch.float64),
-                        rtol=tol["rtol"], atol=tol["atol"], name=f"tiny_cpu losses (regenerate: {golden['regenerate']})")
+                        rtol=tol["rtol"], atol=tol["atol"],
+                        name=f"tiny_cpu losses (regenerate: {golden['regenerate']})")
     ckpts = golden_run / "checkpoints"
     assert (ckpts / "latest").read_text() == f"global_step{GOLDEN_STEPS}"
     for step in (CKPT_EVERY, GOLDEN_STEPS):
@@ -153,7 +167,8 @@ def test_checkpoint_consolidates_and_exports_for_transformers_and_eval(golden_ru
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from train.export import consolidated_state_dict, load_for_eval, main as export_main
+    from train.export import consolidated_state_dict, load_for_eval
+    from train.export import main as export_main
 
     ckpts = golden_run / "checkpoints"
     script_out = tmp_path / "zero_to_fp32"

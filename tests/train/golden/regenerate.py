@@ -18,8 +18,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from tests.train.engine_helpers import (GOLDEN, GOLDEN_STEPS, SYNTH, TINY, losses, make_shards,  # noqa: E402
-                                        run_torchrun, tiny_overrides)
+from tests.train.engine_helpers import (  # noqa: E402
+    GOLDEN,
+    GOLDEN_STEPS,
+    SYNTH,
+    TINY,
+    losses,
+    make_shards,
+    run_torchrun,
+    tiny_overrides,
+)
 
 
 def main() -> int:
