@@ -56,6 +56,8 @@ class Trainer:
 
             self.reasoning = load_reasoning(cfg.data.reasoning)
         self.resume_from = ckpt.resolve_resume(resume, cfg.checkpoint_dir)
+        if resume is not None and self.resume_from is None and self.dims.is_main:
+            log.info("--resume %s: no complete checkpoint in %s, starting from step 0", resume, cfg.checkpoint_dir)
         # --- distributed setup
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
@@ -129,6 +131,12 @@ class Trainer:
         if saved_world is not None and saved_world != self.dims.world_size:
             raise RuntimeError(f"checkpoint {load_dir / tag} was written by {saved_world} ranks, this job has "
                                f"{self.dims.world_size}: ZeRO-3 shards only load on the same world size")
+        saved_model = (state.get("config") or {}).get("model")
+        now_model = config_to_dict(self.cfg)["model"]
+        if saved_model is not None and saved_model != now_model:
+            diff = sorted(k for k in set(saved_model) | set(now_model) if saved_model.get(k) != now_model.get(k))
+            raise RuntimeError(f"checkpoint {load_dir / tag} was trained with another model config "
+                               f"(model.{', model.'.join(diff)} differ): resume with the same model section")
         self.step, self.samples = int(state["step"]), int(state["samples"])
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])
