@@ -398,6 +398,11 @@ def _coerce(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config: {key}: expected a mapping, got {value!r}")
         return value
+    return _coerce_scalar(value, tp, key, from_cli)
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
+    """bool / int / float / str (and other plain classes) checked against ``tp``."""
     if tp is bool:
         if isinstance(value, bool):
             return value
