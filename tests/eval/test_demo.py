@@ -81,3 +81,24 @@ def test_smoke_demo_end_to_end(tmp_path, capsys):
     assert steps == ["data", "teacher_t33", "vcot_val", "train_qa_s0", "eval_qa_s0", "train_mtl_refined_s0",
                      "eval_mtl_refined_s0", "report"]
     assert printed.rstrip().endswith("|") and "report:" in printed  # ends with the comparison table
+
+
+def test_a_crash_at_exit_after_the_final_checkpoint_is_tolerated(tmp_path, monkeypatch, capsys):
+    study = presets()["smoke"]
+    d = Demo(study, tmp_path)
+    run = study.runs[0]
+    failing = ["python", "-c", "import sys; sys.exit(134)"]  # what torchrun returns when a rank aborts
+    monkeypatch.setattr(d, "sh", lambda cmd, log=None: Demo.sh(d, failing, log))
+    with pytest.raises(RuntimeError, match="exit 134"):  # no checkpoint: a real failure
+        d.train(run)
+    ckpt = tmp_path / "runs" / run.name / "checkpoints"
+    (ckpt / f"global_step{study.steps - 1}").mkdir(parents=True)
+    (ckpt / "latest").write_text(f"global_step{study.steps - 1}")
+    (ckpt / f"global_step{study.steps - 1}" / "complete.json").write_text("{}")
+    with pytest.raises(RuntimeError):  # an earlier checkpoint is not the run's end
+        d.train(run)
+    (ckpt / f"global_step{study.steps}").mkdir()
+    (ckpt / f"global_step{study.steps}" / "complete.json").write_text("{}")
+    (ckpt / "latest").write_text(f"global_step{study.steps}\n")
+    d.train(run)
+    assert "exited non-zero after the final checkpoint" in capsys.readouterr().out
