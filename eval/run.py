@@ -428,8 +428,8 @@ def _print_summary(out: Path, info: dict[str, Any]) -> None:
         if n < info["n_questions"] and (name == "vcot") != info["options"]["use_vcot"]:
             print(f"WARNING: {name}: vCoT captions shown for only {n} of {info['n_questions']} questions "
                   f"(the others have no 'vcot' in the reasoning files)")
-    skipped = {k: v for k, v in info["loader_stats"].items() if k.startswith(("corrupt", "missing", "bad", "incomplete"))
-               and v}
+    skip_kinds = ("corrupt", "missing", "bad", "incomplete")
+    skipped = {k: v for k, v in info["loader_stats"].items() if k.startswith(skip_kinds) and v}
     if skipped:
         print(f"WARNING: the loader skipped {skipped}: those questions are not in these scores "
               f"(pass --annotations to count them as missing)")

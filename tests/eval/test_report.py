@@ -154,7 +154,8 @@ def test_sweeps_by_hand(runs_root, tmp_path):
     sw = json.loads((out / "summary.json").read_text())["sweeps"]
     beta = sw["beta"]["lines"]
     assert list(beta) == ["mtl(refined) teacher 70%"]
-    assert beta["mtl(refined) teacher 70%"]["0.0"]["mean"] == 25 and beta["mtl(refined) teacher 70%"]["0.5"]["mean"] == 60
+    line = beta["mtl(refined) teacher 70%"]
+    assert line["0.0"]["mean"] == 25 and line["0.5"]["mean"] == 60
     assert sw["beta"]["refs"]["QA-only"]["mean"] == 45
     teacher = sw["teacher_acc"]["lines"]
     assert list(teacher) == ["mtl(refined) beta=0.5"]
