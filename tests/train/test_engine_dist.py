@@ -224,3 +224,34 @@ def test_offload_and_activation_checkpointing_train_the_same_losses(shards, gold
     assert sorted(got) == sorted(golden)
     for step in golden:
         assert got[step] == pytest.approx(golden[step], rel=1e-5), (step, got, golden)
+
+
+def test_pretrained_parts_load_into_zero3_partitions(tmp_path):
+    """The 7B recipe's path: LLM and vision tower from local save_pretrained folders, built inside
+    deepspeed.zero.Init on 2 ranks (transformers loads each weight into the partitions through
+    HfDeepSpeedConfig). Gathered back, every weight (lm_head included: the loss module takes it
+    over) equals the saved one exactly."""
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+    from tests.train.exactness_worker import tokenizer
+
+    torch.manual_seed(123)
+    vocab = len(tokenizer())
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+                     ).save_pretrained(tmp_path / "llm")
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, patch_size=8, image_size=32)
+                      ).save_pretrained(tmp_path / "vision")
+    proc = subprocess.run(torchrun_cmd(2, str(REPO / "tests" / "train" / "pretrained_worker.py"), str(tmp_path),
+                                       module=None), cwd=REPO, env=env_for_launch(), capture_output=True, text=True,
+                          timeout=300)
+    _check(proc)
+    got = torch.load(tmp_path / "gathered.pt")
+    for part, prefix in (("llm", "llm."), ("vision", "vision.tower.")):
+        saved = load_file(str(tmp_path / part / "model.safetensors"))
+        assert len(saved) > 10
+        for k, v in saved.items():
+            assert torch.equal(got[prefix + k], v.float()), prefix + k
+    assert "llm.lm_head.weight" in got
