@@ -266,14 +266,14 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     scale = float(gas * world_size)
     lr = float(engine.get_lr()[0])  # the LR this step applies (the scheduler advances in engine.step)
     t0 = time.perf_counter()
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: one sync per step, not per micro
     for mb in micro_batches:
         w = token_weights(mb["task_ids"], n_qa, n_re, task.alpha, task.beta)
         out = forward(**model_inputs(mb, w, device))
         loss = out["loss"]
         engine.backward(loss * scale)  # undo DeepSpeed's 1/gas and rank averaging, see docstring
         engine.step()  # applies the update only at the accumulation boundary
-        loss_sum += loss.detach().to("cpu", torch.float64)
+        loss_sum += loss.detach().to(torch.float64)
     compute_s = time.perf_counter() - t0
     loss_g, tokens, examples, frames = all_reduce_sum([float(loss_sum), tokens_local, examples_local, frames_local])
     norm = engine.get_global_grad_norm()
