@@ -65,7 +65,8 @@ def _train(argv: list[str]) -> int:
         return 2
     summary = trainer.train()
     if trainer.is_main:
-        print(f"trained {summary['step']} steps, final loss {summary['loss']:.4f}, "
+        loss = "-" if summary["loss"] is None else f"{summary['loss']:.4f}"  # None: nothing left to train
+        print(f"trained {summary['step']} steps, final loss {loss}, "
               f"{summary['tokens_per_s']:,.0f} tokens/s; run dir {cfg.run_dir}", flush=True)
     return 0
 

@@ -196,7 +196,8 @@ class Trainer:
             if interval and self.step % interval == 0:
                 self.save()
                 last_saved = self.step
-        if cfg.checkpoint.save_final and last_saved != self.step:
+        already = (cfg.checkpoint_dir / ckpt.tag_for(self.step) / ckpt.COMPLETE).is_file()
+        if cfg.checkpoint.save_final and last_saved != self.step and not already:
             self.save()
         self.metrics.message(f"done: step {self.step}, {self.samples} samples; data stats "
                              f"{json.dumps(self.stream.loader.stats())}")
