@@ -15,8 +15,6 @@ setup(
     description="Training stack for video QA that learns from MLLM reasoning (ReasVQA, vCoT)",
     python_requires=">=3.10",
     packages=PACKAGES,
-    include_package_data=True,
-    package_data={"train": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "torchcodec>=0.13",
