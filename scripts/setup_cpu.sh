@@ -26,7 +26,8 @@ else
   $PY -m pip install -q torch==2.13.0
 fi
 
-if ! $PY -c "import data_shards, torchcodec, deepspeed, webdataset, transformers, pytest" >/dev/null 2>&1 \
+# The distribution's metadata, not `import data_shards` (which works from the repo root uninstalled).
+if ! $PY -c "import importlib.metadata as m; m.version('videoqa-reasoning'); import torchcodec, deepspeed, webdataset, transformers, pytest, av" >/dev/null 2>&1 \
    || [ "${FORCE_INSTALL:-0}" = 1 ]; then
   echo "[setup] pip install -e '.[dev]' with $constraints"
   $PY -m pip install -q -c "$constraints" -e ".[dev]"
