@@ -283,11 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="keep finished steps of the same study")
     p.add_argument("--nproc", type=int, default=2, help="training ranks (torchrun --nproc_per_node)")
     p.add_argument("--steps", type=int, help="override the preset's optimizer steps per run")
+    p.add_argument("--train-videos", type=int, help="override the preset's synthetic train videos")
+    p.add_argument("--val-videos", type=int, help="override the preset's synthetic val videos")
     p.add_argument("--seeds", type=int, help="--full: number of seeds (default 3)")
     args = p.parse_args(argv)
     study = presets()["full" if args.full else "smoke" if args.smoke else "default"]
-    if args.steps:
-        study.steps = args.steps
+    for name in ("steps", "train_videos", "val_videos"):
+        if getattr(args, name):
+            setattr(study, name, getattr(args, name))
     if args.full and args.seeds:
         study.runs = full_runs(tuple(range(args.seeds)))
     out = args.out / "full" if args.full else args.out
