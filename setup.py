@@ -5,7 +5,7 @@ kept, and on a CPU machine `constraints-cpu.txt` (used by scripts/setup_cpu.sh) 
 CPU wheel so that no dependency can upgrade it.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 PACKAGES = ["data_shards", "kernels", "reasoning_gen", "train", "eval"]
 
@@ -14,7 +14,8 @@ setup(
     version="0.1.0",
     description="Training stack for video QA that learns from MLLM reasoning (ReasVQA, vCoT)",
     python_requires=">=3.10",
-    packages=PACKAGES,
+    # subpackages too (data_shards.converters, reasoning_gen.backends): a non-editable install needs them
+    packages=find_packages(include=PACKAGES + [f"{p}.*" for p in PACKAGES]),
     install_requires=[
         "torch>=2.4",
         "torchcodec>=0.13",
