@@ -285,7 +285,8 @@ def decode_video(sample: dict[str, Any], *, num_frames: int, size: tuple[int, in
     key, url = sample.get("__key__"), sample.get("__url__")
     where = f"{url}: sample {key}"
     if "json" not in sample:
-        raise IncompleteSample(f"{where}: no {key}.json record (members: {sorted(k for k in sample if not k.startswith('__'))})")
+        members = sorted(k for k in sample if not k.startswith("__"))
+        raise IncompleteSample(f"{where}: no {key}.json record (members: {members})")
     record = json.loads(sample["json"])
     validate_record(record, f"{url}:{key}.json")
     member = record["video"]

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 SCHEMA_VERSION = 1
 OPTION_LETTERS = "ABCDEFGHIJ"
@@ -97,7 +98,7 @@ class VideoRecord:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, obj: Any, source: str = "<record>") -> "VideoRecord":
+    def from_json(cls, obj: Any, source: str = "<record>") -> VideoRecord:
         """Validate ``obj`` and build a record; raises :class:`SchemaError` naming ``source``."""
         validate_record(obj, source)
         qas = [QA(**qa) for qa in obj["qas"]]

@@ -188,8 +188,10 @@ def simulate(objs: list[Obj], width: int, height: int, fps: float, frames: int,
     v = np.array([o.vel for o in objs], dtype=np.float64)
     rad = np.array([o.radius for o in objs])
     cur = np.array([COLOURS.index(o.colour0) for o in objs])
-    pos = np.zeros((frames, n, 2)); vel = np.zeros((frames, n, 2))
-    visible = np.zeros((frames, n), dtype=bool); colour = np.zeros((frames, n), dtype=np.int64)
+    pos = np.zeros((frames, n, 2))
+    vel = np.zeros((frames, n, 2))
+    visible = np.zeros((frames, n), dtype=bool)
+    colour = np.zeros((frames, n), dtype=np.int64)
     alive = np.zeros(n, dtype=bool)
     events: list[Event] = []
     for t in range(frames):

@@ -117,7 +117,7 @@ class Mp4Writer:
         self.abort()
         raise VideoError(f"{self.path}: {why}")
 
-    def __enter__(self) -> "Mp4Writer":
+    def __enter__(self) -> Mp4Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -211,7 +211,8 @@ def load_video(rec: VideoRecord, path: Path, workdir: Path) -> tuple[str, bytes,
             raise VideoError(f"{path}: container {ext!r} is not one of {VIDEO_EXTS}")
         return ext, path.read_bytes(), False
     if rec.start is not None and info.duration is not None and rec.start >= float(info.duration):
-        raise VideoError(f"{path}: clip start {rec.start} s is not before the video's end ({float(info.duration):.3f} s)")
+        raise VideoError(f"{path}: clip start {rec.start} s is not before the video's end "
+                         f"({float(info.duration):.3f} s)")
     clip = cut_clip(path, rec.start, rec.end, workdir / "clip.mp4")
     probe_video(clip)
     return "mp4", clip.read_bytes(), True

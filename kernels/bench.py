@@ -38,9 +38,12 @@ import torch
 
 from kernels import _backend
 from kernels._common import CEOptions, FLCEOptions
-from kernels.reference import (fused_linear_weighted_cross_entropy_chunked,
-                               fused_linear_weighted_cross_entropy_eager,
-                               weighted_cross_entropy_chunked, weighted_cross_entropy_eager)
+from kernels.reference import (
+    fused_linear_weighted_cross_entropy_chunked,
+    fused_linear_weighted_cross_entropy_eager,
+    weighted_cross_entropy_chunked,
+    weighted_cross_entropy_eager,
+)
 
 PROVIDERS = ("ours-triton", "ours-triton-inplace", "ours-triton-bf16acc", "torch-eager", "torch-compile",
              "liger", "torch-chunked")

@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 
 from kernels import _backend
-from kernels._common import (CEOptions, FLCEOptions, check_linear, check_logits, check_options,
-                             check_rows)
+from kernels._common import CEOptions, FLCEOptions, check_linear, check_logits, check_options, check_rows
 
 
 def weighted_cross_entropy(

@@ -60,7 +60,7 @@ class LinearWeightedCrossEntropy(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, share: bool = True, **options) -> "LinearWeightedCrossEntropy":
+    def from_linear(cls, linear: nn.Linear, *, share: bool = True, **options) -> LinearWeightedCrossEntropy:
         """Build the module from an existing ``nn.Linear`` LM head.
 
         Args:

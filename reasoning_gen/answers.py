@@ -58,7 +58,8 @@ _NEGATION = re.compile(r"(?i:\b(?:not|no|never|unlikely|rule[sd]?\s+out|ruling\s
                        r"isn't|aren't|doesn't|don't|cannot|can't|rather\s+than|instead\s+of)\b)")
 _LABEL_ONLY = re.compile(r"^[\s#>*_]*(?i:(?:the\s+)?(?:final\s+)?(?:answer|conclusion|choice|selected\s+option)s?)"
                          r"[\s*_]*:?[\s*_]*$")
-_CLAUSE = re.compile(r"(?i:,\s*(?:and\s+)?(?:so|thus|therefore|hence|which(?:\s+means(?:\s+that)?)?)\s+|;\s*|\s+[–—-]\s+|,\s+)$")
+_CLAUSE = re.compile(r"(?i:,\s*(?:and\s+)?(?:so|thus|therefore|hence|which(?:\s+means(?:\s+that)?)?)\s+"
+                     r"|;\s*|\s+[–—-]\s+|,\s+)$")
 _REASON = re.compile(r"^[\s,.:;*_)\]]*(?i:because|since|as|given\s+that)\s+(.*)$")
 _STRIP = " \t*_`\"'“”‘’:;,.!?-–—"
 

@@ -26,8 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reasoning_gen.backends.base import Backend, GenRequest, GenResult
-from reasoning_gen.prompts import (prompt_version, reasvqa_prompt, rephrase_prompt, vcot_bridge_prompt,
-                                   vcot_common_prompt)
+from reasoning_gen.prompts import (
+    prompt_version,
+    reasvqa_prompt,
+    rephrase_prompt,
+    vcot_bridge_prompt,
+    vcot_common_prompt,
+)
 from reasoning_gen.records import AppendWriter, kind, make_record, read_reasoning_lines
 from reasoning_gen.refine import audit_leak, refine
 

@@ -23,8 +23,9 @@ import glob
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,8 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> int:
     return n
 
 
-def read_reasoning_lines(path: str | Path, counts: dict | None = None, validate: bool = True) -> Iterator[tuple[int, dict]]:
+def read_reasoning_lines(path: str | Path, counts: dict | None = None,
+                         validate: bool = True) -> Iterator[tuple[int, dict]]:
     """Yield ``(line number, record)``; corrupt or invalid lines are logged, counted and skipped.
 
     ``counts["corrupt"]`` (and ``counts["partial_tail"]`` for an unterminated last line) grow

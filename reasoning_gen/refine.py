@@ -45,7 +45,8 @@ def _tidy(lines: list[str]) -> str:
     """Join lines, dropping empty husks (bare markers, lone bold marks) and repeated blank lines."""
     out: list[str] = []
     for line in lines:
-        if not re.sub(r"[\s*_#>:\-•]+", "", line) or re.fullmatch(r"\s*(?:\d{1,2}[.)]|(?i:step)\s*\d+\s*[:.)-]?)\s*", line):
+        bare_marker = re.fullmatch(r"\s*(?:\d{1,2}[.)]|(?i:step)\s*\d+\s*[:.)-]?)\s*", line)
+        if not re.sub(r"[\s*_#>:\-•]+", "", line) or bare_marker:
             if line.strip():
                 continue  # a marker whose content was removed
             if out and out[-1] == "":
@@ -158,8 +159,9 @@ def refine_records(records: list[dict], truth: dict[str, tuple[list[str], int | 
         else:
             options, answer = truth[rec["qid"]]
             r = refine(rec["raw"], options, strategy, k)
+            known = answer is not None and r.teacher_answer is not None
             rec.update(refined=r.text, teacher_answer=r.teacher_answer,
-                       teacher_correct=None if answer is None or r.teacher_answer is None else r.teacher_answer == answer,
+                       teacher_correct=r.teacher_answer == answer if known else None,
                        refine=strategy if strategy != "first-k-steps" else f"{strategy}:{k}")
             stats["refined"] += 1
             stats["removed_sentences"] += len(r.removed)

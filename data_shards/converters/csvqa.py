@@ -78,7 +78,8 @@ def _row(dataset: str, raw: dict, source: str, split: str, video_col: str, types
     extra: dict = {"source_qid": source_qid}
     for col in extra_cols:
         extra[col] = parse_int(raw[col], source, col) if col == "lemma_id" else raw[col].strip()
-    qa = QA(qid=make_qid(dataset, split, video_id, source_qid), question=parse_text(raw["question"], source, "question"),
+    qa = QA(qid=make_qid(dataset, split, video_id, source_qid),
+            question=parse_text(raw["question"], source, "question"),
             options=options, answer=answer, qtype=qtype, extra=extra)
     meta = {c: parse_int(raw[c], source, c) for c in ("frame_count", "width", "height")}
     return Row(source=source, video_id=video_id, video=f"{video_id}.mp4", qa=qa, meta=meta)

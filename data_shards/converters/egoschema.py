@@ -69,7 +69,8 @@ def read_egoschema_rows(path: str | Path, split: str, answers_path: str | Path |
         q_uid = parse_id(item["q_uid"], source, "q_uid")
         options = [parse_text(item[k], source, k) for k in OPTION_KEYS]
         meta = {"google_drive_id": item["google_drive_id"]} if "google_drive_id" in item else {}
-        qa = QA(qid=make_qid("egoschema", split, q_uid, q_uid), question=parse_text(item["question"], source, "question"),
+        qa = QA(qid=make_qid("egoschema", split, q_uid, q_uid),
+                question=parse_text(item["question"], source, "question"),
                 options=options, answer=answers.get(q_uid), qtype=QTYPE, extra={"source_qid": q_uid})
         rows.append(Row(source=source, video_id=q_uid, video=f"{q_uid}.mp4", qa=qa, meta=meta))
     known = {row.video_id for row in rows}

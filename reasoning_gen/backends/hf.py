@@ -27,7 +27,8 @@ def chat_messages(req: GenRequest, frames_as: str) -> list[dict]:
     if req.frames is not None:
         content += [{"type": "video"}] if frames_as == "video" else [{"type": "image"} for _ in range(len(req.frames))]
     content.append({"type": "text", "text": req.prompt.text})
-    messages = [{"role": "system", "content": [{"type": "text", "text": req.prompt.system}]}] if req.prompt.system else []
+    system = [{"type": "text", "text": req.prompt.system}]
+    messages = [{"role": "system", "content": system}] if req.prompt.system else []
     return messages + [{"role": "user", "content": content}]
 
 

@@ -116,7 +116,7 @@ class OpenAIBackend(Backend):
             msg = f"HTTP {e.code} {e.reason}: {detail}".strip()
             if e.code in RETRY_STATUS or e.code >= 500:
                 self._count(f"http_{e.code}")
-                raise _Retryable(msg, parse_retry_after(e.headers.get("Retry-After") if e.headers else None))
+                raise _Retryable(msg, parse_retry_after(e.headers.get("Retry-After") if e.headers else None)) from None
             raise RuntimeError(msg) from None
         except TimeoutError as e:
             self._count("timeouts")

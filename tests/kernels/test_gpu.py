@@ -8,8 +8,7 @@ import torch
 
 from kernels import fused_linear_weighted_cross_entropy, weighted_cross_entropy
 from kernels.attention import select_attention
-from kernels.reference import (ce_rows_torch, fused_linear_weighted_cross_entropy_eager,
-                               weighted_cross_entropy_eager)
+from kernels.reference import ce_rows_torch, fused_linear_weighted_cross_entropy_eager, weighted_cross_entropy_eager
 from tests.conftest import assert_close_report
 from tests.kernels.conftest import TOL
 

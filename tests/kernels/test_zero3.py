@@ -109,7 +109,7 @@ def reference(reduction: str):
         for p in model.parameters():
             p -= LR * p.grad
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    return [l.detach() for l in losses], logits, grads, params
+    return [x.detach() for x in losses], logits, grads, params
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def test_generate_resume_after_partial_line(synthetic_shards, tmp_path, capsys):
     # nothing left: every shard is skipped without being opened
     assert _gen(synthetic_shards, dir_) == 0
     printed = capsys.readouterr().out
-    assert f"0 with work left, 0 question(s) to generate" in printed
+    assert "0 with work left, 0 question(s) to generate" in printed
     assert len(_lines(dir_ / "val.rank00000.jsonl")) == len(ref)
 
 

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from reasoning_gen.backends import GenRequest, build_backend
-from reasoning_gen.prompts import (REASVQA_TEMPLATE, VCOT_BRIDGE_TEMPLATE, VCOT_COMMON_TEMPLATE, reasvqa_prompt,
-                                   vcot_common_prompt)
+from reasoning_gen.prompts import (
+    REASVQA_TEMPLATE,
+    VCOT_BRIDGE_TEMPLATE,
+    VCOT_COMMON_TEMPLATE,
+    reasvqa_prompt,
+    vcot_common_prompt,
+)
 from tests.conftest import has_ffmpeg
 from tests.reasoning_gen.tiny_vlm import TOKENS_PER_IMAGE, build_tiny_llava
 

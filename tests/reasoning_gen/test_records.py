@@ -6,8 +6,15 @@ import json
 
 import pytest
 
-from reasoning_gen.records import (AppendWriter, load_reasoning, make_record, read_reasoning_lines,
-                                   repair_partial_line, validate_reasoning, write_jsonl_atomic)
+from reasoning_gen.records import (
+    AppendWriter,
+    load_reasoning,
+    make_record,
+    read_reasoning_lines,
+    repair_partial_line,
+    validate_reasoning,
+    write_jsonl_atomic,
+)
 
 
 def test_make_and_validate():

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from reasoning_gen.answers import extract_answer
-from reasoning_gen.refine import audit_leak, main as refine_main, refine
+from reasoning_gen.refine import audit_leak, refine
+from reasoning_gen.refine import main as refine_main
 from tests.reasoning_gen.refine_corpus import CASES, KITCHEN, SHAPES
 
 

@@ -27,8 +27,15 @@ TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH) ** 2
 def build_tiny_llava(path: Path, corpus: list[str]) -> Path:
     """Write a tiny LLaVA checkpoint to ``path``; its vocabulary is the words of ``corpus``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     words = sorted({w for text in corpus for w in re.findall(r"\w+|[^\w\s]", text)})
     vocab = {t: i for i, t in enumerate(SPECIALS + words)}
