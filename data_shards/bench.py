@@ -146,6 +146,8 @@ def pyav_frames(data: bytes, num_frames: int, size: tuple[int, int], record: dic
             for frame in frames:
                 while len(chosen) < len(times) and frame.time > times[len(chosen)] + 1e-6:
                     chosen.append(previous)  # previous is on screen at that timestamp
+                if len(chosen) == len(times):
+                    break  # every timestamp has its frame: the rest of the video is not needed
                 previous = frame
             chosen += [previous] * (len(times) - len(chosen))
         for t in times if mode != "decode-all" else ():

@@ -39,6 +39,7 @@ import torch
 
 from data_shards.pipeline import (
     FAILURES,
+    CountDecoded,
     Progress,
     SeededShuffle,
     ShardSource,
@@ -161,7 +162,7 @@ class VideoQALoader:
         stages: list[Any] = [self.source, TarSamples(handler, progress)]
         if cfg.shuffle_buffer > 1:
             stages.append(SeededShuffle(cfg.shuffle_buffer, self.source))
-        stages += [wds_map(decode, handler=handler),
+        stages += [wds_map(CountDecoded(decode, progress), handler=handler),
                    functools.partial(expand_questions, reasoning=reasoning),
                    batched(cfg.batch_size, collation_fn=None, partial=not repeat)]
         self.dataset = wds.DataPipeline(*stages)

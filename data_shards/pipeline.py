@@ -154,10 +154,40 @@ class SkipHandler:
 
 
 class Progress:
-    """Per-process tally the shard source reads to notice a pass that produced no sample at all."""
+    """Per-process tally the shard source reads to notice that its shards give no usable sample.
+
+    ``read`` counts tar samples read, ``good`` / ``bad`` the samples the decode stage turned into
+    frames or rejected (corrupt video, bad record). A shuffle buffer sits between the two, so
+    decoding lags reading by up to the buffer size; :meth:`stalled_since` allows for that.
+    """
 
     def __init__(self) -> None:
-        self.samples = 0
+        self.read = self.good = self.bad = 0
+
+    def mark(self) -> tuple[int, int, int]:
+        return self.read, self.good, self.bad
+
+    def stalled_since(self, mark: tuple[int, int, int]) -> bool:
+        """Nothing usable since ``mark``: no sample decoded, and every sample read since (if any)
+        matched by a rejected one, so that the samples still filling the shuffle buffer do not count."""
+        read, good, bad = (now - then for now, then in zip(self.mark(), mark))
+        return good == 0 and bad >= read
+
+
+class CountDecoded:
+    """The decode stage, counting its outcomes into ``progress`` (exceptions go on to the handler)."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], dict[str, Any]], progress: Progress):
+        self.fn, self.progress = fn, progress
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        try:
+            out = self.fn(sample)
+        except BaseException:
+            self.progress.bad += 1
+            raise
+        self.progress.good += 1
+        return out
 
 
 class ShardSource:
@@ -168,9 +198,10 @@ class ShardSource:
             split by rank, then by worker; every shard exactly once over all ranks and workers.
         endless passes (``repeat=True``): pass ``p`` uses permutation ``(seed, epoch, p)``, split
             the same way, so in every pass the ranks and workers still hold disjoint shards; the
-            loader cuts the stream after a fixed number of batches. A pass that yields no sample at
-            all (every shard of this worker missing or corrupt) widens the next passes to the
-            rank's shards, then to all shards, so that the worker still delivers its batches.
+            loader cuts the stream after a fixed number of batches. A pass that yields no usable
+            sample (every shard of this worker missing, corrupt, or holding only corrupt videos)
+            widens the next passes to the rank's shards, then to all shards, so that the worker
+            still delivers its batches; when even all shards give nothing it raises.
         resampling (``resample=True``): webdataset ``ResampledShards`` with a seed that depends on
             (seed, epoch, rank, worker); no split (each draw is independent).
 
@@ -206,17 +237,18 @@ class ShardSource:
             return
         scope = 0
         for pass_index in range(1 << 62):
-            before = self.progress.samples
+            before = self.progress.mark()
             shards = self.my_shards(pass_index, self.SCOPES[scope])
             for url in shards:
                 self.counters.add("shards")
                 yield {"url": url}
-            if not self.repeat or self.progress.samples > before:
-                if not self.repeat:
-                    return
+            if not self.repeat:
+                return
+            if not self.progress.stalled_since(before):
                 continue
-            # A whole pass gave nothing (all its shards missing or corrupt). Rather than leave this
-            # worker (and so maybe its rank) short of batches, widen to the rank's, then to all shards.
+            # A whole pass gave nothing usable (shards missing or corrupt, or only corrupt videos).
+            # Rather than leave this worker (and so its rank) short of batches, and loop forever,
+            # widen to the rank's, then to all shards.
             worker, _ = worker_slot()
             where = f"rank {self.rank} worker {worker}: a pass over {len(shards)} shard(s) ({self.SCOPES[scope]}'s)"
             if scope == len(self.SCOPES) - 1:
@@ -234,10 +266,10 @@ class ShardSource:
                                      worker_seed=lambda: self.rank * 65_536 + worker)
         # Stop only when many draws in a row gave nothing: with 1 good shard in N, 10 N + 10
         # empty draws in a row happen with probability ~e^-10.
-        limit, empty, before = 10 * len(self.urls) + 10, 0, self.progress.samples
+        limit, empty, before = 10 * len(self.urls) + 10, 0, self.progress.mark()
         for item in shards:
-            empty = empty + 1 if self.progress.samples == before else 0
-            before = self.progress.samples
+            empty = empty + 1 if self.progress.stalled_since(before) else 0
+            before = self.progress.mark()
             if empty > limit:
                 raise RuntimeError(f"rank {self.rank} worker {worker}: {limit} resampled shards in a row gave "
                                    f"no readable sample (counters: {self.counters.totals()})")
@@ -269,7 +301,7 @@ class TarSamples:
         from webdataset.tariterators import tarfile_samples
 
         for sample in tarfile_samples(src, handler=self.handler):
-            self.progress.samples += 1
+            self.progress.read += 1
             yield sample
 
 

@@ -258,6 +258,28 @@ def test_worker_with_only_bad_shards_falls_back_and_keeps_the_batch_count(tmp_pa
         list(build_loader(cfg_for([str(tmp_path / "bad.tar")] * 2, epoch_batches=2, num_workers=0), 0, 1))
 
 
+@pytest.mark.parametrize("resample", [False, True], ids=["passes", "resample"])
+def test_worker_whose_tar_holds_only_corrupt_videos_does_not_spin_forever(tmp_path, shards, resample):
+    """A readable tar whose every video is corrupt: the tar samples are read fine but none decodes.
+    The worker must widen to other shards (or, with nothing else, raise), not loop forever."""
+    _, paths, expected = shards
+    bad_video = b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000)
+    recs = [make_record(f"synthetic__train__x{i}", f"x{i}", 1) for i in range(3)]
+    write_tar(tmp_path / "badvideos.tar", [(r, bad_video) for r in recs])
+    urls = [str(paths[0]), str(tmp_path / "badvideos.tar")]
+    # 2 workers, no shard shuffling: worker 1 holds only the tar of corrupt videos; shuffle buffer on
+    loader = build_loader(cfg_for(urls, epoch_batches=6, batch_size=2, shuffle_shards=False, resample=resample,
+                                  timeout_s=120), 0, 1)
+    batches, seen = collect(loader)
+    assert len(batches) == 6 and all(len(b) == 2 for b in batches)
+    first_shard = {"synthetic__train__v0", "synthetic__train__v1", "synthetic__train__v2"}  # paths[0]
+    assert {expected[q]["key"] for q in seen} <= first_shard
+    assert loader.stats()["corrupt_video"] >= 1
+    with pytest.raises(RuntimeError, match="gave no readable sample"):
+        list(build_loader(cfg_for([str(tmp_path / "badvideos.tar")], epoch_batches=2, num_workers=0,
+                                  resample=resample), 0, 1))
+
+
 def test_pipeline_pickles_for_spawned_workers(shards):
     """Workers started with "spawn" receive the pipeline pickled: no closures or lambdas in it."""
     import io
