@@ -29,14 +29,19 @@ _MARKER = re.compile(r"^(\s*(?:#{1,6}\s+|>\s*)?(?:[-*+•]\s+|\d{1,2}[.)]\s+|(?i
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]*_]*\s+(?=[\"'“‘(\[*_\\]*[A-Z0-9\\])")
 _ABBREV = re.compile(r"(?i:\b(?:mr|mrs|ms|dr|st|vs|etc|e\.g|i\.e))\.$")
 
-_WORD_SUFFIX = r"(?i:\s+(?:is|would\s+be|should\s+be|must\s+be|will\s+be|seems\s+to\s+be|appears\s+to\s+be|here\s+is))"
+_ADVERB = r"(?:\s+(?:clearly|likely|probably|definitely|obviously|certainly|indeed|most\s+likely|therefore|thus|then))?"
+_WORD_SUFFIX = (r"(?i:\s+(?:is|would\s+be|should\s+be|must\s+be|will\s+be|seems\s+to\s+be|appears\s+to\s+be|here\s+is)"
+                + _ADVERB + ")")
 # Cues after which the choice follows: "... answer is (B)", "Answer: B", "I choose B".
 _CUES_BEFORE = re.compile(
     r"(?i:\b(?:final|correct|right|best|true|most\s+(?:likely|plausible|appropriate|suitable|reasonable|accurate|fitting))"
     r"\s+(?:answer|option|choice|response)(?:\s+(?:to|for)\s+(?:the|this)\s+question)?" + _WORD_SUFFIX + r"?\s*[:=–—-]?"
     r"|\banswer(?:\s+(?:to|for)\s+(?:the|this)\s+question)?" + _WORD_SUFFIX + r"\s*:?"
-    r"|\banswer\s*[:=–—]"
+    r"|\banswer\s*(?:[:=–—]|-(?=\s))"
     r"|\b(?:I|we)(?:\s+would|\s+will|'d|'ll|\s+therefore|\s+thus)?\s+(?:choose|pick|select|go\s+with|opt\s+for)"
+    r"|\b(?:I|we)\s+(?:think|believe|guess|would\s+say|conclude)\s+(?:that\s+)?(?:it|this|the\s+answer)"
+    r"\s+(?:is|would\s+be|must\s+be)" + _ADVERB +
+    r"|<answer>\s*"
     r"|\b(?:corresponds?|corresponding|points?|matches|match)\s+(?:to\s+|with\s+)?(?=(?:the\s+)?(?:option|choice|answer)\b)"
     r"|\bwhich\s+is\s+(?=(?:option|choice)\b)"
     r"|\\boxed\{)"
@@ -46,6 +51,7 @@ _CUES_AFTER = re.compile(
     r"(?i:\s+(?:is|would\s+be|seems\s+to\s+be|appears\s+to\s+be|must\s+be)\s+(?:the\s+)?"
     r"(?:correct|right|best|most\s+(?:likely|plausible|appropriate|suitable|accurate|fitting))"
     r"(?:\s+(?:answer|option|choice|one))?\b"
+    r"|\s+(?:is|would\s+be|must\s+be)" + _ADVERB + r"\s+(?:the|my|our)\s+(?:final\s+)?(?:answer|choice)\b"
     r"|\s+(?:fits|matches)\s+(?:the\s+(?:video|frames|question)\s+)?best\b"
     r"|\s+best\s+(?:describes|matches|fits|explains|answers)\b)"
 )
@@ -167,7 +173,8 @@ def parse_choice(rest: str, options: list[str]) -> int | None:
     m = re.match(r"([\(\[])?([A-Ja-j])([\)\]])?(?=$|[^A-Za-z0-9'’])", s)
     if m:
         bare = not (m.group(1) or m.group(3))
-        lower_ok = not bare or re.match(r"(?i:\W*(?:option|choice|letter))", rest.lstrip(_STRIP + "(["))
+        lower_ok = (not bare or re.match(r"(?i:\W*(?:option|choice|letter))", rest.lstrip(_STRIP + "(["))
+                    or re.fullmatch(r"[a-j][\s.!*_]*", s))  # "Answer: b": the letter alone
         if m.group(2).isupper() or lower_ok:
             text_choice = _option_at(s, options)
             if bare and text_choice is not None and re.match(r"[A-J]\s+[a-z]", s):
@@ -275,9 +282,12 @@ def find_conclusions(text: str, options: list[str], lines: list[Line] | None = N
                 head = s.text[:trail.start()]
                 keep = "" if _MARKERS.match(head) or _option_in(head, options) is not None else head.strip() + "."
                 found = Conclusion(s, _letter(trail.group(1), options), "trailing", keep)
-            elif last and _MARKERS.match(s.text):
-                choice = _option_in(_MARKERS.sub("", s.text), options, last=True)
+            elif _MARKERS.match(s.text):
+                after = _MARKERS.sub("", s.text)
+                choice = bare_choice(after.lstrip(" ,:;"), options)  # "Thus, B."
                 if choice is not None:
+                    found = Conclusion(s, choice, "bare")
+                elif last and (choice := _option_in(after, options, last=True)) is not None:
                     found = Conclusion(s, choice, "text")
         if found is not None:
             out.append(found)

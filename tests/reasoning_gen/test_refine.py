@@ -55,6 +55,8 @@ def test_strategy_none_and_first_k():
     ("B", 1), ("(C)", 2), ("B.", 1), ("D) open the fridge", 3), ("cut the cake", 1), ("The answer is E.", 4),
     ("Answer: (A) throw the ball", 0), ("**C**", 2), ("", None), ("I am not sure.", None),
     ("The answer is not A.", None), ("Option A is unlikely.", None), ("wash the dishes.", 2),
+    ("B is the answer.", 1), ("Answer - C", 2), ("<answer>D</answer>", 3), ("Thus, B.", 1), ("Answer: e", 4),
+    ("B is not the answer.", None), ("I think it is not B.", None), ("So, a ball was thrown.", None),
 ])
 def test_extract_answer_short_generations(text, want):
     assert extract_answer(text, KITCHEN) == want
