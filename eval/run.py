@@ -32,6 +32,7 @@ import sys
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -333,9 +334,37 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, OSError) as e:  # bad input: one line naming the file / field
+    except (ValueError, OSError, OtherRankFailed) as e:  # bad input: one line naming the file / field
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+class OtherRankFailed(RuntimeError):
+    """Raised on the ranks that were fine when another rank failed in the same phase."""
+
+
+def collectively(fn: Callable[[], Any], phase: str, world_size: int) -> Any:
+    """``fn()`` on every rank; when it raises on any rank, it raises on every rank.
+
+    Every rank must call it (it ends with an all-reduce). Without it, a rank that fails (a bad
+    shard, an unwritable --out) would leave the others waiting in the next collective until
+    the process group's timeout, under launchers that do not kill the rest of the job.
+    """
+    try:
+        out, err = fn(), None
+    except Exception as e:  # re-raised below, after the other ranks are told
+        out, err = None, e
+    if world_size > 1:
+        import torch
+        import torch.distributed as dist
+
+        failed = torch.tensor([int(err is not None)])
+        dist.all_reduce(failed)
+        if err is None and int(failed) > 0:
+            err = OtherRankFailed(f"{phase}: {int(failed)} other rank(s) failed (their error is in their log)")
+    if err is not None:
+        raise err
+    return out
 
 
 def _gather(obj: Any, rank: int, world_size: int) -> list[Any] | None:
@@ -354,8 +383,6 @@ def _run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from data_shards.distenv import world_info_from_env
-    from data_shards.loader import LoaderConfig, build_loader, expand_urls
-    from train.export import load_for_eval
 
     world = world_info_from_env()
     rank, ws = world.rank, world.world_size
@@ -364,6 +391,18 @@ def _run(args: argparse.Namespace) -> int:
     if ws > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # env:// (MASTER_ADDR/PORT from torchrun)
     t0 = time.time()
+    results, stats, ctx = collectively(lambda: _evaluate_rank(args, rank, ws), "evaluation", ws)
+    gathered = _gather((results, stats), rank, ws)
+    # the other ranks wait here until rank 0 has written everything (or failed)
+    collectively((lambda: _write_outputs(args, gathered, ctx, ws, t0)) if rank == 0 else (lambda: None), "writing", ws)
+    return 0
+
+
+def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, dict, dict]:
+    """Load the export and evaluate this rank's share: (results, loader stats, run context)."""
+    from data_shards.loader import LoaderConfig, build_loader, expand_urls
+    from train.export import load_for_eval
+
     model, tokenizer, config = load_for_eval(args.checkpoint)
     model.eval()
     meta = model_meta(config)
@@ -390,27 +429,28 @@ def _run(args: argparse.Namespace) -> int:
     loader = build_loader(lcfg, rank=rank if split else 0, world_size=ws if split else 1, reasoning=reasoning)
     results = evaluate_loader(model, tokenizer, loader, opts, list(args.probe),
                               share=None if split else (rank, ws), log_every=20 if rank == 0 else 0)
-    gathered = _gather((results, loader.stats()), rank, ws)
-    if rank == 0:
-        merged = {k: [r for res, _ in gathered for r in res[k]] for k in results}
-        stats = dict(sum((Counter(s) for _, s in gathered), Counter()))
-        annotations = None
-        if args.annotations is not None:
-            from eval.score import load_annotations
+    return results, loader.stats(), {"meta": meta, "frames": frames, "size": size, "opts": opts}
 
-            annotations = load_annotations(args.annotations, merged["plain"][0]["dataset"] if merged["plain"] else "")
-        meta.update(eval_mode=args.mode, frames=frames,
-                    dataset=merged["plain"][0]["dataset"] if merged["plain"] else None, **dict(args.meta))
-        info = {"version": VERSION, "label": args.label or default_label(meta), "checkpoint": str(args.checkpoint),
-                "shards": args.shards, "mode": args.mode, "frames": frames, "frame_size": list(size),
-                "world_size": ws, "probe_seed": args.seed, "options": vars(opts), "meta": meta,
-                "loader_stats": stats, "elapsed_s": round(time.time() - t0, 1),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        info = write_outputs(args.out, merged, info, annotations)
-        _print_summary(args.out, info)
-    if ws > 1:
-        dist.barrier()  # the others wait until rank 0 has written everything
-    return 0
+
+def _write_outputs(args: argparse.Namespace, gathered: list, ctx: dict, ws: int, t0: float) -> None:
+    """Rank 0: merge every rank's results; write predictions, scores, records and run.json."""
+    merged = {k: [r for res, _ in gathered for r in res[k]] for k in gathered[0][0]}
+    stats = dict(sum((Counter(s) for _, s in gathered), Counter()))
+    dataset = merged["plain"][0]["dataset"] if merged["plain"] else None
+    annotations = None
+    if args.annotations is not None:
+        from eval.score import load_annotations
+
+        annotations = load_annotations(args.annotations, dataset or "")
+    meta, opts = ctx["meta"], ctx["opts"]
+    meta.update(eval_mode=args.mode, frames=ctx["frames"], dataset=dataset, **dict(args.meta))
+    info = {"version": VERSION, "label": args.label or default_label(meta), "checkpoint": str(args.checkpoint),
+            "shards": args.shards, "mode": args.mode, "frames": ctx["frames"], "frame_size": list(ctx["size"]),
+            "world_size": ws, "probe_seed": args.seed, "options": vars(opts), "meta": meta,
+            "loader_stats": stats, "elapsed_s": round(time.time() - t0, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    info = write_outputs(args.out, merged, info, annotations)
+    _print_summary(args.out, info)
 
 
 def _print_summary(out: Path, info: dict[str, Any]) -> None:

@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine-strategy", default="answer-sentences", choices=STRATEGIES)
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-failed-frac", type=float, default=0.1,
+                   help="exit with status 3 when more than this fraction of this run's requests failed "
+                        "(they are recorded either way; rerun with --retry-failed)")
     args = p.parse_args(argv)
     opts = dict(_parse_opt(o) for o in args.opt)
     if args.model:
@@ -367,4 +370,9 @@ def main(argv: list[str] | None = None) -> int:
           f"skipped {stats['already_done']} already done, teacher accuracy {acc}, "
           f"refined texts still stating the answer {stats.get('leaks', 0)}; "
           + json.dumps({k: v for k, v in stats.items() if v}, sort_keys=True))
+    if stats["generated"] and stats["failed"] > args.max_failed_frac * stats["generated"]:
+        print(f"error: rank {info.rank}: {stats['failed']} of {stats['generated']} requests failed "
+              f"(> --max-failed-frac {args.max_failed_frac}); their errors are in the 'error' field of "
+              f"the failed records in {args.out}; rerun with --retry-failed", file=sys.stderr)
+        return 3
     return 0

@@ -79,16 +79,18 @@ def _factor(trained: bool, grad_flows_in: bool) -> int:
 
 
 def flops_per_sample(d: FlopsDims, seq_len: int, num_frames: int,
-                     clips_per_sequence: float = 1.0) -> dict[str, float]:
+                     clips_per_sequence: float = 1.0, head_tokens: float | None = None) -> dict[str, float]:
     """Training model FLOPs of one sample (one sequence of ``seq_len`` tokens with its clip).
 
     Args:
         d: the dimensions.
-        seq_len: LLM sequence length (padded).
+        seq_len: LLM sequence length (visual tokens included; pass the unpadded length).
         num_frames: frames per clip.
         clips_per_sequence: distinct clips encoded per sequence. The model encodes a clip once
             for the adjacent QA and reasoning sequences of one question, so multi-task batches
             have about 0.5 (``VideoLLM.batch_flops`` counts it exactly); 1.0 is an upper bound.
+        head_tokens: positions that go through the LM head (the fused loss runs it on target
+            tokens only); None = every position, as a plain causal-LM loss does.
 
     Returns:
         {"vision", "projector", "llm", "total"} in FLOPs (per sample).
@@ -102,7 +104,9 @@ def flops_per_sample(d: FlopsDims, seq_len: int, num_frames: int,
     proj_fwd = 2 * (d.vis_hidden * d.proj_hidden + d.proj_hidden * d.llm_hidden) * n_visual
     projector = _factor(d.train_projector, d.train_vision) * proj_fwd * clips_per_sequence
     a = d.llm_heads * d.llm_head_dim
-    llm_fwd = (2 * llm_params(d) + 2 * d.llm_layers * a * seq_len) * seq_len
+    head = d.llm_hidden * d.vocab_size
+    head_tokens = seq_len if head_tokens is None else head_tokens
+    llm_fwd = (2 * (llm_params(d) - head) + 2 * d.llm_layers * a * seq_len) * seq_len + 2 * head * head_tokens
     llm = _factor(d.train_llm, d.train_vision or d.train_projector or d.lora) * llm_fwd
     return {"vision": float(vision), "projector": float(projector), "llm": float(llm),
             "total": float(vision + projector + llm)}

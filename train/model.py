@@ -491,12 +491,18 @@ class VideoLLM(nn.Module):
         return flops_mod.flops_per_token(self.flops_dims(), seq_len, num_frames, clips_per_sequence)
 
     def batch_flops(self, batch: dict[str, Any]) -> float:
-        """Training model FLOPs of one collated micro-batch (B sequences of padded length L,
-        one tower pass per distinct adjacent clip, as :meth:`encode_frames` runs it)."""
-        B, L = batch["input_ids"].shape
+        """Training model FLOPs of one collated micro-batch: each sequence at its unpadded
+        length, the LM head on its target tokens only (what the fused loss computes), one tower
+        pass per distinct adjacent clip (as :meth:`encode_frames` runs it). Padding is not
+        counted: it is work the step does, not work the model needs."""
+        B = batch["input_ids"].shape[0]
         clips = int(unique_adjacent_rows(batch["pixel_values"])[1].shape[0])
         T = int(batch["pixel_values"].shape[1])
-        return B * flops_mod.flops_per_sample(self.flops_dims(), L, T, clips / B)["total"]
+        lengths = batch["attention_mask"].sum(1).tolist()
+        targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # hidden t predicts labels[t + 1]
+        d = self.flops_dims()
+        return sum(flops_mod.flops_per_sample(d, int(n), T, clips / B, head_tokens=int(t))["total"]
+                   for n, t in zip(lengths, targets))
 
     # ------------------------------------------------------------------ save / load
     def export_llm(self) -> nn.Module:

@@ -203,3 +203,40 @@ def test_scoring_of_records_by_hand():
     assert s["overall"] == 50.0 and s["per_type"]["Why"] == 50.0 and s["per_type"]["Bef&Aft"] == 100.0
     assert s["per_type"]["Cnt"] == 0.0 and s["missing"] == 1
     assert predictions_of(recs) == {"synthetic/val/v0/q0": 1, "synthetic/val/v1/q0": 0, "synthetic/val/v2/q0": 1}
+
+
+def _collectively_worker(rank: int, init: str, results) -> None:
+    """Rank 1 fails in the first phase; rank 0 fails in the second. Both must raise in both."""
+    import torch.distributed as dist
+
+    from eval.run import OtherRankFailed, collectively
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    seen = []
+    for phase, bad in (("evaluation", 1), ("writing", 0)):
+        def fn(bad=bad, phase=phase):
+            if rank == bad:
+                raise ValueError(f"rank {rank} broke in {phase}")
+            return "ok"
+        try:
+            seen.append(collectively(fn, phase, 2))
+        except OtherRankFailed as e:
+            seen.append(f"other: {e}")
+        except ValueError as e:
+            seen.append(f"own: {e}")
+    assert collectively(lambda: rank, "last", 2) == rank  # the group is still usable
+    results[rank] = seen
+    dist.destroy_process_group()
+
+
+def test_a_failing_rank_makes_every_rank_fail_instead_of_waiting(tmp_path):
+    """Without this a rank that fails (bad shard, unwritable --out) leaves the others blocked in
+    the next collective until the process group's timeout."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_collectively_worker, args=(f"file://{tmp_path}/pg", results), nprocs=2, join=True)
+    assert results[0] == ["other: evaluation: 1 other rank(s) failed (their error is in their log)",
+                          "own: rank 0 broke in writing"]
+    assert results[1] == ["own: rank 1 broke in evaluation",
+                          "other: writing: 1 other rank(s) failed (their error is in their log)"]

@@ -63,6 +63,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
     from deepspeed.utils import safe_get_full_grad
 
+    from kernels import _backend as kernels_backend
+
     deepspeed.init_distributed(dist_backend="gloo")
     results = {}
     for reduction in ("sum", "none"):
@@ -83,7 +85,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
             params = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
         results[reduction] = {"loss": loss.detach(), "logits": logits.detach(), "grads": grads,
-                              "params": params, "shard_shape": shard_shape, "names": names}
+                              "params": params, "shard_shape": shard_shape, "names": names,
+                              "backend": kernels_backend.choose("cpu")[0]}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
@@ -113,18 +116,26 @@ def reference(reduction: str):
 
 
 @pytest.mark.slow
-def test_module_under_zero3_matches_single_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ["torch-chunked", "triton-interpret"])
+def test_module_under_zero3_matches_single_process(tmp_path, monkeypatch, path):
+    """The ranks run the path named (the Triton kernels through the interpreter, or the chunked
+    torch fallback CPU training uses); the single-process reference always runs chunked torch."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", os.environ.get(
         "TORCH_EXTENSIONS_DIR", str(os.path.join(os.path.dirname(__file__), "..", "..", ".cache",
                                                  "torch_extensions"))))
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # CPU ranks: the chunked torch path
+    if path == "triton-interpret":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the spawned ranks inherit it
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the reference: chunked torch
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     tol = {"rtol": 1e-5, "atol": 1e-6}
     for reduction in ("sum", "none"):
         losses, logits, grads, params = reference(reduction)
         for r in range(WORLD):
             got = ranks[r][reduction]
+            assert got["backend"] == path
             assert got["shard_shape"] == (0,), f"head weight outside forward: {got['shard_shape']}"
             assert_close_report(got["loss"], losses[r], **tol, name=f"{reduction} rank{r} loss")
             assert_close_report(got["logits"], logits[r], **tol, name=f"{reduction} rank{r} logits")

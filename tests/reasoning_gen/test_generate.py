@@ -63,7 +63,7 @@ def test_generate_resume_after_partial_line(synthetic_shards, tmp_path, capsys):
 
 def test_failed_requests_are_recorded_then_retried(synthetic_shards, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _gen(synthetic_shards, out, "--opt", "fail_rate=0.3", "--retries", "2") == 0
+    assert _gen(synthetic_shards, out, "--opt", "fail_rate=0.3", "--retries", "2", "--max-failed-frac", "1") == 0
     first = _lines(out / "val.rank00000.jsonl")
     failed = [r for r in first if r["status"] == "failed"]
     assert len(first) == len(synthetic_shards["qids"]) and 3 <= len(failed) <= 30
@@ -82,6 +82,16 @@ def test_failed_requests_are_recorded_then_retried(synthetic_shards, tmp_path, c
     merged = _lines(tmp_path / "merged.jsonl")
     assert len(merged) == len(first) and all(r["status"] == "ok" for r in merged)
     assert len(load_reasoning(tmp_path / "merged.jsonl")) == len(first)
+
+
+def test_a_run_where_most_requests_fail_exits_nonzero_with_everything_recorded(synthetic_shards, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _gen(synthetic_shards, out, "--opt", "fail_rate=1.0", "--retries", "0") == 3
+    err = capsys.readouterr().err
+    n = len(synthetic_shards["qids"])
+    assert f"{n} of {n} requests failed" in err and "--retry-failed" in err
+    lines = _lines(out / "val.rank00000.jsonl")
+    assert len(lines) == n and all(r["status"] == "failed" and r["error"] for r in lines)
 
 
 def test_merge_reports_duplicates_and_corrupt_lines(synthetic_shards, tmp_path, capsys):

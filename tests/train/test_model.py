@@ -261,6 +261,10 @@ def test_flops_formula_counts_the_models_matmul_weights(tok):
                                              + 4 * 1 * 16 * 16 * 32))
     assert f["llm"] == pytest.approx(3 * (2 * flops.llm_params(d) + 2 * 2 * 64 * 128) * 128)
     assert model.flops_per_token(128, 4) == pytest.approx(f["total"] / 128)
+    # the fused loss runs the head on target rows only: 3 x 2 x d x V FLOPs per skipped row fewer
+    head_64 = flops.flops_per_sample(d, 128, 4, head_tokens=64)
+    assert f["llm"] - head_64["llm"] == pytest.approx(3 * 2 * d.llm_hidden * d.vocab_size * 64)
+    assert flops.flops_per_sample(d, 128, 4, head_tokens=128) == f
     frozen = flops.flops_per_sample(dataclasses.replace(d, train_llm=False), 128, 4)
     assert frozen["llm"] == pytest.approx(f["llm"] * 2 / 3)
 
@@ -344,7 +348,12 @@ def test_adjacent_identical_clips_are_encoded_once(tok):
     batch = batch_for(model, tok, [a, b])  # mtl: 4 sequences, 2 clips
     d = model.flops_dims()
     L = batch["input_ids"].shape[1]
-    assert model.batch_flops(batch) == pytest.approx(4 * flops.flops_per_sample(d, L, 4, 0.5)["total"])
+    lengths = batch["attention_mask"].sum(1).tolist()
+    targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+    assert min(lengths) < L and max(targets) < max(lengths)  # padding and prompt rows: neither may count
+    want = sum(flops.flops_per_sample(d, n, 4, 0.5, head_tokens=t)["total"] for n, t in zip(lengths, targets))
+    assert model.batch_flops(batch) == pytest.approx(want)
+    assert model.batch_flops(batch) < 4 * flops.flops_per_sample(d, L, 4, 0.5)["total"]
 
 
 def test_pretrained_llm_from_a_local_path_tied_and_resized(tok, tmp_path):
