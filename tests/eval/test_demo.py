@@ -9,6 +9,9 @@ a few minutes on 2 cores.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -81,6 +84,31 @@ def test_smoke_demo_end_to_end(tmp_path, capsys):
     assert steps == ["data", "teacher_t33", "vcot_val", "train_qa_s0", "eval_qa_s0", "train_mtl_refined_s0",
                      "eval_mtl_refined_s0", "report"]
     assert printed.rstrip().endswith("|") and "report:" in printed  # ends with the comparison table
+
+    # `eval run` on a model the demo trained: generation mode answers every question (the text read
+    # by the answer extractor, log-likelihood where it names no option), and 2 ranks give the
+    # predictions of the demo's own 1-rank log-likelihood evaluation
+    from eval.run import main as eval_main
+
+    n_val_shards = len(list((out / "shards" / "val").glob("val-*.tar")))
+    common = ["--checkpoint", str(out / "runs" / "mtl_refined_s0" / "checkpoints"),
+              "--shards", f"{out}/shards/val/val-{{000000..{n_val_shards - 1:06d}}}.tar",
+              "--reasoning", str(out / "reasoning" / "val_vcot.jsonl"), "--threads", "1"]
+    assert eval_main([*common, "--out", str(tmp_path / "gen"), "--mode", "generate", "--max-new-tokens", "6"]) == 0
+    recs = [json.loads(x) for x in (tmp_path / "gen" / "records.jsonl").read_text().splitlines()]
+    assert {r["qid"] for r in recs} == val_qids
+    assert all(isinstance(r["prediction"], int) and 0 <= r["prediction"] < len(r["options"]) for r in recs)
+    assert all(r["generated"] is not None and (r["extracted"] is not None or r["fallback"]) for r in recs)
+    counts = json.loads((tmp_path / "gen" / "run.json").read_text())["generation"]["plain"]
+    assert counts["generated"] == len(val_qids)
+    print(f"generation on the smoke-trained MTL model: {counts}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "eval",
+           "run", *common, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "predictions.json").read_text()) == \
+        json.loads((out / "eval" / "mtl_refined_s0" / "predictions.json").read_text())
 
 
 def test_a_crash_at_exit_after_the_final_checkpoint_is_tolerated(tmp_path, monkeypatch, capsys):
