@@ -255,3 +255,29 @@ def test_pretrained_parts_load_into_zero3_partitions(tmp_path):
         for k, v in saved.items():
             assert torch.equal(got[prefix + k], v.float()), prefix + k
     assert "llm.lm_head.weight" in got
+
+
+def test_deepspeed_launcher_trains_like_torchrun(shards, golden_run, tmp_path):
+    """`deepspeed --num_gpus 2 --module train ...` (the launcher appends --local_rank; on CPU it
+    starts both ranks locally): the first 4 steps equal the torchrun golden run's."""
+    import shutil
+    import sys
+
+    from tests.train.engine_helpers import free_port
+
+    launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    run_dir = tmp_path / "ds_launcher"
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "train",
+           "--config", str(TINY), *tiny_overrides(shards, run_dir, **{"run.max_steps": CKPT_EVERY})]
+    proc = subprocess.run(cmd, cwd=REPO, env=env_for_launch(), capture_output=True, text=True, timeout=300)
+    _check(proc)
+    got, want = losses(run_dir), losses(golden_run)
+    assert sorted(got) == list(range(1, CKPT_EVERY + 1))
+    assert_close_report(torch.tensor([got[s] for s in sorted(got)], dtype=torch.float64),
+                        torch.tensor([want[s] for s in sorted(got)], dtype=torch.float64),
+                        rtol=1e-6, atol=1e-7, name="deepspeed-launcher losses vs torchrun")
+
+
+def test_slurm_script_parses():
+    proc = subprocess.run(["bash", "-n", str(REPO / "scripts" / "slurm_train.sbatch")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
