@@ -5,8 +5,9 @@
   Cnt (DC), Loc (DL), Other (DO), then C = Why+How, T = Bef&Aft+When, D = Cnt+Loc+Other, each
   pooled over questions, and the overall accuracy over all questions.
 - IntentQA: CW, CH and TP&TN (TN+TP), then the total.
-- STAR: Interaction, Sequence, Prediction, Feasibility; overall = mean over questions (the
-  mean of the four type accuracies is reported beside it as ``mean_over_types``).
+- STAR: Interaction, Sequence, Prediction, Feasibility; overall = the unweighted mean of the four
+  type accuracies, as STAR's leaderboard ("Mean") and the papers ("Avg") report it; the accuracy
+  pooled over all questions is reported beside it as ``overall_pooled``.
 - EgoSchema: no types; only the questions with a public answer are scored.
 """
 
@@ -23,8 +24,9 @@ class Grouping:
     """qtype code -> reported group name; the group order of the report follows first appearance."""
     super_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Reported unions of groups (NExT-QA C/T/D), pooled over questions."""
-    mean_over_types: bool = False
-    """Also report the unweighted mean of the group accuracies (STAR's leaderboard mean)."""
+    overall_is_mean_over_types: bool = False
+    """Overall = the unweighted mean of the group accuracies (STAR's leaderboard "Mean"); the
+    accuracy pooled over questions then goes to ``overall_pooled``."""
 
     @property
     def groups(self) -> list[str]:
@@ -42,7 +44,7 @@ GROUPINGS: dict[str, Grouping] = {
     "nextqa": _NEXTQA,
     "synthetic": _NEXTQA,
     "intentqa": Grouping(type_to_group={"CW": "CW", "CH": "CH", "TN": "TP&TN", "TP": "TP&TN"}),
-    "star": Grouping(type_to_group={t: t for t in _STAR_TYPES}, mean_over_types=True),
+    "star": Grouping(type_to_group={t: t for t in _STAR_TYPES}, overall_is_mean_over_types=True),
     "egoschema": Grouping(type_to_group={"EgoSchema": "EgoSchema"}),
 }
 

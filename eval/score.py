@@ -73,7 +73,8 @@ def score(records: Iterable[VideoRecord], predictions: dict[str, Any], dataset: 
         ``{"dataset", "overall": percent | None, "per_type": {group: percent | None},
         "counts": {group: n}, "correct": {group: k}, "count": questions scored,
         "correct_total", "missing", "invalid", "unknown", "unscored", "examples": {kind: [ids]}}``,
-        plus ``"mean_over_types"`` for STAR. A percent is None when its group has no question.
+        plus ``"overall_pooled"`` for STAR, whose ``overall`` is the mean of its four type
+        accuracies (its leaderboard's "Mean"). A percent is None when its group has no question.
 
     Raises:
         ValueError: on a record of another dataset or a qtype the grouping does not know.
@@ -116,9 +117,10 @@ def score(records: Iterable[VideoRecord], predictions: dict[str, Any], dataset: 
         **{kind: len(ids) for kind, ids in problems.items()}, "unscored": unscored,
         "examples": {kind: ids[:N_EXAMPLES] for kind, ids in problems.items() if ids},
     }
-    if grouping.mean_over_types:
+    if grouping.overall_is_mean_over_types:
         accs = [result["per_type"][g] for g in grouping.groups if counts[g]]
-        result["mean_over_types"] = sum(accs) / len(accs) if accs else None
+        result["overall_pooled"] = result["overall"]
+        result["overall"] = sum(accs) / len(accs) if accs else None
     return result
 
 
@@ -174,9 +176,13 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{'group':<12} {'correct':>8} {'count':>7} {'acc %':>7}"]
     for g, acc in result["per_type"].items():
         lines.append(f"{g:<12} {result['correct'][g]:>8} {result['counts'][g]:>7} {pct(acc):>7}")
-    lines.append(f"{'overall':<12} {result['correct_total']:>8} {result['count']:>7} {pct(result['overall']):>7}")
-    if "mean_over_types" in result:
-        lines.append(f"{'mean/types':<12} {'':>8} {'':>7} {pct(result['mean_over_types']):>7}")
+    if "overall_pooled" in result:
+        lines.append(f"{'pooled':<12} {result['correct_total']:>8} {result['count']:>7} "
+                     f"{pct(result['overall_pooled']):>7}")
+        lines.append(f"{'overall':<12} {'(mean':>8} {'of types)':>7} {pct(result['overall']):>7}")
+    else:
+        lines.append(f"{'overall':<12} {result['correct_total']:>8} {result['count']:>7} "
+                     f"{pct(result['overall']):>7}")
     lines.append(f"missing {result['missing']} (wrong), invalid {result['invalid']} (wrong), "
                  f"unknown {result['unknown']} (ignored), unscored {result['unscored']} (no gold answer)")
     for kind, ids in result["examples"].items():

@@ -17,6 +17,7 @@ IntentQA val head 60: CW 34, CH 12, TN 12, TP 2.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 
@@ -26,7 +27,7 @@ from data_shards.convert import convert
 from data_shards.convert import main as convert_main
 from data_shards.schema import QA, VideoRecord, make_qid
 from eval import __main__ as eval_cli
-from eval.score import load_annotations, main, score
+from eval.score import format_table, load_annotations, main, score
 
 NEXTQA = "nextqa_val_head60.csv"
 INTENTQA = "intentqa_val_head60.csv"
@@ -158,7 +159,21 @@ def test_star_types_and_mean(annotations_dir):
     preds = {"Interaction_T1_13": 1, "Sequence_T3_977": 0, "Prediction_T1_201": 0, "Feasibility_T4_55": 2}
     res = score(recs, preds, "star")
     assert res["per_type"] == {"Interaction": 100.0, "Sequence": 0.0, "Prediction": 100.0, "Feasibility": 100.0}
-    assert res["overall"] == 75.0 and res["mean_over_types"] == 75.0
+    assert res["overall"] == 75.0 and res["overall_pooled"] == 75.0
+    # unequal type counts: overall is the leaderboard's mean of the four type accuracies, not the
+    # accuracy pooled over questions (the STAR papers' "Avg")
+    extra = []
+    for i, rec in enumerate(recs):
+        if rec.qas[0].qtype == "Interaction":
+            for j in range(3):
+                qa = dataclasses.replace(rec.qas[0], qid=f"{rec.qas[0].qid}_copy{i}{j}")
+                extra.append(dataclasses.replace(rec, video_id=f"{rec.video_id}_copy{j}", qas=[qa]))
+    res = score(recs + extra, {**preds, **{r.qas[0].qid: 0 for r in extra}}, "star")  # the 3 copies wrong
+    assert res["counts"]["Interaction"] == 4 and res["per_type"]["Interaction"] == 25.0
+    assert res["overall"] == pytest.approx((25.0 + 0.0 + 100.0 + 100.0) / 4)
+    assert res["overall_pooled"] == pytest.approx(100.0 * 3 / 7)
+    table = format_table(res)
+    assert "pooled" in table and "56.25" in table and "42.86" in table
 
 
 def test_synthetic_uses_nextqa_grouping_and_errors():
