@@ -63,11 +63,14 @@ def _train(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from train.dist import shutdown
+
     summary = trainer.train()
     if trainer.is_main:
         loss = "-" if summary["loss"] is None else f"{summary['loss']:.4f}"  # None: nothing left to train
         print(f"trained {summary['step']} steps, final loss {loss}, "
               f"{summary['tokens_per_s']:,.0f} tokens/s; run dir {cfg.run_dir}", flush=True)
+    shutdown()
     return 0
 
 

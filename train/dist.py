@@ -118,6 +118,15 @@ def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
     return name
 
 
+def shutdown() -> None:
+    """Leave the process group at the end of a run, every rank together, so that no rank exits
+    with communication threads still running (seen as a rank aborting at interpreter exit with
+    "terminate called without an active exception")."""
+    if dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
+
+
 def device() -> torch.device:
     """This rank's compute device (cuda:LOCAL_RANK on a GPU node, cpu otherwise)."""
     from deepspeed.accelerator import get_accelerator
