@@ -29,6 +29,7 @@ anywhere under DIR (NExT-QA/VidOR keep videos in numbered folders).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -145,15 +146,18 @@ class ShardSink:
         """Write one sample (``members``: extension -> bytes); returns the shard name."""
         size = tar_size(members)
         cur = self._cur
-        if cur is not None and (cur.videos >= self.max_count or cur.bytes + size > self.max_size):
+        if cur is not None and cur.bytes + size > self.max_size:
             self._finish()
         if self._cur is None:
             self._open()
         self._tar.write({"__key__": key, **members})
-        self._cur.videos += 1
-        self._cur.questions += questions
-        self._cur.bytes += size
-        return self._cur.name
+        cur = self._cur
+        cur.videos += 1
+        cur.questions += questions
+        cur.bytes += size
+        if cur.videos >= self.max_count:
+            self._finish()  # full: finish it now, so that a later failure cannot cost it
+        return cur.name
 
     def close(self) -> list[_Shard]:
         """Finish the open shard; returns all finished shards."""
@@ -296,6 +300,8 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
                     path = finder.find(rec)
                     ext, data, cut = load_video(rec, path, Path(work))
                 except (OSError, VideoError) as e:
+                    if isinstance(e, OSError) and e.errno in _FATAL_ERRNOS:
+                        raise  # our side (the work dir), not this video: every later video would fail too
                     skipped.append({"video_id": rec.video_id, "file": str(path), "reason": str(e)})
                     log(f"skip video_id {rec.video_id!r}: {e}")  # the reason names the file
                     continue
@@ -316,6 +322,10 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
         log(f"warning: {len(stale)} older shard(s) of this pattern remain after this run "
             f"(first {stale[0]}); they are not in sizes.json: delete them before reading the shards")
     return summary
+
+
+_FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}
+"""OSErrors of the machine rather than of one input video: they stop the writer (finished shards stay)."""
 
 
 def _parse_bytes(text: str) -> int:

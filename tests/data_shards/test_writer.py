@@ -164,6 +164,28 @@ def test_a_crash_leaves_no_half_shard_under_a_final_name(synth7, tmp_path):
     assert len(_members(out / "t-000000.tar")) == 4
 
 
+def test_a_full_disk_stops_the_writer_instead_of_skipping_every_video(synth7, tmp_path, monkeypatch):
+    """A missing or unreadable video is skipped; a full disk (or read-only work dir) is not that
+    video's fault: it stops the run, and the shards already finished stay."""
+    import errno
+
+    real, calls = writer.load_video, []
+
+    def load_then_disk_full(rec, path, work):
+        calls.append(rec.video_id)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(work / "clip.mp4"))
+        return real(rec, path, work)
+
+    monkeypatch.setattr(writer, "load_video", load_then_disk_full)
+    out = tmp_path / "o"
+    with pytest.raises(OSError, match="No space left"):
+        writer.write_shards(synth7, synth7.parent / "videos", str(out / "t-%06d.tar"), max_count=2,
+                            log=lambda *a, **k: None)
+    assert sorted(p.name for p in out.iterdir()) == ["t-000000.tar"]  # the finished shard stays
+    assert len(_members(out / "t-000000.tar")) == 4
+
+
 def test_inspect_reports_broken_shards_without_crashing(synth7, tmp_path, capsys):
     writer.write_shards(synth7, synth7.parent / "videos", str(tmp_path / "t-%06d.tar"), log=lambda *a: None)
     whole = (tmp_path / "t-000000.tar").read_bytes()
