@@ -31,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,7 +71,11 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
 def _liger():
     try:
         from liger_kernel.transformers import LigerCrossEntropyLoss, LigerFusedLinearCrossEntropyLoss
-    except Exception:
+    except ModuleNotFoundError:
+        return None  # not installed: the provider is simply not offered
+    except Exception as e:  # installed but broken: say so, or the comparison silently lacks it
+        warnings.warn(f"liger_kernel is installed but does not import ({type(e).__name__}: {e}); "
+                      "the liger provider is left out", stacklevel=2)
         return None
     return LigerCrossEntropyLoss, LigerFusedLinearCrossEntropyLoss
 
