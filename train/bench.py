@@ -91,7 +91,14 @@ class BareLoop:
         self.cfg, self.device = cfg, trainer.device
         seed_everything(cfg.run.seed)
         self.model = build_model(cfg.model, trainer.tokenizer)
-        self.model.load_state_dict(init_state, strict=False)
+        # init_state holds parameters only (gathered from the ZeRO-3 shards); buffers are rebuilt
+        # by build_model. Every parameter must come from ours: the same starting weights.
+        result = self.model.load_state_dict(init_state, strict=False)
+        params = {n for n, _ in self.model.named_parameters()}
+        missing = sorted(set(result.missing_keys) & params)
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"bare loop: weights differ from ours (missing {missing[:5]}, "
+                               f"unexpected {result.unexpected_keys[:5]})")
         self.model.to(self.device).train()
         o = cfg.optim
         self.opt = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
