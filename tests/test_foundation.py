@@ -75,3 +75,19 @@ def test_package_boundaries(pkg):
                 s = line.strip()
                 if s.startswith(("from train", "import train")):
                     assert s.startswith("from train.export import"), f"{path}: eval imports train internals: {s}"
+
+
+def test_gpu_check_script_parses_and_refuses_without_a_gpu(tmp_path):
+    """scripts/gpu_checks.sh is the one command a session with a lent GPU runs; here it must at
+    least parse, and without CUDA stop at once with a clear message (exit 2) instead of half-running."""
+    import os
+
+    import torch
+
+    script = str(REPO / "scripts" / "gpu_checks.sh")
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script would run the real checks")
+    proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OUT=str(tmp_path / "out")))
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr, proc.stderr

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU checks of the kernels issue (and the 1B trainer bench when its packages are there), as
+# ONE command for a lent H100/H200 (the `device` tool: its run budget is minutes, so everything
+# below is sized to finish in about 8 minutes). Run from the repository root:
+#
+#   bash scripts/gpu_checks.sh            # writes logs and CSV rows under ${OUT:-gpu_out}/
+#
+# Needs: python3 with CUDA torch, triton and pytest (the device image has them). Optional:
+#   - liger-kernel, for the Liger baseline: pure Python, so fetch it here and carry it, e.g.
+#       python3 -m pip download --no-deps -d .whl liger-kernel     (then carry .whl and set WHEELS=.whl)
+#   - deepspeed + webdataset + torchcodec + FFmpeg, for `train.bench` on configs/bench_1b_gpu.yaml;
+#     without them that step is skipped and says so.
+# Afterwards: copy the CSV rows from $OUT/kernels.csv (and train.csv) into docs/bench/ and the
+# tables into docs/BENCHMARKS.md (GPU sections), with the device name and the commit.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+unset TRITON_INTERPRET
+
+if [ -n "${WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+fi
+if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu_checks: no CUDA device visible to torch; these checks need a GPU" >&2
+  exit 2
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
+
+status=0
+step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, remember failures
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit $rc"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+# 1. Numerics of the compiled kernels (CUDA tests are skipped on CPU machines): multi-block
+#    rows, int64 offsets past 2**31 elements, the fused op at a real vocabulary.
+step pytest_gpu 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_gpu.py
+# 2. The issue's targets at (16k tokens, H 4096, V 151,936) bf16: CE full vs copy bandwidth and
+#    vs Liger; FLCE peak memory vs eager and speed vs Liger.
+step bench_ce 150 python3 -m kernels.bench --kernels ce --shapes 16384x4096x151936 --csv "$OUT/kernels.csv"
+step bench_flce 180 python3 -m kernels.bench --kernels flce --shapes 16384x4096x151936 --csv "$OUT/kernels.csv"
+# 3. The trainer on a ~1B configuration (MFU target >= 45 %), when its packages are importable.
+if python3 -c "import deepspeed, webdataset, torchcodec" 2>/dev/null; then
+  shards=$OUT/shards
+  step synth 60 python3 -m data_shards synth --out "$OUT/synth" --videos 32 --seed 0 --jobs 8
+  step write 30 python3 -m data_shards write --records "$OUT/synth/records.jsonl" --out "$shards/train-%06d.tar" --max-count 8
+  step train_bench 240 python3 -m train.bench --config configs/bench_1b_gpu.yaml --steps 30 --csv "$OUT/train.csv" \
+    "--data.urls=$shards/train-{000000..000003}.tar"
+else
+  echo "== train_bench: skipped (deepspeed, webdataset or torchcodec not importable here)" | tee "$OUT/train_bench.log"
+fi
+exit $status
