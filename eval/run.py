@@ -394,7 +394,8 @@ def _run(args: argparse.Namespace) -> int:
     results, stats, ctx = collectively(lambda: _evaluate_rank(args, rank, ws), "evaluation", ws)
     gathered = _gather((results, stats), rank, ws)
     # the other ranks wait here until rank 0 has written everything (or failed)
-    collectively((lambda: _write_outputs(args, gathered, ctx, ws, t0)) if rank == 0 else (lambda: None), "writing", ws)
+    write = (lambda: _merge_and_write(args, gathered, ctx, ws, t0)) if rank == 0 else (lambda: None)
+    collectively(write, "writing", ws)
     return 0
 
 
@@ -432,7 +433,7 @@ def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, 
     return results, loader.stats(), {"meta": meta, "frames": frames, "size": size, "opts": opts}
 
 
-def _write_outputs(args: argparse.Namespace, gathered: list, ctx: dict, ws: int, t0: float) -> None:
+def _merge_and_write(args: argparse.Namespace, gathered: list, ctx: dict, ws: int, t0: float) -> None:
     """Rank 0: merge every rank's results; write predictions, scores, records and run.json."""
     merged = {k: [r for res, _ in gathered for r in res[k]] for k in gathered[0][0]}
     stats = dict(sum((Counter(s) for _, s in gathered), Counter()))

@@ -20,7 +20,9 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 unset TRITON_INTERPRET
 
 if [ -n "${WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl && export PYTHONPATH=/tmp/site
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site "$WHEELS"/*.whl \
+    || { echo "gpu_checks: installing the carried wheels from $WHEELS failed" >&2; exit 2; }
+  export PYTHONPATH=/tmp/site
 fi
 if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_checks: no CUDA device visible to torch; these checks need a GPU" >&2
