@@ -33,4 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "torch.distributed" in sys.modules:  # `eval run` under torchrun: see train.dist.exit_process
+        from train.dist import exit_process
+
+        exit_process(code)
+    sys.exit(code)

@@ -396,6 +396,10 @@ def _run(args: argparse.Namespace) -> int:
     # the other ranks wait here until rank 0 has written everything (or failed)
     write = (lambda: _merge_and_write(args, gathered, ctx, ws, t0)) if rank == 0 else (lambda: None)
     collectively(write, "writing", ws)
+    if ws > 1:
+        from train.dist import shutdown
+
+        shutdown()  # every rank leaves the group together; `python -m eval` then exits via exit_process
     return 0
 
 

@@ -60,7 +60,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     import deepspeed
-    import torch.distributed as dist
     from deepspeed.utils import safe_get_full_grad
 
     from kernels import _backend as kernels_backend
@@ -88,8 +87,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                               "params": params, "shard_shape": shard_shape, "names": names,
                               "backend": kernels_backend.choose("cpu")[0]}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+    from train.dist import exit_process, shutdown
+
+    shutdown()
+    exit_process(0)  # DeepSpeed keeps the gloo threads alive past destroy_process_group: see its doc
 
 
 def _free_port() -> int:

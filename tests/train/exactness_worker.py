@@ -97,4 +97,8 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
+    from train.dist import exit_process, shutdown
+
     main(sys.argv[1])
+    shutdown()
+    exit_process(0)

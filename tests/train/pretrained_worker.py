@@ -42,4 +42,8 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
+    from train.dist import exit_process, shutdown
+
     main(Path(sys.argv[1]))
+    shutdown()
+    exit_process(0)
