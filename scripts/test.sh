@@ -7,4 +7,6 @@ bash scripts/setup_cpu.sh
 # DeepSpeed JIT-builds a communication op on first use (~1 min): keep it in a cache directory.
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 export TOKENIZERS_PARALLELISM=false
+# every child process (torchrun ranks, spawned workers) prints its Python stacks if a signal kills it
+export PYTHONFAULTHANDLER=1
 exec python3 -m pytest "$@"

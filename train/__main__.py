@@ -76,7 +76,12 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    import faulthandler
+
     from data_shards.distenv import world_info_from_env
+
+    if not faulthandler.is_enabled():  # a rank killed by a signal shows every thread's stack first
+        faulthandler.enable()
 
     # only rank 0 logs progress; the other ranks report warnings and errors
     level = os.environ.get("LOGLEVEL", "INFO") if world_info_from_env().rank == 0 else "WARNING"
