@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    if "torch.distributed" in sys.modules:  # `eval run` under torchrun: see train.dist.exit_process
-        from train.dist import exit_process
+    if "torch.distributed" in sys.modules:  # `eval run` under torchrun: see data_shards.distenv.exit_process
+        from data_shards.distenv import exit_process
 
         exit_process(code)
     sys.exit(code)

@@ -397,7 +397,7 @@ def _run(args: argparse.Namespace) -> int:
     write = (lambda: _merge_and_write(args, gathered, ctx, ws, t0)) if rank == 0 else (lambda: None)
     collectively(write, "writing", ws)
     if ws > 1:
-        from train.dist import shutdown
+        from data_shards.distenv import shutdown
 
         shutdown()  # every rank leaves the group together; `python -m eval` then exits via exit_process
     return 0

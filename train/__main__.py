@@ -63,7 +63,7 @@ def _train(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from train.dist import shutdown
+    from data_shards.distenv import shutdown
 
     summary = trainer.train()
     if trainer.is_main:
@@ -98,6 +98,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from train.dist import exit_process
+    from data_shards.distenv import exit_process
 
     exit_process(main())

@@ -286,6 +286,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from train.dist import exit_process
+    from data_shards.distenv import exit_process
 
     exit_process(main())

@@ -9,14 +9,12 @@ parallelism only, ZeRO shards over all ranks).
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
-from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 
-from data_shards.distenv import WorldInfo, world_info_from_env
+from data_shards.distenv import WorldInfo, exit_process, shutdown, world_info_from_env  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -120,49 +118,6 @@ def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
     return name
 
 
-_left_group = False
-
-
-def shutdown() -> None:
-    """Leave the process group at the end of a run, every rank together (barrier, then
-    ``destroy_process_group``). End the process with :func:`exit_process` afterwards."""
-    global _left_group
-    if dist.is_initialized():
-        barrier()
-        dist.destroy_process_group()
-        _left_group = True
-
-
-def exit_process(code: int) -> NoReturn:
-    """End a command's process with ``code``; skip the interpreter's teardown when it ran
-    distributed.
-
-    Why: once ``deepspeed.initialize`` has run, ``destroy_process_group`` no longer stops the
-    gloo groups' threads (two ``pt_gloo_runloop`` and a ``gloo_tcp_loop`` per group): DeepSpeed
-    still holds the groups (``deepspeed.utils.groups._WORLD_GROUP``, ``zero.Init``, each ZeRO-3
-    parameter's ``ds_process_group``), even after ``engine.destroy()``. Plain gloo without
-    DeepSpeed does stop them. Tearing the interpreter down with those threads running now and
-    then aborts a rank after all its work is done ("terminate called without an active
-    exception", SIGABRT): 2 of ~50 ``python -m train`` runs here, and one ZeRO-3 test rank in CI.
-    So a process that joined a group runs the ``atexit`` handlers (logging, multiprocessing
-    children such as DataLoader workers), flushes stdout/stderr and leaves with ``os._exit``,
-    which skips only module teardown and the C++ static destructors. Files the run wrote are
-    closed before this (metrics, TensorBoard, checkpoints, eval outputs).
-    A process that never joined a group exits normally.
-    """
-    if not (_left_group or dist.is_initialized()):
-        sys.exit(code)
-    import atexit
-
-    try:
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # closed or broken pipe: nothing more can be said
-                pass
-        os._exit(code)
 
 
 def device() -> torch.device:

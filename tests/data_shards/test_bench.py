@@ -32,5 +32,8 @@ def test_bench_end_to_end(tmp_path, capsys):
         table = list(csv.DictReader(f))
     assert len(table) == 1 and list(table[0]) == CSV_FIELDS
     assert table[0]["loader_videos"] == "10" and float(table[0]["speedup_vs_pyav"]) > 0
-    assert f"{float(table[0]['speedup_vs_pyav']):.2f}" == lines[-1].split()[-1]
-    assert f"{float(table[0]['speedup_vs_pyav_seek']):.2f}" == lines[-2].split()[-1]
+    # the same ratio: printed to 2 decimals, stored to 3 (so compare within both roundings, not
+    # by re-rounding the stored value: 0.5751 prints 0.58 and is stored 0.575, which rounds to 0.57)
+    for field, line in (("speedup_vs_pyav", lines[-1]), ("speedup_vs_pyav_seek", lines[-2])):
+        assert line.startswith(f"{field}: ")
+        assert abs(float(table[0][field]) - float(line.split()[-1])) <= 0.0055, (table[0][field], line)

@@ -97,7 +97,7 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    from train.dist import exit_process, shutdown
+    from data_shards.distenv import exit_process, shutdown
 
     main(sys.argv[1])
     shutdown()

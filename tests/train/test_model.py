@@ -309,7 +309,7 @@ for lora in (False, True):
     scores = model.score_options(tok, b["pixel_values"][:1], ["What color?"], [["red", "blue"]])
     assert torch.isfinite(scores["sum"]).all()
     print("ok", lora, losses)
-from train.dist import exit_process, shutdown
+from data_shards.distenv import exit_process, shutdown
 shutdown()
 exit_process(0)  # see its doc: DeepSpeed keeps the gloo threads alive past destroy_process_group
 """
