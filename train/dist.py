@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from data_shards.distenv import WorldInfo, exit_process, shutdown, world_info_from_env  # noqa: F401 (re-exported)
+from data_shards.distenv import WorldInfo, world_info_from_env
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,6 @@ def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
         deepspeed.init_distributed(dist_backend=name, auto_mpi_discovery=False, rank=dims.rank,
                                    world_size=dims.world_size)
     return name
-
-
 
 
 def device() -> torch.device:
