@@ -89,6 +89,8 @@ def exit_process(code: int) -> NoReturn:
     closed before this (metrics, TensorBoard, checkpoints, eval outputs).
     A process that never joined a group exits normally.
     """
+    if "torch.distributed" not in sys.modules:  # never imported, so never joined: no torch import here
+        sys.exit(code)
     import torch.distributed as dist
 
     if not (_left_group or (dist.is_available() and dist.is_initialized())):

@@ -33,9 +33,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if "torch.distributed" in sys.modules:  # `eval run` under torchrun: see data_shards.distenv.exit_process
-        from data_shards.distenv import exit_process
+    from data_shards.distenv import exit_process  # `eval run` under torchrun: see its doc
 
-        exit_process(code)
-    sys.exit(code)
+    exit_process(main())
