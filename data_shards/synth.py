@@ -26,10 +26,12 @@ import numpy as np
 from .schema import QA, VideoRecord, make_qid, read_records, write_records
 from .synth_questions import make_questions
 from .synth_render import COLOURS, PALETTE, Scene, make_scene, render_frames
+from .synth_shots import make_shot_questions, make_shot_scene, render_shots, shot_meta
 from .video_io import encode_frames
 
 DATASET = "synthetic"
 GENERATOR_VERSION = 1
+SCENES = ("motion", "shots")
 
 
 def scene_meta(scene: Scene, seed: int, index: int) -> dict:
@@ -58,22 +60,31 @@ def scene_meta(scene: Scene, seed: int, index: int) -> dict:
 
 
 def make_video(videos_dir: Path, index: int, seed: int, split: str, width: int, height: int,
-               fps: float, duration: float, questions_per_video: int, preset: str) -> VideoRecord:
+               fps: float, duration: float, questions_per_video: int, preset: str, scene_kind: str = "motion",
+               shots: int = 4) -> VideoRecord:
     """Draw, render and encode one video; returns its record (video = file name)."""
     rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index])
     frames = max(2, int(round(duration * fps)))
-    scene = make_scene(rng, width, height, fps, frames)
     video_id = f"synth-{seed}-{index:05d}"
-    qas = [QA(qid=make_qid(DATASET, split, video_id, f"q{j}"), **q)
-           for j, q in enumerate(make_questions(scene, rng, questions_per_video))]
-    encode_frames(render_frames(scene), videos_dir / f"{video_id}.mp4", width, height, fps, preset=preset)
+    if scene_kind == "shots":
+        shot_scene = make_shot_scene(rng, width, height, fps, frames, shots)
+        drafts, pixels = make_shot_questions(shot_scene, rng, questions_per_video), render_shots(shot_scene)
+        meta = {**shot_meta(shot_scene), "generator": {"name": "data_shards.synth", "version": GENERATOR_VERSION,
+                                                        "seed": seed, "index": index}}
+    else:
+        scene = make_scene(rng, width, height, fps, frames)
+        drafts, pixels = make_questions(scene, rng, questions_per_video), render_frames(scene)
+        meta = scene_meta(scene, seed, index)
+    qas = [QA(qid=make_qid(DATASET, split, video_id, f"q{j}"), **q) for j, q in enumerate(drafts)]
+    encode_frames(pixels, videos_dir / f"{video_id}.mp4", width, height, fps, preset=preset)
     return VideoRecord(video_id=video_id, dataset=DATASET, split=split, video=f"{video_id}.mp4",
-                       qas=qas, meta=scene_meta(scene, seed, index))
+                       qas=qas, meta=meta)
 
 
 def make_synthetic(out_dir: str | Path, videos: int, seed: int, split: str = "train", width: int = 96,
                    height: int = 96, fps: float = 8, duration: float = 4.0, questions_per_video: int = 6,
-                   preset: str = "veryfast", jobs: int | None = None) -> Path:
+                   preset: str = "veryfast", jobs: int | None = None, scene: str = "motion",
+                   shots: int = 4) -> Path:
     """Make ``videos`` synthetic videos and their records under ``out_dir``.
 
     Args:
@@ -87,17 +98,23 @@ def make_synthetic(out_dir: str | Path, videos: int, seed: int, split: str = "tr
         preset: x264 preset (``ultrafast`` for the big benchmark videos).
         jobs: videos rendered/encoded at once (threads driving ffmpeg processes); the output
             does not depend on it. None = min(4, cpu count).
+        scene: ``motion`` (moving, bouncing objects; :mod:`data_shards.synth_render`) or ``shots``
+            (``shots`` static shots; every question answerable from one frame per shot,
+            :mod:`data_shards.synth_shots`).
+        shots: shots per video when ``scene == "shots"`` (train with ``data.num_frames`` = shots).
 
     Returns:
         The path of records.jsonl.
     """
     if videos < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
     out = Path(out_dir)
     videos_dir = out / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
     jobs = jobs or min(4, os.cpu_count() or 1)
-    args = (seed, split, width, height, fps, duration, questions_per_video, preset)
+    args = (seed, split, width, height, fps, duration, questions_per_video, preset, scene, shots)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         records = list(pool.map(lambda i: make_video(videos_dir, i, *args), range(videos)))
     path = out / "records.jsonl"
@@ -118,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions-per-video", type=int, default=6)
     p.add_argument("--preset", default="veryfast", help="x264 preset (ultrafast for big videos)")
     p.add_argument("--jobs", type=int, default=None, help="videos in flight (default min(4, cpus))")
+    p.add_argument("--scene", choices=SCENES, default="motion",
+                   help="motion: moving objects; shots: static shots, each question answerable from one frame a shot")
+    p.add_argument("--shots", type=int, default=4, help="shots per video with --scene shots")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     path = make_synthetic(a.out, a.videos, a.seed, a.split, a.width, a.height, a.fps, a.duration,
-                          a.questions_per_video, a.preset, a.jobs)
+                          a.questions_per_video, a.preset, a.jobs, a.scene, a.shots)
     dt = time.perf_counter() - t0
     n_q = sum(len(rec.qas) for rec in read_records(path))
     print(f"wrote {a.videos} videos ({a.width}x{a.height}, {a.fps:g} fps, {a.duration:g} s) and {n_q} "

@@ -68,6 +68,9 @@ class Study:
     frame_size: int = 32
     video_size: int = 64
     duration: float = 3.0
+    scene: str = "motion"
+    """Synthetic scene kind (data_shards.synth): ``shots`` (one static shot per sampled frame, so every
+    question is answerable from the frames the model sees) or ``motion``."""
     shard_videos: int = 8
     """Videos per shard (training needs at least 2 train shards for 2 ranks)."""
     teachers: dict[str, tuple[float, float]] = field(default_factory=lambda: {"t33": (0.33, 0.15)})
@@ -168,7 +171,8 @@ class Demo:
         s = self.study
         for split, n, seed in (("train", s.train_videos, 0), ("val", s.val_videos, 1)):
             recs = make_synthetic(self.out / "data" / split, videos=n, seed=seed, split=split, width=s.video_size,
-                                  height=s.video_size, duration=s.duration, questions_per_video=s.questions_per_video)
+                                  height=s.video_size, duration=s.duration, questions_per_video=s.questions_per_video,
+                                  scene=s.scene, shots=s.frames)
             code = write_main(["--records", str(recs), "--out", str(self.out / "shards" / split / f"{split}-%06d.tar"),
                                "--max-count", str(s.shard_videos)])
             if code != 0:
@@ -286,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-videos", type=int, help="override the preset's synthetic train videos")
     p.add_argument("--val-videos", type=int, help="override the preset's synthetic val videos")
     p.add_argument("--seeds", type=int, help="--full: number of seeds (default 3)")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="train/evaluate only these runs (names as in runs/)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="extra training override for every run (repeatable; recipe search)")
     args = p.parse_args(argv)
     study = presets()["full" if args.full else "smoke" if args.smoke else "default"]
     for name in ("steps", "train_videos", "val_videos"):
@@ -293,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
             setattr(study, name, getattr(args, name))
     if args.full and args.seeds:
         study.runs = full_runs(tuple(range(args.seeds)))
+    if args.only:
+        unknown = sorted(set(args.only) - {r.name for r in study.runs})
+        if unknown:
+            p.error(f"--only: unknown runs {unknown}; this preset has {[r.name for r in study.runs]}")
+        study.runs = [r for r in study.runs if r.name in args.only]
+    study.overrides = (*study.overrides, *(f"--{o}" for o in args.set))
     out = args.out / "full" if args.full else args.out
     t0 = time.time()
     try:

@@ -1,0 +1,142 @@
+"""Shot scenes: every question is answerable from the K frames the loader samples (one per shot).
+
+The test answers the end-of-video, counting and 'when' questions with an oracle that reads ONLY the
+decoded frames (the pixel at each quadrant's centre), never the record's meta, and checks that the
+oracle is right on every such question, and wrong on some of them once the frames are shuffled.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_shards import synth
+from data_shards.frames import decode_frames
+from data_shards.schema import read_records
+from data_shards.synth_questions import PARTS, QUADS
+from data_shards.synth_render import PALETTE
+from data_shards.synth_shots import make_shot_scene
+from tests.conftest import has_ffmpeg
+
+pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")
+
+SHOTS = 4
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shots")
+    return synth.make_synthetic(out, videos=12, seed=3, width=64, height=64, duration=3.0, scene="shots",
+                                shots=SHOTS, questions_per_video=8)
+
+
+def _read_frames(frames: np.ndarray) -> list[dict[int, str]]:
+    """Per frame: quadrant -> colour name of the object at its centre (absent = background)."""
+    out = []
+    for f in frames:  # [3, H, W]
+        h, w = f.shape[1:]
+        seen = {}
+        for q in range(4):
+            y, x = int((q // 2 + 0.5) * h / 2), int((q % 2 + 0.5) * w / 2)
+            rgb = f[:, y, x].astype(float)
+            name, dist = min(((c, float(np.sum((np.array(v) - rgb) ** 2))) for c, v in PALETTE.items()),
+                             key=lambda t: t[1])
+            if dist < 40 ** 2:
+                seen[q] = name
+        out.append(seen)
+    return out
+
+
+def _oracle(qa, shots: list[dict[int, str]]) -> str | None:
+    """The answer text read from the frames, for the question forms that need no shape recognition
+    beyond the object's first colour (the name), or None for forms it does not handle."""
+    q = qa.question
+    m = re.match(r"Where is the (\w+) (\w+) at the end of the video\?", q)
+    if m:  # follow the named object from its first shot by colour, then by elimination of moves
+        track = _track(m.group(1), shots)
+        return None if track is None or track[-1] is None else f"in the {QUADS[track[-1][0]]}"
+    m = re.match(r"When does the (\w+) (\w+) turn (\w+)\?", q)
+    if m:  # the shot where the tracked object first shows the new colour -> part of the video
+        track = _track(m.group(1), shots)
+        if track is None:
+            return None
+        ks = [k for k, t in enumerate(track) if t is not None and t[1] == m.group(3)]
+        return "never" if not ks else PARTS[min(2, 3 * (ks[0] - 1) // (len(shots) - 1))]
+    return None
+
+
+def _track(colour: str, shots: list[dict[int, str]]):
+    """(quadrant, colour) of the object first seen in ``colour`` in every shot, None when ambiguous.
+
+    An object either keeps its colour (then it is wherever that colour is now, if only one quadrant
+    shows it) or changes colour in place (a cut never moves and recolours the same object).
+    """
+    start = next((k for k, s in enumerate(shots) if colour in s.values()), None)
+    if start is None or list(shots[start].values()).count(colour) != 1:
+        return None
+    q = next(q for q, c in shots[start].items() if c == colour)
+    out: list = [None] * start + [(q, colour)]
+    for k in range(start + 1, len(shots)):
+        c = out[-1][1]
+        where = [p for p, v in shots[k].items() if v == c]
+        if len(where) > 1 or (not where and q not in shots[k]):
+            return None
+        q = where[0] if where else q
+        out.append((q, shots[k][q]))
+    return out
+
+
+def test_one_frame_per_shot_shows_the_records_state(shots):
+    """The loader's segment-middle frames are the shots, exactly as the meta describes them."""
+    for rec in read_records(shots):
+        frames = decode_frames(shots.parent / "videos" / rec.video, SHOTS, None).numpy()
+        seen = _read_frames(frames)
+        for k in range(SHOTS):
+            want = {QUADS.index(o["shots"][k]["quad"]): o["shots"][k]["colour"]
+                    for o in rec.meta["objects"] if o["shots"][k]["quad"] is not None}
+            assert seen[k] == want, f"{rec.video_id} shot {k}: frames show {seen[k]}, meta says {want}"
+
+
+def test_questions_answerable_from_frames_and_order_matters(shots):
+    right = wrong_after_shuffle = asked = 0
+    for rec in read_records(shots):
+        frames = decode_frames(shots.parent / "videos" / rec.video, SHOTS, None).numpy()
+        seen = _read_frames(frames)
+        for qa in rec.qas:
+            truth = qa.options[qa.answer]
+            got = _oracle(qa, seen)
+            if got is None:
+                continue
+            asked += 1
+            right += got == truth
+            shuffled = _oracle(qa, seen[::-1])
+            wrong_after_shuffle += shuffled != truth
+    assert asked >= 10, f"only {asked} questions of the oracle's forms"
+    assert right == asked, f"the frame oracle answered {right}/{asked}"
+    assert wrong_after_shuffle > 0, "no answer depends on the order of the frames"
+
+
+def test_types_and_options(shots):
+    recs = read_records(shots)
+    types = {qa.qtype for r in recs for qa in r.qas}
+    assert {"DO", "DL", "DC", "TC", "TN", "TP", "CH"} <= types
+    for r in recs:
+        assert r.meta["kind"] == "shots" and len(r.meta["shot_starts"]) == SHOTS
+        for qa in r.qas:
+            assert len(set(qa.options)) == len(qa.options) in (4, 5), qa.options
+            if qa.qtype == "TC":
+                assert qa.options[qa.answer] in (*PARTS, "never")
+            assert qa.extra["reasoning"].endswith(f"{qa.options[qa.answer]}.")
+
+
+def test_deterministic_and_bad_arguments(tmp_path):
+    a = make_shot_scene(np.random.default_rng(5), 64, 64, 8, 24)
+    b = make_shot_scene(np.random.default_rng(5), 64, 64, 8, 24)
+    assert (a.quad == b.quad).all() and (a.colour == b.colour).all() and a.acts == b.acts
+    with pytest.raises(ValueError, match="shots"):
+        make_shot_scene(np.random.default_rng(0), 64, 64, 8, 2, shots=4)
+    with pytest.raises(ValueError, match="scene must be one of"):
+        synth.make_synthetic(tmp_path, videos=1, seed=0, scene="slides")
