@@ -32,6 +32,7 @@ from kernels import LinearWeightedCrossEntropy
 from kernels.attention import select_attention
 from train import flops as flops_mod
 from train import generation
+from train.hf_vlm import HFVLMSettings
 from train.projector import FrameEncoder, Projector, build_vision_tower, tower_mean_std
 from train.tasks import FrameLayout
 from train.tokenizer import frame_token_id
@@ -158,8 +159,13 @@ class LoraSettings:
 
 @dataclass
 class ModelConfig:
-    """Vision tower -> projector -> LLM."""
+    """Vision tower -> projector -> LLM (assembled), or an existing HF video-LLM (hf_vlm)."""
 
+    kind: Literal["assembled", "hf_vlm"] = "assembled"
+    """assembled: vision tower + fresh projector + causal LM (sections vision/projector/llm);
+    hf_vlm: an existing transformers video-LLM from a local folder (section hf, train.hf_vlm)."""
+    hf: HFVLMSettings = field(default_factory=HFVLMSettings)
+    """The existing video-LLM of kind hf_vlm (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision)."""
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
     """The vision tower."""
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -179,7 +185,8 @@ class ModelConfig:
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value of this section and its subsections."""
         out = [] if self.loss_chunk_size >= 1 else [("loss_chunk_size", f"must be >= 1, got {self.loss_chunk_size}")]
-        for name in ("vision", "projector", "llm", "lora"):
+        names = ("hf", "lora") if self.kind == "hf_vlm" else ("vision", "projector", "llm", "lora")
+        for name in names:
             out += [(f"{name}.{f}", m) for f, m in getattr(self, name).problems()]
         return out
 
@@ -192,7 +199,7 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Nested dict (e.g. from JSON) -> ModelConfig; unknown keys raise ValueError."""
         subs = {"vision": VisionTowerConfig, "projector": ProjectorConfig, "llm": LanguageModelConfig,
-                "lora": LoraSettings}
+                "lora": LoraSettings, "hf": HFVLMSettings}
         kwargs = {}
         for key, value in data.items():
             if key not in {f.name for f in dataclasses.fields(cls)}:
@@ -234,6 +241,12 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
     Returns:
         The model, with ``attention_report`` = (impl, reason).
     """
+    if cfg.kind == "hf_vlm":
+        from train.hf_inputs import VideoChatProcessor
+        from train.hf_vlm import build_hf_vlm
+
+        # the trainer passes the VLM's VideoChatProcessor as its "tokenizer"
+        return build_hf_vlm(cfg, tokenizer if isinstance(tokenizer, VideoChatProcessor) else None, device, dtype)
     impl, reason = resolve_attention(cfg.attn_implementation, device)
     log.info("attention: %s (%s)", impl, reason)
     tower = build_vision_tower(cfg.vision.kind, cfg.vision.path, cfg.vision.config, cfg.vision.image_size,
