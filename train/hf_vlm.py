@@ -180,7 +180,11 @@ class HFVideoLLM(nn.Module):
                 if name in trainable:
                     p.requires_grad_(True)
         if cfg.gradient_checkpointing:
-            self.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            m, kwargs = self.hf_model, {"use_reentrant": False}
+            if hasattr(m, "activation_checkpointing_enable"):  # the name in recent transformers 5
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             if hasattr(self.hf_model, "enable_input_require_grads") and frozen["llm"]:
                 self.hf_model.enable_input_require_grads()  # LoRA / frozen LLM under checkpointing
 
