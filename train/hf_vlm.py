@@ -76,10 +76,8 @@ class HFVLMSettings:
     """peft target_modules regex of the LoRA adapters (model.lora.enabled); the language model only."""
 
     def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every bad value (checked when model.kind is hf_vlm)."""
+        """(field, message) for every bad value (the path is required by ModelConfig for kind hf_vlm)."""
         out = []
-        if not self.path:
-            out.append(("path", "model.kind hf_vlm needs a local model folder"))
         if not self.video_fps > 0:
             out.append(("video_fps", f"must be > 0, got {self.video_fps}"))
         if "lm_head" in self.lora_target_regex:

@@ -33,7 +33,7 @@ from kernels.attention import select_attention
 from train import flops as flops_mod
 from train import generation
 from train.hf_vlm import HFVLMSettings
-from train.projector import FrameEncoder, Projector, build_vision_tower, tower_mean_std
+from train.projector import FrameEncoder, Projector, build_vision_tower, load_projector, tower_mean_std
 from train.tasks import FrameLayout
 from train.tokenizer import frame_token_id
 
@@ -94,6 +94,9 @@ class ProjectorConfig:
     """Consecutive frames averaged into one group (1 = every frame its own tokens)."""
     hidden: int | None = None
     """MLP hidden width; None = the LLM's hidden size."""
+    init_from: str | None = None
+    """Start from an aligned projector: a stage-1 export folder (its projector.safetensors) or that
+    file (task.mode caption, docs/TRAINING.md "Stage-1 alignment"); None = random init."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value."""
@@ -185,6 +188,8 @@ class ModelConfig:
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value of this section and its subsections."""
         out = [] if self.loss_chunk_size >= 1 else [("loss_chunk_size", f"must be >= 1, got {self.loss_chunk_size}")]
+        if self.kind == "hf_vlm" and not self.hf.path:
+            out.append(("hf.path", "model.kind hf_vlm needs a local model folder"))
         names = ("hf", "lora") if self.kind == "hf_vlm" else ("vision", "projector", "llm", "lora")
         for name in names:
             out += [(f"{name}.{f}", m) for f, m in getattr(self, name).problems()]
@@ -275,9 +280,12 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
     llm_dim = int(llm.config.hidden_size)
     projector = Projector(encoder.hidden_size, llm_dim, encoder.grid, tuple(cfg.projector.pool),
                           cfg.projector.temporal_stride, cfg.projector.hidden)
+    if cfg.projector.init_from:
+        load_projector(projector, cfg.projector.init_from)
     model = VideoLLM(cfg, encoder, projector, llm, frame_token_id(tokenizer), (impl, reason))
     model.apply_training_flags()
     return model
+
 
 
 def _install_loss_head(llm: nn.Module, chunk_size: int) -> None:
