@@ -177,14 +177,17 @@ class HFVideoLLM(nn.Module):
             for name, p in self.hf_model.named_parameters():  # ... so re-open the parts meant to train
                 if name in trainable:
                     p.requires_grad_(True)
+        if frozen["llm"] and hasattr(self.hf_model, "enable_input_require_grads"):
+            # The decoder's input then needs grad even when nothing before it trains: activation
+            # checkpointing and ZeRO-3 leaf modules (deepspeed.leaf_modules) re-run / re-gather a
+            # layer for backward only when its input needs grad, and LoRA adapters sit in every layer.
+            self.hf_model.enable_input_require_grads()
         if cfg.gradient_checkpointing:
             m, kwargs = self.hf_model, {"use_reentrant": False}
             if hasattr(m, "activation_checkpointing_enable"):  # the name in recent transformers 5
                 m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-            if hasattr(self.hf_model, "enable_input_require_grads") and frozen["llm"]:
-                self.hf_model.enable_input_require_grads()  # LoRA / frozen LLM under checkpointing
 
     def trainable_summary(self) -> dict[str, int]:
         """Trainable parameter elements per part (ZeRO-3-safe: ds_numel when partitioned)."""

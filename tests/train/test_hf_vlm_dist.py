@@ -1,7 +1,7 @@
 """Existing HF video-LLMs under DeepSpeed ZeRO-3 on 2 CPU ranks (gloo), all marked slow.
 
 * 2 ranks x 2 accumulation steps (zero.Init, plain SGD) == one process on the whole batch, for a
-  fully trained Qwen2-VL and a LoRA + projector LLaVA-OneVision; the ZeRO-3 checkpoint exported
+  fully trained Qwen2-VL and a LoRA-only LLaVA-OneVision (decoder layers as ZeRO-3 leaves); the ZeRO-3 checkpoint exported
   with ``python -m train export`` loads with ``from_pretrained`` of the same class and gives the
   logits the model had in training.
 * ``python -m train`` with the tiny hf_vlm recipe trains from real synthetic shards (the loss
@@ -52,9 +52,10 @@ def _replay_one_process(res: dict, cfg):
 
 @pytest.mark.parametrize("family,lora", [("qwen2_vl", False), ("llava_onevision", True)])
 def test_two_ranks_two_accumulation_steps_equal_one_process_then_export_keeps_the_logits(tmp_path, family, lora):
-    """Tolerance as the assembled model's test: fp32, atol 1e-6 on updates that reach > 0.05; the
-    exported logits within rtol 1e-4 / atol 1e-5 of the ZeRO-3 logits (consolidation is exact,
-    the rest is summation order)."""
+    """Tolerance as the assembled model's test: fp32, atol 1e-6 on updates that reach > 0.05. The
+    exported logits (real tokens) within 2e-4 of the logits' largest magnitude: consolidation is
+    exact, but merged LoRA (W + s*B@A) rounds differently from the adapters applied apart (seen:
+    8e-5 of the scale with these deliberately large adapters; 0 differences above 1e-5 without LoRA)."""
     from tests.train import hf_exactness_worker as HW
     from train.config import load_config
     from train.export import export
@@ -68,7 +69,7 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_then_export_keeps_th
     _check(subprocess.run(torchrun_cmd(2, *args, module=None), cwd=REPO, env=env_for_launch(),
                           capture_output=True, text=True, timeout=300))
     res = torch.load(out / "result.pt", weights_only=False)
-    assert set(res["trainable"]) == ({"lora", "projector"} if lora else {"vision", "projector", "llm"})
+    assert set(res["trainable"]) == ({"lora"} if lora else {"vision", "projector", "llm"})
     cfg = load_config(HW.RECIPE, HW.overrides(str(model_dir), str(out), lora))
     torch.set_num_threads(1)
     model = _replay_one_process(res, cfg)
@@ -95,7 +96,11 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_then_export_keeps_th
     b = res["batch"]
     with torch.no_grad():
         got = plain(input_ids=b["input_ids"], attention_mask=b["attention_mask"], **b["vision"]).logits
-    assert_close_report(got, res["logits"], rtol=1e-4, atol=1e-5, name="exported logits vs ZeRO-3 logits")
+    keep = b["attention_mask"].bool()  # padded positions attend to nothing: their values are arbitrary
+    scale = float(res["logits"][keep].abs().max())
+    print(f"max |exported - ZeRO-3| = {float((got[keep] - res['logits'][keep]).abs().max()):.3g}, max |logit| {scale:.3g}")
+    assert_close_report(got[keep], res["logits"][keep], rtol=1e-4, atol=2e-4 * scale,
+                        name="exported logits vs ZeRO-3 logits (real tokens)")
 
 
 @pytest.fixture(scope="module")
