@@ -32,7 +32,9 @@ def folders(tmp_path_factory):
     from train.hf_tiny import write_tiny_vlm
 
     root = tmp_path_factory.mktemp("tiny_vlms")
-    return {f: write_tiny_vlm(root / f, f) for f in FAMILIES}
+    out = {f: write_tiny_vlm(root / f, f) for f in FAMILIES}
+    out["qwen2_vl_tied"] = write_tiny_vlm(root / "tied", "qwen2_vl", tie_word_embeddings=True)  # as Qwen2-VL-2B
+    return out
 
 
 def _cfg(path, **hf) -> ModelConfig:
@@ -57,7 +59,7 @@ def _plain(path):
                                                        attn_implementation="sdpa").eval()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + ["qwen2_vl_tied"])
 def test_loss_equals_plain_transformers_forward_plus_weighted_torch_cross_entropy(folders, family):
     """Tolerance: fp32, rtol 1e-5 (the fused head sums chunk by chunk, torch in one pass)."""
     model = build_model(_cfg(folders[family]), None)
@@ -154,7 +156,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(folders):
 
 
 @pytest.mark.parametrize("family,lora,merge", [("qwen2_vl", False, True), ("llava_onevision", True, True),
-                                               ("qwen2_vl", True, False)])
+                                               ("qwen2_vl", True, False), ("qwen2_vl_tied", False, True)])
 def test_export_then_from_pretrained_of_the_same_class_gives_the_same_logits(folders, tmp_path, family, lora, merge):
     cfg = _cfg(folders[family])
     if lora:
@@ -166,6 +168,8 @@ def test_export_then_from_pretrained_of_the_same_class_gives_the_same_logits(fol
     batch = _batch(model, 2)
     want = model.logits(batch["input_ids"], batch["attention_mask"], batch["vision"])
     hf_class = type(model.hf_model)
+    if family.endswith("tied"):  # the loss head holds the embedding Parameter itself
+        assert model.loss_head.weight is model.hf_model.get_input_embeddings().weight
     out = model.save_export(tmp_path / "export", merge_lora=merge)
     if merge:  # the exported folder is a plain checkpoint of the family's class
         plain = hf_class.from_pretrained(str(out), local_files_only=True, attn_implementation="sdpa").eval()
