@@ -198,3 +198,44 @@ def test_eval_interface_answers_every_question(folders, family):
     assert (scores["n_tokens"] == 3).all()  # "(A)" is 3 tokens here; the end of turn is not scored
     texts = model.generate_text(*args, max_new_tokens=4)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_long_question_is_cut_to_fit_vcot_and_caption_prompts(folders):
+    model = build_model(_cfg(folders["qwen2_vl"]), None)
+    proc = model.processor
+    q = {**W.global_batch()[0], "question": "why " * 200 + "?"}
+    short = TaskConfig(mode="qa", max_prompt_len=120, max_target_len=16)
+    batch = model.collate(build_examples(q, short), short)
+    prompt_len = int((batch["labels"][0] == -100).sum() - (batch["attention_mask"][0] == 0).sum())
+    assert batch["n_cut_prompts"] == 1 and prompt_len <= 120
+    assert proc.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100]) == "(A)<|im_end|>"
+    with pytest.raises(ValueError, match=r"prompt without its question is \d+ tokens > max_prompt_len 20"):
+        tiny = TaskConfig(mode="qa", max_prompt_len=20)
+        model.collate(build_examples(q, tiny), tiny)
+    caps = ["the ball starts", None, "it stops"]
+    text = proc.user_text("What?", ["a", "b"], "Answer.", caps)
+    assert text.startswith("Transitions between frames:\n1->2: the ball starts\n3->4: it stops\nQuestion: What?")
+    cap_task = TaskConfig(mode="caption")
+    cap = {**W.global_batch()[0], "qtype": "caption", "options": [], "answer": None, "question": "",
+           "extra": {"caption": "a red ball rolls"}}
+    batch = model.collate(build_examples(cap, cap_task), cap_task)
+    text = proc.tokenizer.decode(batch["input_ids"][0])
+    assert "Question:" not in text and "Options:" not in text and "Describe the video briefly." in text
+    assert proc.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100]) == "a red ball rolls<|im_end|>"
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_video_tensors_equal_transformers_video_processor_where_torchvision_is_installed(folders, family):
+    """transformers 5's video processors need torchvision (not installed by the CPU set-up, so this
+    runs only where it is): frames at the model's size must give the same tensors."""
+    pytest.importorskip("torchvision")
+    from transformers import AutoVideoProcessor
+
+    model = build_model(_cfg(folders[family]), None)
+    vp = AutoVideoProcessor.from_pretrained(str(folders[family]), local_files_only=True)
+    frames = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    ref = vp(videos=[frames], return_tensors="pt", do_sample_frames=False)
+    ours = model.processor.video(frames)
+    for key in ("pixel_values_videos", "video_grid_thw"):
+        if key in ref:
+            assert_close_report(ours[key].float(), ref[key].float(), rtol=1e-5, atol=1e-5, name=key)
