@@ -162,7 +162,7 @@ class VideoChatProcessor:
         chat_template: Jinja template (the folder's).
         video: the family's :class:`VideoPreprocessor`.
         model_config: the VLM's config (token ids, vision sizes).
-        max_prompt_len, max_target_len: as :class:`train.tasks.TaskConfig`.
+        source: the folder it was read from (its preprocessor configs are copied on save).
     """
 
     def __init__(self, tokenizer: Any, chat_template: str, video: VideoPreprocessor, model_config: Any,

@@ -29,10 +29,12 @@ def overrides(model_dir: str, out: str, lora: bool) -> list[str]:
     """The recipe's overrides of this test (also used by the one-process replay)."""
     items = [o for o in W.OVERRIDES] + [f"--model.hf.path={model_dir}", "--model.hf.freeze_vision=false",
                                         f"--run.output_dir={out}", "--run.name=hf_exact"]
-    if lora:  # LoRA adapters only (tower, projector and the LLM's base weights fixed), decoder layers
-        # as ZeRO-3 leaves: a leaf is re-gathered for backward only when its input needs grad
+    if lora:  # as the 7B recipes: LoRA adapters only (tower, projector and the LLM's base weights fixed),
+        # decoder layers as ZeRO-3 leaves (re-gathered for backward only when their input needs grad),
+        # activation checkpointing
         items += ["--model.lora.enabled=true", "--model.lora.r=4", "--model.hf.freeze_vision=true",
-                  "--model.hf.freeze_projector=true", "--deepspeed.leaf_modules=[Qwen2DecoderLayer]"]
+                  "--model.hf.freeze_projector=true", "--deepspeed.leaf_modules=[Qwen2DecoderLayer]",
+                  "--model.gradient_checkpointing=true"]
     return items
 
 

@@ -187,7 +187,7 @@ def test_export_then_from_pretrained_of_the_same_class_gives_the_same_logits(fol
         assert diff > 1e-3, "the adapters did not change the logits: the comparison would not see them dropped"
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_eval_interface_answers_every_question(folders, family):
     model = build_model(_cfg(folders[family]), None).eval()
     qs = W.global_batch()[:3]

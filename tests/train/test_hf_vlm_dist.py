@@ -1,7 +1,8 @@
 """Existing HF video-LLMs under DeepSpeed ZeRO-3 on 2 CPU ranks (gloo), all marked slow.
 
 * 2 ranks x 2 accumulation steps (zero.Init, plain SGD) == one process on the whole batch, for a
-  fully trained Qwen2-VL and a LoRA-only LLaVA-OneVision (decoder layers as ZeRO-3 leaves); the ZeRO-3 checkpoint exported
+  fully trained Qwen2-VL and a LoRA-only LLaVA-OneVision (decoder layers as ZeRO-3 leaves,
+  activation checkpointing, as the 7B recipes); the ZeRO-3 checkpoint exported
   with ``python -m train export`` loads with ``from_pretrained`` of the same class and gives the
   logits the model had in training.
 * ``python -m train`` with the tiny hf_vlm recipe trains from real synthetic shards (the loss
