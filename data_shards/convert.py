@@ -7,6 +7,9 @@ Datasets and the files they read (details in ``data_shards/converters/``):
 - ``star``: ``STAR_{split}.json``; one record per clip (a Charades video and a window).
 - ``egoschema``: ``questions.json`` plus ``--answers subset_answers.json``; unanswered questions
   keep a null answer.
+- ``captions``: video-caption pairs for stage-1 alignment (``task.mode: caption``), a jsonl
+  ``{"video", "caption"}`` or a csv (WebVid's ``videoid,name`` works); ``--name`` sets the
+  dataset name of the records (default ``captions``).
 
 One record holds one video (STAR: one clip) and all of its questions, in first-seen order. Global
 qids are ``{dataset}/{split}/{video_id}/{source_qid}`` and ``extra["source_qid"]`` keeps the
@@ -22,19 +25,22 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from data_shards.converters.captions import read_caption_rows
 from data_shards.converters.common import group_rows
 from data_shards.converters.csvqa import read_csv_rows
 from data_shards.converters.egoschema import read_egoschema_rows
 from data_shards.converters.star import read_star_rows
 from data_shards.schema import VideoRecord, write_records
 
-DATASETS = ("nextqa", "intentqa", "star", "egoschema")
+DATASETS = ("nextqa", "intentqa", "star", "egoschema", "captions")
 log = logging.getLogger(__name__)
 
 
-def convert_with_notes(dataset: str, annotations: str | Path, split: str, answers: str | Path | None = None
-                       ) -> tuple[list[VideoRecord], list[str]]:
-    """Like :func:`convert`, and also return notes that are not errors (e.g. unused answers)."""
+def convert_with_notes(dataset: str, annotations: str | Path, split: str, answers: str | Path | None = None,
+                       name: str | None = None) -> tuple[list[VideoRecord], list[str]]:
+    """Like :func:`convert`, and also return notes that are not errors (e.g. unused answers).
+
+    ``name``: the records' dataset name for ``captions`` (default "captions")."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if "/" in split or not split.strip():
@@ -46,6 +52,11 @@ def convert_with_notes(dataset: str, annotations: str | Path, split: str, answer
         rows = read_csv_rows(dataset, annotations, split)
     elif dataset == "star":
         rows = read_star_rows(annotations, split)
+    elif dataset == "captions":
+        name = name or "captions"
+        if "/" in name or not name.strip():
+            raise ValueError(f"--name must be a non-empty name without '/': {name!r}")
+        return group_rows(read_caption_rows(annotations, split, name), name, split), notes
     else:
         rows, notes = read_egoschema_rows(annotations, split, answers)
     return group_rows(rows, dataset, split), notes
@@ -86,12 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--annotations", required=True, type=Path, help="the dataset's annotation file")
     p.add_argument("--answers", type=Path, help="EgoSchema subset_answers.json")
     p.add_argument("--split", required=True, help="split name used in the qids (train, val, test ...)")
+    p.add_argument("--name", help="captions: the dataset name written into the records (default captions)")
     p.add_argument("--out", required=True, type=Path, help="records jsonl to write (atomically)")
     args = p.parse_args(argv)
     if args.answers is not None and args.dataset != "egoschema":
         p.error("--answers is only for --dataset egoschema")
+    if args.name is not None and args.dataset != "captions":
+        p.error("--name is only for --dataset captions")
     try:
-        records, notes = convert_with_notes(args.dataset, args.annotations, args.split, args.answers)
+        records, notes = convert_with_notes(args.dataset, args.annotations, args.split, args.answers, args.name)
         write_records(records, args.out)
     except (ValueError, OSError) as e:  # SchemaError is a ValueError; its text names file, row, field
         print(f"error: {e}", file=sys.stderr)

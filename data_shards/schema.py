@@ -15,6 +15,10 @@ A record (``SCHEMA_VERSION`` 1) is a JSON object::
 annotations hold no answer (most of EgoSchema): never a guess. ``qtype`` keeps the dataset's own
 code (CW, TP, Interaction, ...).
 
+Video-caption pairs (stage-1 alignment data, ``task.mode: caption``) use the same records: an
+entry with ``qtype: "caption"`` holds its text in ``extra["caption"]`` (a non-empty string), has
+``options: []``, ``answer: null`` and a ``question`` that may be empty (an optional prompt).
+
 Validation errors name the source (file and line / row) and the field, so a bad annotation row
 can be found without a debugger.
 """
@@ -30,6 +34,8 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 OPTION_LETTERS = "ABCDEFGHIJ"
+CAPTION_QTYPE = "caption"
+"""qtype of a video-caption pair (the caption is in ``extra["caption"]``)."""
 
 
 class SchemaError(ValueError):
@@ -170,6 +176,9 @@ def validate_record(obj: Any, source: str = "<record>") -> None:
         if qid in seen:
             raise SchemaError(source, f"qas[{i}].qid", f"duplicate qid {qid!r} in one record")
         seen.add(qid)
+        if qa["qtype"] == CAPTION_QTYPE:
+            _check_caption(qa, source, f"qas[{i}].")
+            continue
         opts = qa["options"]
         if not 2 <= len(opts) <= len(OPTION_LETTERS):
             raise SchemaError(source, f"qas[{i}].options", f"needs 2..{len(OPTION_LETTERS)} options, got {len(opts)}")
@@ -183,6 +192,17 @@ def validate_record(obj: Any, source: str = "<record>") -> None:
             raise SchemaError(source, f"qas[{i}].answer", f"index {ans} out of range for {len(opts)} options")
         if not qa["qtype"].strip():
             raise SchemaError(source, f"qas[{i}].qtype", "empty")
+
+
+def _check_caption(qa: dict, source: str, prefix: str) -> None:
+    caption = qa["extra"].get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        raise SchemaError(source, f"{prefix}extra.caption", f"a caption entry needs a non-empty text, "
+                                                             f"got {caption!r:.60}")
+    if qa["options"]:
+        raise SchemaError(source, f"{prefix}options", "a caption entry has no options")
+    if qa["answer"] is not None:
+        raise SchemaError(source, f"{prefix}answer", "a caption entry has no answer")
 
 
 def read_records(path: str | Path) -> Iterator[VideoRecord]:

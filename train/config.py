@@ -323,7 +323,7 @@ class TrainConfig:
 # Choices of T1's task fields, checked here as well so that a bad value is named even if the
 # task dataclass itself types them as plain str.
 _TASK_CHOICES = {
-    "mode": ("qa", "mtl", "stl"),
+    "mode": ("qa", "mtl", "stl", "caption"),
     "reasoning_source": ("none", "raw", "refined", "gt"),
     "answer_format": ("letter", "letter_text"),
 }
@@ -341,6 +341,12 @@ def _cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
             out.append((f"task.{name}", f"must be >= 0, got {value}"))
     if cfg.optim.warmup_steps > cfg.run.max_steps:
         out.append(("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds run.max_steps {cfg.run.max_steps}"))
+    m = cfg.model
+    if (m.kind == "assembled" and m.vision.freeze and "Projector" in cfg.deepspeed.leaf_modules
+            and cfg.deepspeed.zero_stage == 3):
+        out.append(("deepspeed.leaf_modules", "Projector as a ZeRO-3 leaf needs model.vision.freeze false: with a "
+                    "frozen tower its input needs no grad and DeepSpeed never re-gathers a leaf's weights for "
+                    "backward (the step fails with a size-0 tensor)"))
     if cfg.optim.impl == "deepspeed" and cfg.optim.name != "adamw":
         out.append(("optim.impl", "DeepSpeed's own optimizers are used for adamw only"))
     return out

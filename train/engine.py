@@ -225,6 +225,8 @@ def model_inputs(mb: dict, weights: torch.Tensor, device: torch.device) -> dict:
     """Forward kwargs of one collated micro-batch: tensors on ``device`` plus ``loss_weight``."""
     out = {k: mb[k].to(device, non_blocking=True) for k in MODEL_INPUTS}
     out["loss_weight"] = weights.to(device, non_blocking=True)
+    if "vision" in mb:  # an HF video-LLM's own video tensors (train.hf_inputs)
+        out["vision"] = {k: v.to(device, non_blocking=True) for k, v in mb["vision"].items()}
     return out
 
 

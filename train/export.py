@@ -70,7 +70,12 @@ def model_from_checkpoint(root: Path, tag: str) -> tuple[Any, Any, TrainConfig, 
     from train.tokenizer import build_tokenizer
 
     cfg = load_config(root / tag / "train_config.yaml")
-    tokenizer = build_tokenizer(_find_tokenizer(root))
+    if cfg.model.kind == "hf_vlm":  # the VLM's own processor (tokenizer, chat template, video settings)
+        from train.hf_vlm import load_processor
+
+        tokenizer = load_processor(cfg.model.hf)
+    else:
+        tokenizer = build_tokenizer(_find_tokenizer(root))
     state = consolidated_state_dict(root, tag)
     model = build_model(cfg.model, tokenizer)
     result = model.load_state_dict(state, strict=False)
@@ -83,14 +88,24 @@ def model_from_checkpoint(root: Path, tag: str) -> tuple[Any, Any, TrainConfig, 
     return model.eval(), tokenizer, cfg, step
 
 
-def export(checkpoint: str | Path, out: str | Path, tag: str | None = None, dtype: str = "fp32") -> Path:
-    """Write the consolidated HF-style folder of a checkpoint (see the module doc)."""
+def export(checkpoint: str | Path, out: str | Path, tag: str | None = None, dtype: str = "fp32",
+           merge_lora: bool = True) -> Path:
+    """Write the consolidated HF-style folder of a checkpoint (see the module doc).
+
+    A ``model.kind: hf_vlm`` checkpoint becomes a folder of the VLM's own class (config.json +
+    model.safetensors + processor files + video_llm.json): ``AutoModelForImageTextToText`` /
+    ``Qwen2VLForConditionalGeneration.from_pretrained(out)`` loads it. LoRA adapters are merged
+    unless ``merge_lora`` is False (then they go to ``out/adapter/``, peft format).
+    """
     root, tag = resolve_checkpoint(checkpoint, tag)
     model, tokenizer, cfg, step = model_from_checkpoint(root, tag)
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
     out = Path(out)
-    model.save_pretrained_parts(out, tokenizer)
+    if cfg.model.kind == "hf_vlm":
+        model.save_export(out, merge_lora=merge_lora)
+    else:
+        model.save_pretrained_parts(out, tokenizer)
     save_config(cfg, out / "train_config.yaml")
     info = {"checkpoint": str(root / tag), "step": step, "dtype": dtype,
             "consolidation": "deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint"}
@@ -114,7 +129,15 @@ def load_for_eval(path: str | Path, device: torch.device | str | None = None,
         ``config.task`` (answer_format) for the scores to mean what training meant.
     """
     path = Path(path)
-    if (path / "video_llm.json").is_file():
+    meta_file = path / "video_llm.json"
+    if meta_file.is_file() and json.loads(meta_file.read_text()).get("kind") == "hf_vlm":
+        from train.hf_vlm import HFVideoLLM
+
+        cfg_path = path / "train_config.yaml"
+        cfg = load_config(cfg_path) if cfg_path.is_file() else TrainConfig()
+        model = HFVideoLLM.from_export(path, cfg.model, device=device)
+        tokenizer = model.processor.tokenizer
+    elif (path / "video_llm.json").is_file():
         from train.model import VideoLLM
 
         model, tokenizer = VideoLLM.from_pretrained_parts(path, device=device)
@@ -137,11 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default=None, help="checkpoint tag, e.g. global_step100 (default: latest)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the written weights")
+    p.add_argument("--lora-adapter", action="store_true",
+                   help="hf_vlm + LoRA: keep the adapters apart (out/adapter/) instead of merging them")
     args = p.parse_args(argv)
     try:
-        out = export(args.checkpoint, args.out, args.tag, args.dtype)
+        out = export(args.checkpoint, args.out, args.tag, args.dtype, merge_lora=not args.lora_adapter)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"exported {args.checkpoint} -> {out} (llm/ loads with AutoModelForCausalLM.from_pretrained)")
+    hf = json.loads((out / "video_llm.json").read_text()).get("kind") == "hf_vlm"
+    how = "AutoModelForImageTextToText.from_pretrained(out)" if hf else "llm/: AutoModelForCausalLM.from_pretrained"
+    print(f"exported {args.checkpoint} -> {out} (loads with {how})")
     return 0

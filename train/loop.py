@@ -89,6 +89,13 @@ class Trainer:
         from train.tokenizer import build_tokenizer
 
         cfg = self.cfg
+        if cfg.model.kind == "hf_vlm":  # the VLM's own tokenizer, chat template and video settings
+            from train.hf_vlm import load_processor
+
+            proc = load_processor(cfg.model.hf)
+            if self.is_main:
+                proc.save_pretrained(cfg.checkpoint_dir / "tokenizer")
+            return proc
         if cfg.tokenizer.path:
             tok = build_tokenizer(cfg.tokenizer.path)
         else:
@@ -162,7 +169,10 @@ class Trainer:
             empty["task_ids"] = torch.zeros_like(empty["task_ids"])
             empty["labels"] = torch.full_like(empty["labels"], -100)
             return empty
-        self._last_collated = collate(examples, self.tokenizer, self.cfg.task, self.layout)
+        if self.cfg.model.kind == "hf_vlm":
+            self._last_collated = self.model.collate(examples, self.cfg.task)
+        else:
+            self._last_collated = collate(examples, self.tokenizer, self.cfg.task, self.layout)
         return self._last_collated
 
     def client_state(self) -> dict:

@@ -32,7 +32,8 @@ from kernels import LinearWeightedCrossEntropy
 from kernels.attention import select_attention
 from train import flops as flops_mod
 from train import generation
-from train.projector import FrameEncoder, Projector, build_vision_tower, tower_mean_std
+from train.hf_vlm import HFVLMSettings
+from train.projector import FrameEncoder, Projector, build_vision_tower, load_projector, tower_mean_std
 from train.tasks import FrameLayout
 from train.tokenizer import frame_token_id
 
@@ -93,6 +94,9 @@ class ProjectorConfig:
     """Consecutive frames averaged into one group (1 = every frame its own tokens)."""
     hidden: int | None = None
     """MLP hidden width; None = the LLM's hidden size."""
+    init_from: str | None = None
+    """Start from an aligned projector: a stage-1 export folder (its projector.safetensors) or that
+    file (task.mode caption, docs/TRAINING.md "Stage-1 alignment"); None = random init."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value."""
@@ -158,8 +162,13 @@ class LoraSettings:
 
 @dataclass
 class ModelConfig:
-    """Vision tower -> projector -> LLM."""
+    """Vision tower -> projector -> LLM (assembled), or an existing HF video-LLM (hf_vlm)."""
 
+    kind: Literal["assembled", "hf_vlm"] = "assembled"
+    """assembled: vision tower + fresh projector + causal LM (sections vision/projector/llm);
+    hf_vlm: an existing transformers video-LLM from a local folder (section hf, train.hf_vlm)."""
+    hf: HFVLMSettings = field(default_factory=HFVLMSettings)
+    """The existing video-LLM of kind hf_vlm (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision)."""
     vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
     """The vision tower."""
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -179,7 +188,10 @@ class ModelConfig:
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value of this section and its subsections."""
         out = [] if self.loss_chunk_size >= 1 else [("loss_chunk_size", f"must be >= 1, got {self.loss_chunk_size}")]
-        for name in ("vision", "projector", "llm", "lora"):
+        if self.kind == "hf_vlm" and not self.hf.path:
+            out.append(("hf.path", "model.kind hf_vlm needs a local model folder"))
+        names = ("hf", "lora") if self.kind == "hf_vlm" else ("vision", "projector", "llm", "lora")
+        for name in names:
             out += [(f"{name}.{f}", m) for f, m in getattr(self, name).problems()]
         return out
 
@@ -192,7 +204,7 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Nested dict (e.g. from JSON) -> ModelConfig; unknown keys raise ValueError."""
         subs = {"vision": VisionTowerConfig, "projector": ProjectorConfig, "llm": LanguageModelConfig,
-                "lora": LoraSettings}
+                "lora": LoraSettings, "hf": HFVLMSettings}
         kwargs = {}
         for key, value in data.items():
             if key not in {f.name for f in dataclasses.fields(cls)}:
@@ -234,6 +246,12 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
     Returns:
         The model, with ``attention_report`` = (impl, reason).
     """
+    if cfg.kind == "hf_vlm":
+        from train.hf_inputs import VideoChatProcessor
+        from train.hf_vlm import build_hf_vlm
+
+        # the trainer passes the VLM's VideoChatProcessor as its "tokenizer"
+        return build_hf_vlm(cfg, tokenizer if isinstance(tokenizer, VideoChatProcessor) else None, device, dtype)
     impl, reason = resolve_attention(cfg.attn_implementation, device)
     log.info("attention: %s (%s)", impl, reason)
     tower = build_vision_tower(cfg.vision.kind, cfg.vision.path, cfg.vision.config, cfg.vision.image_size,
@@ -262,9 +280,12 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
     llm_dim = int(llm.config.hidden_size)
     projector = Projector(encoder.hidden_size, llm_dim, encoder.grid, tuple(cfg.projector.pool),
                           cfg.projector.temporal_stride, cfg.projector.hidden)
+    if cfg.projector.init_from:
+        load_projector(projector, cfg.projector.init_from)
     model = VideoLLM(cfg, encoder, projector, llm, frame_token_id(tokenizer), (impl, reason))
     model.apply_training_flags()
     return model
+
 
 
 def _install_loss_head(llm: nn.Module, chunk_size: int) -> None:

@@ -8,6 +8,7 @@ from a local directory (real runs).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from torch import nn
 # Imported here, not lazily: importing HF modeling code pulls in torch._dynamo, which fails
 # inside deepspeed.zero.Init (it patches tensor construction while the model is built).
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+
+log = logging.getLogger(__name__)
 
 # Normalisation constants of the public preprocessors (used when a local tower directory has
 # no preprocessor_config.json, and for towers built from a config dict).
@@ -156,3 +159,36 @@ class Projector(nn.Module):
             x = torch.stack([x[:, g * s:(g + 1) * s].mean(dim=1) for g in range(groups)], dim=1)
         x = x.reshape(B, -1, D).to(self.fc1.weight.dtype)
         return self.fc2(F.gelu(self.fc1(x)))
+
+
+def load_projector(projector: nn.Module, path: str | Path) -> None:
+    """Load aligned projector weights (stage 1) into ``projector``, ZeRO-3-partitioned or not.
+
+    Raises:
+        FileNotFoundError: no projector.safetensors at ``path``.
+        ValueError: the file's tensors do not fit this projector (names the keys / shapes).
+    """
+    from safetensors.torch import load_file
+
+    f = Path(path)
+    f = f / "projector.safetensors" if f.is_dir() else f
+    if not f.is_file():
+        raise FileNotFoundError(f"model.projector.init_from: {f} not found (a stage-1 export folder holds "
+                                "projector.safetensors)")
+    state = load_file(str(f))
+    params = list(projector.parameters())
+    shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in projector.named_parameters()}
+    bad = sorted(set(shapes) ^ set(state)) + [n for n in shapes if n in state and tuple(state[n].shape) != shapes[n]]
+    if bad:
+        raise ValueError(f"model.projector.init_from: {f} does not fit this projector (keys or shapes differ: "
+                         f"{bad[:5]}; this projector: {shapes})")
+    if any(hasattr(p, "ds_id") for p in params):  # partitioned by zero.Init: gather, load on rank 0, re-split
+        import deepspeed
+        import torch.distributed as dist
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            if dist.get_rank() == 0:
+                projector.load_state_dict(state)
+    else:
+        projector.load_state_dict(state)
+    log.info("projector initialised from %s", f)

@@ -37,6 +37,10 @@ INSTRUCTIONS = {
     "stl": "Reason step by step about the video, then give the answer.",
 }
 
+# Stage-1 alignment (task.mode caption): frames -> caption. Kept out of INSTRUCTIONS so that the
+# texts a tokenizer is trained on (fixed_texts) stay those of the QA prompts.
+CAPTION_INSTRUCTION = "Describe the video briefly."
+
 # The reasoning text and the answer are joined like this in the single-task (STL) target.
 STL_TARGET_TEMPLATE = "{reasoning}\nAnswer: {answer}"
 

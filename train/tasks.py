@@ -26,7 +26,8 @@ from train import prompts
 from train.tokenizer import frame_token_id
 
 TASK_NONE, TASK_QA, TASK_REASON = 0, 1, 2
-MODES = ("qa", "mtl", "stl")
+MODES = ("qa", "mtl", "stl", "caption")
+CAPTION_QTYPE = "caption"  # data_shards.schema.CAPTION_QTYPE (train reads samples, not the schema module)
 REASONING_SOURCES = ("none", "raw", "refined", "gt")
 
 
@@ -36,7 +37,8 @@ class TaskConfig:
 
     mode: str = "mtl"
     """"qa": QA task only; "mtl": QA + reasoning task (ReasVQA multi-task); "stl": one target =
-    reasoning then answer (single-task baseline)."""
+    reasoning then answer (single-task baseline); "caption": stage-1 alignment, frames -> caption
+    of the video-caption entries (qtype "caption"; QA entries are skipped, and QA modes skip captions)."""
     alpha: float = 1.0
     """Weight of the mean QA loss (task-1 tokens; the STL target counts as task 1)."""
     beta: float = 0.5
@@ -54,6 +56,8 @@ class TaskConfig:
     """Instruction of the reasoning task; None = ``prompts.INSTRUCTIONS["reasoning"]``."""
     use_vcot: bool = False
     """Interleave the reasoning record's vCoT transitional captions between the frames."""
+    caption_instruction: str | None = None
+    """Instruction of the caption task; None = ``prompts.CAPTION_INSTRUCTION``."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -137,6 +141,8 @@ def build_examples(sample: dict, cfg: TaskConfig) -> list[Example]:
     Returns:
         0 to 2 examples.
     """
+    if sample.get("qtype") == CAPTION_QTYPE or cfg.mode == "caption":
+        return _caption_examples(sample, cfg)
     try:
         qid, frames, question, options = sample["qid"], sample["frames"], sample["question"], sample["options"]
     except KeyError as e:
@@ -169,6 +175,19 @@ def build_examples(sample: dict, cfg: TaskConfig) -> list[Example]:
     elif cfg.mode not in MODES:
         raise ValueError(f"task.mode must be one of {MODES}, got {cfg.mode!r}")
     return out
+
+
+def _caption_examples(sample: dict, cfg: TaskConfig) -> list[Example]:
+    """caption mode: the caption example of a caption entry; nothing for QA entries (and nothing
+    for caption entries in the QA modes)."""
+    if sample.get("qtype") != CAPTION_QTYPE or cfg.mode != "caption":
+        return []
+    caption = (sample.get("extra") or {}).get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"caption sample {sample.get('qid', '?')}: field 'extra.caption' is empty or missing")
+    return [Example(qid=sample["qid"], task="caption", task_id=TASK_QA, frames=sample["frames"],
+                    question=str(sample.get("question") or ""), options=[],
+                    instruction=cfg.caption_instruction or prompts.CAPTION_INSTRUCTION, target=caption.strip())]
 
 
 def _vcot_captions(sample: dict) -> list[str | None] | None:
@@ -216,8 +235,9 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, layout: FrameLayout, quest
         for j in range(g * s, min((g + 1) * s, layout.num_frames - 1)):
             if captions is not None and captions[j]:
                 head += _enc(tokenizer, prompts.CAPTION_TEMPLATE.format(caption=str(captions[j]).strip()))
-    q = _enc(tokenizer, prompts.question_text(question))
-    tail = _enc(tokenizer, prompts.options_text(options))
+    # a caption prompt has no question and no options: no empty "Question:" / "Options:" lines
+    q = _enc(tokenizer, prompts.question_text(question)) if question.strip() else []
+    tail = _enc(tokenizer, prompts.options_text(options)) if options else []
     tail += _enc(tokenizer, prompts.ASSISTANT_PREFIX.format(instruction=instruction))
     cut = False
     if max_len is not None and len(head) + len(q) + len(tail) > max_len:

@@ -117,8 +117,9 @@ def corpus_from_samples(items: Iterable[Any]) -> Iterator[str]:
             yield str(get("question", ""))
             yield from (str(o) for o in get("options", []) or [])
             extra = get("extra", {}) or {}
-            if isinstance(extra.get("reasoning"), str):
-                yield extra["reasoning"]
+            for key in ("reasoning", "caption"):  # caption: stage-1 video-caption entries
+                if isinstance(extra.get(key), str):
+                    yield extra[key]
             rec = get("reasoning", None)
             if isinstance(rec, dict):
                 yield from (rec[k] for k in ("raw", "refined") if isinstance(rec.get(k), str))
