@@ -354,7 +354,9 @@ def _cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
         out.append(("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds run.max_steps {cfg.run.max_steps}"))
     if cfg.optim.impl == "deepspeed" and cfg.optim.name != "adamw":
         out.append(("optim.impl", "DeepSpeed's own optimizers are used for adamw only"))
-    return out
+    from train.model_check import hf_config_problems  # typos / bad values inside the HF config dicts
+
+    return out + hf_config_problems(cfg.model)
 
 
 # ---------------------------------------------------------------- typed parsing

@@ -146,11 +146,12 @@ def test_resume_applies_a_new_lr_and_a_longer_run_keeps_the_cosine_horizon(shard
 
 
 def test_nonfinite_losses_stop_the_run_without_overwriting_good_checkpoints(shards, tmp_path):
-    """lr 1e30: step 1 is finite (checkpoint), then the loss is nan. With max_nonfinite_steps=2 the
-    run stops at step 3 on both ranks with exit 3; latest stays the step-1 checkpoint."""
+    """lr 1e30: step 1 is finite (checkpoint), then the loss is nan. With the default
+    run.max_nonfinite_steps (3) the run stops at step 4 on both ranks with exit 3; latest stays the
+    step-1 checkpoint (today: exit 0 after 8 steps, with nan checkpoints at every step)."""
     run_dir = tmp_path / "runs" / "nan"
     args = _args(shards, run_dir, **{"optim.lr": 1e30, "optim.warmup_steps": 0, "run.max_steps": 8,
-                                     "checkpoint.interval_steps": 1, "run.max_nonfinite_steps": 2})
+                                     "checkpoint.interval_steps": 1})
     procs = _direct_ranks(args, world=2, timeout=240)
     for proc in procs:
         assert proc.returncode == 3, proc.stderr[-4000:]
@@ -159,7 +160,7 @@ def test_nonfinite_losses_stop_the_run_without_overwriting_good_checkpoints(shar
     assert (ckpts / "latest").read_text() == "global_step1"
     assert sorted(p.name for p in ckpts.glob("global_step*")) == ["global_step1"]
     steps = {r["step"]: r["loss"] for r in _records(run_dir)}
-    assert sorted(steps) == [1, 2, 3] and steps[1] == steps[1] and steps[3] != steps[3]  # nan != nan
+    assert sorted(steps) == [1, 2, 3, 4] and steps[1] == steps[1] and steps[4] != steps[4]  # nan != nan
 
 
 def test_sigusr1_on_one_rank_saves_on_every_rank_and_resume_continues(shards, tmp_path):
