@@ -195,3 +195,19 @@ def test_sigusr1_on_one_rank_saves_on_every_rank_and_resume_continues(shards, tm
     assert f"at step {stopped}" in resumed.stderr
     assert [r["step"] for r in _records(run_dir)][-1] == stopped + 1
     assert json.loads((run_dir / "checkpoints" / f"global_step{stopped + 1}" / "complete.json").read_text())
+
+
+def test_eval_run_accepts_a_tag_of_a_checkpoint_folder(shards, base_run, tmp_path):
+    """`python -m eval run --checkpoint RUN/checkpoints --tag global_step2` evaluates that checkpoint;
+    a tag that is not there names the complete ones."""
+    ckpts = base_run / "checkpoints"
+    cmd = [sys.executable, "-m", "eval", "run", "--checkpoint", str(ckpts), "--shards", shards, "--threads", "1"]
+    proc = subprocess.run([*cmd, "--tag", "global_step2", "--out", str(tmp_path / "e2")], cwd=REPO,
+                          env=env_for_launch(), capture_output=True, text=True, timeout=300)
+    _ok(proc)
+    run = json.loads((tmp_path / "e2" / "run.json").read_text())
+    assert run["tag"] == "global_step2" and run["n_questions"] > 0
+    bad = subprocess.run([*cmd, "--tag", "global_step3", "--out", str(tmp_path / "e3")], cwd=REPO,
+                         env=env_for_launch(), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
+    assert f"complete ones here: global_step2, global_step{BASE_STEPS}" in bad.stderr
