@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reasoning_gen.backends.base import Backend, GenRequest, GenResult
+from reasoning_gen.backends.base import Backend, BackendUnavailable, GenRequest, GenResult
 from reasoning_gen.prompts import (
     prompt_version,
     reasvqa_prompt,
@@ -362,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     backend = build_backend(args.backend, **opts)
     try:
         stats = run_generation(cfg, backend, info.rank, info.world_size)
+    except BackendUnavailable as e:  # records written before it stay (appended and fsynced per batch)
+        print(f"error: rank {info.rank}: the teacher is unavailable, stopping: {e}; the records written so "
+              f"far stay in {args.out}: rerun the same command once the server answers", file=sys.stderr)
+        return 3
     finally:
         backend.close()
     graded = stats.get("graded", 0)
