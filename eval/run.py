@@ -452,10 +452,10 @@ def _merge_and_write(args: argparse.Namespace, gathered: list, ctx: dict, ws: in
         annotations = load_annotations(args.annotations, dataset or "")
     meta, opts = ctx["meta"], ctx["opts"]
     meta.update(eval_mode=args.mode, frames=ctx["frames"], dataset=dataset, **dict(args.meta))
-    info = {"version": VERSION, "label": args.label or default_label(meta), "checkpoint": str(args.checkpoint), "tag": args.tag,
-            "shards": args.shards, "mode": args.mode, "frames": ctx["frames"], "frame_size": list(ctx["size"]),
-            "world_size": ws, "probe_seed": args.seed, "options": vars(opts), "meta": meta,
-            "loader_stats": stats, "elapsed_s": round(time.time() - t0, 1),
+    info = {"version": VERSION, "label": args.label or default_label(meta), "checkpoint": str(args.checkpoint),
+            "tag": args.tag, "shards": args.shards, "mode": args.mode, "frames": ctx["frames"],
+            "frame_size": list(ctx["size"]), "world_size": ws, "probe_seed": args.seed, "options": vars(opts),
+            "meta": meta, "loader_stats": stats, "elapsed_s": round(time.time() - t0, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     info = write_outputs(args.out, merged, info, annotations)
     _print_summary(args.out, info)
