@@ -120,6 +120,8 @@ def test_resume_with_another_model_or_world_size_is_one_line_before_deepspeed(sh
     stamp = {p: p.stat().st_mtime_ns for p in (base_run / "checkpoints").rglob("*") if p.is_file()}
     for proc in _direct_ranks([*args, "--model.llm.config.hidden_size=64"], world=2):
         _one_line_error(proc, "model.llm.config.hidden_size", "64", "128", f"global_step{BASE_STEPS}")
+    for proc in _direct_ranks([*args, "--deepspeed.gradient_accumulation_steps=1"], world=2):
+        _one_line_error(proc, "deepspeed.gradient_accumulation_steps", "data position")
     (single,) = _direct_ranks(args, world=1)
     _one_line_error(single, "written by 2 ranks", "this job has 1")
     assert stamp == {p: p.stat().st_mtime_ns for p in (base_run / "checkpoints").rglob("*") if p.is_file()}
@@ -211,3 +213,28 @@ def test_eval_run_accepts_a_tag_of_a_checkpoint_folder(shards, base_run, tmp_pat
                          env=env_for_launch(), capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     assert f"complete ones here: global_step2, global_step{BASE_STEPS}" in bad.stderr
+
+
+def test_sigterm_to_torchrun_reaches_both_ranks_and_each_saves_before_leaving(shards, tmp_path):
+    """torchrun forwards SIGTERM to every rank (and kills them 30 s later): both save the same step."""
+    run_dir = tmp_path / "runs" / "term"
+    args = _args(shards, run_dir, **{"run.max_steps": 200, "checkpoint.interval_steps": 0})
+    proc = subprocess.Popen(torchrun_cmd(2, *args), cwd=REPO, env=env_for_launch(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 1:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    stopped = max(r["step"] for r in _records(run_dir))
+    assert stopped < 200 and "preempted by SIGTERM" in stdout + stderr, stderr[-4000:]
+    tag = run_dir / "checkpoints" / f"global_step{stopped}"
+    assert (run_dir / "checkpoints" / "latest").read_text() == tag.name, stderr[-4000:]
+    assert json.loads((tag / "complete.json").read_text())["world_size"] == 2
+    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= {p.name for p in tag.iterdir()}
