@@ -151,12 +151,9 @@ def resume_plan(cfg: TrainConfig, tag_dir: Path, world_size: int) -> ResumePlan:
     Raises:
         ConfigError: a refused change (one line naming the field, the old and the new value).
     """
-    saved_ws = saved_world_size(tag_dir)
-    if saved_ws is not None and saved_ws != world_size:
-        raise ConfigError(f"resume: checkpoint {tag_dir} was written by {saved_ws} ranks, this job has "
-                          f"{world_size}: ZeRO-3 shards only load on the same number of ranks")
     path = tag_dir / "train_config.yaml"
     if not path.is_file():
+        _check_world(tag_dir, world_size)
         return ResumePlan(as_given=[f"(no {path.name} in the checkpoint: settings not compared)"])
     old = _flat(yaml.safe_load(path.read_text()) or {})
     saved_max = old.get("run.max_steps")
@@ -175,7 +172,15 @@ def resume_plan(cfg: TrainConfig, tag_dir: Path, world_size: int) -> ResumePlan:
             raise ConfigError(f"resume: {key} is {b!r} but checkpoint {tag_dir} was trained with {a!r}: "
                               f"{why}; resume with the checkpoint's value or start a new run")
         (plan.applied if key in APPLIED else plan.as_given).append(f"{key} {a!r} -> {b!r}")
+    _check_world(tag_dir, world_size)
     return plan
+
+
+def _check_world(tag_dir: Path, world_size: int) -> None:
+    saved_ws = saved_world_size(tag_dir)
+    if saved_ws is not None and saved_ws != world_size:
+        raise ConfigError(f"resume: checkpoint {tag_dir} was written by {saved_ws} ranks, this job has "
+                          f"{world_size}: ZeRO-3 shards only load on the same number of ranks")
 
 
 def apply_optim_settings(engine: Any, model: Any, cfg: TrainConfig) -> float:

@@ -118,10 +118,11 @@ def test_fresh_run_into_a_used_run_dir_is_refused_and_overwrite_starts_clean(sha
 def test_resume_with_another_model_or_world_size_is_one_line_before_deepspeed(shards, base_run):
     args = [*_args(shards, base_run), "--resume", "latest"]
     stamp = {p: p.stat().st_mtime_ns for p in (base_run / "checkpoints").rglob("*") if p.is_file()}
-    for proc in _direct_ranks([*args, "--model.llm.config.hidden_size=64"], world=2):
-        _one_line_error(proc, "model.llm.config.hidden_size", "64", "128", f"global_step{BASE_STEPS}")
-    for proc in _direct_ranks([*args, "--deepspeed.gradient_accumulation_steps=1"], world=2):
-        _one_line_error(proc, "deepspeed.gradient_accumulation_steps", "data position")
+    # the settings are compared before the rank count, so one process shows each refusal
+    (proc,) = _direct_ranks([*args, "--model.llm.config.hidden_size=64"], world=1)
+    _one_line_error(proc, "model.llm.config.hidden_size", "64", "128", f"global_step{BASE_STEPS}")
+    (proc,) = _direct_ranks([*args, "--deepspeed.gradient_accumulation_steps=1"], world=1)
+    _one_line_error(proc, "deepspeed.gradient_accumulation_steps", "data position")
     (single,) = _direct_ranks(args, world=1)
     _one_line_error(single, "written by 2 ranks", "this job has 1")
     assert stamp == {p: p.stat().st_mtime_ns for p in (base_run / "checkpoints").rglob("*") if p.is_file()}
