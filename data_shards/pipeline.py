@@ -319,7 +319,10 @@ def decode_video(sample: dict[str, Any], *, num_frames: int, size: tuple[int, in
     if "json" not in sample:
         members = sorted(k for k in sample if not k.startswith("__"))
         raise IncompleteSample(f"{where}: no {key}.json record (members: {members})")
-    record = json.loads(sample["json"])
+    try:
+        record = json.loads(sample["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:  # name the shard: the handler sees no url here
+        raise SchemaError(f"{url}:{key}.json", "<record>", f"not valid JSON ({e})") from None
     validate_record(record, f"{url}:{key}.json")
     member = record["video"]
     stem, _, ext = member.rpartition(".")

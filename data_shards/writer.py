@@ -75,7 +75,12 @@ class VideoFinder:
         self._by_name: dict[str, list[Path]] | None = None
 
     def find(self, rec: VideoRecord) -> Path:
-        """The video's path; raises FileNotFoundError saying where it looked."""
+        """The video's path; raises FileNotFoundError saying where it looked, VideoError for a path
+        that leaves the root (absolute, or ``..`` after normalisation: never followed)."""
+        for rel in (rec.video, self.map.get(rec.video_id) or self.map.get(Path(rec.video).stem) or ""):
+            if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == "..":
+                raise VideoError(f"video path {rel!r} of video_id {rec.video_id!r} escapes the video root "
+                                 f"{self.root}: not followed")
         direct = self.root / rec.video
         if direct.is_file():
             return direct
@@ -189,10 +194,11 @@ class ShardSink:
     def abort(self) -> None:
         """Drop the open shard (its tmp file); finished shards stay."""
         if self._cur is not None:
-            try:
-                self._tar.close()
-            finally:
-                self._file.close()
+            for close in (self._tar.close, self._file.close):
+                try:
+                    close()
+                except OSError:  # e.g. the flush of a full disk: the file is dropped anyway
+                    pass
             self._cur.tmp.unlink(missing_ok=True)
             self._cur = None
 
@@ -307,20 +313,30 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
                     continue
                 meta = stored_record(rec, key, ext, cut, f"{records_path} (record {n}, video {rec.video_id!r})")
                 sink.add(key, {"json": meta, ext: data}, len(rec.qas))
-        except BaseException:
+            done = sink.close()
+        except BaseException as e:
+            where = getattr(e, "filename", None) or (sink._cur.tmp if sink._cur is not None else pattern)
             sink.abort()
+            if isinstance(e, OSError) and e.errno in _FATAL_ERRNOS:  # one line naming the path
+                raise OSError(e.errno, f"{os.strerror(e.errno)} while writing {where} "
+                                       f"(finished shards stay: {len(sink.done)})") from None
             raise
-        done = sink.close()
     summary = {"shards": {s.name: {"videos": s.videos, "questions": s.questions, "bytes": s.bytes} for s in done},
                "videos": sum(s.videos for s in done), "questions": sum(s.questions for s in done),
                "skipped": skipped}
     sizes = Path(pattern % 0).parent / "sizes.json"
     write_sizes(sizes, summary, pattern)
     summary["sizes"] = str(sizes)
-    stale = [pattern % k for k in range(len(done), len(done) + 10_000) if Path(pattern % k).exists()]
-    if stale:
-        log(f"warning: {len(stale)} older shard(s) of this pattern remain after this run "
-            f"(first {stale[0]}); they are not in sizes.json: delete them before reading the shards")
+    fam, names = _family(pattern), {s.name for s in done}
+    stale = sorted(p for p in sizes.parent.iterdir() if fam.match(p.name) and p.name not in names)
+    if stale and done:  # shards of an earlier write this one replaced: never left to be trained on
+        for p in stale:
+            p.unlink()
+        log(f"removed {len(stale)} stale shard(s) of an earlier write of this pattern that this write "
+            f"replaced (first {stale[0]})")
+    elif stale:
+        log(f"warning: nothing written; {len(stale)} older shard(s) of this pattern are left as they were "
+            f"(first {stale[0]}) and are not in sizes.json")
     return summary
 
 
@@ -347,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     videos = a.videos or str(Path(a.records).parent / "videos")
     vmap = json.loads(Path(a.video_map).read_text(encoding="utf-8")) if a.video_map else None
-    s = write_shards(a.records, videos, a.out, a.max_count, a.max_size, vmap)
+    try:
+        s = write_shards(a.records, videos, a.out, a.max_count, a.max_size, vmap)
+    except (ValueError, OSError) as e:  # SchemaError names file:line and field; a full disk names the path
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
     total = sum(v["bytes"] for v in s["shards"].values())
     print(f"wrote {s['videos']} videos, {s['questions']} questions in {len(s['shards'])} shard(s), "
           f"{total / 1e6:.1f} MB; skipped {len(s['skipped'])} video(s); sizes in {s['sizes']}")

@@ -220,7 +220,9 @@ class Demo:
                      f"--data.num_frames={s.frames}", f"--data.frame_size=[{s.frame_size},{s.frame_size}]",
                      f"--task.mode={run.mode}", f"--task.reasoning_source={run.source}", f"--task.beta={run.beta}",
                      f"--run.seed={run.seed}", f"--run.max_steps={s.steps}", f"--run.name={run.name}",
-                     f"--run.output_dir={self.out / 'runs'}", *s.overrides]
+                     f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true", *s.overrides]
+        # --run.overwrite: a train step that did not finish is redone from scratch (its run dir may
+        # hold the interrupted attempt's checkpoints and metrics, which the trainer would refuse to mix)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
                "-m", "train", "--config", str(RECIPE), *overrides]
         try:

@@ -308,7 +308,10 @@ def _size(text: str) -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="export directory (python -m train export)")
+    p.add_argument("--checkpoint", required=True,
+                   help="export directory (python -m train export), or a checkpoint dir / global_step{N} dir")
+    p.add_argument("--tag", default=None,
+                   help="checkpoint tag under --checkpoint, e.g. global_step100 (default: latest)")
     p.add_argument("--shards", required=True, help="shard URL pattern of the evaluation split")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--mode", choices=MODES, default="loglik")
@@ -408,7 +411,7 @@ def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, 
     from data_shards.loader import LoaderConfig, build_loader, expand_urls
     from train.export import load_for_eval
 
-    model, tokenizer, config = load_for_eval(args.checkpoint)
+    model, tokenizer, config = load_for_eval(args.checkpoint, tag=args.tag)
     model.eval()
     meta = model_meta(config)
     frames = args.frames or int(cfg_get(config, "data.num_frames", 8))
@@ -450,9 +453,9 @@ def _merge_and_write(args: argparse.Namespace, gathered: list, ctx: dict, ws: in
     meta, opts = ctx["meta"], ctx["opts"]
     meta.update(eval_mode=args.mode, frames=ctx["frames"], dataset=dataset, **dict(args.meta))
     info = {"version": VERSION, "label": args.label or default_label(meta), "checkpoint": str(args.checkpoint),
-            "shards": args.shards, "mode": args.mode, "frames": ctx["frames"], "frame_size": list(ctx["size"]),
-            "world_size": ws, "probe_seed": args.seed, "options": vars(opts), "meta": meta,
-            "loader_stats": stats, "elapsed_s": round(time.time() - t0, 1),
+            "tag": args.tag, "shards": args.shards, "mode": args.mode, "frames": ctx["frames"],
+            "frame_size": list(ctx["size"]), "world_size": ws, "probe_seed": args.seed, "options": vars(opts),
+            "meta": meta, "loader_stats": stats, "elapsed_s": round(time.time() - t0, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     info = write_outputs(args.out, merged, info, annotations)
     _print_summary(args.out, info)

@@ -56,10 +56,16 @@ _CUES_AFTER = re.compile(
     r"|\s+best\s+(?:describes|matches|fits|explains|answers)\b)"
 )
 _MARKERS = re.compile(
-    r"^[\W_]*(?i:so|thus|therefore|hence|consequently|in\s+conclusion|in\s+summary|to\s+sum\s+up|to\s+conclude|"
+    r"^[\W_]*(?i:so|thus|therefore|hence|consequently|in\s+conclusion|conclusion|in\s+summary|to\s+sum\s+up|to\s+conclude|"
     r"overall|in\s+short|clearly|this\s+(?:means|suggests|indicates|shows|implies)|"
     r"it\s+(?:seems|appears)|based\s+on\s+(?:this|these|the\s+\w+))\b"
 )
+# A conclusion marker anywhere in a sentence ("It is therefore option A", "The dog (option A), thus, ...").
+_ANY_MARKER = re.compile(r"(?i:\b(?:so|thus|hence|therefore|consequently|overall|in\s+conclusion|conclusion|"
+                         r"final\s+answer|i\.e\.))(?![\w-])")
+# A reference to an option by its letter: "(B)", "(option B)", "option B", or a lone capital at the end.
+_LETTER_REF = re.compile(r"[\(\[](?i:(?:option|choice)\s+)?([A-J])[\)\]]|\b(?i:option|choice)\s+([A-J])\b"
+                         r"|(?<![\w'’.])([A-J])(?=[\s*_]*(?:[.!][\s*_]*)?$)|(?<=[*:]\s)([A-J])(?=\s+[–—-]\s)")
 _NEGATION = re.compile(r"(?i:\b(?:not|no|never|unlikely|rule[sd]?\s+out|ruling\s+out|eliminat\w*|incorrect|wrong|"
                        r"isn't|aren't|doesn't|don't|cannot|can't|rather\s+than|instead\s+of)\b)")
 _LABEL_ONLY = re.compile(r"^[\s#>*_]*(?i:(?:the\s+)?(?:final\s+)?(?:answer|conclusion|choice|selected\s+option)s?)"
@@ -252,6 +258,23 @@ def _explicit(s: Sentence, options: list[str]) -> Conclusion | None:
     return None
 
 
+def _marked(s: Sentence, options: list[str]) -> Conclusion | None:
+    """A sentence with a conclusion marker anywhere and exactly one option named by its letter.
+
+    Covers "So he is slicing the dessert (option B).", "Conclusion: E.", "It is therefore option A
+    that moves first.", "Hence (option C), she ...". Two different letters (options compared) or
+    a negation ("so option D does not fit") are reasoning, not a conclusion.
+    """
+    marker = _ANY_MARKER.search(s.text)
+    if marker is None or s.text.rstrip().endswith("?") or _negated(s.text, options):
+        return None
+    refs = {_letter(next(g for g in m.groups() if g), options) for m in _LETTER_REF.finditer(s.text)}
+    if len(refs) != 1 or None in refs:
+        return None
+    keep = _split_keep(s.text, marker.start(), "")
+    return Conclusion(s, refs.pop(), "marked", "" if _LETTER_REF.search(keep) else keep)
+
+
 def find_conclusions(text: str, options: list[str], lines: list[Line] | None = None,
                      anywhere: bool = False) -> list[Conclusion]:
     """The sentences of ``text`` that state a choice among ``options``, in text order.
@@ -274,6 +297,8 @@ def find_conclusions(text: str, options: list[str], lines: list[Line] | None = N
         found = _explicit(s, options)
         if found is None and bare[i] is not None and (not listing or s.text.strip().startswith("**")):
             found = Conclusion(s, bare[i], "bare")
+        if found is None:
+            found = _marked(s, options)
         if found is None and _LABEL_ONLY.match(s.text):
             found = Conclusion(s, None, "label")
         if found is None and not _negated(s.text, options):
@@ -294,7 +319,7 @@ def find_conclusions(text: str, options: list[str], lines: list[Line] | None = N
     return out
 
 
-_RANK = {"explicit": 3, "bare": 2, "trailing": 1, "text": 0}
+_RANK = {"explicit": 3, "bare": 2, "marked": 2, "trailing": 1, "text": 0}
 
 
 def extract_answer(text: str, options: list[str]) -> int | None:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reasoning_gen.backends.base import Backend, GenRequest, GenResult
+from reasoning_gen.backends.base import Backend, BackendUnavailable, GenRequest, GenResult
 from reasoning_gen.prompts import (
     prompt_version,
     reasvqa_prompt,
@@ -34,7 +34,7 @@ from reasoning_gen.prompts import (
     vcot_common_prompt,
 )
 from reasoning_gen.records import AppendWriter, kind, make_record, read_reasoning_lines
-from reasoning_gen.refine import audit_leak, refine
+from reasoning_gen.refine import audit_leak, refine, refine_llm
 
 
 @dataclass
@@ -65,6 +65,8 @@ class GenerateConfig:
     """ReasVQA: how ``refined`` is made from ``raw`` (see :mod:`reasoning_gen.refine`)."""
     refine_k: int = 3
     """Steps kept by the ``first-k-steps`` strategy."""
+    refine_backend: Backend | None = None
+    """``llm`` strategy: the backend that rewrites reasonings (None = the teacher itself)."""
     truth: dict[str, int | None] | None = None
     """qid -> ground-truth answer overriding the shards' (e.g. answers held apart)."""
     progress: bool = True
@@ -134,20 +136,35 @@ def _reasvqa(backend: Backend, batch: list[dict], cfg: GenerateConfig) -> list[d
     reqs = [GenRequest(reasvqa_prompt(s["question"], s["options"], cfg.num_frames), s["frames"], s["qid"], s)
             for s in batch]
     version = prompt_version("reasvqa")
+    results = call_with_retries(backend, reqs, cfg.retries)
+    refined = _refine_batch(backend, batch, results, cfg)
     out = []
-    for s, res in zip(batch, call_with_retries(backend, reqs, cfg.retries)):
+    for s, res in zip(batch, results):
         if not res.ok:
             out.append(make_record(s["qid"], backend.name, version, status="failed", error=res.error,
                                    split=s["split"]))
             continue
-        r = refine(res.text, s["options"], cfg.refine_strategy, cfg.refine_k)
+        r, fallback = refined[s["qid"]]
         truth = cfg.truth.get(s["qid"], s["answer"]) if cfg.truth else s["answer"]
         correct = None if truth is None or r.teacher_answer is None else r.teacher_answer == truth
         leak = audit_leak(r.text, s["options"], r.teacher_answer)
+        extra = {"leak": leak} if leak else {}
+        if fallback:  # the llm rewrite was not used: the regex refinement stands in, and says why
+            extra["refine_fallback"] = fallback
         out.append(make_record(s["qid"], backend.name, version, raw=res.text, refined=r.text,
                                teacher_answer=r.teacher_answer, teacher_correct=correct, split=s["split"],
-                               refine=cfg.refine_strategy, **({"leak": leak} if leak else {})))
+                               refine="answer-sentences" if fallback else cfg.refine_strategy, **extra))
     return out
+
+
+def _refine_batch(backend: Backend, batch: list[dict], results: list[GenResult], cfg: GenerateConfig) -> dict:
+    """qid -> (Refined, why the llm rewrite was not used or None) for the ok teacher replies."""
+    ok = [(s, res) for s, res in zip(batch, results) if res.ok]
+    if cfg.refine_strategy != "llm":
+        return {s["qid"]: (refine(res.text, s["options"], cfg.refine_strategy, cfg.refine_k), None) for s, res in ok}
+    rewritten = refine_llm([(res.text, s["question"], s["options"]) for s, res in ok], cfg.refine_backend or backend,
+                           cfg.retries)
+    return {s["qid"]: r for (s, _), r in zip(ok, rewritten)}
 
 
 def _vcot(backend: Backend, batch: list[dict], cfg: GenerateConfig) -> list[dict]:
@@ -362,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     backend = build_backend(args.backend, **opts)
     try:
         stats = run_generation(cfg, backend, info.rank, info.world_size)
+    except BackendUnavailable as e:  # records written before it stay (appended and fsynced per batch)
+        print(f"error: rank {info.rank}: the teacher is unavailable, stopping: {e}; the records written so "
+              f"far stay in {args.out}: rerun the same command once the server answers", file=sys.stderr)
+        return 3
     finally:
         backend.close()
     graded = stats.get("graded", 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from reasoning_gen.records import kind, read_reasoning_lines, write_jsonl_atomic
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if not groups:
         print(f"error: no rank files (*.rank*.jsonl) in {args.dir}")
         return 1
+    failed_all = []
     for split, paths in groups.items():
         merged, c = merge_files(paths, args.ok_only)
         out = output_path(args.out, split, len(groups))
@@ -87,4 +89,10 @@ def main(argv: list[str] | None = None) -> int:
               f"duplicates dropped {c['duplicates']}, corrupt lines {c['corrupt']})")
         if c["duplicates"]:
             print(f"  duplicate qids (kept the first): {', '.join(c['duplicate_examples'])}")
+        if c["ok"] == 0:
+            failed_all.append(split)
+    if failed_all:  # written anyway (the errors are in it), but nothing there can be trained on
+        print(f"error: every record failed in split(s) {', '.join(failed_all)} of {args.dir}: no reasoning to "
+              f"train on (see the 'error' fields; rerun generate with --retry-failed)", file=sys.stderr)
+        return 1
     return 0

@@ -9,6 +9,7 @@ wording are never mixed up with new ones: change a template -> bump its version.
   then (given that) the event that bridges them; the bridging sentences are the transitional
   captions interleaved with the frames later.
 - Rephrase: an optional pass that shortens a caption to one plain sentence.
+- Refine (``llm`` strategy): rewrite a reasoning without its conclusion.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from reasoning_gen.answers import LETTERS
 REASVQA_VERSION = "reasvqa-v1"
 VCOT_VERSION = "vcot-v1"
 REPHRASE_VERSION = "rephrase-v1"
+REFINE_LLM_VERSION = "refine-llm-v1"
 
 REASVQA_SYSTEM = "You are a careful assistant that answers questions about videos."
 
@@ -51,6 +53,18 @@ REPHRASE_TEMPLATE = (
     "(at most 20 words), keeping every concrete detail and adding nothing:\n{caption}"
 )
 
+# The ``llm`` refinement strategy (ReasVQA's open question 1: refine with a model, not rules).
+REFINE_LLM_TEMPLATE = (
+    "Below is a step-by-step reasoning about a multiple-choice question on a video.\n"
+    "Question: {question}\n"
+    "Options:\n{options}\n"
+    "Reasoning:\n{reasoning}\n\n"
+    "Rewrite the reasoning so that it keeps every observation about the video and every reasoning "
+    "step, but no longer states, names or hints at which option is the answer: drop the final "
+    "answer, the option letters and any sentence that concludes. Reply with the rewritten "
+    "reasoning only."
+)
+
 
 def format_options(options: list[str]) -> str:
     """``"(A) first\\n(B) second ..."``."""
@@ -63,7 +77,8 @@ class Prompt:
 
     text: str
     task: str
-    """``reasvqa``, ``vcot_common``, ``vcot_bridge`` or ``rephrase`` (the synthetic teacher reads it)."""
+    """``reasvqa``, ``vcot_common``, ``vcot_bridge``, ``rephrase`` or ``refine_llm`` (the synthetic teacher
+    reads it)."""
     system: str | None = None
 
 
@@ -84,6 +99,11 @@ def vcot_bridge_prompt(i: int, num_frames: int, common: str) -> Prompt:
 
 def rephrase_prompt(caption: str) -> Prompt:
     return Prompt(REPHRASE_TEMPLATE.format(caption=" ".join(caption.split())), "rephrase")
+
+
+def refine_llm_prompt(raw: str, question: str, options: list[str]) -> Prompt:
+    return Prompt(REFINE_LLM_TEMPLATE.format(question=question.strip(), options=format_options(options),
+                                             reasoning=raw.strip()), "refine_llm")
 
 
 def prompt_version(kind: str, rephrase: bool = False) -> str:

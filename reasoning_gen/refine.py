@@ -9,6 +9,10 @@ answer. Strategies:
   ("The man picks up the knife, so the answer is B." -> "The man picks up the knife.").
 - ``first-k-steps``: keep the first k steps (list items when the text is a list, else sentences).
 - ``none``: keep the raw text.
+- ``llm`` (optional, needs a backend: ``refine_llm`` / ``generate --refine-strategy llm``): any
+  configured backend rewrites the reasoning without its conclusion; the regex detector audits
+  the rewrite, and a rewrite that still states the answer (or failed) falls back to
+  ``answer-sentences``, saying why.
 
 Library: ``refine(text, options, strategy="answer-sentences", k=3) -> Refined``;
 ``audit_leak(text, options, choice)`` names a refined text that still concludes.
@@ -25,7 +29,9 @@ from pathlib import Path
 
 from reasoning_gen.answers import extract_answer, find_conclusions, split_text
 
-STRATEGIES = ("answer-sentences", "first-k-steps", "none")
+STRATEGIES = ("answer-sentences", "first-k-steps", "none", "llm")
+RULE_STRATEGIES = STRATEGIES[:3]
+"""Strategies that need no model (the ``refine`` CLI's choices)."""
 _ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)]|(?i:step)\s*\d{1,2}\s*[:.)-])\s*")
 
 
@@ -109,6 +115,8 @@ def refine(text: str, options: list[str], strategy: str = "answer-sentences", k:
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown refinement strategy {strategy!r}; expected one of {STRATEGIES}")
+    if strategy == "llm":
+        raise ValueError("the llm strategy needs a backend: call refine_llm (or generate --refine-strategy llm)")
     answer = extract_answer(text, options)
     if strategy == "none":
         return Refined(text, [], answer)
@@ -117,6 +125,37 @@ def refine(text: str, options: list[str], strategy: str = "answer-sentences", k:
             raise ValueError(f"first-k-steps needs k >= 1, got {k}")
         return Refined(*_first_k(text, k), answer)
     return Refined(*_answer_sentences(text, options), answer)
+
+
+def refine_llm(items: list[tuple[str, str, list[str]]], backend, retries: int = 1
+               ) -> list[tuple[Refined, str | None]]:
+    """The ``llm`` strategy: ``backend`` rewrites each reasoning without its conclusion.
+
+    Args:
+        items: ``(raw text, question, options)`` per reasoning.
+        backend: any ``reasoning_gen.backends.Backend`` (text only: no frames are sent).
+        retries: more calls for rewrites that failed.
+
+    Returns:
+        Per item the refinement and None, or the ``answer-sentences`` refinement and why the
+        rewrite was not used (failed, empty, or the regex audit found the answer in it).
+    """
+    from reasoning_gen.backends.base import GenRequest
+    from reasoning_gen.generate import call_with_retries
+    from reasoning_gen.prompts import refine_llm_prompt
+
+    rules = [refine(raw, options) for raw, _, options in items]
+    reqs = [GenRequest(refine_llm_prompt(raw, question, options), None, f"refine{i}")
+            for i, (raw, question, options) in enumerate(items)]
+    out: list[tuple[Refined, str | None]] = []
+    results = call_with_retries(backend, reqs, retries) if reqs else []
+    for (_, _, options), rule, res in zip(items, rules, results):
+        text = (res.text or "").strip()
+        leak = audit_leak(text, options, rule.teacher_answer) if text else None
+        why = (f"rewrite failed: {res.error}" if not res.ok else "empty rewrite" if not text
+               else f"rewrite leaks the answer ({leak})" if leak else None)
+        out.append((rule, why) if why else (Refined(text, [], rule.teacher_answer), None))
+    return out
 
 
 def audit_leak(text: str, options: list[str], choice: int | None) -> str | None:
@@ -211,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in", dest="inp", required=True, help="raw reasoning records (jsonl)")
     ap.add_argument("--out", required=True, help="refined reasoning records (jsonl, written atomically)")
     ap.add_argument("--records", required=True, nargs="+", help="schema-v1 video records: options and answers")
-    ap.add_argument("--strategy", default="answer-sentences", choices=STRATEGIES)
+    ap.add_argument("--strategy", default="answer-sentences", choices=RULE_STRATEGIES,
+                    help="llm needs a backend: python -m reasoning_gen generate --refine-strategy llm")
     ap.add_argument("--k", type=int, default=3, help="steps kept by first-k-steps")
     args = ap.parse_args(argv)
     if Path(args.inp).resolve() == Path(args.out).resolve():

@@ -6,7 +6,9 @@
     python -m train --help-config                                        (every field, with its doc)
 
 Works under torchrun, the deepspeed launcher and SLURM srun (see docs/TRAINING.md). Config and
-data errors are one line on stderr (exit 2), printed before DeepSpeed starts.
+data errors, a run dir that holds another run and a refused resume are one line on stderr (exit 2),
+printed before DeepSpeed starts; a run stopped by non-finite losses exits 3; a preempted run
+(SIGTERM / SIGUSR1) saves a checkpoint on every rank and exits 0.
 """
 
 from __future__ import annotations
@@ -64,12 +66,19 @@ def _train(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from data_shards.distenv import shutdown
+    from train.loop import NonFiniteError
 
-    summary = trainer.train()
+    try:
+        summary = trainer.train()
+    except NonFiniteError as e:  # raised on every rank at the same step: leave together
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        shutdown()
+        return 3
     if trainer.is_main:
         loss = "-" if summary["loss"] is None else f"{summary['loss']:.4f}"  # None: nothing left to train
-        print(f"trained {summary['step']} steps, final loss {loss}, "
-              f"{summary['tokens_per_s']:,.0f} tokens/s; run dir {cfg.run_dir}", flush=True)
+        how = f"preempted by {summary['preempted']}, resume with --resume latest; " if summary["preempted"] else ""
+        print(f"trained {summary['step']} steps, final loss {loss}, {summary['tokens_per_s']:,.0f} tokens/s; "
+              f"{how}run dir {cfg.run_dir}", flush=True)
     shutdown()
     return 0
 

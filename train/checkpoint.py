@@ -130,7 +130,8 @@ def save(engine: Any, ckpt_dir: str | Path, step: int, client_state: dict, cfg: 
     if is_main:
         save_config(cfg, path / "train_config.yaml")
         atomic_write_text(path / "ds_config.json", json.dumps(ds_config, indent=2))
-        atomic_write_text(path / COMPLETE, json.dumps({"step": step, "time": time.time()}))
+        world = client_state.get("world_size")
+        atomic_write_text(path / COMPLETE, json.dumps({"step": step, "time": time.time(), "world_size": world}))
         atomic_write_text(ckpt_dir / "latest", tag)
         rotate(ckpt_dir, keep_latest)
     barrier()

@@ -17,13 +17,11 @@ All of these raise ``ConfigError`` with one line naming the field, e.g.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import inspect
+import math
 import os
 import tempfile
-import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -108,7 +106,10 @@ class OptimConfig:
     warmup_steps: int = 0
     """Linear warmup from 0 over this many optimizer steps."""
     schedule: Literal["cosine", "constant"] = "cosine"
-    """LR after warmup: cosine decay to min_lr_ratio * lr at run.max_steps, or constant."""
+    """LR after warmup: cosine decay to min_lr_ratio * lr at schedule_steps, or constant."""
+    schedule_steps: int | None = None
+    """Step at which the cosine decay ends (min_lr_ratio * lr after it); None = run.max_steps.
+    A resume with a longer run.max_steps pins it to the checkpoint's, so the lr never rises."""
     min_lr_ratio: float = 0.1
     """Final LR of the cosine schedule as a fraction of the peak LR."""
     grad_clip: float = 1.0
@@ -128,6 +129,8 @@ class OptimConfig:
             out.append(("momentum", f"must be in [0, 1), got {self.momentum}"))
         if self.warmup_steps < 0:
             out.append(("warmup_steps", f"must be >= 0, got {self.warmup_steps}"))
+        if self.schedule_steps is not None and self.schedule_steps < max(1, self.warmup_steps):
+            out.append(("schedule_steps", f"must be >= max(1, warmup_steps) or null, got {self.schedule_steps}"))
         if not 0 <= self.min_lr_ratio <= 1:
             out.append(("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"))
         if self.grad_clip < 0:
@@ -272,6 +275,12 @@ class RunConfig:
     """torch intra-op threads per rank (0 = leave torch's default)."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms (slower; exact repeatability)."""
+    overwrite: bool = False
+    """Start fresh in a run dir that holds an earlier run: delete its checkpoints and metrics first
+    (without it such a start is refused; --resume latest continues the earlier run instead)."""
+    max_nonfinite_steps: int = 3
+    """Stop (exit 3) after this many optimizer steps in a row with a non-finite loss or gradient
+    norm; no checkpoint is written while such a streak lasts."""
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -279,6 +288,8 @@ class RunConfig:
             out.append(("max_steps", f"must be >= 1, got {self.max_steps}"))
         if self.num_threads < 0:
             out.append(("num_threads", f"must be >= 0, got {self.num_threads}"))
+        if self.max_nonfinite_steps < 1:
+            out.append(("max_nonfinite_steps", f"must be >= 1, got {self.max_nonfinite_steps}"))
         if not self.name or "/" in self.name:
             out.append(("name", f"must be a non-empty name without '/', got {self.name!r}"))
         return out
@@ -349,7 +360,9 @@ def _cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
                     "backward (the step fails with a size-0 tensor)"))
     if cfg.optim.impl == "deepspeed" and cfg.optim.name != "adamw":
         out.append(("optim.impl", "DeepSpeed's own optimizers are used for adamw only"))
-    return out
+    from train.model_check import hf_config_problems  # typos / bad values inside the HF config dicts
+
+    return out + hf_config_problems(cfg.model)
 
 
 # ---------------------------------------------------------------- typed parsing
@@ -418,14 +431,19 @@ def _coerce_scalar(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
             return value
         raise ConfigError(f"config: {key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"config: {key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"config: {key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # an inf / nan lr or loss weight trains nothing useful
+            raise ConfigError(f"config: {key}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -573,33 +591,5 @@ def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     return path
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Field docstrings of a dataclass: the string literal under each field (or "")."""
-    docs: dict[str, str] = {}
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return docs
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for prev, node in zip(body, body[1:]):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(node, ast.Expr)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-            docs[prev.target.id] = " ".join(node.value.value.split())
-    return docs
-
-
-def describe(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    """One line per field: ``section.field: type = default  # doc`` (for --help-config)."""
-    lines = []
-    hints, docs = _hints(cls), field_docs(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        tp = _strip_optional(hints[f.name])
-        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-            lines.append(f"[{key}] {docs.get(f.name, '')}")
-            lines += describe(tp, key + ".")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        lines.append(f"  {key}: {_type_name(hints[f.name])} = {default!r}  # {docs.get(f.name, '')}")
-    return lines
+# --help-config (kept in their own module; re-exported here, where callers look for them)
+from train.config_help import describe, field_docs  # noqa: E402,F401

@@ -17,13 +17,17 @@ epoch's worth of batches once.
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from train.config import DataConfig
+
+log = logging.getLogger("train.data")
 
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "hf://", "ais://")
 
@@ -54,20 +58,34 @@ def _local_path(url: str) -> Path:
     return Path(url[len("file:"):] if url.startswith("file:") else url)
 
 
-def _tar_records(path: Path, limit: int | None = None) -> Iterator[dict]:
-    """Yield the ``.json`` record members of a shard (no video bytes are read)."""
-    with tarfile.open(path, "r") as tf:
-        n = 0
-        for member in tf:
-            if member.isfile() and member.name.endswith(".json") and not member.name.endswith("sizes.json"):
-                f = tf.extractfile(member)
+def _tar_records(path: Path, limit: int | None = None, skipped: dict[str, int] | None = None) -> Iterator[dict]:
+    """Yield the ``.json`` record members of a shard (no video bytes are read).
+
+    An unreadable shard (zero bytes, truncated, not a tar) ends the shard and a member that is not
+    valid JSON is passed over; both are logged with the shard's path and counted in ``skipped``
+    (keys ``corrupt_tar`` / ``bad_record``), the same categories the loader counts.
+    """
+    skipped = {} if skipped is None else skipped
+    n = 0
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for member in tf:
+                if not (member.isfile() and member.name.endswith(".json") and not member.name.endswith("sizes.json")):
+                    continue
                 try:
-                    yield json.loads(f.read())
-                except json.JSONDecodeError as e:
-                    raise DataError(f"data: {path}: member {member.name} is not valid JSON ({e.msg})") from None
+                    record = json.loads(tf.extractfile(member).read())
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    skipped["bad_record"] = skipped.get("bad_record", 0) + 1
+                    log.warning("data: skipped member %s of shard %s: not valid JSON (%s)", member.name, path, e)
+                    continue
+                yield record
                 n += 1
                 if limit is not None and n >= limit:
                     return
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        skipped["corrupt_tar"] = skipped.get("corrupt_tar", 0) + 1
+        log.warning("data: skipped the rest of shard %s after %d record(s): not a readable tar (%s: %s)", path, n,
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
 
 
 def preflight(cfg: DataConfig, count_questions: bool = False) -> DataSummary:
@@ -106,15 +124,12 @@ def preflight(cfg: DataConfig, count_questions: bool = False) -> DataSummary:
                             f"questions in {len(urls)} shard(s) ({urls[0]}{' ...' if len(urls) > 1 else ''})")
         return DataSummary(urls, True, videos, questions)
     videos = questions = 0
-    for u in urls:
-        try:
-            for rec in _tar_records(_local_path(u)):
-                videos += 1
-                questions += len(rec.get("qas") or [])
-                if not count_questions:
-                    break
-        except tarfile.TarError as e:
-            raise DataError(f"data.urls: {u} is not a readable tar ({e})") from None
+    for u in urls:  # unreadable shards are logged and passed over (the loader skips them too)
+        for rec in _tar_records(_local_path(u)):
+            videos += 1
+            questions += len(rec.get("qas") or [])
+            if not count_questions:
+                break
         if videos and not count_questions:
             return DataSummary(urls, True, None, None)
     if videos == 0 or (count_questions and questions == 0):

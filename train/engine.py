@@ -98,6 +98,8 @@ def deepspeed_config(cfg: TrainConfig, dims: ParallelDims, accel: str | None = N
 def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
     """LR multiplier of optimizer step ``step`` (0-based): linear warmup, then cosine/constant.
 
+    The cosine ends at ``optim.schedule_steps`` (default ``max_steps``) and stays at min_lr_ratio.
+
     Step 0 of a run without warmup uses the full LR (so a one-step exactness test sees lr).
     """
     w = optim.warmup_steps
@@ -105,7 +107,8 @@ def lr_factor(step: int, optim: OptimConfig, max_steps: int) -> float:
         return (step + 1) / w
     if optim.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - w) / max(1, max_steps - w))
+    horizon = optim.schedule_steps or max_steps
+    progress = 1.0 if step >= horizon else (step - w) / max(1, horizon - w)
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -32,6 +32,11 @@ from train.config import TrainConfig, load_config, save_config
 def resolve_checkpoint(path: str | Path, tag: str | None = None) -> tuple[Path, str]:
     """(checkpoint root, tag) from a root dir (uses ``latest``) or a ``global_step{N}`` dir."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path}: no such folder")
+    if path.is_dir() and not any(path.iterdir()):
+        raise FileNotFoundError(f"checkpoint {path}: the folder is empty (expected a checkpoint dir with "
+                                f"'latest' / global_step{{N}} folders, a global_step{{N}} folder or an export)")
     if TAG_RE.match(path.name) and tag is None:
         root, tag = path.parent, path.name
     else:
@@ -39,10 +44,14 @@ def resolve_checkpoint(path: str | Path, tag: str | None = None) -> tuple[Path, 
         if tag is None:
             latest = root / "latest"
             if not latest.is_file():
-                raise FileNotFoundError(f"{root}: no 'latest' file; pass a global_step{{N}} directory or --tag")
+                tags = sorted(p.name for p in root.glob("global_step*"))
+                raise FileNotFoundError(f"{root}: no 'latest' file; pass a global_step{{N}} directory or --tag "
+                                        f"({'one of ' + ', '.join(tags) if tags else 'no global_step* folder here'})")
             tag = latest.read_text().strip()
     if not (root / tag / COMPLETE).is_file():
-        raise FileNotFoundError(f"{root / tag}: not a complete checkpoint (no {COMPLETE})")
+        have = sorted(p.name for p in root.glob("global_step*") if (p / COMPLETE).is_file())
+        raise FileNotFoundError(f"{root / tag}: not a complete checkpoint (no {COMPLETE}; complete ones here: "
+                                f"{', '.join(have) or 'none'})")
     return root, tag
 
 
@@ -114,7 +123,7 @@ def export(checkpoint: str | Path, out: str | Path, tag: str | None = None, dtyp
 
 
 def load_for_eval(path: str | Path, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> tuple[Any, Any, TrainConfig]:
+                  dtype: torch.dtype | None = None, tag: str | None = None) -> tuple[Any, Any, TrainConfig]:
     """The model, tokenizer and training config, ready for evaluation (eval mode).
 
     Args:
@@ -122,6 +131,7 @@ def load_for_eval(path: str | Path, device: torch.device | str | None = None,
             directory (consolidated in memory).
         device: where to put the model (default CPU).
         dtype: cast the model (e.g. torch.bfloat16); None keeps fp32.
+        tag: a checkpoint tag (``global_step{N}``) under a checkpoint root; None = ``latest``.
 
     Returns:
         (VideoLLM, tokenizer, TrainConfig). Frames must be decoded with
@@ -140,11 +150,13 @@ def load_for_eval(path: str | Path, device: torch.device | str | None = None,
     elif (path / "video_llm.json").is_file():
         from train.model import VideoLLM
 
+        if tag is not None:
+            raise ValueError(f"{path} is an export (one set of weights): --tag {tag} applies to checkpoint folders")
         model, tokenizer = VideoLLM.from_pretrained_parts(path, device=device)
         cfg_path = path / "train_config.yaml"
         cfg = load_config(cfg_path) if cfg_path.is_file() else TrainConfig()
     else:
-        root, tag = resolve_checkpoint(path)
+        root, tag = resolve_checkpoint(path, tag)
         model, tokenizer, cfg, _ = model_from_checkpoint(root, tag)
     if dtype is not None:
         model = model.to(dtype)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from train import checkpoint as ckpt
+from train import runguard
 from train.config import TrainConfig, config_to_dict, save_config
 from train.datastream import BatchStream, corpus_texts, epoch_batches_for, preflight
 from train.dist import ParallelDims, barrier, device, init_distributed
@@ -55,9 +58,14 @@ class Trainer:
             from reasoning_gen.records import load_reasoning
 
             self.reasoning = load_reasoning(cfg.data.reasoning)
+        runguard.check_run_folder(cfg, resume)
         self.resume_from = ckpt.resolve_resume(resume, cfg.checkpoint_dir)
         if resume is not None and self.resume_from is None and self.dims.is_main:
             log.info("--resume %s: no complete checkpoint in %s, starting from step 0", resume, cfg.checkpoint_dir)
+        if self.resume_from is not None:  # refused changes stop here, before DeepSpeed reads a byte
+            plan = runguard.resume_plan(cfg, self.resume_from[0] / self.resume_from[1], self.dims.world_size)
+            if plan.warning() and self.dims.is_main:
+                log.warning("%s", plan.warning())
         # --- distributed setup
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
@@ -68,6 +76,11 @@ class Trainer:
         self.ds_config = deepspeed_config(cfg, self.dims)
         self.is_main = self.dims.is_main
         if self.is_main:
+            if cfg.run.overwrite and resume is None:
+                removed = runguard.clear_run_folder(cfg)
+                if removed:
+                        log.warning("run.overwrite: deleted %d item(s) of the earlier run in %s", len(removed),
+                                cfg.run_dir)
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, cfg.run_dir / "config.yaml")
             ckpt.atomic_write_text(cfg.run_dir / "ds_config.json", json.dumps(self.ds_config, indent=2))
@@ -133,23 +146,15 @@ class Trainer:
         return build_loader(lcfg, self.dims.rank, self.dims.world_size, self.reasoning)
 
     def _resume(self, load_dir: Path, tag: str) -> dict:
+        """Load the checkpoint (checked by runguard.resume_plan before DeepSpeed started)."""
         state = ckpt.load(self.engine, load_dir, tag)
-        saved_world = state.get("world_size")
-        if saved_world is not None and saved_world != self.dims.world_size:
-            raise RuntimeError(f"checkpoint {load_dir / tag} was written by {saved_world} ranks, this job has "
-                               f"{self.dims.world_size}: ZeRO-3 shards only load on the same world size")
-        saved_model = (state.get("config") or {}).get("model")
-        now_model = config_to_dict(self.cfg)["model"]
-        if saved_model is not None and saved_model != now_model:
-            diff = sorted(k for k in set(saved_model) | set(now_model) if saved_model.get(k) != now_model.get(k))
-            raise RuntimeError(f"checkpoint {load_dir / tag} was trained with another model config "
-                               f"(model.{', model.'.join(diff)} differ): resume with the same model section")
+        lr = runguard.apply_optim_settings(self.engine, self.model, self.cfg)  # DeepSpeed restored the old ones
         self.step, self.samples = int(state["step"]), int(state["samples"])
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])
         if self.is_main:
-            log.info("resumed from %s at step %d (%d samples, data position %s)", load_dir / tag, self.step,
-                     self.samples, state.get("data"))
+            log.info("resumed from %s at step %d (%d samples, data position %s); next lr %.3g", load_dir / tag,
+                     self.step, self.samples, state.get("data"), lr)
         return dict(state.get("data") or {"epoch": 0, "batch": 0})
 
     # ------------------------------------------------------------------ steps
@@ -184,33 +189,118 @@ class Trainer:
                          self.ds_config, self.cfg.checkpoint.keep_latest, self.is_main)
 
     def train(self) -> dict:
-        """Train up to ``run.max_steps``; returns a summary (rank-local, global numbers)."""
+        """Train up to ``run.max_steps``; returns a summary (rank-local, global numbers).
+
+        Stops early, on every rank at the same step, when a preemption signal (SIGTERM / SIGUSR1)
+        reached any rank (a checkpoint is saved first; ``summary["preempted"]`` names the signal),
+        or raises :class:`NonFiniteError` after ``run.max_nonfinite_steps`` bad steps in a row.
+        """
         cfg, gas = self.cfg, self.cfg.deepspeed.gradient_accumulation_steps
-        tput, last_saved, stats = Throughput(), None, None
+        tput, last_saved, stats, bad = Throughput(), self.step, None, 0
         self.engine.train()
-        while self.step < cfg.run.max_steps:
-            t0 = time.perf_counter()
-            micro = [self.next_micro_batch() for _ in range(gas)]
-            data_s = time.perf_counter() - t0
-            stats = optimizer_step(self.engine, micro, cfg.task, self.dims.world_size, self.device)
-            self.step += 1
-            self.samples += stats.examples
-            tput.add(stats.tokens, stats.examples, stats.frames, data_s, stats.compute_s)
-            rates = tput.rates()
-            self.metrics.step(self.step, stats.loss, rates["tokens_per_s"])
-            if self.step % cfg.logging.every_steps == 0 or self.step == cfg.run.max_steps:
-                record = {k: v for k, v in asdict(stats).items()}
-                self.metrics.log(self.step, {**record, **rates, "samples_seen": self.samples,
-                                             "epoch": self.stream.epoch})
-            interval = cfg.checkpoint.interval_steps
-            if interval and self.step % interval == 0:
-                self.save()
-                last_saved = self.step
-        already = (cfg.checkpoint_dir / ckpt.tag_for(self.step) / ckpt.COMPLETE).is_file()
-        if cfg.checkpoint.save_final and last_saved != self.step and not already:
-            self.save()
+        with PreemptionFlag() as preempt:
+            while self.step < cfg.run.max_steps:
+                t0 = time.perf_counter()
+                micro = [self.next_micro_batch() for _ in range(gas)]
+                data_s = time.perf_counter() - t0
+                stats = optimizer_step(self.engine, micro, cfg.task, self.dims.world_size, self.device)
+                self.step += 1
+                self.samples += stats.examples
+                tput.add(stats.tokens, stats.examples, stats.frames, data_s, stats.compute_s)
+                self._log_step(stats, tput.rates())
+                bad = self._check_finite(stats, bad)
+                interval = cfg.checkpoint.interval_steps
+                if interval and self.step % interval == 0 and not bad:
+                    last_saved = self._save_once(last_saved)
+                if preempt.agreed():  # every rank learns it at the same step (one all-reduce)
+                    if not bad:
+                        last_saved = self._save_once(last_saved)
+                    self.metrics.message(f"preempted by {preempt.name} at step {self.step}: "
+                                         f"{'checkpoint saved' if last_saved == self.step else 'NOT saved'}; "
+                                         f"continue with --resume latest")
+                    break
+            if cfg.checkpoint.save_final and not bad and preempt.name is None:
+                last_saved = self._save_once(last_saved)
         self.metrics.message(f"done: step {self.step}, {self.samples} samples; data stats "
                              f"{json.dumps(self.stream.loader.stats())}")
         self.metrics.close()
         return {"step": self.step, "samples": self.samples, "loss": None if stats is None else stats.loss,
-                **tput.rates()}
+                "preempted": preempt.name, **tput.rates()}
+
+    def _save_once(self, last_saved: int) -> int:
+        """Save this step unless it is saved already (or was the resumed checkpoint)."""
+        if last_saved != self.step:
+            self.save()
+        return self.step
+
+    def _log_step(self, stats: Any, rates: dict) -> None:
+        self.metrics.step(self.step, stats.loss, rates["tokens_per_s"])
+        if self.step % self.cfg.logging.every_steps == 0 or self.step == self.cfg.run.max_steps:
+            self.metrics.log(self.step, {**asdict(stats), **rates, "samples_seen": self.samples,
+                                         "epoch": self.stream.epoch})
+
+    def _check_finite(self, stats: Any, bad: int) -> int:
+        """Bad steps in a row after this one; raises NonFiniteError at ``run.max_nonfinite_steps``.
+
+        The loss and the gradient norm are global (all-reduced), so every rank decides alike. With
+        fp16, DeepSpeed's loss scaler skips overflowing steps itself: only the loss is checked.
+        """
+        norm_ok = (stats.grad_norm is None or math.isfinite(stats.grad_norm)
+                   or self.cfg.deepspeed.precision == "fp16")
+        if math.isfinite(stats.loss) and norm_ok:
+            return 0
+        bad += 1
+        limit = self.cfg.run.max_nonfinite_steps
+        what = f"loss {stats.loss}, gradient norm {stats.grad_norm}"
+        if bad >= limit:
+            raise NonFiniteError(f"step {self.step}: {what}: {bad} non-finite step(s) in a row "
+                                 f"(run.max_nonfinite_steps={limit}); stopped without saving, the last good "
+                                 f"checkpoint is {self.cfg.checkpoint_dir / 'latest'} (lower optim.lr?)")
+        self.metrics.message(f"warning: step {self.step}: {what} ({bad} of {limit} allowed in a row); "
+                             f"no checkpoint is written until a step is finite again")
+        return bad
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient norm stayed non-finite for ``run.max_nonfinite_steps`` steps (every rank)."""
+
+
+class PreemptionFlag:
+    """Catches SIGTERM / SIGUSR1 (SLURM's warning before a requeue, torchrun's forwarded stop) as a flag.
+
+    The handler only records the signal; :meth:`agreed` all-reduces the flag after a step, so a
+    signal that reached only some ranks still stops every rank at the same step, after a save.
+    The previous handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self._got: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> PreemptionFlag:
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (an embedding application): no handler
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._got = signal.Signals(signum).name
+
+    def agreed(self) -> bool:
+        """True on every rank once any rank got a signal (a collective: call it on all ranks)."""
+        from train.dist import all_reduce_sum
+
+        names = [sig.name for sig in self.SIGNALS]
+        got = all_reduce_sum([float(self._got == n) for n in names])  # which signal reached some rank
+        if any(got):
+            self.name = "/".join(n for n, c in zip(names, got) if c)
+        return self.name is not None
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from reasoning_gen.backends.base import Backend, GenRequest, GenResult
+from reasoning_gen.backends.base import Backend, BackendUnavailable, GenRequest, GenResult
 
 BACKENDS = {
     "synthetic": ("reasoning_gen.backends.synthetic", "SyntheticBackend"),
@@ -31,4 +31,4 @@ def build_backend(name: str, **options) -> Backend:
         raise TypeError(f"backend {name!r}: bad options {sorted(options)}: {e}") from None
 
 
-__all__ = ["BACKENDS", "Backend", "GenRequest", "GenResult", "build_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "GenRequest", "GenResult", "build_backend"]

@@ -45,6 +45,11 @@ class GenResult:
         return self.error is None and self.text is not None
 
 
+class BackendUnavailable(RuntimeError):
+    """The teacher answers nothing useful at all (a circuit breaker opened): the job must stop,
+    not record every remaining question as failed, one retry schedule at a time."""
+
+
 class Backend:
     """Base class: ``generate`` a batch; ``name`` is the teacher id written to every record."""
 

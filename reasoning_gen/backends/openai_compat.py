@@ -6,6 +6,11 @@ Standard library only (``urllib.request`` in a thread pool): frames go as base64
 and jitter; a ``Retry-After`` header (seconds or HTTP date) is honoured as the minimum wait.
 Other HTTP errors (400, 401, 404 ...) fail at once: retrying cannot fix them.
 
+Circuit breaker: after ``max_consecutive_failures`` failed attempts in a row (no success in
+between, over all threads: a server that is down or answers only errors), no more requests are
+sent and ``generate`` raises :class:`BackendUnavailable`, so the job stops in seconds to about a
+minute instead of walking every remaining question through its retry schedule.
+
 ``timeout_s`` bounds every socket operation (connect, each read), i.e. a server that sends
 nothing for ``timeout_s`` seconds; it is not a bound on the total time of a streamed reply.
 """
@@ -24,7 +29,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from reasoning_gen.backends.base import Backend, GenRequest, GenResult
+from reasoning_gen.backends.base import Backend, BackendUnavailable, GenRequest, GenResult
 from reasoning_gen.images import data_url
 
 RETRY_STATUS = {408, 409, 425, 429}
@@ -69,13 +74,14 @@ class OpenAIBackend(Backend):
         image_format: ``jpeg`` (needs Pillow) or ``png``; jpeg_quality for JPEG.
         max_tokens, temperature: generation settings; extra_body: more JSON fields to send.
         seed: seed of the jitter (reproducible waits in tests).
+        max_consecutive_failures: failed attempts in a row that open the circuit breaker (0 = never).
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
                  timeout_s: float = 120.0, max_retries: int = 5, backoff_s: float = 1.0,
                  backoff_max_s: float = 60.0, max_retry_after_s: float = 300.0, image_format: str = "jpeg",
                  jpeg_quality: int = 90, max_tokens: int = 1024, temperature: float = 0.0,
-                 extra_body: dict | None = None, seed: int | None = None):
+                 extra_body: dict | None = None, seed: int | None = None, max_consecutive_failures: int = 10):
         if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0:
             raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout_s > 0 are required")
         url = base_url.rstrip("/")
@@ -86,6 +92,8 @@ class OpenAIBackend(Backend):
         self.backoff_s, self.backoff_max_s, self.max_retry_after_s = backoff_s, backoff_max_s, max_retry_after_s
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
         self.max_tokens, self.temperature, self.extra_body = max_tokens, temperature, dict(extra_body or {})
+        self.max_consecutive_failures = max_consecutive_failures
+        self._failures_in_row, self.breaker = 0, None  # breaker: why it opened (None = closed)
         self.stats: Counter = Counter()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -163,24 +171,44 @@ class OpenAIBackend(Backend):
         except Exception as e:  # a frame that cannot be encoded: this request fails, others go on
             return GenResult(None, f"{req.key}: cannot build request: {type(e).__name__}: {e}")
         for attempt in range(self.max_retries + 1):
+            if self.breaker is not None:
+                self._count("not_sent")
+                return GenResult(None, f"{req.key}: not sent: {self.breaker}", attempt)
             self._count("attempts")
             try:
                 text = self._post(body)
                 self._count("ok")
+                with self._lock:
+                    self._failures_in_row = 0
                 return GenResult(text, attempts=attempt + 1)
-            except _Retryable as e:
+            except (_Retryable, RuntimeError) as e:
+                self._failed_attempt(e)
+                if isinstance(e, RuntimeError):
+                    self._count("failed")
+                    return GenResult(None, f"{req.key}: {e}", attempt + 1)
                 if attempt == self.max_retries:
                     self._count("failed")
                     return GenResult(None, f"{req.key}: gave up after {attempt + 1} attempts: {e}", attempt + 1)
                 self._count("retries")
                 time.sleep(self._delay(attempt, e.retry_after))
-            except RuntimeError as e:
-                self._count("failed")
-                return GenResult(None, f"{req.key}: {e}", attempt + 1)
         raise AssertionError("unreachable")
 
+    def _failed_attempt(self, error: Exception) -> None:
+        with self._lock:
+            self._failures_in_row += 1
+            if (self.breaker is None and self.max_consecutive_failures
+                    and self._failures_in_row >= self.max_consecutive_failures):
+                self.breaker = (f"circuit breaker open: {self._failures_in_row} failed requests in a row to "
+                                f"{self.url}, the last: {error}")
+
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        return list(self._pool.map(self._one, requests))
+        """Answer every request; raises BackendUnavailable once the circuit breaker is open."""
+        if self.breaker is not None:
+            raise BackendUnavailable(self.breaker)
+        results = list(self._pool.map(self._one, requests))
+        if self.breaker is not None:
+            raise BackendUnavailable(self.breaker)
+        return results
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -240,3 +240,16 @@ def test_a_failing_rank_makes_every_rank_fail_instead_of_waiting(tmp_path):
                           "own: rank 0 broke in writing"]
     assert results[1] == ["own: rank 1 broke in evaluation",
                           "other: writing: 1 other rank(s) failed (their error is in their log)"]
+
+
+def test_missing_or_empty_checkpoint_folder_is_one_line_saying_which(tmp_path):
+    """A real `python -m eval run`: the error names the folder and says missing or empty."""
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for folder, says in (("absent", "no such folder"), ("empty", "the folder is empty")):
+        proc = subprocess.run([sys.executable, "-m", "eval", "run", "--checkpoint", str(tmp_path / folder),
+                               "--shards", str(tmp_path / "val-{000000..000001}.tar"), "--out", str(tmp_path / "o")],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert errors == [f"error: checkpoint {tmp_path / folder}: {says}" + errors[0].split(says, 1)[1]], errors

@@ -9,7 +9,7 @@ import pytest
 from reasoning_gen.answers import extract_answer
 from reasoning_gen.refine import audit_leak, refine
 from reasoning_gen.refine import main as refine_main
-from tests.reasoning_gen.refine_corpus import CASES, KITCHEN, SHAPES
+from tests.reasoning_gen.refine_corpus import CASES, KITCHEN, MARKER_CASES, SHAPES
 
 
 def test_corpus_is_large_and_varied():
@@ -17,6 +17,14 @@ def test_corpus_is_large_and_varied():
     texts = [c["text"] for c in CASES]
     assert sum("\n" in t for t in texts) >= 10  # multi-line: lists, markdown, answer lines
     assert any(c["answer"] is None for c in CASES)
+
+
+def test_the_conclusion_marker_class_has_its_own_cases():
+    """>= 20 conclusions with Thus / Hence / Therefore / So / Conclusion / Final answer / Overall, and
+    marker sentences that only discuss options (nothing removed)."""
+    assert sum(c["answer"] is not None for c in MARKER_CASES) >= 20
+    assert sum(c["answer"] is None for c in MARKER_CASES) >= 3
+    assert sum("(option" in c["text"] for c in MARKER_CASES) >= 5
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i:02d}" for i in range(len(CASES))])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import re
 import tarfile
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -122,3 +124,44 @@ def test_missing_shard_and_empty_dataset_stop_before_deepspeed(tmp_path, monkeyp
     assert "data.reasoning: file not found: /nope/r.jsonl" in text
     assert started == []
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--optim.lr=inf", "optim.lr: must be a finite number"),
+    ("--optim.lr=.nan", "optim.lr: must be a finite number"),
+    ("--task.beta=.inf", "task.beta: must be a finite number"),
+    ("--task.alpha=nan", "task.alpha: must be a finite number"),
+])
+def test_non_finite_numbers_are_rejected(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(TINY, [override])
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["--model.llm.config.hiden_size=64"],
+     "model.llm.config.hiden_size: unknown key for LlamaConfig (did you mean 'model.llm.config.hidden_size'?)"),
+    (["--model.vision.config.num_hiden_layers=2"], "model.vision.config.num_hiden_layers: unknown key"),
+    (["--model.llm.config.hidden_size=100", "--model.llm.config.num_attention_heads=3"],
+     "not a multiple of the number of attention heads"),
+    (["--model.vision.config.num_attention_heads=3"], "model.vision.config.num_attention_heads: 3 heads do not divide"),
+    (["--model.llm.config.model_type=lama"], "unknown model type 'lama' (did you mean 'llama'?)"),
+])
+def test_nested_hf_config_typos_and_bad_values_are_one_line(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_nested_config_typo_stops_python_m_train_before_anything_starts(tmp_path):
+    """A real `python -m train`: exit 2, one line on stderr, no run dir created."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "train", "--config", str(TINY), "--model.llm.config.hiden_size=64",
+                           f"--run.output_dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "model.llm.config.hiden_size" in errors[0], proc.stderr[-3000:]
+    assert not any(tmp_path.iterdir())
