@@ -94,6 +94,10 @@ class ProjectorConfig:
     """Consecutive frames averaged into one group (1 = every frame its own tokens)."""
     hidden: int | None = None
     """MLP hidden width; None = the LLM's hidden size."""
+    center: bool = False
+    """Subtract the clip's mean visual token from each of its tokens, then LayerNorm each token
+    (no parameters). A small tower's output is mostly what every clip shares (background, position,
+    biases); without this a from-scratch LLM learns to ignore the frames (docs/RESULTS.md)."""
     init_from: str | None = None
     """Start from an aligned projector: a stage-1 export folder (its projector.safetensors) or that
     file (task.mode caption, docs/TRAINING.md "Stage-1 alignment"); None = random init."""
@@ -279,7 +283,7 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
     _install_loss_head(llm, cfg.loss_chunk_size)
     llm_dim = int(llm.config.hidden_size)
     projector = Projector(encoder.hidden_size, llm_dim, encoder.grid, tuple(cfg.projector.pool),
-                          cfg.projector.temporal_stride, cfg.projector.hidden)
+                          cfg.projector.temporal_stride, cfg.projector.hidden, cfg.projector.center)
     if cfg.projector.init_from:
         load_projector(projector, cfg.projector.init_from)
     model = VideoLLM(cfg, encoder, projector, llm, frame_token_id(tokenizer), (impl, reason))

@@ -129,8 +129,9 @@ class Projector(nn.Module):
     """
 
     def __init__(self, vision_dim: int, llm_dim: int, grid: int, pool: tuple[int, int],
-                 temporal_stride: int = 1, hidden: int | None = None):
+                 temporal_stride: int = 1, hidden: int | None = None, center: bool = False):
         super().__init__()
+        self.center = center
         ph, pw = pool
         if not (1 <= ph <= grid and 1 <= pw <= grid):
             raise ValueError(f"model.projector.pool {list(pool)} must lie in 1..{grid} (the tower's patch grid)")
@@ -158,7 +159,12 @@ class Projector(nn.Module):
             groups = math.ceil(T / s)
             x = torch.stack([x[:, g * s:(g + 1) * s].mean(dim=1) for g in range(groups)], dim=1)
         x = x.reshape(B, -1, D).to(self.fc1.weight.dtype)
-        return self.fc2(F.gelu(self.fc1(x)))
+        out = self.fc2(F.gelu(self.fc1(x)))
+        if self.center:
+            # What all tokens of a clip share carries no answer; keep only how each token differs.
+            out = out - out.mean(dim=1, keepdim=True)
+            out = F.layer_norm(out, out.shape[-1:])
+        return out
 
 
 def load_projector(projector: nn.Module, path: str | Path) -> None:
