@@ -346,6 +346,32 @@ def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: in
     return results, len(index)
 
 
+def sweep_threads(urls: list[str], num_frames: int, size: tuple[int, int], budget_s: float, rounds: int,
+                  configs: list[tuple[int, int]]) -> list[Result]:
+    """The loader alone with each ``(workers, FFmpeg threads per decoder)``, interleaved in rounds."""
+    index = [(key, rec) for key, rec, _ in tar_videos(urls)]
+    last_qids = {rec["qas"][-1]["qid"] for _, rec in index}
+    results = [Result(f"loader {w} workers x {t} threads") for w, t in configs]
+    for _ in range(rounds):
+        for res, (w, t) in zip(results, configs):
+            run_loader(urls, num_frames, size, w, 1 << 40, budget_s / rounds, last_qids, set(), res, t)
+    return results
+
+
+def _print_sweep(args: argparse.Namespace, urls: list[str], source: str) -> int:
+    configs = [tuple(int(v) for v in c.split("x")) for c in args.sweep_threads.split(",")]
+    load = os.getloadavg()[0]
+    results = sweep_threads(urls, args.frames, args.size, args.seconds, args.rounds, configs)
+    print(f"decoder threads sweep: {len(urls)} shard(s) ({source}), K={args.frames} at {args.size[0]}x{args.size[1]}, "
+          f"{args.seconds:g} s per config in {args.rounds} rounds, cpus {os.cpu_count()}, "
+          f"load(1m) {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+    base = results[0].videos_s
+    for r in results:
+        print(f"{r.name:<32}{r.videos:>7} videos{r.videos_s:>9.2f} videos/s{r.videos_s / base if base else 0:>7.2f}x"
+              f"{r.cpu_s:>8.1f} CPU-s{r.frames_cpu_s:>9.1f} frames/CPU-s")
+    return 0
+
+
 def _sources(args: argparse.Namespace) -> tuple[list[str], list[str] | None, str]:
     """The original and (optional) transcoded shard URLs the options name or make, and the source label."""
     from data_shards.bench_sources import make_shards, make_sources, parse_gop
@@ -391,6 +417,8 @@ def _arguments() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per provider")
     p.add_argument("--max-videos", type=int, default=None, help="stop each provider after this many videos")
     p.add_argument("--csv", default=str(DEFAULT_CSV), help="append the result row here ('' to skip)")
+    p.add_argument("--sweep-threads", default=None, metavar="WxT,...",
+                   help="instead: the loader alone with W workers x T FFmpeg threads each, e.g. 2x1,1x2,2x2")
     g = p.add_argument_group("sources made by the bench (data_shards.bench_sources)")
     g.add_argument("--make-sources", default=None, metavar="DIR", help="make (or reuse) source videos and shards here")
     g.add_argument("--gop", default="x264", help="synthetic (1 s GOP as rendered), x264 (default GOP 250) or N frames")
@@ -409,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     if size is None:
         raise SystemExit("bench needs a fixed --size HxW")
     urls, tc_urls, source = _sources(args)
+    if args.sweep_threads:
+        for shards, label in ((urls, source), *(((tc_urls, f"{source}, transcoded"),) if tc_urls else ())):
+            _print_sweep(args, shards, label)
+        return 0
     threads = args.decode_threads or None
     load = os.getloadavg()[0]
     results, n_videos = run_all(urls, args.frames, size, args.workers, args.seconds, args.max_videos,

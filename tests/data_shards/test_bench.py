@@ -79,3 +79,14 @@ def test_csv_with_an_older_header_is_rewritten_with_the_new_columns(tmp_path):
         table = list(csv.DictReader(f))
     assert [r["speedup_vs_pyav"] for r in table] == ["1.5", "2.0"] and table[1]["source"] == "x"
     assert list(table[0]) == CSV_FIELDS
+
+
+def test_decoder_threads_sweep_runs_the_loader_alone_per_config(tmp_path, capsys):
+    make_shards(tmp_path / "shards", [2, 2], questions=2)
+    argv = [str(tmp_path / "shards" / "shard-{000000..000001}.tar"), "--frames", "3", "--size", "24x32",
+            "--seconds", "2", "--rounds", "1", "--sweep-threads", "1x1,1x2", "--csv", ""]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("decoder threads sweep: 2 shard(s)")
+    assert re.match(r"loader 1 workers x 1 threads\s+\d+ videos\s+[\d.]+ videos/s\s+1\.00x", lines[1]), lines[1]
+    assert lines[2].startswith("loader 1 workers x 2 threads") and int(lines[2].split()[5]) > 0, lines[2]
