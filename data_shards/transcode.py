@@ -46,9 +46,11 @@ class TranscodeConfig:
     """Output rows (the short side of a landscape video); never upscales. Exclusive with max_side."""
     max_side: int | None = None
     """Longest side of the output in pixels instead of ``height``; never upscales."""
-    fps: float | None = 8.0
-    """Frame-rate cap; sources at or below it keep their rate. None: keep every frame."""
-    gop: int = 4
+    fps: float | None = None
+    """Frame-rate cap; sources at or below it keep their rate. None (default): keep every frame.
+    A cap saves bytes and transcode time, not decode time, and returns the frame of up to
+    ``1 / fps`` before the requested time (measured: 8 fps drops PSNR from 44 to 26 dB)."""
+    gop: int = 8
     """Key-frame interval in output frames: a seek decodes at most this many frames."""
     codec: str = "libx264"
     """Video encoder, one of :data:`CODECS`."""
@@ -251,7 +253,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--transcode", action="store_true", help="re-encode every video (settings below)")
     g.add_argument("--tc-height", type=int, default=d.height, help="output height, never upscaled (0: keep)")
     g.add_argument("--tc-max-side", type=int, default=None, help="output longest side instead of --tc-height")
-    g.add_argument("--tc-fps", type=float, default=d.fps, help="frame-rate cap (0: keep every frame)")
+    g.add_argument("--tc-fps", type=float, default=d.fps, help="frame-rate cap (default: keep every frame)")
     g.add_argument("--tc-gop", type=int, default=d.gop, help="key-frame interval in output frames")
     g.add_argument("--tc-codec", default=d.codec, choices=CODECS)
     g.add_argument("--tc-preset", default=d.preset, help="encoder preset")

@@ -89,4 +89,4 @@ def test_decoder_threads_sweep_runs_the_loader_alone_per_config(tmp_path, capsys
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("decoder threads sweep: 2 shard(s)")
     assert re.match(r"loader 1 workers x 1 threads\s+\d+ videos\s+[\d.]+ videos/s\s+1\.00x", lines[1]), lines[1]
-    assert lines[2].startswith("loader 1 workers x 2 threads") and int(lines[2].split()[5]) > 0, lines[2]
+    assert lines[2].startswith("loader 1 workers x 2 threads") and int(lines[2].split()[6]) > 0, lines[2]
