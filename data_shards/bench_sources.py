@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .schema import read_records, write_records
-from .transcode import TranscodeConfig
+from .transcode import TranscodeConfig, usable_cores
 from .video_io import VideoError, ffmpeg_bin
 
 GOPS = ("synthetic", "x264")
@@ -58,7 +58,7 @@ def make_sources(out: str | Path, videos: int, size: tuple[int, int], seconds: f
     """Synthetic videos re-encoded with the given GOP; returns their records.jsonl (videos beside it)."""
     from .synth import make_synthetic
 
-    out, jobs = Path(out), jobs or len(os.sched_getaffinity(0))
+    out, jobs = Path(out), jobs or usable_cores()
     h, w = size
     base = dict(videos=videos, width=w, height=h, seconds=seconds, fps=fps)
     synth = out / f"synth-{w}x{h}-{seconds:g}s-{fps:g}fps-{videos}"

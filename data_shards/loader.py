@@ -50,6 +50,7 @@ from data_shards.pipeline import (
     decode_video,
     expand_questions,
 )
+from data_shards.transcode import usable_cores
 
 log = logging.getLogger("data_shards.loader")
 
@@ -140,7 +141,7 @@ def auto_decode_threads(num_workers: int, local_ranks: int | None = None, cores:
         local_ranks: ranks on this node (default: ``LOCAL_WORLD_SIZE`` from the launcher, else 1).
         cores: usable cores (default: this process's CPU affinity).
     """
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or usable_cores()
     local = local_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
     return max(1, (cores - local) // (max(num_workers, 1) * local))
 

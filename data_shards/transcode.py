@@ -25,6 +25,7 @@ the writer skips, counts and names it like any other bad video.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -72,6 +73,12 @@ class TranscodeConfig:
             raise ValueError(f"TranscodeConfig.gop must be >= 1, got {self.gop}")
         if self.codec not in CODECS:
             raise ValueError(f"TranscodeConfig.codec must be one of {CODECS}, got {self.codec!r}")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def output_size(width: int, height: int, cfg: TranscodeConfig) -> tuple[int, int]:
@@ -145,6 +152,8 @@ def transcode_file(src: str | Path, dst: str | Path, cfg: TranscodeConfig, start
     code, err, cpu_s = _run_timed(ffmpeg_command(src, tmp, info, cfg, start, end))
     if code != 0 or not tmp.exists() or tmp.stat().st_size == 0:
         tmp.unlink(missing_ok=True)
+        if "No space left on device" in err:  # our disk, not this video: the writer stops (finished shards stay)
+            raise OSError(errno.ENOSPC, f"no space left on device writing {tmp} (transcoding {src})")
         last = err.strip().splitlines()[-1] if err.strip() else "no output"
         raise VideoError(f"{src}: transcoding failed (ffmpeg rc {code}): {last[:300]}")
     os.replace(tmp, dst)
@@ -197,7 +206,7 @@ class Transcoder:
     def __init__(self, cfg: TranscodeConfig, items: Sequence[tuple[Callable[[], Path], float | None, float | None]],
                  workdir: Path, jobs: int | None = None):
         self.cfg, self.items, self.workdir = cfg, items, Path(workdir)
-        self.jobs = jobs or len(os.sched_getaffinity(0))
+        self.jobs = jobs or usable_cores()
         self._pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="transcode")
         self._futures: dict[int, Future] = {}
         self._next = 0

@@ -21,6 +21,10 @@ exceeded (a single bigger sample gets a shard of its own). Each shard is written
 ``name.tar.tmp`` and renamed when complete, so a crash never leaves a half shard under a
 final name; ``sizes.json`` is written the same way.
 
+With ``--transcode`` every video (clips: their window) is re-encoded once before it is stored:
+smaller, a key frame every few frames, audio dropped (:mod:`data_shards.transcode`; the record's
+``meta["transcode"]`` says what was done); ``--tc-jobs`` ffmpeg processes run ahead of the writer.
+
 Video lookup: ``DIR/{record.video}``; else ``--video-map`` (json: video_id or file stem ->
 relative path, e.g. NExT-QA's ``map_vid_vidorID.json``); else a unique file of that name
 anywhere under DIR (NExT-QA/VidOR keep videos in numbered folders).
