@@ -125,3 +125,17 @@ def test_corrupt_sources_are_skipped_counted_and_named(tmp_path, capsys):
         assert f"skip video_id {vid!r}" in out
     sizes = json.loads((tmp_path / "o" / "sizes.json").read_text())
     assert {x["video_id"] for x in sizes["skipped"]} == {"garbage", "cut"} and sizes["videos"] == 1
+
+
+def test_transcode_sweep_prints_cost_bytes_and_fidelity(tmp_path, capsys):
+    from data_shards.transcode_sweep import main as sweep
+
+    src = _long_gop_source(tmp_path / "src.mp4", seconds=2.0, size=(96, 128))
+    assert sweep([str(src), "--variants", "64:0:4:23:veryfast,64:5:4:23:veryfast", "--frames", "3", "--size",
+                  "48x64", "--reps", "1", "--random", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("sources (1):") and "pyav-decode-all" in lines[0]
+    for line, name in zip(lines[2:], ("64:0:4:23:veryfast", "64:5:4:23:veryfast")):
+        cols = line.split()
+        assert cols[0] == name and float(cols[1]) > 0 and int(cols[2]) > 0, line
+        assert 10 < float(cols[-2]) <= 99 and 10 < float(cols[-1]) <= 99, line
