@@ -31,6 +31,7 @@ import itertools
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -49,6 +50,7 @@ from data_shards.pipeline import (
     decode_video,
     expand_questions,
 )
+from data_shards.transcode import usable_cores
 
 log = logging.getLogger("data_shards.loader")
 
@@ -83,8 +85,9 @@ class LoaderConfig:
     pass over this rank's shards."""
     decode: bool = True
     """Decode frames; False yields question samples with ``frames=None`` (fast inspection)."""
-    decode_threads: int = 1
-    """FFmpeg threads per decoder (1 suits several workers; more helps ``num_workers=0``)."""
+    decode_threads: int | None = None
+    """FFmpeg threads per decoder; None: chosen per machine by :func:`auto_decode_threads` (the
+    cores this process may use, shared out over this node's decoders: 1 when workers fill them)."""
     log_every_s: float = 30.0
     """At most one warning per skip category and process in this many seconds."""
     prefetch_factor: int = 2
@@ -124,6 +127,25 @@ def resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def auto_decode_threads(num_workers: int, local_ranks: int | None = None, cores: int | None = None) -> int:
+    """FFmpeg threads per decoder for this machine: its free cores shared out over the node's decoders.
+
+    Every rank on the node runs ``max(num_workers, 1)`` decoders and a main process that needs
+    about one core (training), so each decoder gets ``(cores - local_ranks) // decoders`` threads,
+    at least 1. Measured on 2 cores (docs/BENCHMARKS.md "Decoder threads"): a worker per core with
+    one thread each beats fewer workers with more threads, so threads only go up when cores are
+    left over after every worker has one.
+
+    Args:
+        num_workers: DataLoader workers per rank.
+        local_ranks: ranks on this node (default: ``LOCAL_WORLD_SIZE`` from the launcher, else 1).
+        cores: usable cores (default: this process's CPU affinity).
+    """
+    cores = cores or usable_cores()
+    local = local_ranks or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, (cores - local) // (max(num_workers, 1) * local))
+
+
 def _identity(batch):
     return batch
 
@@ -133,6 +155,7 @@ class VideoQALoader:
 
     Attributes:
         rank, world_size: this loader's place in the job.
+        decode_threads: FFmpeg threads per decoder (the config's, or chosen for this machine).
         urls: all expanded shard URLs (before the split).
         num_batches: batches per epoch, or None for one pass (unknown in advance).
     """
@@ -144,6 +167,7 @@ class VideoQALoader:
         from webdataset.filters import map as wds_map
 
         self.cfg, self.urls, self.rank, self.world_size = cfg, urls, rank, world_size
+        self.decode_threads = cfg.decode_threads or auto_decode_threads(cfg.num_workers)
         self.num_batches = cfg.epoch_batches
         self.counters = SharedCounters(cfg.num_workers)
         self._has_reasoning = reasoning is not None
@@ -158,7 +182,7 @@ class VideoQALoader:
         # Stages are objects and partials of module-level functions, not closures, so that the
         # pipeline also pickles for workers started with "spawn".
         decode = functools.partial(decode_video, num_frames=cfg.num_frames, size=size, decode=cfg.decode,
-                                   num_threads=cfg.decode_threads, counters=self.counters)
+                                   num_threads=self.decode_threads, counters=self.counters)
         stages: list[Any] = [self.source, TarSamples(handler, progress)]
         if cfg.shuffle_buffer > 1:
             stages.append(SeededShuffle(cfg.shuffle_buffer, self.source))

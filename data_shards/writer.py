@@ -21,6 +21,10 @@ exceeded (a single bigger sample gets a shard of its own). Each shard is written
 ``name.tar.tmp`` and renamed when complete, so a crash never leaves a half shard under a
 final name; ``sizes.json`` is written the same way.
 
+With ``--transcode`` every video (clips: their window) is re-encoded once before it is stored:
+smaller, a key frame every few frames, audio dropped (:mod:`data_shards.transcode`; the record's
+``meta["transcode"]`` says what was done); ``--tc-jobs`` ffmpeg processes run ahead of the writer.
+
 Video lookup: ``DIR/{record.video}``; else ``--video-map`` (json: video_id or file stem ->
 relative path, e.g. NExT-QA's ``map_vid_vidorID.json``); else a unique file of that name
 anywhere under DIR (NExT-QA/VidOR keep videos in numbered folders).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import os
 import re
@@ -39,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .schema import VideoRecord, read_records, validate_record
+from .transcode import TranscodeConfig, Transcoder, add_arguments, config_from_args
 from .video_io import VIDEO_EXTS, VideoError, cut_clip, probe_video
 
 TAR_BLOCK = 512
@@ -228,10 +234,15 @@ def load_video(rec: VideoRecord, path: Path, workdir: Path) -> tuple[str, bytes,
     return "mp4", clip.read_bytes(), True
 
 
-def stored_record(rec: VideoRecord, key: str, ext: str, cut: bool, source: str) -> bytes:
-    """The ``{key}.json`` member: the record with ``video`` = member name (and a cut clip's window in meta)."""
+def stored_record(rec: VideoRecord, key: str, ext: str, cut: bool, source: str, extra: dict | None = None) -> bytes:
+    """The ``{key}.json`` member: the record with ``video`` = member name (and a cut clip's window in meta).
+
+    ``extra`` is merged into ``meta`` (e.g. ``{"transcode": ...}``: what was done to the video).
+    """
     obj = rec.to_json()
     obj["video"] = f"{key}.{ext}"
+    if extra:
+        obj["meta"] = {**obj["meta"], **extra}
     if cut:
         obj["meta"] = {**obj["meta"], "clip": [rec.start, rec.end]}
         obj["start"] = obj["end"] = None
@@ -274,7 +285,7 @@ def write_sizes(path: Path, summary: dict, pattern: str) -> dict:
 
 def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str, max_count: int = 1000,
                  max_size: int = 3 * 10 ** 9, video_map: dict[str, str] | None = None,
-                 log=print) -> dict:
+                 log=print, transcode: TranscodeConfig | None = None, jobs: int | None = None) -> dict:
     """Write one shard sample per record's video; skip (and report) videos that cannot be used.
 
     Args:
@@ -284,10 +295,13 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
         max_count, max_size: roll-over limits per shard (samples, bytes).
         video_map: optional video_id (or file stem) -> path under ``videos_dir``.
         log: where progress lines go (``print``-like).
+        transcode: re-encode every video first (:mod:`data_shards.transcode`), ``jobs`` at once
+            (default: usable cores); None stores the videos as they are.
 
     Returns:
         This run's summary: {"shards": {name: {videos, questions, bytes}}, "videos", "questions",
-        "skipped": [{"video_id", "file", "reason"}], "sizes": path of sizes.json}.
+        "skipped": [{"video_id", "file", "reason"}], "sizes": path of sizes.json}; with ``transcode``
+        also "transcode": {"videos", "cpu_s"}.
 
     Raises:
         SchemaError: an invalid record; ValueError: colliding keys or a bad pattern (both before
@@ -299,19 +313,21 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
     finder = VideoFinder(videos_dir, video_map)
     skipped: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="shard-writer-") as work:
+        tc = None if transcode is None else Transcoder(
+            transcode, [(functools.partial(finder.find, r), r.start, r.end) for r in records], Path(work), jobs)
         try:
             for n, (rec, key) in enumerate(zip(records, keys), 1):
                 path = Path(videos_dir) / rec.video
                 try:
                     path = finder.find(rec)
-                    ext, data, cut = load_video(rec, path, Path(work))
+                    ext, data, cut, extra = (*load_video(rec, path, Path(work)), None) if tc is None else tc.take(n - 1)
                 except (OSError, VideoError) as e:
                     if isinstance(e, OSError) and e.errno in _FATAL_ERRNOS:
                         raise  # our side (the work dir), not this video: every later video would fail too
                     skipped.append({"video_id": rec.video_id, "file": str(path), "reason": str(e)})
                     log(f"skip video_id {rec.video_id!r}: {e}")  # the reason names the file
                     continue
-                meta = stored_record(rec, key, ext, cut, f"{records_path} (record {n}, video {rec.video_id!r})")
+                meta = stored_record(rec, key, ext, cut, f"{records_path} (record {n}, video {rec.video_id!r})", extra)
                 sink.add(key, {"json": meta, ext: data}, len(rec.qas))
             done = sink.close()
         except BaseException as e:
@@ -321,9 +337,14 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
                 raise OSError(e.errno, f"{os.strerror(e.errno)} while writing {where} "
                                        f"(finished shards stay: {len(sink.done)})") from None
             raise
+        finally:
+            if tc is not None:
+                tc.close()
     summary = {"shards": {s.name: {"videos": s.videos, "questions": s.questions, "bytes": s.bytes} for s in done},
                "videos": sum(s.videos for s in done), "questions": sum(s.questions for s in done),
                "skipped": skipped}
+    if tc is not None:
+        summary["transcode"] = {"videos": tc.done, "cpu_s": round(tc.cpu_s, 3)}
     sizes = Path(pattern % 0).parent / "sizes.json"
     write_sizes(sizes, summary, pattern)
     summary["sizes"] = str(sizes)
@@ -360,15 +381,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-count", type=int, default=1000, help="samples (videos) per shard at most")
     p.add_argument("--max-size", type=_parse_bytes, default=3 * 10 ** 9, help="bytes per shard at most (500M, 2G)")
     p.add_argument("--video-map", default=None, help="json: video_id or file stem -> path under --videos")
+    add_arguments(p)  # --transcode and its --tc-* options
     a = p.parse_args(argv)
     videos = a.videos or str(Path(a.records).parent / "videos")
     vmap = json.loads(Path(a.video_map).read_text(encoding="utf-8")) if a.video_map else None
     try:
-        s = write_shards(a.records, videos, a.out, a.max_count, a.max_size, vmap)
+        s = write_shards(a.records, videos, a.out, a.max_count, a.max_size, vmap, transcode=config_from_args(a),
+                         jobs=a.tc_jobs)
     except (ValueError, OSError) as e:  # SchemaError names file:line and field; a full disk names the path
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     total = sum(v["bytes"] for v in s["shards"].values())
+    if "transcode" in s:
+        tc = s["transcode"]
+        print(f"transcoded {tc['videos']} videos: {tc['cpu_s']:.1f} CPU-s, "
+              f"{tc['cpu_s'] / max(tc['videos'], 1):.2f} CPU-s per video")
     print(f"wrote {s['videos']} videos, {s['questions']} questions in {len(s['shards'])} shard(s), "
           f"{total / 1e6:.1f} MB; skipped {len(s['skipped'])} video(s); sizes in {s['sizes']}")
     return 0 if s["videos"] > 0 else 1

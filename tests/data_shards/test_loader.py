@@ -292,3 +292,15 @@ def test_pipeline_pickles_for_spawned_workers(shards):
         buf = io.BytesIO()
         ForkingPickler(buf).dump(loader.dataset)
         assert buf.tell() > 0
+
+
+def test_decoder_threads_are_chosen_per_machine(monkeypatch):
+    from data_shards.loader import auto_decode_threads
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_decode_threads(2, cores=2) == 1  # a worker per core: one thread each (measured best)
+    assert auto_decode_threads(0, cores=2) == 1
+    assert auto_decode_threads(2, cores=16) == 7  # one core left for the main process, the rest shared out
+    assert auto_decode_threads(4, local_ranks=8, cores=16) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert auto_decode_threads(2, cores=16) == 3

@@ -1,0 +1,109 @@
+"""Source videos and shards for the loader bench: the synthetic videos as rendered, or re-encoded the
+way real videos come (ffmpeg's libx264 defaults: preset medium, crf 23, a key frame every 250 frames),
+and the same videos written both as they are and with ``write --transcode``.
+
+Used by ``python -m data_shards bench --make-sources DIR --gop x264 [--transcode]``. Everything
+lands under ``DIR`` and is reused by a later run with the same settings (a ``params.json`` stamp).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from .schema import read_records, write_records
+from .transcode import TranscodeConfig, usable_cores
+from .video_io import VideoError, ffmpeg_bin
+
+GOPS = ("synthetic", "x264")
+"""``synthetic``: the rendered videos (one key frame per second, x264 veryfast); ``x264``: re-encoded
+with libx264's defaults (key frame every 250 frames); an integer N: re-encoded with ``-g N``."""
+
+
+def parse_gop(text: str) -> str:
+    if text in GOPS or (text.isdigit() and int(text) >= 1):
+        return text
+    raise ValueError(f"--gop must be one of {GOPS} or a key-frame interval in frames, got {text!r}")
+
+
+def reencode(src: Path, dst: Path, gop: str) -> None:
+    """Re-encode ``src`` as a user's source would be: ``ffmpeg -i src -c:v libx264 [-g N] dst`` (defaults)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    cmd = [ffmpeg_bin(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
+           *(["-g", gop] if gop.isdigit() else []), "-f", "mp4", str(tmp)]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise VideoError(f"{src}: re-encoding failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    os.replace(tmp, dst)
+
+
+def _stamp_ok(folder: Path, params: dict) -> bool:
+    stamp = folder / "params.json"
+    return stamp.exists() and json.loads(stamp.read_text()) == params
+
+
+def _stamp(folder: Path, params: dict) -> None:
+    (folder / "params.json").write_text(json.dumps(params, indent=1) + "\n")
+
+
+def make_sources(out: str | Path, videos: int, size: tuple[int, int], seconds: float, fps: float, gop: str,
+                 jobs: int | None = None, log=print) -> Path:
+    """Synthetic videos re-encoded with the given GOP; returns their records.jsonl (videos beside it)."""
+    from .synth import make_synthetic
+
+    out, jobs = Path(out), jobs or usable_cores()
+    h, w = size
+    base = dict(videos=videos, width=w, height=h, seconds=seconds, fps=fps)
+    synth = out / f"synth-{w}x{h}-{seconds:g}s-{fps:g}fps-{videos}"
+    if not _stamp_ok(synth, base):
+        shutil.rmtree(synth, ignore_errors=True)
+        t0 = time.perf_counter()
+        make_synthetic(synth, videos, seed=0, width=w, height=h, fps=fps, duration=seconds, jobs=jobs)
+        _stamp(synth, base)
+        log(f"rendered {videos} synthetic videos in {time.perf_counter() - t0:.0f} s")
+    if gop == "synthetic":
+        return synth / "records.jsonl"
+    folder = out / f"{synth.name}-gop{gop}"
+    if not _stamp_ok(folder, {**base, "gop": gop}):
+        shutil.rmtree(folder, ignore_errors=True)
+        (folder / "videos").mkdir(parents=True)
+        records = list(read_records(synth / "records.jsonl"))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(lambda r: reencode(synth / "videos" / r.video, folder / "videos" / r.video, gop), records))
+        write_records(records, folder / "records.jsonl")
+        _stamp(folder, {**base, "gop": gop})
+        log(f"re-encoded {videos} videos with libx264 defaults{'' if gop == 'x264' else f', -g {gop}'} "
+            f"in {time.perf_counter() - t0:.0f} s")
+    return folder / "records.jsonl"
+
+
+def make_shards(records: Path, tc: TranscodeConfig | None, per_shard: int = 2, jobs: int | None = None,
+                log=print) -> str:
+    """Shards of ``records`` (as they are, or transcoded) beside them; returns the brace URL pattern."""
+    from .writer import write_shards
+
+    params = {"per_shard": per_shard, "transcode": asdict(tc) if tc else None}
+    tag = "-".join(f"{k}{v}" for k, v in asdict(tc).items() if v is not None) if tc else ""
+    name = f"shards-tc-{tag}" if tc else "shards"
+    folder = records.parent / name
+    if not _stamp_ok(folder, params):
+        shutil.rmtree(folder, ignore_errors=True)
+        t0 = time.perf_counter()
+        s = write_shards(records, records.parent / "videos", str(folder / "train-%06d.tar"), max_count=per_shard,
+                         transcode=tc, jobs=jobs, log=log)
+        if s["skipped"]:
+            raise VideoError(f"{records}: {len(s['skipped'])} bench video(s) skipped: {s['skipped'][0]['reason']}")
+        _stamp(folder, params)
+        what = f", transcoded ({s['transcode']['cpu_s']:.1f} CPU-s)" if tc else ""
+        log(f"wrote {s['videos']} videos to {len(s['shards'])} shards in {folder}{what} in "
+            f"{time.perf_counter() - t0:.0f} s")
+    n = len(json.loads((folder / "sizes.json").read_text())["shards"])
+    return str(folder / f"train-{{000000..{n - 1:06d}}}.tar")
