@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-videos", type=int, help="override the preset's synthetic train videos")
     p.add_argument("--val-videos", type=int, help="override the preset's synthetic val videos")
     p.add_argument("--seeds", type=int, help="--full: number of seeds (default 3)")
+    p.add_argument("--scene", choices=("motion", "shots"), help="synthetic scene kind (default: the preset's)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="train/evaluate only these runs (names as in runs/)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="extra training override for every run (repeatable; recipe search)")
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(study, name, getattr(args, name))
     if args.full and args.seeds:
         study.runs = full_runs(tuple(range(args.seeds)))
+    if args.scene:
+        study.scene = args.scene
     if args.only:
         unknown = sorted(set(args.only) - {r.name for r in study.runs})
         if unknown:

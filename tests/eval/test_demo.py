@@ -130,3 +130,12 @@ def test_a_crash_at_exit_after_the_final_checkpoint_is_tolerated(tmp_path, monke
     (ckpt / "latest").write_text(f"global_step{study.steps}\n")
     d.train(run)
     assert "exited non-zero after the final checkpoint" in capsys.readouterr().out
+
+
+def test_demo_only_names_unknown_runs(capsys):
+    from eval.demo import main as demo_main
+
+    with pytest.raises(SystemExit) as e:
+        demo_main(["--only", "qa_s9", "--scene", "shots"])
+    assert e.value.code == 2
+    assert "unknown runs ['qa_s9']" in capsys.readouterr().err
