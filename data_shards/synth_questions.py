@@ -415,8 +415,14 @@ def make_questions(scene: Scene, rng: np.random.Generator, count: int) -> list[d
         dicts with question, options, answer, qtype, extra (qid not set).
     """
     facts = Facts(scene, rng)
+    return choose(facts, BUILDERS, rng, count)
+
+
+def choose(facts, builders, rng: np.random.Generator, count: int) -> list[dict]:
+    """Up to ``count`` finished questions from the drafts of ``builders(facts)``, round robin over
+    the question types in a random order (so one video covers many types), no question twice."""
     by_type: dict[str, list[Draft]] = {t: [] for t in QTYPES}
-    for build in BUILDERS:
+    for build in builders:
         for d in build(facts):
             by_type[d.qtype].append(d)
     order = [QTYPES[k] for k in rng.permutation(len(QTYPES))]

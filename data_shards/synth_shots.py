@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .synth_questions import DIRS, NEVER, PARTS, QTYPES, QUADS, Draft, finish
+from .synth_questions import DIRS, NEVER, PARTS, QUADS, Draft, choose
 from .synth_render import BACKGROUNDS, COLOURS, PALETTE, SHAPES, _paste, sprite
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
@@ -271,23 +271,7 @@ BUILDERS = (end_questions, count_questions, time_questions, order_questions)
 
 def make_shot_questions(scene: ShotScene, rng: np.random.Generator, count: int) -> list[dict]:
     """Up to ``count`` questions about a shot scene, round robin over the types it allows."""
-    facts = ShotFacts(scene, rng)
-    by_type: dict[str, list[Draft]] = {t: [] for t in QTYPES}
-    for build in BUILDERS:
-        for d in build(facts):
-            by_type[d.qtype].append(d)
-    order = [QTYPES[k] for k in rng.permutation(len(QTYPES))]
-    chosen, seen = [], set()
-    while len(chosen) < count and any(by_type.values()):
-        for t in order:
-            if len(chosen) >= count or not by_type[t]:
-                continue
-            d = by_type[t].pop(int(rng.integers(len(by_type[t]))))
-            qa = finish(d, rng) if d.question not in seen else None
-            if qa is not None:
-                chosen.append(qa)
-                seen.add(d.question)
-    return chosen
+    return choose(ShotFacts(scene, rng), BUILDERS, rng, count)
 
 
 def shot_meta(scene: ShotScene) -> dict:
