@@ -51,7 +51,7 @@ def _replay_one_process(res: dict, cfg):
     return model
 
 
-@pytest.mark.parametrize("family,lora", [("qwen2_vl", False), ("llava_onevision", True)])
+@pytest.mark.parametrize("family,lora", [("qwen2_vl", False), ("qwen2_5_vl", False), ("llava_onevision", True)])
 def test_two_ranks_two_accumulation_steps_equal_one_process_then_export_keeps_the_logits(tmp_path, family, lora):
     """Tolerance as the assembled model's test: fp32, atol 1e-6 on updates that reach > 0.05. The
     exported logits (real tokens) within 2e-4 of the logits' largest magnitude: consolidation is
