@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from train import prompts
+from train.tasks import pad_rows
 
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 LLAVA_FAMILIES = ("llava_onevision",)
@@ -313,18 +314,7 @@ class VideoChatProcessor:
             n_cut_p, n_cut_t = n_cut_p + cp, n_cut_t + ct
             rows.append((p, t, ex.task_id))
             videos.append(vid)
-        length = max(len(p) + len(t) for p, t, _ in rows)
-        B = len(rows)
-        input_ids = torch.full((B, length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((B, length), dtype=torch.long)
-        labels = torch.full((B, length), -100, dtype=torch.long)
-        task_ids = torch.zeros((B, length), dtype=torch.long)
-        for i, (p, t, tid) in enumerate(rows):
-            n = len(p) + len(t)
-            input_ids[i, :n] = torch.tensor(p + t)
-            attention_mask[i, :n] = 1
-            labels[i, len(p):n] = torch.tensor(t)
-            task_ids[i, len(p):n] = tid
+        input_ids, attention_mask, labels, task_ids = pad_rows(rows, self.pad_token_id)
         vision = self.stack_video(videos)
         self.add_token_types(vision, input_ids, attention_mask)
         try:

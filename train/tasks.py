@@ -290,10 +290,25 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
         t, ct = encode_target(tokenizer, ex.target, cfg.max_target_len)
         n_cut_p, n_cut_t = n_cut_p + cp, n_cut_t + ct
         rows.append((p, t, ex.task_id))
+    input_ids, attention_mask, labels, task_ids = pad_rows(rows, tokenizer.pad_token_id, pad_to_multiple)
+    try:
+        pixel_values = torch.stack([ex.frames for ex in examples])
+    except RuntimeError as e:
+        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+            "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
+            "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
+
+
+def pad_rows(rows: list[tuple[list[int], list[int], int]], pad_token_id: int, pad_to_multiple: int = 1
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad (prompt ids, target ids, task id) rows into input_ids, attention_mask, labels
+    (target ids, -100 elsewhere) and task_ids, all long [B, L]; L = the longest row rounded up to
+    a multiple of ``pad_to_multiple``."""
     length = max(len(p) + len(t) for p, t, _ in rows)
     length = -(-length // pad_to_multiple) * pad_to_multiple
     B = len(rows)
-    input_ids = torch.full((B, length), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((B, length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((B, length), dtype=torch.long)
     labels = torch.full((B, length), -100, dtype=torch.long)
     task_ids = torch.zeros((B, length), dtype=torch.long)
@@ -303,13 +318,7 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
         attention_mask[i, :n] = 1
         labels[i, len(p):n] = torch.tensor(t)
         task_ids[i, len(p):n] = tid
-    try:
-        pixel_values = torch.stack([ex.frames for ex in examples])
-    except RuntimeError as e:
-        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
-    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
-            "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
-            "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
+    return input_ids, attention_mask, labels, task_ids
 
 
 def task_token_counts(task_ids: torch.Tensor) -> tuple[int, int]:
