@@ -26,7 +26,7 @@ import numpy as np
 from .schema import QA, VideoRecord, make_qid, read_records, write_records
 from .synth_questions import make_questions
 from .synth_render import COLOURS, PALETTE, Scene, make_scene, render_frames
-from .synth_shots import make_shot_questions, make_shot_scene, render_shots, shot_meta
+from .synth_shots import SHOT_QTYPES, make_shot_questions, make_shot_scene, render_shots, shot_meta
 from .video_io import encode_frames
 
 DATASET = "synthetic"
@@ -61,14 +61,15 @@ def scene_meta(scene: Scene, seed: int, index: int) -> dict:
 
 def make_video(videos_dir: Path, index: int, seed: int, split: str, width: int, height: int,
                fps: float, duration: float, questions_per_video: int, preset: str, scene_kind: str = "motion",
-               shots: int = 4) -> VideoRecord:
+               shots: int = 4, objects: tuple[int, int] = (2, 3), qtypes: tuple[str, ...] | None = None
+               ) -> VideoRecord:
     """Draw, render and encode one video; returns its record (video = file name)."""
     rng = np.random.default_rng([seed, zlib.crc32(split.encode()), index])
     frames = max(2, int(round(duration * fps)))
     video_id = f"synth-{seed}-{index:05d}"
     if scene_kind == "shots":
-        shot_scene = make_shot_scene(rng, width, height, fps, frames, shots)
-        drafts, pixels = make_shot_questions(shot_scene, rng, questions_per_video), render_shots(shot_scene)
+        shot_scene = make_shot_scene(rng, width, height, fps, frames, shots, objects)
+        drafts, pixels = make_shot_questions(shot_scene, rng, questions_per_video, qtypes), render_shots(shot_scene)
         meta = {**shot_meta(shot_scene), "generator": {"name": "data_shards.synth", "version": GENERATOR_VERSION,
                                                         "seed": seed, "index": index}}
     else:
@@ -84,7 +85,8 @@ def make_video(videos_dir: Path, index: int, seed: int, split: str, width: int, 
 def make_synthetic(out_dir: str | Path, videos: int, seed: int, split: str = "train", width: int = 96,
                    height: int = 96, fps: float = 8, duration: float = 4.0, questions_per_video: int = 6,
                    preset: str = "veryfast", jobs: int | None = None, scene: str = "motion",
-                   shots: int = 4) -> Path:
+                   shots: int = 4, objects: tuple[int, int] = (2, 3), qtypes: tuple[str, ...] | None = None
+                   ) -> Path:
     """Make ``videos`` synthetic videos and their records under ``out_dir``.
 
     Args:
@@ -102,6 +104,8 @@ def make_synthetic(out_dir: str | Path, videos: int, seed: int, split: str = "tr
             (``shots`` static shots; every question answerable from one frame per shot,
             :mod:`data_shards.synth_shots`).
         shots: shots per video when ``scene == "shots"`` (train with ``data.num_frames`` = shots).
+        objects: (fewest, most) objects of a shot scene, within 1..3.
+        qtypes: shot scenes: ask only these question types (``synth_shots.SHOT_QTYPES``; None = all).
 
     Returns:
         The path of records.jsonl.
@@ -110,11 +114,17 @@ def make_synthetic(out_dir: str | Path, videos: int, seed: int, split: str = "tr
         raise ValueError(f"videos must be >= 1, got {videos}")
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
+    if qtypes is not None:
+        bad = sorted(set(qtypes) - set(SHOT_QTYPES))
+        if scene != "shots" or bad or not qtypes:
+            raise ValueError(f"qtypes {list(qtypes)}: only shot scenes take a question-type filter, "
+                             f"a non-empty subset of {list(SHOT_QTYPES)}" + (f" (unknown: {bad})" if bad else ""))
     out = Path(out_dir)
     videos_dir = out / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
     jobs = jobs or min(4, os.cpu_count() or 1)
-    args = (seed, split, width, height, fps, duration, questions_per_video, preset, scene, shots)
+    args = (seed, split, width, height, fps, duration, questions_per_video, preset, scene, shots, tuple(objects),
+            None if qtypes is None else tuple(qtypes))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         records = list(pool.map(lambda i: make_video(videos_dir, i, *args), range(videos)))
     path = out / "records.jsonl"
@@ -138,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scene", choices=SCENES, default="motion",
                    help="motion: moving objects; shots: static shots, each question answerable from one frame a shot")
     p.add_argument("--shots", type=int, default=4, help="shots per video with --scene shots")
+    p.add_argument("--objects", type=int, nargs=2, default=(2, 3), metavar=("MIN", "MAX"),
+                   help="objects per shot scene, a range within 1..3 (default 2 3)")
+    p.add_argument("--qtypes", nargs="+", metavar="QTYPE",
+                   help="shot scenes: ask only these question types (default: all of DO DL DC TC TN TP CH)")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     path = make_synthetic(a.out, a.videos, a.seed, a.split, a.width, a.height, a.fps, a.duration,
-                          a.questions_per_video, a.preset, a.jobs, a.scene, a.shots)
+                          a.questions_per_video, a.preset, a.jobs, a.scene, a.shots, tuple(a.objects), a.qtypes)
     dt = time.perf_counter() - t0
     n_q = sum(len(rec.qas) for rec in read_records(path))
     print(f"wrote {a.videos} videos ({a.width}x{a.height}, {a.fps:g} fps, {a.duration:g} s) and {n_q} "

@@ -418,13 +418,16 @@ def make_questions(scene: Scene, rng: np.random.Generator, count: int) -> list[d
     return choose(facts, BUILDERS, rng, count)
 
 
-def choose(facts, builders, rng: np.random.Generator, count: int) -> list[dict]:
+def choose(facts, builders, rng: np.random.Generator, count: int, qtypes: tuple[str, ...] | None = None
+           ) -> list[dict]:
     """Up to ``count`` finished questions from the drafts of ``builders(facts)``, round robin over
-    the question types in a random order (so one video covers many types), no question twice."""
+    the question types in a random order (so one video covers many types), no question twice;
+    only types in ``qtypes`` when given (None = all)."""
     by_type: dict[str, list[Draft]] = {t: [] for t in QTYPES}
     for build in builders:
         for d in build(facts):
-            by_type[d.qtype].append(d)
+            if qtypes is None or d.qtype in qtypes:
+                by_type[d.qtype].append(d)
     order = [QTYPES[k] for k in rng.permutation(len(QTYPES))]
     chosen, seen = [], set()
     while len(chosen) < count and any(by_type.values()):

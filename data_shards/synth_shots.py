@@ -267,11 +267,15 @@ def order_questions(f: ShotFacts) -> list[Draft]:
 
 
 BUILDERS = (end_questions, count_questions, time_questions, order_questions)
+SHOT_QTYPES = ("DO", "DL", "DC", "TC", "TN", "TP", "CH")
+"""The question types of shot scenes."""
 
 
-def make_shot_questions(scene: ShotScene, rng: np.random.Generator, count: int) -> list[dict]:
-    """Up to ``count`` questions about a shot scene, round robin over the types it allows."""
-    return choose(ShotFacts(scene, rng), BUILDERS, rng, count)
+def make_shot_questions(scene: ShotScene, rng: np.random.Generator, count: int,
+                        qtypes: tuple[str, ...] | None = None) -> list[dict]:
+    """Up to ``count`` questions about a shot scene, round robin over the types it allows (only
+    ``qtypes`` when given)."""
+    return choose(ShotFacts(scene, rng), BUILDERS, rng, count, qtypes)
 
 
 def shot_meta(scene: ShotScene) -> dict:

@@ -140,3 +140,23 @@ def test_deterministic_and_bad_arguments(tmp_path):
         make_shot_scene(np.random.default_rng(0), 64, 64, 8, 2, shots=4)
     with pytest.raises(ValueError, match="scene must be one of"):
         synth.make_synthetic(tmp_path, videos=1, seed=0, scene="slides")
+
+
+def test_objects_and_question_type_filter(tmp_path, shots):
+    """--objects and --qtypes (the demo's recipe): the scenes have that many objects and only those
+    question types are asked; a filter on the default settings changes nothing else."""
+    path = synth.make_synthetic(tmp_path / "one", videos=6, seed=3, width=64, height=64, duration=3.0,
+                                scene="shots", shots=SHOTS, questions_per_video=8, objects=(1, 1),
+                                qtypes=("DO", "DL", "TC"))
+    recs = list(read_records(path))
+    assert all(len(r.meta["objects"]) == 1 for r in recs)
+    types = [qa.qtype for r in recs for qa in r.qas]
+    assert set(types) == {"DO", "DL", "TC"}, types
+    full = {r.video_id: r for r in read_records(shots)}
+    assert any(len(r.meta["objects"]) > 1 for r in full.values())  # the default is 2-3 objects
+    with pytest.raises(ValueError, match="unknown: \\['XX'\\]"):
+        synth.make_synthetic(tmp_path / "bad", videos=1, seed=0, scene="shots", qtypes=("DO", "XX"))
+    with pytest.raises(ValueError, match="only shot scenes"):
+        synth.make_synthetic(tmp_path / "bad", videos=1, seed=0, scene="motion", qtypes=("DO",))
+    with pytest.raises(ValueError, match="1..3"):
+        synth.make_synthetic(tmp_path / "bad", videos=1, seed=0, scene="shots", objects=(0, 2))
