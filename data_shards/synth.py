@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import QA, VideoRecord, make_qid, read_records, write_records
+from .schema import CAPTION_QTYPE, QA, VideoRecord, make_qid, read_records, write_records
 from .synth_questions import make_questions
 from .synth_render import COLOURS, PALETTE, Scene, make_scene, render_frames
 from .synth_shots import SHOT_QTYPES, make_shot_questions, make_shot_scene, render_shots, shot_meta
@@ -130,6 +130,36 @@ def make_synthetic(out_dir: str | Path, videos: int, seed: int, split: str = "tr
     path = out / "records.jsonl"
     write_records(records, path)
     return path
+
+
+def shot_caption(meta: dict) -> str:
+    """A stage-1 caption of a shot scene from its meta, shot by shot: "Shot 1: white circle in the top
+    right. Shot 2: ..." (objects out of view are left out; an empty shot is "nothing")."""
+    if meta.get("kind") != "shots":
+        raise ValueError(f"shot_caption needs a shot scene's meta (kind 'shots'), got kind {meta.get('kind')!r}")
+    n = len(meta["shot_starts"])
+    parts = []
+    for k in range(n):
+        seen = [f"{o['shots'][k]['colour']} {o['shape']} in the {o['shots'][k]['quad']}"
+                for o in meta["objects"] if o["shots"][k]["quad"]]
+        parts.append(f"Shot {k + 1}: {'; '.join(seen) or 'nothing'}.")
+    return " ".join(parts)
+
+
+def write_caption_records(records_path: str | Path, out_path: str | Path | None = None) -> Path:
+    """Video-caption pairs for stage-1 alignment (``task.mode: caption``) of shot-scene records:
+    one record per video with the same video and a single caption entry (qtype ``caption``, text in
+    ``extra.caption``, from :func:`shot_caption`). Written next to ``records_path`` (default
+    ``captions.jsonl``) so the video paths resolve alike."""
+    records_path = Path(records_path)
+    out = Path(out_path) if out_path else records_path.with_name("captions.jsonl")
+    caps = [VideoRecord(video_id=r.video_id, dataset=r.dataset, split=r.split, video=r.video,
+                        qas=[QA(qid=make_qid(r.dataset, r.split, r.video_id, "cap0"), question="", options=[],
+                                answer=None, qtype=CAPTION_QTYPE, extra={"caption": shot_caption(r.meta)})],
+                        start=r.start, end=r.end, meta=r.meta)
+            for r in read_records(records_path)]
+    write_records(caps, out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,14 @@ class Study:
     scene: str = "motion"
     """Synthetic scene kind (data_shards.synth): ``shots`` (one static shot per sampled frame, so every
     question is answerable from the frames the model sees) or ``motion``."""
+    objects: tuple[int, int] = (2, 3)
+    """Shot scenes: (fewest, most) objects a video."""
+    qtypes: tuple[str, ...] | None = None
+    """Shot scenes: ask only these question types (None = all)."""
+    stage1_steps: int = 0
+    """Stage-1 alignment before the runs (shot scenes): a ``task.mode: caption`` run of this many steps
+    on captions of the train videos (:func:`data_shards.synth.shot_caption`); every run then starts
+    from its exported model (LLM, vision tower and projector). 0 = runs start from random weights."""
     shard_videos: int = 8
     """Videos per shard (training needs at least 2 train shards for 2 ranks)."""
     teachers: dict[str, tuple[float, float]] = field(default_factory=lambda: {"t33": (0.33, 0.15)})
@@ -165,18 +173,24 @@ class Demo:
 
     # ---------------------------------------------------------------------------- the steps
     def data(self) -> None:
-        from data_shards.synth import make_synthetic
+        from data_shards.synth import make_synthetic, write_caption_records
         from data_shards.writer import main as write_main
 
         s = self.study
         for split, n, seed in (("train", s.train_videos, 0), ("val", s.val_videos, 1)):
             recs = make_synthetic(self.out / "data" / split, videos=n, seed=seed, split=split, width=s.video_size,
                                   height=s.video_size, duration=s.duration, questions_per_video=s.questions_per_video,
-                                  scene=s.scene, shots=s.frames)
+                                  scene=s.scene, shots=s.frames,
+                                  **({"objects": s.objects, "qtypes": s.qtypes} if s.scene == "shots" else {}))
             code = write_main(["--records", str(recs), "--out", str(self.out / "shards" / split / f"{split}-%06d.tar"),
                                "--max-count", str(s.shard_videos)])
             if code != 0:
                 raise RuntimeError(f"shard writer failed for {split}")
+            if split == "train" and s.stage1_steps:
+                caps = write_caption_records(recs)
+                if write_main(["--records", str(caps), "--out", str(self.out / "shards" / "captions" / "captions-%06d.tar"),
+                               "--max-count", str(s.shard_videos)]) != 0:
+                    raise RuntimeError("shard writer failed for the stage-1 captions")
 
     def shards(self, split: str) -> str:
         n = len(list((self.out / "shards" / split).glob(f"{split}-*.tar")))
@@ -213,6 +227,40 @@ class Demo:
         if merge_main([str(d / "gen_val_vcot"), "--out", str(d / "val_vcot.jsonl"), "--ok-only"]) != 0:
             raise RuntimeError("merging vCoT captions failed")
 
+    def tokenizer(self) -> None:
+        """One tokenizer for every run of the study (so that runs differ only in what they train on):
+        a BPE on the train questions, options, stage-1 captions and every teacher's reasoning."""
+        from train.config import load_config
+        from train.tokenizer import build_tokenizer, corpus_from_samples
+
+        data = self.out / "data" / "train"
+        recs = [json.loads(x) for name in ("records.jsonl", "captions.jsonl") if (data / name).is_file()
+                for x in (data / name).read_text().splitlines()]
+        texts = list(corpus_from_samples(recs))
+        for f in sorted((self.out / "reasoning").glob("t*_r*.jsonl")):  # {teacher}_{raw,refined}.jsonl
+            texts += list(corpus_from_samples([{"reasoning": json.loads(x)} for x in f.read_text().splitlines()]))
+        vocab = load_config(RECIPE).tokenizer.vocab_size
+        build_tokenizer(None, corpus=texts, vocab_size=vocab).save_pretrained(str(self.out / "tokenizer"))
+
+    def stage1(self) -> None:
+        """Stage-1 alignment: caption training on the train videos, then its export (``runs/stage1/export``)."""
+        s = self.study
+        n = len(list((self.out / "shards" / "captions").glob("captions-*.tar")))
+        urls = str(self.out / "shards" / "captions" / f"captions-{{000000..{n - 1:06d}}}.tar")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
+               "-m", "train", "--config", str(RECIPE), f"--data.urls={json.dumps([urls])}", "--data.reasoning=[]",
+               f"--data.num_frames={s.frames}", f"--data.frame_size=[{s.frame_size},{s.frame_size}]",
+               "--task.mode=caption", "--task.reasoning_source=none", f"--tokenizer.path={self.out / 'tokenizer'}",
+               "--run.seed=0", f"--run.max_steps={s.stage1_steps}", "--run.name=stage1",
+               f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true", *s.overrides]
+        self.sh(cmd, self.out / "runs" / "stage1.log")
+        self.sh([sys.executable, "-m", "train", "export", "--checkpoint", str(self.out / "runs" / "stage1" / "checkpoints"),
+                 "--out", str(self.stage1_export)], self.out / "runs" / "stage1_export.log")
+
+    @property
+    def stage1_export(self) -> Path:
+        return self.out / "runs" / "stage1" / "export"
+
     def train(self, run: RunSpec) -> None:
         s = self.study
         reasoning = [] if run.mode == "qa" else [str(self.out / "reasoning" / f"{run.teacher}_refined.jsonl")]
@@ -220,7 +268,12 @@ class Demo:
                      f"--data.num_frames={s.frames}", f"--data.frame_size=[{s.frame_size},{s.frame_size}]",
                      f"--task.mode={run.mode}", f"--task.reasoning_source={run.source}", f"--task.beta={run.beta}",
                      f"--run.seed={run.seed}", f"--run.max_steps={s.steps}", f"--run.name={run.name}",
-                     f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true", *s.overrides]
+                     f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true",
+                     f"--tokenizer.path={self.out / 'tokenizer'}", *s.overrides]
+        if s.stage1_steps:  # start from the stage-1 model: all three parts
+            e = self.stage1_export
+            overrides += [f"--model.llm.path={e / 'llm'}", "--model.llm.config=null", f"--model.vision.path={e / 'vision'}",
+                          "--model.vision.config=null", f"--model.projector.init_from={e}"]
         # --run.overwrite: a train step that did not finish is redone from scratch (its run dir may
         # hold the interrupted attempt's checkpoints and metrics, which the trainer would refuse to mix)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
@@ -273,6 +326,9 @@ class Demo:
         for name, rates in self.study.teachers.items():
             self.step(f"teacher_{name}", self.teacher, name, rates)
         self.step("vcot_val", self.vcot)
+        self.step("tokenizer", self.tokenizer)
+        if self.study.stage1_steps:
+            self.step("stage1", self.stage1)
         for run in self.study.runs:
             self.step(f"train_{run.name}", self.train, run)
             self.step(f"eval_{run.name}", self.evaluate, run)
@@ -293,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-videos", type=int, help="override the preset's synthetic val videos")
     p.add_argument("--seeds", type=int, help="--full: number of seeds (default 3)")
     p.add_argument("--scene", choices=("motion", "shots"), help="synthetic scene kind (default: the preset's)")
+    p.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), help="shot scenes: objects a video")
+    p.add_argument("--qtypes", nargs="+", metavar="QTYPE", help="shot scenes: only these question types")
+    p.add_argument("--stage1-steps", type=int, help="stage-1 caption alignment steps (shot scenes; 0 = none)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="train/evaluate only these runs (names as in runs/)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="extra training override for every run (repeatable; recipe search)")
@@ -305,6 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         study.runs = full_runs(tuple(range(args.seeds)))
     if args.scene:
         study.scene = args.scene
+    if args.objects:
+        study.objects = tuple(args.objects)
+    if args.qtypes:
+        study.qtypes = tuple(args.qtypes)
+    if args.stage1_steps is not None:
+        study.stage1_steps = args.stage1_steps
+    if study.stage1_steps and study.scene != "shots":
+        p.error("--stage1-steps: stage-1 captions come from shot scenes; use --scene shots")
     if args.only:
         unknown = sorted(set(args.only) - {r.name for r in study.runs})
         if unknown:

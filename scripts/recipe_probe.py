@@ -37,6 +37,8 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--caption", action="store_true")
 p.add_argument("--vnorm", default="", help="ln: LayerNorm the visual tokens; center: = model.projector.center")
 p.add_argument("--stage1", type=int, default=0)
+p.add_argument("--stage1-form", choices=("interleaved", "after"), default="interleaved",
+               help="after: the trainer's task.mode=caption example (caption after all frames)")
 p.add_argument("--zero", action="store_true")
 p.add_argument("--debug", action="store_true")
 a = p.parse_args()
@@ -148,7 +150,7 @@ def evaluate():
         model.train()
         return res
     model.eval()
-    res = {}
+    res, per_type = {}, {}
     for name in ("real", "shuf", "zero"):
         c = 0
         for i in range(0, len(va), 32):
@@ -165,8 +167,13 @@ def evaluate():
                     None,
                     answer_format=a.fmt,
                 )
-            c += sum(int(p) == q["answer"] for p, (_, q) in zip(out["pred"].tolist(), chunk))
+            for pr, (_, q) in zip(out["pred"].tolist(), chunk):
+                c += int(pr) == q["answer"]
+                if name == "real":
+                    bt = per_type.setdefault(q.get("qtype", "?"), [0, 0])
+                    bt[0], bt[1] = bt[0] + (int(pr) == q["answer"]), bt[1] + 1
         res[name] = round(100 * c / len(va), 1)
+    res["types"] = {t: round(100 * v[0] / v[1]) for t, v in sorted(per_type.items())}
     model.train()
     return res
 
@@ -216,8 +223,15 @@ if a.stage1:
     o1 = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.01)
     t0 = time.time()
     model.train()
+    ctc = TaskConfig(mode="caption")
     for s1 in range(a.stage1):
-        px, ii, am, lab = stage1_batch([random.choice(items) for _ in range(a.bs)])
+        if a.stage1_form == "after":
+            b = collate([Example(qid="c", task="caption", task_id=1, frames=fr, question="", options=[],
+                                 instruction=P.CAPTION_INSTRUCTION, target=caption(meta))
+                         for fr, _, meta in (random.choice(items) for _ in range(a.bs))], tok, ctc, layout)
+            px, ii, am, lab = b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"]
+        else:
+            px, ii, am, lab = stage1_batch([random.choice(items) for _ in range(a.bs)])
         w = (lab != -100).float()
         w = w / w.sum()
         out = model(px, ii, am, lab, w)

@@ -188,12 +188,18 @@ class ModelConfig:
     """Recompute LLM (and trained vision) layer activations in backward to save memory."""
     loss_chunk_size: int = 1024
     """Tokens per chunk of the fused linear cross-entropy (bounds the [chunk, vocab] logits)."""
+    blind: bool = False
+    """Ablation (assembled models): every frame the model sees is black (the tower runs on zeros), so
+    only the text can inform an answer: the text-only baseline, and the negative control of the
+    convergence test (tests/eval/test_convergence.py)."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value of this section and its subsections."""
         out = [] if self.loss_chunk_size >= 1 else [("loss_chunk_size", f"must be >= 1, got {self.loss_chunk_size}")]
         if self.kind == "hf_vlm" and not self.hf.path:
             out.append(("hf.path", "model.kind hf_vlm needs a local model folder"))
+        if self.kind == "hf_vlm" and self.blind:
+            out.append(("blind", "the black-frames ablation is for assembled models (model.kind assembled)"))
         names = ("hf", "lora") if self.kind == "hf_vlm" else ("vision", "projector", "llm", "lora")
         for name in names:
             out += [(f"{name}.{f}", m) for f, m in getattr(self, name).problems()]
@@ -387,6 +393,8 @@ class VideoLLM(nn.Module):
         """
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [B, T, 3, H, W], got {tuple(pixel_values.shape)}")
+        if self.config.blind:
+            pixel_values = torch.zeros_like(pixel_values)
         index, unique = unique_adjacent_rows(pixel_values)
         U, T = unique.shape[:2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_trainable):

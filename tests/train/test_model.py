@@ -131,6 +131,20 @@ def test_frames_reach_the_llm_and_placeholder_count_is_checked(tok):
         model.encode_frames(b["pixel_values"].float())
 
 
+def test_blind_model_sees_black_frames_only(tok):
+    """model.blind (the text-only ablation): the loss no longer depends on the frames, and equals the
+    same model's loss on black frames."""
+    model = tiny(tok)
+    blind = tiny(tok, blind=True)
+    blind.load_state_dict(model.state_dict())
+    fa, fb = random_frames(1, seed=1), random_frames(1, seed=2)
+    with torch.no_grad():
+        la, lb = run(blind, batch_for(blind, tok, fa)), run(blind, batch_for(blind, tok, fb))
+        black = run(model, batch_for(model, tok, [torch.zeros_like(fa[0])]))
+    assert la["loss"] == lb["loss"] == black["loss"]
+    assert ModelConfig(kind="hf_vlm", hf=ModelConfig().hf, blind=True).problems()[-1][0] == "blind"
+
+
 def test_freeze_and_lora_flags_choose_trainable_params(tok):
     def trainable(m):
         return {n for n, p in m.named_parameters() if p.requires_grad}
