@@ -63,6 +63,8 @@ def run_packing_bench(config: str, overrides: list[str], steps: int, warmup: int
     cfg, dev = trainer.cfg, trainer.device
     if cfg.model.kind != "assembled":
         raise SystemExit("--compare-packing: data.packing is implemented for model.kind assembled only")
+    if cfg.data.packing_sdpa == "per_sequence":  # both modes run it (unpacked rows: plain sdpa)
+        trainer.model.use_sdpa_varlen()
     gas = cfg.deepspeed.gradient_accumulation_steps
     keys = ("step_s", "cpu_s", "collate_s", "tokens", "slots", "rows", "examples", "flops", "peak_mem_gb")
     rec: dict[str, dict[str, list]] = {m: {k: [] for k in keys} for m in MODES}

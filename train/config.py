@@ -73,6 +73,10 @@ class DataConfig:
     max_tokens_per_row: int | None = None
     """Row capacity of data.packing in tokens; None = task.max_prompt_len + task.max_target_len
     (the longest sequence a task builds, the smallest value allowed)."""
+    packing_sdpa: Literal["per_sequence", "mask"] = "per_sequence"
+    """How packed rows run when the LLM's attention is SDPA (CPU, or no flash-attn): per_sequence =
+    one causal SDPA call per packed sequence (no masked work); mask = one call per row with a
+    block-diagonal causal mask (computes all L x L scores of a row). flash-attn ignores it (varlen)."""
 
     def problems(self) -> list[tuple[str, str]]:
         out = []

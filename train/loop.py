@@ -128,6 +128,8 @@ class Trainer:
         seed_everything(self.cfg.run.seed)  # identical init on every rank (zero.Init also broadcasts)
         with model_init_context(self.ds_config, self.cfg.deepspeed.zero_init):
             model = build_model(self.cfg.model, self.tokenizer)
+        if self.cfg.data.packing and self.cfg.data.packing_sdpa == "per_sequence":
+            model.use_sdpa_varlen()  # packed rows on SDPA: one call per sequence, not a masked L x L
         engine = build_engine(model, self.cfg, self.ds_config)
         if self.is_main:
             report = getattr(model, "attention_report", None)

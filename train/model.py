@@ -447,6 +447,18 @@ class VideoLLM(nn.Module):
         visual = self.encode_frames(pixel_values).index_select(0, clip_index)  # [E, Nv, D]
         return self.packed_decoder_forward(self.embed(input_ids, visual, packed=True), position_ids, segment_ids)
 
+    def use_sdpa_varlen(self) -> str:
+        """Packed rows without masked attention work on SDPA: switch an ``sdpa`` LLM to
+        ``sdpa_varlen`` (:func:`train.packing.sdpa_varlen_attention`: one SDPA call per packed
+        sequence; unpacked inputs run plain sdpa unchanged). Other backends are kept. Returns the
+        LLM's attn_implementation."""
+        from train.packing import register_sdpa_varlen
+
+        cfg = self.causal_lm.config
+        if cfg._attn_implementation == "sdpa":
+            cfg._attn_implementation = register_sdpa_varlen()
+        return cfg._attn_implementation
+
     @property
     def packing_attention(self) -> str:
         """How attention keeps packed examples apart with this model's backend (logged by the trainer)."""

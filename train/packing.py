@@ -197,10 +197,60 @@ def varlen_kwargs(segment_ids: torch.Tensor) -> dict[str, Any]:
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
 
 
+SDPA_VARLEN = "sdpa_varlen"
+"""attn_implementation name of :func:`sdpa_varlen_attention` in transformers' registries."""
+
+
+def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                          is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """SDPA without masked work for packed rows: one causal SDPA call per sequence.
+
+    With ``cu_seq_lens_q`` in kwargs (packed rows flattened to [1, N], see :func:`packed_decoder`)
+    each sequence attends causally to itself only, and no score outside the sequences is computed
+    (a block-diagonal mask makes SDPA compute all ``L x L`` scores of a row and discard most). Without
+    it this is exactly transformers' ``sdpa_attention_forward``, so unpacked batches, generation and
+    scoring run the same arithmetic as ``sdpa``.
+
+    Args:
+        query: [1, H, N, Dh]; key, value: [1, Hkv, N, Dh] (grouped-query heads are repeated).
+
+    Returns:
+        (attention output [1, N, H, Dh], None), as transformers' attention functions return.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    p = dropout if module.training else 0.0
+    bounds = cu.tolist()
+    outs = [torch.nn.functional.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                                             dropout_p=p, is_causal=True, scale=scaling)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_sdpa_varlen() -> str:
+    """Make ``"sdpa_varlen"`` a transformers attn_implementation (attention function + sdpa's mask)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention)
+    AttentionMaskInterface.register(SDPA_VARLEN, sdpa_mask)
+    return SDPA_VARLEN
+
+
 def packing_attention(impl: str) -> str:
     """How attention keeps packed examples apart for a model whose attn_implementation is ``impl``."""
     if impl == "flash_attention_2":
         return "flash_attention_2 varlen (cu_seqlens from segment ids, rows flattened)"
+    if impl == SDPA_VARLEN:
+        return "sdpa per sequence (cu_seqlens from segment ids, rows flattened; no masked work)"
     if impl == "sdpa":
         return "sdpa with a block-diagonal causal mask [R, 1, L, L]"
     if impl == "eager":
@@ -214,7 +264,8 @@ def packed_decoder(decoder: torch.nn.Module, impl: str, inputs_embeds: torch.Ten
     """A transformers decoder (no head) on packed rows; returns hidden [R, L, D].
 
     flash_attention_2: the rows are flattened into one sequence [1, R*L] and flash-attn's varlen
-    kernel gets ``cu_seqlens`` (one sequence per example and per padding tail). sdpa / eager: a
+    kernel gets ``cu_seqlens`` (one sequence per example and per padding tail); sdpa_varlen
+    (:func:`sdpa_varlen_attention`): the same flattening, one SDPA call per sequence. sdpa / eager: a
     block-diagonal causal mask [R, 1, L, L] from ``segment_ids`` (transformers uses a 4-D mask as
     given). Positions restart per example either way, so rotary embeddings see each example as if
     it were alone.
@@ -225,7 +276,7 @@ def packed_decoder(decoder: torch.nn.Module, impl: str, inputs_embeds: torch.Ten
         inputs_embeds: [R, L, D]; position_ids, segment_ids: long [R, L].
     """
     packing_attention(impl)  # raises for a backend without a packed path
-    if impl == "flash_attention_2":
+    if impl in ("flash_attention_2", SDPA_VARLEN):
         R, L, D = inputs_embeds.shape
         out = decoder(inputs_embeds=inputs_embeds.reshape(1, R * L, D), attention_mask=None,
                       position_ids=position_ids.reshape(1, R * L), use_cache=False, **varlen_kwargs(segment_ids))

@@ -86,6 +86,8 @@ def main(out: str, packing: bool = False) -> None:
     seed_everything(0)
     with model_init_context(ds, enabled=True):
         model = build_model(cfg.model, tok)
+    if packing:  # as the trainer does with data.packing (packing_sdpa per_sequence)
+        model.use_sdpa_varlen()
     engine = build_engine(model, cfg, ds)
     before = gather_state(model)
     layout = model.frame_layout(cfg.data.num_frames)

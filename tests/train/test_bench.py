@@ -76,7 +76,7 @@ def test_bench_compare_packing_reports_padding_and_the_same_first_loss(tmp_path)
                      str(tmp_path / "packing.csv"), f"--data.urls={urls}", "--data.max_tokens_per_row=768"]) == 0
     r = json.loads(out.getvalue().strip().splitlines()[-1])
     assert "real tokens/s ratio packed / padded" in out.getvalue()
-    assert r["bench"] == "packing" and r["max_tokens_per_row"] == 768 and "block-diagonal" in r["packing_attention"]
+    assert r["bench"] == "packing" and r["max_tokens_per_row"] == 768 and "per sequence" in r["packing_attention"]
     assert 0 <= r["packed_padding_frac"] < r["padded_padding_frac"] < 1
     assert r["packed_rows_per_step"] < r["padded_rows_per_step"]
     assert r["packed_first_step_loss"] == pytest.approx(r["padded_first_step_loss"], rel=1e-5)

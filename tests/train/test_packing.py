@@ -39,9 +39,14 @@ def setup():
 
 
 def _model(cfg, tok, attn="sdpa"):
+    """The tiny model with attention ``attn``; "sdpa_varlen" = sdpa switched to one call per packed sequence."""
     torch.manual_seed(0)
-    cfg.model.attn_implementation = attn
-    return build_model(cfg.model, tok)
+    cfg.model.attn_implementation = "sdpa" if attn == "sdpa_varlen" else attn
+    model = build_model(cfg.model, tok)
+    if attn == "sdpa_varlen":
+        assert model.use_sdpa_varlen() == "sdpa_varlen"
+    assert model.causal_lm.config._attn_implementation == attn
+    return model
 
 
 def _inputs(batch: dict, beta: float = 0.7) -> dict:
@@ -109,7 +114,7 @@ def test_packed_batch_layout(setup):
     assert bool((packed["segment_ids"][pad] == 0).all()) and bool((packed["labels"][pad] == -100).all())
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa_varlen", "sdpa", "eager"])
 def test_packing_on_and_off_give_the_same_loss_and_gradients(setup, attn):
     """fp32; tolerance rtol 1e-5 on the loss, atol 1e-6 + rtol 1e-5 on every gradient: the only
     differences are summation orders (attention over other key sets, the tower on another clip order)."""
@@ -130,7 +135,7 @@ def test_packing_on_and_off_give_the_same_loss_and_gradients(setup, attn):
         assert_close_report(grads[1][name], g, rtol=1e-5, atol=1e-6, name=name)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa_varlen", "sdpa", "eager"])
 def test_a_token_never_attends_to_another_example(setup, attn):
     """Perturb the FIRST example of a shared row (its text tokens and its clip): the logits of every
     other example, in that row and elsewhere, stay the same; its own logits change."""
@@ -213,3 +218,13 @@ def test_flash_attn_varlen_packed_equals_padded_on_cuda(setup):
     changed = model.logits(**kw2)
     others = seg >= 2
     assert float((changed[others] - full[others]).abs().max()) < 1e-3
+
+
+def test_sdpa_varlen_runs_plain_sdpa_on_unpacked_batches(setup):
+    """Switching to sdpa_varlen changes nothing for unpacked inputs (eval, generation, padded training):
+    the same logits, bit for bit."""
+    cfg, tok, examples = setup
+    plain, varlen = _model(cfg, tok, "sdpa").eval(), _model(cfg, tok, "sdpa_varlen").eval()
+    batch = collate(examples[:4], tok, cfg.task, plain.frame_layout(cfg.data.num_frames))
+    args = (batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    assert torch.equal(plain.logits(*args), varlen.logits(*args))
