@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of the kernels issue (and the 1B trainer bench when its packages are there), as
 # ONE command for a lent H100/H200 (the `device` tool: its run budget is minutes, so everything
-# below is sized to finish in about 8 minutes). Run from the repository root:
+# below is sized to finish in about 8 minutes; the packing steps of issue 12 add about 5). Run from the
+# repository root:
 #
 #   bash scripts/gpu_checks.sh            # writes logs and CSV rows under ${OUT:-gpu_out}/
 #
@@ -56,6 +57,14 @@ if python3 -c "import deepspeed, webdataset, torchcodec" 2>/dev/null; then
   step write 30 python3 -m data_shards write --records "$OUT/synth/records.jsonl" --out "$shards/train-%06d.tar" --max-count 8
   step train_bench 240 python3 -m train.bench --config configs/bench_1b_gpu.yaml --steps 30 --csv "$OUT/train.csv" \
     "--data.urls=$shards/train-{000000..000003}.tar"
+  # 4. Packing (issue 12): the flash-attn varlen test, then padded vs packed on the 1B configuration with
+  #    the demo's data (synthetic videos + the synthetic teacher's refined reasoning).
+  step pytest_packing_gpu 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/train/test_packing.py
+  step packing_data 120 python3 scripts/packing_bench_data.py --out "$OUT/packdemo" --train-videos 32
+  step packing_bench 300 python3 -m train.bench --compare-packing --config configs/bench_1b_gpu.yaml --steps 20 \
+    --csv "$OUT/packing.csv" "--data.urls=$OUT/packdemo/shards/train/train-{000000..000003}.tar" \
+    "--data.reasoning=[\"$OUT/packdemo/reasoning/t33_refined.jsonl\"]" --task.reasoning_source=refined \
+    --data.max_tokens_per_row=2048
 else
   echo "== train_bench: skipped (deepspeed, webdataset or torchcodec not importable here)" | tee "$OUT/train_bench.log"
 fi

@@ -2,6 +2,7 @@
 
     python -m train.bench --config configs/tiny_cpu.yaml --steps 20 [--csv docs/bench/train.csv]
     python -m train.bench --config configs/bench_1b_gpu.yaml --steps 30      (one GPU)
+    python -m train.bench --compare-packing --config ...    (padded vs packed: train/bench_packing.py)
 
 OURS is the real trainer (``train.loop.Trainer``: streaming loader -> tasks.collate ->
 ``engine.optimizer_step`` with DeepSpeed, ZeRO stage/precision from the config). BARE is the
@@ -149,20 +150,26 @@ def _timed(fn: Any, device: torch.device) -> tuple[Any, float, float]:
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
-def run_bench(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
-    """Measure ours and bare, alternating step by step on the same batches; returns the record."""
+def bench_trainer(config: str, overrides: list[str], max_steps: int, tmp: str) -> Any:
+    """The real trainer of a bench run: no checkpoints or logs, no warmup, one process."""
     from train.config import load_config
-    from train.engine import optimizer_step
     from train.loop import Trainer
 
-    tmp = tempfile.mkdtemp(prefix="train-bench-")
     fixed = [f"--run.output_dir={tmp}", "--checkpoint.interval_steps=0", "--checkpoint.save_final=false",
              "--logging.progress_bar=false", "--logging.jsonl=false", "--logging.tensorboard=false",
-             f"--run.max_steps={warmup + steps}", "--optim.warmup_steps=0"]
-    cfg = load_config(config, overrides + fixed)
-    trainer = Trainer(cfg)
+             f"--run.max_steps={max_steps}", "--optim.warmup_steps=0"]
+    trainer = Trainer(load_config(config, overrides + fixed))
     if trainer.dims.world_size != 1:
-        raise SystemExit("train.bench runs one process (the bare loop is single-process): launch without torchrun")
+        raise SystemExit("train.bench runs one process: launch without torchrun")
+    return trainer
+
+
+def run_bench(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    """Measure ours and bare, alternating step by step on the same batches; returns the record."""
+    from train.engine import optimizer_step
+
+    trainer = bench_trainer(config, overrides, warmup + steps, tempfile.mkdtemp(prefix="train-bench-"))
+    cfg = trainer.cfg
     bare = BareLoop(trainer, _gather_state(trainer.model))
     gas, dev = cfg.deepspeed.gradient_accumulation_steps, trainer.device
     keys = ("ours_s", "ours_cpu_s", "data_s", "bare_s", "bare_cpu_s", "flops", "tokens", "examples", "frames")
@@ -182,6 +189,23 @@ def run_bench(config: str, overrides: list[str], steps: int, warmup: int) -> dic
     return summarize(cfg, trainer, rec, first_losses, steps, warmup, config, overrides)
 
 
+def run_header(cfg: Any, trainer: Any, steps: int, warmup: int, config: str, overrides: list[str]) -> dict:
+    """What every bench record starts with: commit, config, device, precision, layout."""
+    dev = trainer.device
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "config": config, "overrides": " ".join(overrides), "commit": commit,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "threads": torch.get_num_threads(), "precision": cfg.deepspeed.precision,
+        "zero_stage": cfg.deepspeed.zero_stage,
+        "gas": cfg.deepspeed.gradient_accumulation_steps, "micro_batch_questions": cfg.data.micro_batch_size,
+        "steps": steps, "warmup": warmup}
+
+
 def summarize(cfg: Any, trainer: Any, rec: dict, first_losses: tuple, steps: int, warmup: int,
               config: str, overrides: list[str]) -> dict:
     """Medians, rates, MFU and the ratio ours / bare."""
@@ -190,18 +214,8 @@ def summarize(cfg: Any, trainer: Any, rec: dict, first_losses: tuple, steps: int
     step_total = med["ours_s"] + med["data_s"]
     per_step = {k: sum(rec[k]) / len(rec[k]) for k in ("flops", "tokens", "examples", "frames")}
     peak, peak_src = device_peak(dev, cfg.deepspeed.precision)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-    except OSError:
-        commit = ""
     return {
-        "bench": "train", "config": config, "overrides": " ".join(overrides), "commit": commit,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "threads": torch.get_num_threads(), "precision": cfg.deepspeed.precision,
-        "zero_stage": cfg.deepspeed.zero_stage,
-        "gas": cfg.deepspeed.gradient_accumulation_steps, "micro_batch_questions": cfg.data.micro_batch_size,
-        "steps": steps, "warmup": warmup,
+        **run_header(cfg, trainer, steps, warmup, config, overrides), "bench": "train",
         "ours_step_s": med["ours_s"], "bare_step_s": med["bare_s"], "ratio": med["ours_s"] / med["bare_s"],
         "ours_step_cpu_s": med["ours_cpu_s"], "bare_step_cpu_s": med["bare_cpu_s"],
         "ratio_cpu_time": med["ours_cpu_s"] / med["bare_cpu_s"],
@@ -249,12 +263,14 @@ CSV_FIELDS = ["commit", "config", "overrides", "device", "threads", "precision",
               "samples_per_s", "frames_per_s", "mfu", "peak_flops", "peak_mem_gb", "mfu_compute"]
 
 
-def append_csv(path: str | Path, r: dict) -> None:
+def append_csv(path: str | Path, r: dict, fields: list[str] | None = None) -> None:
+    """Append the record's ``fields`` (default: the ours-vs-bare CSV_FIELDS) as a row; header if new."""
+    fields = fields or CSV_FIELDS
     path = Path(path)
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
@@ -270,18 +286,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="measured optimizer steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--csv", default=None, help="append the result row here (e.g. docs/bench/train.csv)")
+    p.add_argument("--compare-packing", action="store_true",
+                   help="instead of ours vs bare: padded vs packed micro-batches (data.packing), alternating "
+                        "on the same examples (train.bench_packing; e.g. --csv docs/bench/packing.csv)")
     args, rest = p.parse_known_args(argv)
+    from train import bench_packing
     from train.__main__ import split_overrides
 
+    run, show, fields = ((bench_packing.run_packing_bench, bench_packing.packing_table, bench_packing.CSV_FIELDS)
+                         if args.compare_packing else (run_bench, table, CSV_FIELDS))
     try:
-        result = run_bench(args.config, split_overrides(rest), args.steps, args.warmup)
+        result = run(args.config, split_overrides(rest), args.steps, args.warmup)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(table(result))
+    print(show(result))
     print(json.dumps(result), flush=True)
     if args.csv:
-        append_csv(args.csv, result)
+        append_csv(args.csv, result, fields)
     return 0
 
 

@@ -64,9 +64,24 @@ class DataConfig:
     """Batches per rank per epoch; None = from sizes.json (all ranks must see the same count)."""
     seed: int | None = None
     """Data order seed; None = run.seed. Epoch e uses (seed, e), so the order is reproducible."""
+    packing: bool = False
+    """Pack the sequences of each micro-batch (QA, reasoning, STL; several questions and videos)
+    into rows of up to max_tokens_per_row tokens (first-fit decreasing) instead of one right-padded
+    row each; positions restart per sequence and attention never crosses sequences (flash-attn
+    varlen on CUDA when importable, else SDPA with a block-diagonal causal mask; the trainer logs
+    which). Same loss and gradients as unpacked. model.kind assembled only (not hf_vlm)."""
+    max_tokens_per_row: int | None = None
+    """Row capacity of data.packing in tokens; None = task.max_prompt_len + task.max_target_len
+    (the longest sequence a task builds, the smallest value allowed)."""
+    packing_sdpa: Literal["per_sequence", "mask"] = "per_sequence"
+    """How packed rows run when the LLM's attention is SDPA (CPU, or no flash-attn): per_sequence =
+    one causal SDPA call per packed sequence (no masked work); mask = one call per row with a
+    block-diagonal causal mask (computes all L x L scores of a row). flash-attn ignores it (varlen)."""
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
+        if self.max_tokens_per_row is not None and self.max_tokens_per_row < 1:
+            out.append(("max_tokens_per_row", f"must be >= 1 or null, got {self.max_tokens_per_row}"))
         if not self.urls:
             out.append(("urls", "no shard URLs given"))
         if self.num_frames < 1:
@@ -327,6 +342,11 @@ class TrainConfig:
         return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"
 
     @property
+    def row_capacity(self) -> int:
+        """Tokens per packed row: data.max_tokens_per_row, or the longest sequence a task builds."""
+        return self.data.max_tokens_per_row or self.task.max_prompt_len + self.task.max_target_len
+
+    @property
     def data_seed(self) -> int:
         return self.run.seed if self.data.seed is None else self.data.seed
 
@@ -358,6 +378,13 @@ def _cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
         out.append(("deepspeed.leaf_modules", "Projector as a ZeRO-3 leaf needs model.vision.freeze false: with a "
                     "frozen tower its input needs no grad and DeepSpeed never re-gathers a leaf's weights for "
                     "backward (the step fails with a size-0 tensor)"))
+    if cfg.data.packing and m.kind == "hf_vlm":
+        out.append(("data.packing", "packing is implemented for model.kind assembled only; an hf_vlm model "
+                    "(its own processor, mRoPE / video grids) trains unpacked: set data.packing false"))
+    longest = cfg.task.max_prompt_len + cfg.task.max_target_len
+    if cfg.data.max_tokens_per_row is not None and cfg.data.max_tokens_per_row < longest:
+        out.append(("data.max_tokens_per_row", f"{cfg.data.max_tokens_per_row} cannot hold the longest sequence "
+                    f"(task.max_prompt_len + task.max_target_len = {longest}); use >= {longest} or null"))
     if cfg.optim.impl == "deepspeed" and cfg.optim.name != "adamw":
         out.append(("optim.impl", "DeepSpeed's own optimizers are used for adamw only"))
     from train.model_check import hf_config_problems  # typos / bad values inside the HF config dicts

@@ -26,6 +26,7 @@ import torch
 
 from train.config import OptimConfig, TrainConfig
 from train.dist import ParallelDims, all_reduce_sum
+from train.packing import PACKED_KEYS
 from train.tasks import TASK_QA, TASK_REASON, TaskConfig, token_weights
 
 # DeepSpeed's ZeRO-3 calls the deprecated *_into_tensor collectives on every step; the warning
@@ -228,6 +229,8 @@ def model_inputs(mb: dict, weights: torch.Tensor, device: torch.device) -> dict:
     """Forward kwargs of one collated micro-batch: tensors on ``device`` plus ``loss_weight``."""
     out = {k: mb[k].to(device, non_blocking=True) for k in MODEL_INPUTS}
     out["loss_weight"] = weights.to(device, non_blocking=True)
+    if mb.get("packed"):  # train.packing: positions and segments per row, the clip of each example
+        out.update({k: mb[k].to(device, non_blocking=True) for k in PACKED_KEYS})
     if "vision" in mb:  # an HF video-LLM's own video tensors (train.hf_inputs)
         out["vision"] = {k: v.to(device, non_blocking=True) for k, v in mb["vision"].items()}
     return out
@@ -265,8 +268,10 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     forward = forward or engine
     n_qa_local, n_re_local = count_task_tokens(micro_batches)
     tokens_local = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
-    examples_local = sum(int(mb["input_ids"].shape[0]) for mb in micro_batches)
-    frames_local = sum(int(mb["pixel_values"].shape[0] * mb["pixel_values"].shape[1]) for mb in micro_batches)
+    # a packed micro-batch holds several sequences per row and each distinct clip once
+    examples_local = sum(int(mb.get("n_examples", mb["input_ids"].shape[0])) for mb in micro_batches)
+    frames_local = sum(int(mb.get("n_examples", mb["pixel_values"].shape[0]) * mb["pixel_values"].shape[1])
+                       for mb in micro_batches)
     n_qa, n_re = all_reduce_sum([n_qa_local, n_re_local])
     scale = float(gas * world_size)
     lr = float(engine.get_lr()[0])  # the LR this step applies (the scheduler advances in engine.step)

@@ -128,11 +128,16 @@ class Trainer:
         seed_everything(self.cfg.run.seed)  # identical init on every rank (zero.Init also broadcasts)
         with model_init_context(self.ds_config, self.cfg.deepspeed.zero_init):
             model = build_model(self.cfg.model, self.tokenizer)
+        if self.cfg.data.packing and self.cfg.data.packing_sdpa == "per_sequence":
+            model.use_sdpa_varlen()  # packed rows on SDPA: one call per sequence, not a masked L x L
         engine = build_engine(model, self.cfg, self.ds_config)
         if self.is_main:
             report = getattr(model, "attention_report", None)
             log.info("attention: %s; world %d (%s, %s); ds config %s", report, self.dims.world_size,
                      self.dims.launcher, self.backend, json.dumps(self.ds_config))
+            if self.cfg.data.packing:
+                log.info("packing: rows of up to %d tokens (first-fit decreasing); attention: %s",
+                         self.cfg.row_capacity, model.packing_attention)
         return model, engine
 
     def _loader(self) -> Any:
@@ -159,26 +164,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def next_micro_batch(self) -> dict:
-        """Collated tensors of the next loader batch (train.tasks.collate)."""
-        from train.tasks import build_examples, collate
-
-        batch = self.stream.next_batch()
-        examples = [ex for sample in batch for ex in build_examples(sample, self.cfg.task)]
+        """Collated tensors of the next loader batch (train.tasks.collate, or train.packing.pack_collate
+        with data.packing)."""
+        examples = self.next_examples()
         if not examples:
             # Every rank must still run a forward (ZeRO-3 gathers parameters collectively): redo the
             # previous micro-batch with all weights zero (task ids 0 -> no target tokens).
             if self._last_collated is None:
-                raise RuntimeError(f"rank {self.dims.rank}: a batch of {len(batch)} questions gave no training "
-                                   f"example (task.mode={self.cfg.task.mode}; answers or reasoning missing?)")
+                raise RuntimeError(f"rank {self.dims.rank}: a batch of {self.cfg.data.micro_batch_size} questions "
+                                   f"gave no training example (task.mode={self.cfg.task.mode}; answers or "
+                                   f"reasoning missing?)")
             empty = dict(self._last_collated)
             empty["task_ids"] = torch.zeros_like(empty["task_ids"])
             empty["labels"] = torch.full_like(empty["labels"], -100)
             return empty
-        if self.cfg.model.kind == "hf_vlm":
-            self._last_collated = self.model.collate(examples, self.cfg.task)
-        else:
-            self._last_collated = collate(examples, self.tokenizer, self.cfg.task, self.layout)
+        self._last_collated = self.collate_examples(examples)
         return self._last_collated
+
+    def next_examples(self) -> list:
+        """The training sequences (train.tasks.Example) of the next loader batch (may be empty)."""
+        from train.tasks import build_examples
+
+        return [ex for sample in self.stream.next_batch() for ex in build_examples(sample, self.cfg.task)]
+
+    def collate_examples(self, examples: list, packing: bool | None = None) -> dict:
+        """Tokenized micro-batch of ``examples``: packed rows or one padded row each
+        (``packing`` None = data.packing)."""
+        from train.packing import pack_collate
+        from train.tasks import collate
+
+        if self.cfg.model.kind == "hf_vlm":
+            return self.model.collate(examples, self.cfg.task)
+        if self.cfg.data.packing if packing is None else packing:
+            return pack_collate(examples, self.tokenizer, self.cfg.task, self.layout, self.cfg.row_capacity)
+        return collate(examples, self.tokenizer, self.cfg.task, self.layout)
 
     def client_state(self) -> dict:
         return {"step": self.step, "samples": self.samples, "data": self.stream.position(), "rng": ckpt.rng_state(),

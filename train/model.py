@@ -402,17 +402,26 @@ class VideoLLM(nn.Module):
         visual = self.projector(feats.reshape(U, T, *feats.shape[1:]))
         return visual if U == pixel_values.shape[0] else visual.index_select(0, index)
 
-    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the frame placeholders replaced by ``visual`` [B, Nv, D].
+    def embed(self, input_ids: torch.Tensor, visual: torch.Tensor, packed: bool = False) -> torch.Tensor:
+        """Token embeddings with the frame placeholders replaced by ``visual`` [E, Nv, D].
+
+        Unpacked, row i holds example i (E = B rows). Packed (``packed=True``), a row holds several
+        examples and ``visual`` lists every example's tokens in row-major order, which is the order
+        ``masked_scatter`` fills the placeholders in.
 
         Raises:
-            ValueError: a row does not hold exactly Nv placeholders (names the rows and counts).
+            ValueError: a row does not hold exactly Nv placeholders (or, packed, the batch not E * Nv;
+                names the rows and counts).
         """
         emb = self.causal_lm.get_input_embeddings()(input_ids)
         mask = input_ids == self.frame_token_id
         counts = mask.sum(dim=1)
         n_vis = visual.shape[1]
-        if visual.shape[0] != input_ids.shape[0] or bool((counts != n_vis).any()):
+        if packed:
+            if int(counts.sum()) != visual.shape[0] * n_vis or bool((counts % n_vis != 0).any()):
+                raise ValueError(f"packed frame placeholders: {int(counts.sum())} in the batch (per row "
+                                 f"{counts.tolist()[:8]}), expected {visual.shape[0]} examples x {n_vis}")
+        elif visual.shape[0] != input_ids.shape[0] or bool((counts != n_vis).any()):
             bad = [(i, int(c)) for i, c in enumerate(counts.tolist()) if c != n_vis][:5]
             raise ValueError(f"frame placeholders: each row needs exactly {n_vis} (= frame groups x tokens "
                              f"per group) for {visual.shape[0]} clips; rows with other counts (row, count): "
@@ -429,17 +438,59 @@ class VideoLLM(nn.Module):
                                             use_cache=use_cache)
 
     def hidden_states(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Last hidden states [B, L, D] of the LLM for frames + tokens."""
-        emb = self.embed(input_ids, self.encode_frames(pixel_values))
-        return self.decoder_forward(emb, attention_mask).last_hidden_state
+                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None,
+                      segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Last hidden states [B, L, D] of the LLM for frames + tokens.
+
+        Packed rows (``train.packing.pack_collate``) give ``segment_ids`` [R, L], ``position_ids``
+        [R, L] and ``clip_index`` [E]: pixel_values then holds each distinct clip once [C, ...],
+        and attention stays inside each example (:meth:`packed_decoder_forward`).
+        """
+        if segment_ids is None:
+            emb = self.embed(input_ids, self.encode_frames(pixel_values))
+            return self.decoder_forward(emb, attention_mask).last_hidden_state
+        if position_ids is None or clip_index is None:
+            raise ValueError("packed inputs need position_ids, segment_ids and clip_index together")
+        visual = self.encode_frames(pixel_values).index_select(0, clip_index)  # [E, Nv, D]
+        return self.packed_decoder_forward(self.embed(input_ids, visual, packed=True), position_ids, segment_ids)
+
+    def use_sdpa_varlen(self) -> str:
+        """Packed rows without masked attention work on SDPA: switch an ``sdpa`` LLM to
+        ``sdpa_varlen`` (:func:`train.packing.sdpa_varlen_attention`: one SDPA call per packed
+        sequence; unpacked inputs run plain sdpa unchanged). Other backends are kept. Returns the
+        LLM's attn_implementation."""
+        from train.packing import register_sdpa_varlen
+
+        cfg = self.causal_lm.config
+        if cfg._attn_implementation == "sdpa":
+            cfg._attn_implementation = register_sdpa_varlen()
+        return cfg._attn_implementation
+
+    @property
+    def packing_attention(self) -> str:
+        """How attention keeps packed examples apart with this model's backend (logged by the trainer)."""
+        from train.packing import packing_attention
+
+        return packing_attention(self.causal_lm.config._attn_implementation)
+
+    def packed_decoder_forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
+                               segment_ids: torch.Tensor) -> torch.Tensor:
+        """The LLM decoder on packed rows: hidden [R, L, D]; no token attends outside its example
+        (flash-attn varlen or a block-diagonal causal mask, see :func:`train.packing.packed_decoder`)."""
+        from train.packing import packed_decoder
+
+        return packed_decoder(self.causal_lm.get_decoder(), self.causal_lm.config._attn_implementation,
+                              inputs_embeds, position_ids, segment_ids)
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> logits [..., V] by the loss module (its forward without targets)."""
         return self.loss_head(hidden)  # no target -> logits; through __call__ so ZeRO-3 hooks run
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor, loss_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                labels: torch.Tensor, loss_weight: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """Weighted LM loss on the target positions.
 
         Args:
@@ -449,11 +500,14 @@ class VideoLLM(nn.Module):
                 state t predicts labels[t + 1] (the shift is done here).
             loss_weight: float [B, L] aligned with labels (``train.tasks.token_weights``);
                 None = weight 1 on every target.
+            position_ids, segment_ids, clip_index: a packed micro-batch (``train.packing``); then
+                pixel_values holds the distinct clips [C, T, 3, H, W]. The loss is the same sum: each
+                example's first token is a prompt token, so the shift never crosses examples.
 
         Returns:
             {"loss": scalar sum_i w_i * CE_i (fp32), "n_tokens": long scalar, target count}.
         """
-        hidden = self.hidden_states(pixel_values, input_ids, attention_mask)
+        hidden = self.hidden_states(pixel_values, input_ids, attention_mask, position_ids, segment_ids, clip_index)
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         tgt = labels[:, 1:].reshape(-1)
         w = (torch.ones_like(tgt, dtype=torch.float32) if loss_weight is None
@@ -469,9 +523,10 @@ class VideoLLM(nn.Module):
 
     @torch.no_grad()
     def logits(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full logits float [B, L, V] (eval and tests; training never materialises them)."""
-        return self.head_logits(self.hidden_states(pixel_values, input_ids, attention_mask)).float()
+               attention_mask: torch.Tensor | None = None, **packed: torch.Tensor) -> torch.Tensor:
+        """Full logits float [B, L, V] (eval and tests; training never materialises them);
+        ``packed``: position_ids, segment_ids, clip_index of a packed batch."""
+        return self.head_logits(self.hidden_states(pixel_values, input_ids, attention_mask, **packed)).float()
 
     # ------------------------------------------------------------------ eval helpers
     def generate(self, pixel_values: torch.Tensor, prompt_ids: list[list[int]], max_new_tokens: int = 64,
@@ -527,12 +582,18 @@ class VideoLLM(nn.Module):
         """Training model FLOPs of one collated micro-batch: each sequence at its unpadded
         length, the LM head on its target tokens only (what the fused loss computes), one tower
         pass per distinct adjacent clip (as :meth:`encode_frames` runs it). Padding is not
-        counted: it is work the step does, not work the model needs."""
-        B = batch["input_ids"].shape[0]
-        clips = int(unique_adjacent_rows(batch["pixel_values"])[1].shape[0])
+        counted: it is work the step does, not work the model needs. A packed batch
+        (``train.packing``) counts each example at its own length (attention never crosses
+        examples) and each of its distinct clips once."""
         T = int(batch["pixel_values"].shape[1])
-        lengths = batch["attention_mask"].sum(1).tolist()
-        targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # hidden t predicts labels[t + 1]
+        if batch.get("packed"):
+            B, clips = int(batch["n_examples"]), int(batch["pixel_values"].shape[0])
+            lengths, targets = batch["example_lengths"], batch["example_targets"]
+        else:
+            B = batch["input_ids"].shape[0]
+            clips = int(unique_adjacent_rows(batch["pixel_values"])[1].shape[0])
+            lengths = batch["attention_mask"].sum(1).tolist()
+            targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # hidden t predicts labels[t + 1]
         d = self.flops_dims()
         return sum(flops_mod.flops_per_sample(d, int(n), T, clips / B, head_tokens=int(t))["total"]
                    for n, t in zip(lengths, targets))

@@ -1,11 +1,13 @@
 """One ZeRO-3 optimizer step on 2 ranks x 2 accumulation steps (run by test_engine_dist.py).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/train/exactness_worker.py OUT.pt
+    python -m torch.distributed.run --nproc_per_node 2 tests/train/exactness_worker.py OUT.pt [--packing]
 
 Every rank builds the tiny model (deepspeed.zero.Init), takes its 2 micro-batches of the
 fixed global batch (:func:`global_batch`), runs ``train.engine.optimizer_step`` once with plain
 SGD, and rank 0 writes the gathered parameters before and after the step plus the reported loss.
-The test recomputes the step in one process on the whole batch without DeepSpeed.
+The test recomputes the step in one process on the whole batch without DeepSpeed (unpacked).
+With ``--packing`` every micro-batch is packed (``train.packing.pack_collate``, rows of
+``PACKED_ROW`` tokens, several sequences per row) before the same step.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ OVERRIDES = ["--data.urls=/unused.tar", "--optim.name=sgd", "--optim.lr=0.5", "-
              "--deepspeed.gradient_accumulation_steps=2", "--data.micro_batch_size=2", "--task.mode=mtl",
              "--task.reasoning_source=gt", "--task.beta=0.7", "--data.num_frames=4", "--data.frame_size=[32,32]"]
 RANKS, GAS, MICRO = 2, 2, 2
+PACKED_ROW = 700
 
 
 def question(i: int, gen: torch.Generator) -> dict:
@@ -64,12 +67,13 @@ def gather_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone().float() for n, p in model.named_parameters()}
 
 
-def main(out: str) -> None:
+def main(out: str, packing: bool = False) -> None:
     from train.config import load_config
     from train.dist import ParallelDims, init_distributed
     from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
     from train.loop import seed_everything
     from train.model import build_model
+    from train.packing import pack_collate
     from train.tasks import build_examples, collate
 
     cfg = load_config(REPO / "configs" / "tiny_cpu.yaml", OVERRIDES)
@@ -82,13 +86,18 @@ def main(out: str) -> None:
     seed_everything(0)
     with model_init_context(ds, enabled=True):
         model = build_model(cfg.model, tok)
+    if packing:  # as the trainer does with data.packing (packing_sdpa per_sequence)
+        model.use_sdpa_varlen()
     engine = build_engine(model, cfg, ds)
     before = gather_state(model)
     layout = model.frame_layout(cfg.data.num_frames)
     micro = []
     for m in range(GAS):
         examples = [ex for q in micro_questions(dims.rank, m) for ex in build_examples(q, cfg.task)]
-        micro.append(collate(examples, tok, cfg.task, layout))
+        micro.append(pack_collate(examples, tok, cfg.task, layout, PACKED_ROW) if packing
+                     else collate(examples, tok, cfg.task, layout))
+    if packing:
+        assert max(int(mb["segment_ids"].max()) for mb in micro) >= 2, "no row holds two sequences"
     stats = optimizer_step(engine, micro, cfg.task, dims.world_size, torch.device("cpu"))
     after = gather_state(model)
     if dims.rank == 0:
@@ -99,6 +108,6 @@ def main(out: str) -> None:
 if __name__ == "__main__":
     from data_shards.distenv import exit_process, shutdown
 
-    main(sys.argv[1])
+    main(sys.argv[1], packing="--packing" in sys.argv[2:])
     shutdown()
     exit_process(0)

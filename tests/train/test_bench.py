@@ -60,3 +60,26 @@ def test_gpu_peak_table_and_cpu_measurement():
     assert peak > 1e8 and "measured" in src
     assert cpu_matmul_peak(n=64, seconds=0.05) > 0
     assert Path(TINY).is_file()
+
+
+@pytest.mark.slow
+def test_bench_compare_packing_reports_padding_and_the_same_first_loss(tmp_path):
+    """--compare-packing: padded and packed steps alternate on the same examples; rows of 768 tokens hold
+    several sequences, so the packed padding fraction is lower; both forms give the same first loss."""
+    from train.bench import main
+    from train.bench_packing import CSV_FIELDS
+
+    urls = make_shards(tmp_path)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["--compare-packing", "--config", str(TINY), "--steps", "2", "--warmup", "0", "--csv",
+                     str(tmp_path / "packing.csv"), f"--data.urls={urls}", "--data.max_tokens_per_row=768"]) == 0
+    r = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert "real tokens/s ratio packed / padded" in out.getvalue()
+    assert r["bench"] == "packing" and r["max_tokens_per_row"] == 768 and "per sequence" in r["packing_attention"]
+    assert 0 <= r["packed_padding_frac"] < r["padded_padding_frac"] < 1
+    assert r["packed_rows_per_step"] < r["padded_rows_per_step"]
+    assert r["packed_first_step_loss"] == pytest.approx(r["padded_first_step_loss"], rel=1e-5)
+    assert r["tokens_per_s_ratio"] == pytest.approx(r["packed_tokens_per_s"] / r["padded_tokens_per_s"])
+    rows = list(csv.DictReader((tmp_path / "packing.csv").open()))
+    assert len(rows) == 1 and list(rows[0]) == CSV_FIELDS

@@ -40,7 +40,8 @@ def _check(proc: subprocess.CompletedProcess) -> None:
                                   f"stderr:\n{proc.stderr[-6000:]}")
 
 
-def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(tmp_path, packing):
     """Gradient of alpha*mean_QA + beta*mean_reason over the GLOBAL batch, whatever the split.
 
     SGD (lr 0.5, no momentum/decay/clipping) makes the parameter update proportional to the
@@ -48,6 +49,8 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(t
     shows; AdamW's first step (~lr * sign(g)) would hide it. Tolerance: fp32, atol 1e-6 on
     parameters whose update reaches 0.3: the only differences are summation order (the ZeRO-3
     reduce-scatter over gloo adds the two ranks' gradients; one process adds all tokens at once).
+    ``packed``: the ranks pack their micro-batches (data.packing); the reference stays the unpacked
+    whole batch, so packing must not change the loss or the gradients either.
     """
     from tests.train import exactness_worker as W
     from train.config import load_config
@@ -55,7 +58,8 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(t
     from train.tasks import TASK_QA, TASK_REASON, build_examples, collate, token_weights
 
     out = tmp_path / "exact.pt"
-    proc = subprocess.run(torchrun_cmd(2, str(REPO / "tests" / "train" / "exactness_worker.py"), str(out), module=None),
+    worker = [str(REPO / "tests" / "train" / "exactness_worker.py"), str(out), *(["--packing"] if packing else [])]
+    proc = subprocess.run(torchrun_cmd(2, *worker, module=None),
                           cwd=REPO, env=env_for_launch(), capture_output=True, text=True, timeout=300)
     _check(proc)
     res = torch.load(out, weights_only=False)
