@@ -79,6 +79,11 @@ class Study:
     """Stage-1 alignment before the runs (shot scenes): a ``task.mode: caption`` run of this many steps
     on captions of the train videos (:func:`data_shards.synth.shot_caption`); every run then starts
     from its exported model (LLM, vision tower and projector). 0 = runs start from random weights."""
+    curve_points: int = 4
+    """Checkpoints per run evaluated on the val split for the learning curves (at steps/k, 2 steps/k, ...,
+    the last one is the final model); 1 = only the final model."""
+    stage1_seed: int = 0
+    """run.seed of the stage-1 run."""
     shard_videos: int = 8
     """Videos per shard (training needs at least 2 train shards for 2 ranks)."""
     teachers: dict[str, tuple[float, float]] = field(default_factory=lambda: {"t33": (0.33, 0.15)})
@@ -112,13 +117,24 @@ def full_runs(seeds: tuple[int, ...] = (0, 1, 2)) -> list[RunSpec]:
     return runs
 
 
+# The recipe that learns from the frames on 2 CPU cores (docs/RESULTS.md, "Recipe search"): shot
+# scenes with one object, the questions the tiny model learns to read from the frames (colour and
+# place at the end), stage-1 caption alignment, then each run.
+LEARNS = dict(train_videos=600, val_videos=240, questions_per_video=6, steps=400, scene="shots", objects=(1, 1),
+              qtypes=("DO", "DL"), stage1_steps=400)
+
+
 def presets() -> dict[str, Study]:
     """smoke (CI), default (the 15-minute demo), full (the study of docs/RESULTS.md)."""
     return {
         "smoke": Study(train_videos=12, val_videos=4, questions_per_video=3, steps=6, shard_videos=4,
-                       runs=_four(0)[:2], probes=("shuffle_frames", "vcot")),
-        "default": Study(train_videos=64, val_videos=24, questions_per_video=6, steps=240, runs=_four(0)),
-        "full": Study(train_videos=64, val_videos=48, questions_per_video=6, steps=240, runs=full_runs(),
+                       scene="shots", objects=(1, 1), stage1_steps=4, curve_points=2, runs=_four(0)[:2],
+                       probes=("shuffle_frames", "vcot")),
+        "default": Study(**LEARNS, runs=_four(0)),
+        # the convergence test (tests/eval/test_convergence.py): the recipe at a few minutes, QA-only
+        "converge": Study(**{**LEARNS, "train_videos": 400, "val_videos": 160, "steps": 300, "stage1_steps": 300},
+                          runs=_four(0)[:1], probes=("shuffle_frames",)),
+        "full": Study(**LEARNS, runs=full_runs(),
                       teachers={"t0": (0.0, 0.0), "t33": (0.33, 0.15), "t67": (0.67, 0.3)}),
     }
 
@@ -251,7 +267,7 @@ class Demo:
                "-m", "train", "--config", str(RECIPE), f"--data.urls={json.dumps([urls])}", "--data.reasoning=[]",
                f"--data.num_frames={s.frames}", f"--data.frame_size=[{s.frame_size},{s.frame_size}]",
                "--task.mode=caption", "--task.reasoning_source=none", f"--tokenizer.path={self.out / 'tokenizer'}",
-               "--run.seed=0", f"--run.max_steps={s.stage1_steps}", "--run.name=stage1",
+               f"--run.seed={s.stage1_seed}", f"--run.max_steps={s.stage1_steps}", "--run.name=stage1",
                f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true", *s.overrides]
         self.sh(cmd, self.out / "runs" / "stage1.log")
         self.sh([sys.executable, "-m", "train", "export", "--checkpoint", str(self.out / "runs" / "stage1" / "checkpoints"),
@@ -270,6 +286,9 @@ class Demo:
                      f"--run.seed={run.seed}", f"--run.max_steps={s.steps}", f"--run.name={run.name}",
                      f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true",
                      f"--tokenizer.path={self.out / 'tokenizer'}", *s.overrides]
+        if s.curve_points > 1:  # checkpoints for the learning curve (eval step)
+            every = s.steps // s.curve_points
+            overrides += [f"--checkpoint.interval_steps={every}", f"--checkpoint.keep_latest={s.steps // every + 1}"]
         if s.stage1_steps:  # start from the stage-1 model: all three parts
             e = self.stage1_export
             overrides += [f"--model.llm.path={e / 'llm'}", "--model.llm.config=null", f"--model.vision.path={e / 'vision'}",
@@ -306,6 +325,26 @@ class Demo:
                 "--meta", f"teacher={run.teacher}", f"teacher_acc={json.dumps(teacher_acc)}"]
         if run_main(args) != 0:
             raise RuntimeError(f"evaluation of {run.name} failed")
+        self.curve(run)
+
+    def curve(self, run: RunSpec) -> None:
+        """Val accuracy of the run's intermediate checkpoints (no probes) -> ``eval/<run>/curve.json``."""
+        from eval.run import main as run_main
+
+        s, out = self.study, self.out / "eval" / run.name
+        final = json.loads((out / "scores.json").read_text())["overall"]
+        points = []
+        if s.curve_points > 1:
+            for k in range(1, s.curve_points):
+                step = k * (s.steps // s.curve_points)
+                d = out / "curve" / f"step{step}"
+                if run_main(["--checkpoint", str(self.out / "runs" / run.name / "checkpoints"), "--tag",
+                             f"global_step{step}", "--shards", self.shards("val"), "--out", str(d), "--mode",
+                             s.eval_mode, "--label", run.label, "--threads", "1"]) != 0:
+                    raise RuntimeError(f"evaluation of {run.name} at step {step} failed")
+                points.append([step, json.loads((d / "scores.json").read_text())["overall"]])
+        points.append([s.steps, final])
+        (out / "curve.json").write_text(json.dumps({"val_acc": points}) + "\n")
 
     def teacher_accuracy(self, teacher: str) -> float | None:
         from reasoning_gen.records import load_reasoning
@@ -341,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="3 seeds + beta sweep + teacher-accuracy sweep")
     size.add_argument("--smoke", action="store_true", help="minutes-long CI version (2 of the 4 runs)")
+    size.add_argument("--converge", action="store_true", help="the convergence test's study: QA-only, a few minutes")
     p.add_argument("--out", type=Path, default=REPO / "demo_out")
     p.add_argument("--resume", action="store_true", help="keep finished steps of the same study")
     p.add_argument("--nproc", type=int, default=2, help="training ranks (torchrun --nproc_per_node)")
@@ -348,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-videos", type=int, help="override the preset's synthetic train videos")
     p.add_argument("--val-videos", type=int, help="override the preset's synthetic val videos")
     p.add_argument("--seeds", type=int, help="--full: number of seeds (default 3)")
+    p.add_argument("--seed", type=int, help="one-seed presets: run.seed of every run and of stage 1 (default 0)")
     p.add_argument("--scene", choices=("motion", "shots"), help="synthetic scene kind (default: the preset's)")
     p.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), help="shot scenes: objects a video")
     p.add_argument("--qtypes", nargs="+", metavar="QTYPE", help="shot scenes: only these question types")
@@ -356,12 +397,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="extra training override for every run (repeatable; recipe search)")
     args = p.parse_args(argv)
-    study = presets()["full" if args.full else "smoke" if args.smoke else "default"]
+    study = presets()["full" if args.full else "smoke" if args.smoke else "converge" if args.converge else "default"]
     for name in ("steps", "train_videos", "val_videos"):
         if getattr(args, name):
             setattr(study, name, getattr(args, name))
     if args.full and args.seeds:
         study.runs = full_runs(tuple(range(args.seeds)))
+    if args.seed is not None:
+        if args.full:
+            p.error("--seed: --full runs --seeds seeds")
+        study.stage1_seed = args.seed
+        study.runs = [dataclasses.replace(r, seed=args.seed, name=r.name.replace("_s0", f"_s{args.seed}"))
+                      for r in study.runs]
     if args.scene:
         study.scene = args.scene
     if args.objects:
@@ -370,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         study.qtypes = tuple(args.qtypes)
     if args.stage1_steps is not None:
         study.stage1_steps = args.stage1_steps
+    if not 1 <= study.curve_points <= study.steps:
+        p.error(f"learning-curve points {study.curve_points} must be within 1..steps ({study.steps})")
     if study.stage1_steps and study.scene != "shots":
         p.error("--stage1-steps: stage-1 captions come from shot scenes; use --scene shots")
     if args.only:

@@ -1,5 +1,7 @@
 """PNG plots of a report summary (:func:`eval.report.summarize`), drawn with matplotlib's Agg backend.
 
+- ``learning_curves.png``: one panel per run: training loss over optimizer steps (from the run's
+  metrics.jsonl) and, on a second axis, validation accuracy at the evaluated checkpoints.
 - ``acc_per_type.png``: grouped bars, one bar per setting (label) for overall and every type,
   error bars = the summary's interval over seeds.
 - ``acc_vs_beta.png``: overall accuracy against the reasoning-loss weight beta, one line per
@@ -14,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.report import interval
+from eval.report import CURVES_PLOT, interval
 
 PLOTS = ("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png")
 
@@ -159,9 +161,40 @@ def sweeps(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {key: sweep(summary, key, spec[1]) for key, spec in SWEEPS.items()}
 
 
+def plot_curves(summary: dict[str, Any], path: Path) -> str | None:
+    """A panel per run with a learning curve: train loss (left axis) and val accuracy (right axis)."""
+    runs = [r for r in summary["runs"] if (r.get("curve") or {}).get("train_loss") or (r.get("curve") or {}).get("val_acc")]
+    if not runs:
+        return "no run has a learning curve (metrics.jsonl next to its checkpoints, or curve.json)"
+    plt = _pyplot()
+    cols = min(4, len(runs))
+    rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, runs):
+        curve = r["curve"]
+        if curve.get("train_loss"):
+            xs, ys = zip(*curve["train_loss"])
+            ax.plot(xs, ys, color="tab:blue", lw=1.2, label="train loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("train loss", color="tab:blue")
+        ax.set_title(f"{r['label']} (seed {r['seed']})" if r.get("seed") is not None else r["label"], fontsize=9)
+        if curve.get("val_acc"):
+            ax2 = ax.twinx()
+            xs, ys = zip(*curve["val_acc"])
+            ax2.plot(xs, ys, "o-", color="tab:red", lw=1.2, label="val accuracy %")
+            ax2.set_ylabel("val accuracy %", color="tab:red")
+            ax2.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
 def draw_all(summary: dict[str, Any], out: Path) -> dict[str, str | None]:
-    """Draw the three plots into ``out``: plot file name -> None (written) or why it was skipped."""
-    result = {PLOTS[0]: plot_per_type(summary, out / PLOTS[0])}
+    """Draw the plots into ``out``: plot file name -> None (written) or why it was skipped."""
+    result = {CURVES_PLOT: plot_curves(summary, out / CURVES_PLOT), PLOTS[0]: plot_per_type(summary, out / PLOTS[0])}
     for key, (name, modes, xlabel, title, xlim) in SWEEPS.items():
         result[name] = plot_vs(summary, out / name, key, xlabel, title, modes, xlim)
     return result

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 INTERVALS = ("t95", "minmax")
+CURVES_PLOT = "learning_curves.png"
 
 # Two-sided 95% Student-t critical values t_{0.975, df} for df = 1..30 (scipy is not a
 # dependency); beyond 30 the normal value 1.96 is within 2% of the t value.
@@ -78,6 +79,10 @@ class Run:
     scores: dict[str, Any]
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     """probe name -> its scores.json result."""
+    curve: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Learning curve, where the files exist: "train_loss" [[step, loss], ...] from the training
+    run's metrics.jsonl (next to the evaluated checkpoint dir), "val_acc" [[step, accuracy], ...]
+    from ``curve.json`` in the run directory (``python -m eval demo`` writes it)."""
 
     @property
     def overall(self) -> float | None:
@@ -116,7 +121,31 @@ def load_run(path: str | Path) -> Run:
             raise ValueError(f"{info_path}: probe {name!r} listed but {p} is missing")
         probes[name] = _read_json(p)
     return Run(path=path, label=str(label), seed=None if seed is None else int(seed), meta=meta,
-               scores=scores, probes=probes)
+               scores=scores, probes=probes, curve=load_curve(path, info))
+
+
+def load_curve(path: Path, info: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """The learning curve of an evaluated run (see :attr:`Run.curve`); {} when nothing was recorded."""
+    curve: dict[str, list[list[float]]] = {}
+    ckpt = info.get("checkpoint")
+    metrics = Path(ckpt).parent / "metrics.jsonl" if isinstance(ckpt, str) else None
+    if metrics is not None and metrics.is_file():
+        rows = []
+        for n, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise ValueError(f"{metrics}:{n}: invalid JSON line") from None
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("loss"), (int, float)):
+                rows.append([row["step"], float(row["loss"])])
+        curve["train_loss"] = rows
+    if (path / "curve.json").is_file():
+        data = _read_json(path / "curve.json")
+        pts = data.get("val_acc") if isinstance(data, dict) else None
+        if not isinstance(pts, list) or not all(isinstance(x, list) and len(x) == 2 for x in pts):
+            raise ValueError(f"{path / 'curve.json'}: field 'val_acc' must be a list of [step, accuracy] pairs")
+        curve["val_acc"] = pts
+    return curve
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
@@ -178,7 +207,7 @@ def summarize(runs: list[Run], kind: str = "t95") -> dict[str, Any]:
         "interval": kind, "types": types, "probes": probe_names, "groups": groups,
         "runs": [{"path": str(r.path), "label": r.label, "seed": r.seed, "meta": r.meta, "overall": r.overall,
                   "per_type": r.scores["per_type"], "count": r.scores.get("count"),
-                  "probes": {n: p.get("overall") for n, p in r.probes.items()}} for r in runs],
+                  "probes": {n: p.get("overall") for n, p in r.probes.items()}, "curve": r.curve} for r in runs],
     }
 
 
@@ -219,6 +248,8 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
     for g in summary["groups"]:
         cells = [fmt_cell(g["overall"], kind)] + [fmt_cell(g["per_type"][t], kind) for t in summary["types"]]
         lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(cells) + " |")
+    curves = plots.get(CURVES_PLOT, "no plot")
+    lines += ["", f"![{CURVES_PLOT}]({CURVES_PLOT})" if curves is None else f"- {CURVES_PLOT}: not drawn ({curves})"]
     if summary["probes"]:
         lines += ["", "## Probes: overall accuracy with the probe minus without it (points)", "",
                   "| run | " + " | ".join(summary["probes"]) + " |", "|---|" + "---|" * len(summary["probes"])]
@@ -233,6 +264,8 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
         lines.append(f"| {g['label']} | " + " | ".join(vals) + " | " + ", ".join(g["runs"]) + " |")
     lines += ["", "## Plots", ""]
     for name, reason in plots.items():
+        if name == CURVES_PLOT:
+            continue  # next to the accuracy table
         lines.append(f"![{name}]({name})" if reason is None else f"- {name}: not drawn ({reason})")
     return "\n".join(lines) + "\n"
 

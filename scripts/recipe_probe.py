@@ -36,6 +36,7 @@ p.add_argument("--nval", type=int, default=40)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--caption", action="store_true")
 p.add_argument("--vnorm", default="", help="ln: LayerNorm the visual tokens; center: = model.projector.center")
+p.add_argument("--slot-embed", action="store_true", help="learned embedding per visual-token slot of a frame")
 p.add_argument("--stage1", type=int, default=0)
 p.add_argument("--stage1-form", choices=("interleaved", "after"), default="interleaved",
                help="after: the trainer's task.mode=caption example (caption after all frames)")
@@ -76,6 +77,20 @@ if a.vnorm:
         return F.layer_norm(x, x.shape[-1:])
 
     model.projector.forward = _fwd
+
+
+if a.slot_embed:
+    P_ = layout.tokens_per_group
+    model.slot_embed = torch.nn.Parameter(torch.zeros(P_, cfg.model.llm.config["hidden_size"]))
+    torch.nn.init.normal_(model.slot_embed, std=1.0)
+    _orig2 = model.projector.forward
+
+    def _fwd2(feats):
+        x = _orig2(feats)  # [B, T*P, D]
+        B_, N_, D_ = x.shape
+        return (x.view(B_, N_ // P_, P_, D_) + model.slot_embed).view(B_, N_, D_)
+
+    model.projector.forward = _fwd2
 
 
 def load(split, n):

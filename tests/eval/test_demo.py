@@ -66,7 +66,7 @@ def test_smoke_demo_end_to_end(tmp_path, capsys):
     report = out / "report"
     md = (report / "report.md").read_text()
     assert "| QA-only | 1 |" in md and "| MTL(refined) | 1 |" in md and "shuffle_frames" in md
-    for png in ("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"):
+    for png in ("learning_curves.png", "acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"):
         assert (report / png).read_bytes()[:4] == b"\x89PNG", png
     summary = json.loads((report / "summary.json").read_text())
     assert [g["label"] for g in summary["groups"]] == ["QA-only", "MTL(refined)"]
@@ -81,8 +81,15 @@ def test_smoke_demo_end_to_end(tmp_path, capsys):
     mtl = json.loads((out / "eval" / "mtl_refined_s0" / "run.json").read_text())["meta"]
     assert mtl["task_mode"] == "mtl" and mtl["reasoning_source"] == "refined" and 0 < mtl["teacher_acc"] < 100
     steps = [json.loads(x)["step"] for x in (out / "demo_log.jsonl").read_text().splitlines()]
-    assert steps == ["data", "teacher_t33", "vcot_val", "train_qa_s0", "eval_qa_s0", "train_mtl_refined_s0",
-                     "eval_mtl_refined_s0", "report"]
+    assert steps == ["data", "teacher_t33", "vcot_val", "tokenizer", "stage1", "train_qa_s0", "eval_qa_s0",
+                     "train_mtl_refined_s0", "eval_mtl_refined_s0", "report"]
+    # stage 1: caption training on the train videos, exported; every run started from that export
+    assert (out / "runs" / "stage1" / "export" / "projector.safetensors").is_file()
+    assert "stage1/export" in (out / "runs" / "qa_s0" / "config.yaml").read_text()
+    # the learning curve: train loss from metrics.jsonl, val accuracy at the intermediate checkpoint + final
+    run_qa = next(r for r in summary["runs"] if r["label"] == "QA-only")
+    assert [p[0] for p in run_qa["curve"]["val_acc"]] == [3, 6] and run_qa["curve"]["val_acc"][1][1] == run_qa["overall"]
+    assert run_qa["curve"]["train_loss"] and "learning_curves.png" in md.split("## Probes")[0]
     assert printed.rstrip().endswith("|") and "report:" in printed  # ends with the comparison table
 
     # `eval run` on a model the demo trained: generation mode answers every question (the text read

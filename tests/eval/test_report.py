@@ -105,8 +105,9 @@ def test_cli_writes_markdown_json_and_pngs(runs_root, tmp_path, capsys):
         assert f"![{name}]({name})" in md
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interval"] == "t95" and len(summary["runs"]) == 6
-    assert summary["plots"] == dict.fromkeys(("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"),
-                                             "written")
+    assert summary["plots"]["learning_curves.png"].startswith("skipped: no run has a learning curve")
+    assert {k: v for k, v in summary["plots"].items() if k != "learning_curves.png"} == dict.fromkeys(
+        ("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"), "written")
     assert main([str(runs_root / "mtl_raw_s0"), str(runs_root / "mtl_raw_s1"), "--out", str(tmp_path / "mm"),
                  "--interval", "minmax"]) == 0
     assert "| MTL(raw) | 2 | 35.0 [30.0, 40.0] |" in (tmp_path / "mm" / "report.md").read_text()
@@ -119,6 +120,31 @@ def test_plot_skipped_without_beta_and_teacher(tmp_path):
     assert (out / "acc_per_type.png").is_file() and not (out / "acc_vs_beta.png").exists()
     md = (out / "report.md").read_text()
     assert "acc_vs_beta.png: not drawn (no run has a numeric 'beta' in its meta)" in md
+
+
+def test_learning_curves_from_metrics_and_curve_json(tmp_path):
+    """train loss from the metrics.jsonl next to the evaluated checkpoints, val accuracy from curve.json;
+    drawn next to the accuracy table; a bad curve.json is named."""
+    d = _run(tmp_path / "r", "qa_s0", "QA-only", 0, 50, 50)
+    ckpt = tmp_path / "train" / "qa_s0" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt.parent / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 3.0 / s, "lr": 1e-3})
+                                                        for s in (10, 20, 30)) + "\n")
+    info = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**info, "checkpoint": str(ckpt)}))
+    (d / "curve.json").write_text(json.dumps({"val_acc": [[15, 30.0], [30, 50.0]]}))
+    out = tmp_path / "out"
+    assert main([str(d), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"][0]["curve"] == {"train_loss": [[10, 0.3], [20, 0.15], [30, 0.1]],
+                                           "val_acc": [[15, 30.0], [30, 50.0]]}
+    assert (out / "learning_curves.png").read_bytes()[:8] == PNG_MAGIC
+    md = (out / "report.md").read_text()
+    assert md.index("![learning_curves.png]") < md.index("## Settings")
+    assert md.index("| QA-only |") < md.index("![learning_curves.png]")
+    (d / "curve.json").write_text(json.dumps({"val_acc": [1, 2]}))
+    with pytest.raises(ValueError, match="curve.json: field 'val_acc'"):
+        find_runs([d])
 
 
 def test_bad_run_directories_name_the_problem(tmp_path, capsys):
