@@ -19,9 +19,12 @@ from eval.demo import Demo, full_runs, presets
 from tests.conftest import has_ffmpeg
 
 
-def test_presets_are_consistent():
+def test_presets_are_consistent(tmp_path):
     p = presets()
-    assert [r.label for r in p["default"].runs] == ["QA-only", "MTL(refined)", "MTL(raw)", "STL(refined)"]
+    assert [r.label for r in p["default"].runs] == ["QA-only", "MTL(refined)", "MTL(raw)"]
+    assert [r.label for r in p["converge"].runs] == ["QA-only"]
+    d = Demo(p["full"], tmp_path)
+    assert [d.eval_mode(r) for r in p["full"].runs[:4]] == ["loglik", "loglik", "loglik", "generate"]  # STL generates
     assert [r.label for r in p["smoke"].runs] == ["QA-only", "MTL(refined)"]
     runs = full_runs()
     assert len(runs) == 3 * (4 + 4 + 4) and len({r.name for r in runs}) == len(runs)
