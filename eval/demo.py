@@ -265,13 +265,12 @@ class Demo:
         s = self.study
         n = len(list((self.out / "shards" / "captions").glob("captions-*.tar")))
         urls = str(self.out / "shards" / "captions" / f"captions-{{000000..{n - 1:06d}}}.tar")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
-               "-m", "train", "--config", str(RECIPE), f"--data.urls={json.dumps([urls])}", "--data.reasoning=[]",
-               f"--data.num_frames={s.frames}", f"--data.frame_size=[{s.frame_size},{s.frame_size}]",
-               "--task.mode=caption", "--task.reasoning_source=none", f"--tokenizer.path={self.out / 'tokenizer'}",
-               f"--run.seed={s.stage1_seed}", f"--run.max_steps={s.stage1_steps}", "--run.name=stage1",
-               f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true", *s.overrides]
-        self.sh(cmd, self.out / "runs" / "stage1.log")
+        self.torchrun("stage1", [
+            f"--data.urls={json.dumps([urls])}", "--data.reasoning=[]", f"--data.num_frames={s.frames}",
+            f"--data.frame_size=[{s.frame_size},{s.frame_size}]", "--task.mode=caption", "--task.reasoning_source=none",
+            f"--tokenizer.path={self.out / 'tokenizer'}", f"--run.seed={s.stage1_seed}",
+            f"--run.max_steps={s.stage1_steps}", "--run.name=stage1", f"--run.output_dir={self.out / 'runs'}",
+            "--run.overwrite=true", *s.overrides], s.stage1_steps)
         self.sh([sys.executable, "-m", "train", "export", "--checkpoint", str(self.out / "runs" / "stage1" / "checkpoints"),
                  "--out", str(self.stage1_export)], self.out / "runs" / "stage1_export.log")
 
@@ -297,22 +296,26 @@ class Demo:
                           "--model.vision.config=null", f"--model.projector.init_from={e}"]
         # --run.overwrite: a train step that did not finish is redone from scratch (its run dir may
         # hold the interrupted attempt's checkpoints and metrics, which the trainer would refuse to mix)
+        self.torchrun(run.name, overrides, s.steps)
+
+    def torchrun(self, name: str, overrides: list[str], steps: int) -> None:
+        """``python -m train`` on ``self.nproc`` ranks with the recipe and ``overrides`` (run ``name``)."""
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
                "-m", "train", "--config", str(RECIPE), *overrides]
         try:
-            self.sh(cmd, self.out / "runs" / f"{run.name}.log")
+            self.sh(cmd, self.out / "runs" / f"{name}.log")
         except RuntimeError:
             # A rank that aborts at interpreter exit ("terminate called without an active
             # exception") AFTER the final checkpoint is complete has done its work: say so and go
             # on; any earlier failure (no complete final checkpoint) stops the demo.
-            ckpt = self.out / "runs" / run.name / "checkpoints"
-            tag = f"global_step{s.steps}"
+            ckpt = self.out / "runs" / name / "checkpoints"
+            tag = f"global_step{steps}"
             latest = ckpt / "latest"
             done = latest.is_file() and latest.read_text().strip() == tag and (ckpt / tag / "complete.json").is_file()
             if not done:
                 raise
-            print(f"[demo] WARNING: {run.name}: torchrun exited non-zero after the final checkpoint {tag} was "
-                  f"complete (a rank crashed while shutting down; see {self.out / 'runs' / f'{run.name}.log'}); "
+            print(f"[demo] WARNING: {name}: torchrun exited non-zero after the final checkpoint {tag} was "
+                  f"complete (a rank crashed while shutting down; see {self.out / 'runs' / f'{name}.log'}); "
                   "continuing with that checkpoint", flush=True)
 
     def evaluate(self, run: RunSpec) -> None:
