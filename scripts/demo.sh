@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: the whole method on the synthetic dataset, on CPU (2 ranks), about 10 minutes.
-#   bash scripts/demo.sh            four runs: QA-only, MTL(refined), MTL(raw), STL -> demo_out/report/
+# The demo: the whole method on the synthetic dataset (shot scenes), on CPU (2 ranks), about 13 minutes:
+# data -> teacher reasoning + refinement -> stage-1 caption alignment -> three runs from it:
+#   bash scripts/demo.sh            QA-only, MTL(refined), MTL(raw) -> demo_out/report/ (STL: --full)
 #   bash scripts/demo.sh --full     3 seeds + beta sweep + teacher-accuracy sweep -> demo_out/full/report/
 #   bash scripts/demo.sh --smoke    the minutes-long CI version
 set -euo pipefail
