@@ -24,8 +24,13 @@ import pytest
 
 from tests.conftest import has_ffmpeg
 
-MIN_ACC = 45.0
-MIN_SHUFFLE_COST = 10.0
+# Measured (2026-12-02, docs/RESULTS.md "Convergence test"): seeds 0, 1, 2 -> 57.2, 50.6, 74.4 % (mean 60.7,
+# sd 12.3; the jump from the text prior to reading the frames comes at a seed-dependent step) with
+# shuffle costs 20.3, 17.5, 35.6 points; the same recipe with black frames (model.blind) -> 23.4 % (shuffle cost 0).
+# A run is deterministic on one machine; a code change that moves the trajectory acts like a new seed,
+# so the bounds sit about 1.8 sd below the mean (1 sd below the lowest seed), and well above chance (~22 %).
+MIN_ACC = 38.0
+MIN_SHUFFLE_COST = 8.0
 
 
 @pytest.mark.slow
