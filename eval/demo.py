@@ -248,17 +248,11 @@ class Demo:
     def tokenizer(self) -> None:
         """One tokenizer for every run of the study (so that runs differ only in what they train on):
         a BPE on the train questions, options, stage-1 captions and every teacher's reasoning."""
-        from train.config import load_config
-        from train.tokenizer import build_tokenizer, corpus_from_samples
-
         data = self.out / "data" / "train"
-        recs = [json.loads(x) for name in ("records.jsonl", "captions.jsonl") if (data / name).is_file()
-                for x in (data / name).read_text().splitlines()]
-        texts = list(corpus_from_samples(recs))
-        for f in sorted((self.out / "reasoning").glob("t*_r*.jsonl")):  # {teacher}_{raw,refined}.jsonl
-            texts += list(corpus_from_samples([{"reasoning": json.loads(x)} for x in f.read_text().splitlines()]))
-        vocab = load_config(RECIPE).tokenizer.vocab_size
-        build_tokenizer(None, corpus=texts, vocab_size=vocab).save_pretrained(str(self.out / "tokenizer"))
+        records = [str(data / n) for n in ("records.jsonl", "captions.jsonl") if (data / n).is_file()]
+        reasoning = [str(f) for f in sorted((self.out / "reasoning").glob("t*_r*.jsonl"))]  # {teacher}_{raw,refined}
+        self.sh([sys.executable, "-m", "train", "tokenizer", "--records", *records, "--reasoning", *reasoning,
+                 "--config", str(RECIPE), "--out", str(self.out / "tokenizer")], self.out / "tokenizer.log")
 
     def stage1(self) -> None:
         """Stage-1 alignment: caption training on the train videos, then its export (``runs/stage1/export``)."""

@@ -3,6 +3,7 @@
     python -m train --config configs/tiny_cpu.yaml [--resume latest] [--section.field=value ...]
     python -m train export --checkpoint RUN/checkpoints [--tag global_step100] --out EXPORT
     python -m train bench --config configs/tiny_cpu.yaml --steps 20     (= python -m train.bench)
+    python -m train tokenizer --records R.jsonl [--reasoning F.jsonl] --config C.yaml --out DIR
     python -m train --help-config                                        (every field, with its doc)
 
 Works under torchrun, the deepspeed launcher and SLURM srun (see docs/TRAINING.md). Config and
@@ -99,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         from train.export import main as export_main
 
         return export_main(argv[1:])
+    if argv and argv[0] == "tokenizer":
+        from train.tokenizer import main as tokenizer_main
+
+        return tokenizer_main(argv[1:])
     if argv and argv[0] == "bench":
         from train.bench import main as bench_main
 

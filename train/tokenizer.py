@@ -124,3 +124,36 @@ def corpus_from_samples(items: Iterable[Any]) -> Iterator[str]:
             if isinstance(rec, dict):
                 yield from (rec[k] for k in ("raw", "refined") if isinstance(rec.get(k), str))
                 yield from (c for c in rec.get("vcot") or [] if isinstance(c, str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train tokenizer``: train the BPE on records and reasoning files, save it to --out.
+
+    One tokenizer for several runs (``--tokenizer.path``), so that they differ only in what they
+    train on (the demo's study uses it)."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m train tokenizer", description=main.__doc__.split("\n")[0])
+    p.add_argument("--records", nargs="+", required=True, help="records jsonl files (questions, options, captions)")
+    p.add_argument("--reasoning", nargs="*", default=[], help="reasoning jsonl files (raw / refined texts)")
+    p.add_argument("--vocab-size", type=int, help="BPE vocabulary size (default: --config's tokenizer.vocab_size)")
+    p.add_argument("--config", help="a recipe whose tokenizer.vocab_size is used")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    vocab = a.vocab_size
+    if vocab is None:
+        from train.config import load_config
+
+        vocab = load_config(a.config).tokenizer.vocab_size
+    texts: list[str] = []
+    for path in a.records:
+        with open(path, encoding="utf-8") as f:
+            texts += list(corpus_from_samples(json.loads(line) for line in f if line.strip()))
+    for path in a.reasoning:
+        with open(path, encoding="utf-8") as f:
+            texts += list(corpus_from_samples({"reasoning": json.loads(line)} for line in f if line.strip()))
+    tok = build_tokenizer(None, corpus=texts, vocab_size=vocab)
+    tok.save_pretrained(a.out)
+    print(f"tokenizer: {len(tok)} tokens from {len(texts)} texts -> {a.out}")
+    return 0

@@ -84,3 +84,22 @@ def test_corpus_from_records_and_question_samples():
               "reasoning": {"raw": "raw text", "refined": "refined text", "vcot": ["cap1", "cap2"]}}
     assert list(corpus_from_samples([record, sample])) == [
         "Q1?", "a", "b", "R1.", "Q2?", "c", "raw text", "refined text", "cap1", "cap2"]
+
+
+def test_tokenizer_cli_on_records_and_reasoning(tmp_path):
+    """python -m train tokenizer: one BPE for a study, from records (captions included) and reasoning."""
+    import json
+
+    from train.__main__ import main as train_main
+    from train.tokenizer import build_tokenizer as load
+
+    recs = tmp_path / "records.jsonl"
+    recs.write_text(json.dumps({"qas": [{"question": "Where is the square? " + "zyxw " * 8, "options": ["left", "right"],
+                                         "extra": {"caption": "Shot 1: " + "qqqq " * 8}}]}) + "\n")
+    reasoning = tmp_path / "r.jsonl"
+    reasoning.write_text(json.dumps({"qid": "a", "raw": "vvvv steps", "refined": "vvvv " * 8}) + "\n")
+    assert train_main(["tokenizer", "--records", str(recs), "--reasoning", str(reasoning), "--vocab-size", "400",
+                       "--out", str(tmp_path / "tok")]) == 0
+    tok = load(tmp_path / "tok")
+    for word in ("zyxw", "qqqq", "vvvv"):  # each text source reached the BPE (a pair seen twice is merged)
+        assert len(tok.encode(" " + word, add_special_tokens=False)) < len(word) + 1, word
