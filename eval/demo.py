@@ -128,7 +128,7 @@ def presets() -> dict[str, Study]:
     """smoke (CI), default (the 15-minute demo), full (the study of docs/RESULTS.md)."""
     return {
         "smoke": Study(train_videos=12, val_videos=4, questions_per_video=3, steps=6, shard_videos=4,
-                       scene="shots", objects=(1, 1), stage1_steps=4, curve_points=2, runs=_four(0)[:2],
+                       scene="shots", objects=(1, 1), stage1_steps=6, curve_points=2, runs=_four(0)[:2],
                        probes=("shuffle_frames", "vcot")),
         # STL is left out of the 15-minute demo: a reason-then-answer model is scored by generating its
         # reasoning (eval --mode generate, minutes per run here); --full has it
