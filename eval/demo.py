@@ -441,5 +441,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n[demo] finished in {time.time() - t0:.0f}s; report: {report / 'report.md'} "
           f"(+ summary.json, acc_per_type.png, acc_vs_beta.png, acc_vs_teacher.png)\n")
     md = (report / "report.md").read_text()
-    print(md.split("## Probes")[0].split("## Accuracy")[-1].strip())  # the comparison table, last
+    section = md.split("## Probes")[0].split("## Accuracy")[-1]
+    print("\n".join(line for line in section.splitlines() if line.startswith("|")))  # the comparison table, last
     return 0
