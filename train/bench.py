@@ -250,11 +250,16 @@ def table(r: dict) -> str:
             ("MFU (compute only)", f"{r['mfu_compute']:.4f}", f"{r['bare_mfu']:.4f}"),
             ("peak memory", f"{r['peak_mem_gb']:.2f} GB", "(same process)"),
             ("first-step loss", f"{r['first_step_loss_ours']:.6f}", f"{r['first_step_loss_bare']:.6f}")]
-    w = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [" | ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
     head = (f"train.bench on {r['device']}, {r['precision']}, ZeRO-{r['zero_stage']}, gas {r['gas']}, "
             f"{r['steps']} steps (+{r['warmup']} warm-up), "
             f"peak {r['peak_flops'] / 1e12:.3g} TFLOP/s ({r['peak_source']})")
+    return text_table(head, rows)
+
+
+def text_table(head: str, rows: list[tuple[str, ...]]) -> str:
+    """``head``, then ``rows`` as aligned `` | ``-separated columns, a rule under the first row."""
+    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w[i]) for i, c in enumerate(row)) for row in rows]
     return "\n".join([head, lines[0], "-" * len(lines[0]), *lines[1:]])
 
 

@@ -126,6 +126,8 @@ def summarize_packing(cfg: Any, trainer: Any, rec: dict, first: dict, data_s: li
 
 def packing_table(r: dict) -> str:
     """The human-readable comparison printed by ``python -m train.bench --compare-packing``."""
+    from train.bench import text_table
+
     def row(label: str, key: str, fmt: str) -> tuple[str, str, str]:
         return label, format(r[f"padded_{key}"], fmt), format(r[f"packed_{key}"], fmt)
 
@@ -140,12 +142,10 @@ def packing_table(r: dict) -> str:
             row("peak memory (GB, GPU)", "peak_mem_gb", ".2f"), row("first-batch loss", "first_step_loss", ".6f"),
             ("real tokens/s ratio packed / padded", "1", f"{r['tokens_per_s_ratio']:.3f}"),
             ("step time ratio packed / padded", "1", f"{r['step_time_ratio']:.3f}")]
-    w = [max(len(x[i]) for x in rows) for i in range(3)]
-    lines = [" | ".join(c.ljust(w[i]) for i, c in enumerate(x)) for x in rows]
     head = (f"train.bench --compare-packing on {r['device']}, {r['precision']}, ZeRO-{r['zero_stage']}, "
             f"gas {r['gas']}, {r['steps']} steps (+{r['warmup']} warm-up), rows of {r['max_tokens_per_row']} tokens, "
             f"{r['real_tokens_per_step']:,.0f} real tokens per step; packed attention: {r['packing_attention']}")
-    return "\n".join([head, lines[0], "-" * len(lines[0]), *lines[1:]])
+    return text_table(head, rows)
 
 
 CSV_FIELDS = ["commit", "config", "overrides", "device", "threads", "precision", "zero_stage", "gas", "steps",

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from train.tasks import Example, FrameLayout, TaskConfig, encode_prompt, encode_target
+from train.tasks import Example, FrameLayout, TaskConfig, encode_examples
 
 PACKED_KEYS = ("position_ids", "segment_ids", "clip_index")
 """Tensors a packed micro-batch adds to the model's inputs."""
@@ -103,16 +103,7 @@ def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cf
     """
     if not examples:
         raise ValueError("pack_collate got no examples")
-    seqs, n_cut_p, n_cut_t = [], 0, 0
-    for ex in examples:
-        if tuple(ex.frames.shape[:1]) != (layout.num_frames,) or ex.frames.dtype != torch.uint8:
-            raise ValueError(f"{ex.qid}: frames {tuple(ex.frames.shape)} {ex.frames.dtype}, expected uint8 "
-                             f"[{layout.num_frames}, 3, H, W]")
-        p, cp = encode_prompt(tokenizer, layout, ex.question, ex.options, ex.instruction, ex.captions,
-                              cfg.max_prompt_len, ex.qid)
-        t, ct = encode_target(tokenizer, ex.target, cfg.max_target_len)
-        n_cut_p, n_cut_t = n_cut_p + cp, n_cut_t + ct
-        seqs.append((p, t, ex.task_id))
+    seqs, n_cut_p, n_cut_t = encode_examples(examples, tokenizer, cfg, layout)
     bins = first_fit_decreasing([len(p) + len(t) for p, t, _ in seqs], max_tokens_per_row)
     length = max(sum(len(seqs[i][0]) + len(seqs[i][1]) for i in b) for b in bins)
     length = -(-length // pad_to_multiple) * pad_to_multiple

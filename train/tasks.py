@@ -280,6 +280,21 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
                         f"ModelConfig.frame_layout(num_frames)), got {type(layout).__name__}")
     if not examples:
         raise ValueError("collate got no examples")
+    rows, n_cut_p, n_cut_t = encode_examples(examples, tokenizer, cfg, layout)
+    input_ids, attention_mask, labels, task_ids = pad_rows(rows, tokenizer.pad_token_id, pad_to_multiple)
+    try:
+        pixel_values = torch.stack([ex.frames for ex in examples])
+    except RuntimeError as e:
+        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+            "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
+            "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
+
+
+def encode_examples(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
+                    layout: FrameLayout) -> tuple[list[tuple[list[int], list[int], int]], int, int]:
+    """(prompt ids, target ids, task id) per example, and how many prompts / targets were cut; the
+    frames of each example are checked against ``layout`` (ValueError naming the qid)."""
     rows, n_cut_p, n_cut_t = [], 0, 0
     for ex in examples:
         if tuple(ex.frames.shape[:1]) != (layout.num_frames,) or ex.frames.dtype != torch.uint8:
@@ -290,14 +305,7 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
         t, ct = encode_target(tokenizer, ex.target, cfg.max_target_len)
         n_cut_p, n_cut_t = n_cut_p + cp, n_cut_t + ct
         rows.append((p, t, ex.task_id))
-    input_ids, attention_mask, labels, task_ids = pad_rows(rows, tokenizer.pad_token_id, pad_to_multiple)
-    try:
-        pixel_values = torch.stack([ex.frames for ex in examples])
-    except RuntimeError as e:
-        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
-    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
-            "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
-            "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
+    return rows, n_cut_p, n_cut_t
 
 
 def pad_rows(rows: list[tuple[list[int], list[int], int]], pad_token_id: int, pad_to_multiple: int = 1
