@@ -8,6 +8,7 @@ a few minutes on 2 cores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,7 +25,10 @@ def test_presets_are_consistent(tmp_path):
     assert [r.label for r in p["default"].runs] == ["QA-only", "MTL(refined)", "MTL(raw)"]
     assert [r.label for r in p["converge"].runs] == ["QA-only"]
     d = Demo(p["full"], tmp_path)
-    assert [d.eval_mode(r) for r in p["full"].runs[:4]] == ["loglik", "loglik", "loglik", "generate"]  # STL generates
+    full = p["full"].runs
+    assert [d.eval_mode(r) for r in full[:3]] == ["loglik"] * 3
+    assert [r.label for r in full[:9]] == ["QA-only", "MTL(refined)", "MTL(raw)"] * 3  # whole comparisons first
+    assert {d.eval_mode(r) for r in full if r.mode == "stl"} == {"generate"}  # STL generates its reasoning
     assert [r.label for r in p["smoke"].runs] == ["QA-only", "MTL(refined)"]
     runs = full_runs()
     assert len(runs) == 3 * (4 + 4 + 4) and len({r.name for r in runs}) == len(runs)
@@ -51,6 +55,14 @@ def test_restart_keeps_finished_steps_only_for_the_same_study(tmp_path):
     d2.step("a", calls.append, 2)
     assert calls == [1]  # kept
     (tmp_path / "runs").mkdir()
+    # other runs, same study: finished steps stay unless their key (the run's spec) changed
+    d3 = Demo(dataclasses.replace(study, runs=study.runs[:1]), tmp_path, resume=True)
+    d3.step("a", calls.append, 3)
+    d3.step("r", calls.append, 4, key="spec1")
+    d3.step("r", calls.append, 5, key="spec1")
+    assert calls == [1, 4]
+    d3.step("r", calls.append, 6, key="spec2")  # the run's spec changed: redone
+    assert calls == [1, 4, 6]
     study.steps += 1  # another study: everything of the old one goes
     Demo(study, tmp_path, resume=True)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "demo_log.jsonl").exists()
