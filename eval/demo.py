@@ -372,7 +372,8 @@ class Demo:
         from eval.report import main as report_main
 
         runs = [str(self.out / "eval" / r.name) for r in self.study.runs]
-        if report_main([*runs, "--out", str(self.out / "report")]) != 0:
+        pairs = [x for a, b in study_pairs(self.study) for x in ("--compare", a, b)]
+        if report_main([*runs, "--out", str(self.out / "report"), *pairs]) != 0:
             raise RuntimeError("report failed")
 
     def run_all(self) -> Path:
@@ -389,6 +390,18 @@ class Demo:
             self.step(f"eval_{run.name}", self.evaluate, run, key=spec)
         self.step("report", self.report)
         return self.out / "report"
+
+
+def study_pairs(study: Study) -> list[tuple[str, str]]:
+    """The paired comparisons (A, B) of the report, among the labels the study's runs have: the
+    settings against QA-only, refined against raw and STL, each teacher and each beta."""
+    labels = {r.label for r in study.runs}
+    qa, ref, raw, stl = "QA-only", "MTL(refined)", "MTL(raw)", "STL(refined)"
+    pairs = [(qa, ref), (qa, raw), (qa, stl), (raw, ref), (stl, ref)]
+    for t in sorted(study.teachers):
+        pairs += [(qa, f"{ref} teacher={t}"), (qa, f"{raw} teacher={t}"), (f"{raw} teacher={t}", f"{ref} teacher={t}")]
+    pairs += [(qa, r.label) for r in study.runs if r.label.startswith(f"{ref} beta=")]
+    return [p for p in dict.fromkeys(pairs) if p[0] in labels and p[1] in labels]
 
 
 def _marker_key(marker: Path) -> str | None:

@@ -257,6 +257,10 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
             lines.append(f"| {g['label']} | " + " | ".join(fmt_cell(g["probe_delta"][p], kind, signed=True)
                                                          for p in summary["probes"]) + " |")
     lines += _sweep_tables(summary)
+    from eval.compare import markdown as compare_markdown
+
+    lines += compare_markdown(summary.get("comparisons", []))
+    lines += _teacher_markdown(summary.get("teacher_lines", []))
     lines += ["", "## Settings", "", "| run | " + " | ".join(h for _, h in _META_COLUMNS) + " | directories |",
               "|---|" + "---|" * (len(_META_COLUMNS) + 1)]
     for g in summary["groups"]:
@@ -301,14 +305,74 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_report(runs: list[Run], out: str | Path, kind: str = "t95") -> dict[str, Any]:
-    """Write report.md, summary.json and the PNG plots into ``out``; return the summary."""
+def compare_groups(runs: list[Run], pairs: list[tuple[str, str]], target: float = 3.0) -> list[dict[str, Any]]:
+    """Paired comparisons (:func:`eval.compare.paired`) of label B against label A for each pair."""
+    from eval.compare import paired
+
+    by_label: dict[str, dict[int, Path]] = {}
+    for r in runs:
+        by_label.setdefault(r.label, {})[r.seed if r.seed is not None else 0] = r.path
+    out = []
+    for a, b in pairs:
+        missing = [x for x in (a, b) if x not in by_label]
+        if missing:
+            raise ValueError(f"--compare {a!r} {b!r}: no run labelled {missing[0]!r} "
+                             f"(labels: {', '.join(by_label)})")
+        meta_b = _common_meta([r for r in runs if r.label == b])
+        out.append({"a": a, "b": b, "b_meta": meta_b, **paired(by_label[a], by_label[b], target)})
+    return out
+
+
+def teacher_lines(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Comparisons against one A whose B settings differ only in the teacher: B - A vs the teacher's
+    accuracy, and where (by linear interpolation of the seed means) B stops beating A."""
+    from eval.compare import crossover
+
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in comparisons:
+        acc, src = c["b_meta"].get("teacher_acc"), c["b_meta"].get("reasoning_source")
+        if isinstance(acc, (int, float)) and src and c["mean"] is not None:
+            series.setdefault((c["a"], src), []).append(c)
+    lines = []
+    for (a, src), cs in series.items():
+        if len({c["b_meta"]["teacher_acc"] for c in cs}) < 2:
+            continue
+        cs = sorted(cs, key=lambda c: -c["b_meta"]["teacher_acc"])
+        lines.append({"a": a, "source": src, "points": [[c["b_meta"]["teacher_acc"], c["mean"], c["lo"], c["hi"],
+                                                         c["q_diff"]] for c in cs],
+                      "crossover": crossover([(c["b_meta"]["teacher_acc"], c["mean"]) for c in cs])})
+    return lines
+
+
+def _teacher_markdown(lines: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for ln in lines:
+        out += ["", f"## MTL({ln['source']}) - {ln['a']} vs the teacher's accuracy (points)", "",
+                "| teacher accuracy % | over seeds: mean [95% t interval] | over questions |", "|---|---|---|"]
+        for acc, mean, lo, hi, q in ln["points"]:
+            iv = "" if lo is None else f" [{lo:+.1f}, {hi:+.1f}]"
+            out.append(f"| {acc:g} | {mean:+.1f}{iv} | {q:+.1f} |")
+        x = ln["crossover"]
+        out += ["", (f"MTL({ln['source']}) stops beating {ln['a']} at a teacher accuracy of about {x:.0f} % "
+                     "(linear interpolation of the seed means)." if x is not None else
+                     f"No crossing within the measured teachers: the sign of MTL({ln['source']}) - {ln['a']} "
+                     "does not change from the best teacher to the worst.")]
+    return out
+
+
+def write_report(runs: list[Run], out: str | Path, kind: str = "t95",
+                 pairs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """Write report.md, summary.json and the PNG plots into ``out``; return the summary.
+
+    ``pairs``: (A, B) labels to compare, paired over seeds and questions (a section of the report)."""
     from eval.plots import draw_all, sweeps
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs, kind)
     summary["sweeps"] = sweeps(summary)
+    summary["comparisons"] = compare_groups(runs, pairs or [])
+    summary["teacher_lines"] = teacher_lines(summary["comparisons"])
     plots = draw_all(summary, out)
     summary["plots"] = {name: ("written" if reason is None else f"skipped: {reason}")
                         for name, reason in plots.items()}
@@ -323,10 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="report directory")
     p.add_argument("--interval", choices=INTERVALS, default="t95",
                    help="over seeds: 95%% t-interval of the mean (default) or min/max")
+    p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="paired comparison of the runs labelled B against those labelled A (repeatable)")
     args = p.parse_args(argv)
     try:
         runs = find_runs(args.runs)
-        write_report(runs, args.out, args.interval)
+        write_report(runs, args.out, args.interval, [tuple(x) for x in args.compare])
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

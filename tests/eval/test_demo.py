@@ -93,6 +93,10 @@ def test_smoke_demo_end_to_end(tmp_path, capsys):
         assert info["questions_with_captions"]["vcot"] == len(val_qids)
         ckpt = out / "runs" / run / "checkpoints"
         assert (ckpt / "latest").read_text().strip() == f"global_step{presets()['smoke'].steps}"
+    # the paired comparison of the two settings, question by question on the same val questions
+    (cmp,) = summary["comparisons"]
+    assert (cmp["a"], cmp["b"], cmp["questions"], cmp["seeds"]) == ("QA-only", "MTL(refined)", len(val_qids), [0])
+    assert "## Paired comparisons" in md
     mtl = json.loads((out / "eval" / "mtl_refined_s0" / "run.json").read_text())["meta"]
     assert mtl["task_mode"] == "mtl" and mtl["reasoning_source"] == "refined" and 0 < mtl["teacher_acc"] < 100
     steps = [json.loads(x)["step"] for x in (out / "demo_log.jsonl").read_text().splitlines()]
