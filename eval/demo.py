@@ -8,7 +8,8 @@ The default study trains four settings once (seed 0): QA-only, MTL(refined), MTL
 (reasoning then answer, refined reasoning). ``--full`` runs the bigger study: the four settings
 over 3 seeds, a beta sweep of MTL(refined) (0, 0.2, 0.5, 0.8, 1.0) and a teacher-accuracy
 sweep of MTL(refined) and MTL(raw) (synthetic teachers that conclude wrongly 0 %, 33 % and 67 % of
-the time and get 0 %, 15 % and 30 % of their steps wrong), all with 3 seeds.
+the time and get 0 %, 15 % and 30 % of their steps wrong), all with 3 seeds, on 480 val videos;
+its report adds the paired comparisons of the settings (``eval/compare.py``).
 ``--smoke`` is a minutes-long version for CI (tiny sizes, QA-only and MTL(refined)).
 
 Everything goes under ``--out`` (default ``demo_out/``): ``data/``, ``shards/``,
