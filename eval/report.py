@@ -328,17 +328,19 @@ def teacher_lines(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
     accuracy, and where (by linear interpolation of the seed means) B stops beating A."""
     from eval.compare import crossover
 
-    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    # one line per (A, B's task mode, reasoning source, beta): B settings that differ only in the teacher
+    series: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for c in comparisons:
-        acc, src = c["b_meta"].get("teacher_acc"), c["b_meta"].get("reasoning_source")
+        m = c["b_meta"]
+        acc, src = m.get("teacher_acc"), m.get("reasoning_source")
         if isinstance(acc, (int, float)) and src and c["mean"] is not None:
-            series.setdefault((c["a"], src), []).append(c)
+            series.setdefault((c["a"], src, m.get("task_mode"), m.get("beta")), []).append(c)
     lines = []
-    for (a, src), cs in series.items():
+    for (a, src, mode, _beta), cs in series.items():
         if len({c["b_meta"]["teacher_acc"] for c in cs}) < 2:
             continue
         cs = sorted(cs, key=lambda c: -c["b_meta"]["teacher_acc"])
-        lines.append({"a": a, "source": src, "points": [[c["b_meta"]["teacher_acc"], c["mean"], c["lo"], c["hi"],
+        lines.append({"a": a, "source": src, "mode": (mode or "mtl").upper(), "points": [[c["b_meta"]["teacher_acc"], c["mean"], c["lo"], c["hi"],
                                                          c["q_diff"]] for c in cs],
                       "crossover": crossover([(c["b_meta"]["teacher_acc"], c["mean"]) for c in cs])})
     return lines
@@ -347,15 +349,16 @@ def teacher_lines(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _teacher_markdown(lines: list[dict[str, Any]]) -> list[str]:
     out = []
     for ln in lines:
-        out += ["", f"## MTL({ln['source']}) - {ln['a']} vs the teacher's accuracy (points)", "",
+        b = f"{ln['mode']}({ln['source']})"
+        out += ["", f"## {b} - {ln['a']} vs the teacher's accuracy (points)", "",
                 "| teacher accuracy % | over seeds: mean [95% t interval] | over questions |", "|---|---|---|"]
         for acc, mean, lo, hi, q in ln["points"]:
             iv = "" if lo is None else f" [{lo:+.1f}, {hi:+.1f}]"
             out.append(f"| {acc:g} | {mean:+.1f}{iv} | {q:+.1f} |")
         x = ln["crossover"]
-        out += ["", (f"MTL({ln['source']}) stops beating {ln['a']} at a teacher accuracy of about {x:.0f} % "
+        out += ["", (f"{b} stops beating {ln['a']} at a teacher accuracy of about {x:.0f} % "
                      "(linear interpolation of the seed means)." if x is not None else
-                     f"No crossing within the measured teachers: the sign of MTL({ln['source']}) - {ln['a']} "
+                     f"No crossing within the measured teachers: the sign of {b} - {ln['a']} "
                      "does not change from the best teacher to the worst.")]
     return out
 

@@ -12,7 +12,7 @@ from eval.compare import correctness, crossover, mcnemar_p, mde_seeds, paired, s
 from eval.report import find_runs, write_report
 
 
-def write_run(d, label, seed, correct, teacher_acc=None, source="none"):
+def write_run(d, label, seed, correct, teacher_acc=None, source="none", mode="qa", beta=None):
     """An eval run directory as ``python -m eval run`` writes it: run.json, scores.json, records.jsonl."""
     d.mkdir(parents=True)
     (d / "records.jsonl").write_text("".join(
@@ -20,8 +20,8 @@ def write_run(d, label, seed, correct, teacher_acc=None, source="none"):
         for i, c in enumerate(correct)))
     acc = 100.0 * sum(correct) / len(correct)
     (d / "scores.json").write_text(json.dumps({"overall": acc, "per_type": {"D": acc}, "count": len(correct)}))
-    (d / "run.json").write_text(json.dumps({"label": label, "meta": {"seed": seed, "teacher_acc": teacher_acc,
-                                                                       "reasoning_source": source}}))
+    (d / "run.json").write_text(json.dumps({"label": label, "meta": {
+        "seed": seed, "teacher_acc": teacher_acc, "reasoning_source": source, "task_mode": mode, "beta": beta}}))
     return d
 
 
@@ -83,12 +83,19 @@ def test_report_has_the_comparisons_and_the_teacher_crossover(tmp_path):
         # loses 4 with the worst: B - A = +15, 0, -10 points -> crossing at teacher accuracy 67 %
         for name, acc, k in (("t0", 100.0, 26), ("t33", 67.0, 20), ("t67", 33.0, 16)):
             write_run(tmp_path / f"{name}_{seed}", f"MTL(refined) teacher={name}", seed, [i < k for i in range(n)],
-                      teacher_acc=acc, source="refined")
+                      teacher_acc=acc, source="refined", mode="mtl", beta=0.5)
+        # same teacher and reasoning, other setting: not points of the teacher line
+        write_run(tmp_path / f"beta1_{seed}", "MTL(refined) beta=1", seed, [i < 2 for i in range(n)],
+                  teacher_acc=67.0, source="refined", mode="mtl", beta=1.0)
+        write_run(tmp_path / f"stl_{seed}", "STL(refined)", seed, [i < 2 for i in range(n)], teacher_acc=67.0,
+                  source="refined", mode="stl")
     runs = find_runs([tmp_path])
     pairs = [("QA-only", f"MTL(refined) teacher={t}") for t in ("t0", "t33", "t67")]
+    pairs += [("QA-only", "MTL(refined) beta=1"), ("QA-only", "STL(refined)")]
     summary = write_report(runs, tmp_path / "rep", pairs=pairs)
-    assert [c["mean"] for c in summary["comparisons"]] == pytest.approx([15.0, 0.0, -10.0])
+    assert [c["mean"] for c in summary["comparisons"]] == pytest.approx([15.0, 0.0, -10.0, -45.0, -45.0])
     (line,) = summary["teacher_lines"]
+    assert [p[0] for p in line["points"]] == [100.0, 67.0, 33.0]
     assert line["crossover"] == pytest.approx(67.0)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Paired comparisons" in md and "| QA-only | MTL(refined) teacher=t0 | 2 | +15.0, +15.0 |" in md
