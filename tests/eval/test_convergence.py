@@ -1,15 +1,19 @@
 """Convergence test: the learning recipe, trained for a few minutes, reads the video.
 
 ``python -m eval demo --converge`` is the demo's recipe at a smaller size (shot scenes with one
-object, 400 train / 160 held-out val videos, 300 stage-1 caption steps, 300 QA-only steps on 2
-ranks with DeepSpeed ZeRO-3; ``eval.demo.presets()["converge"]``). The test asserts, on the
-held-out videos:
+object, 400 train / 160 held-out val videos, 300 stage-1 caption steps, then two QA-only runs of 300
+steps with data orders 0 and 1, on 2 ranks with DeepSpeed ZeRO-3; ``eval.demo.presets()["converge"]``).
+The test asserts that at least one of the two runs, on the held-out videos:
 
-- accuracy at least ``MIN_ACC`` (chance is ~22 %: 5 colour options, 4 place options);
-- shuffling the frames costs at least ``MIN_SHUFFLE_COST`` points.
+- reaches an accuracy of at least ``MIN_ACC`` (chance is ~22 %: 5 colour options, 4 place options);
+- loses at least ``MIN_SHUFFLE_COST`` points when the frames are shuffled.
 
 The margins come from measured runs (docs/RESULTS.md, "Convergence test"): the lowest of the measured
 seeds minus a margin for the spread between seeds, and far above what a model without the frames gets.
+Why two runs: the study (docs/RESULTS.md) found that a run's outcome depends on its data order; 8 of
+its 33 full-size runs, one QA-only run among them, would miss these bounds. One run would then fail
+after a harmless change that moves the trajectory about one time in four; two independent runs, about
+one time in sixteen. A model that cannot see the frames fails both.
 The test fails when the frames do not reach the model: ``CONVERGENCE_BLIND=1`` trains and evaluates
 the same recipe with ``model.blind=true`` (every frame black), and the test then fails on the first
 assertion (measured: see docs/RESULTS.md).
@@ -44,12 +48,13 @@ def test_the_learning_recipe_reads_the_frames(tmp_path):
         args += ["--set", "model.blind=true"]
     assert main(args) == 0
     summary = json.loads((out / "report" / "summary.json").read_text())
-    run = summary["runs"][0]
-    acc = run["overall"]
-    shuffled = run["probes"]["shuffle_frames"]
-    print(f"convergence: val accuracy {acc:.1f} % on {run['count']} held-out questions, shuffled frames "
-          f"{shuffled:.1f} %")
-    assert acc >= MIN_ACC, f"val accuracy {acc:.1f} % < {MIN_ACC} %: the recipe no longer learns from the frames"
-    assert acc - shuffled >= MIN_SHUFFLE_COST, (
-        f"shuffling the frames costs {acc - shuffled:.1f} points < {MIN_SHUFFLE_COST}: the model does not use "
-        "the frames' order")
+    results = []
+    for run in summary["runs"]:
+        acc, shuffled = run["overall"], run["probes"]["shuffle_frames"]
+        results.append((acc, acc - shuffled))
+        print(f"convergence: seed {run['seed']}: val accuracy {acc:.1f} % on {run['count']} held-out questions, "
+              f"shuffled frames {shuffled:.1f} %")
+    assert len(results) == 2, summary["runs"]
+    passing = [r for r in results if r[0] >= MIN_ACC and r[1] >= MIN_SHUFFLE_COST]
+    assert passing, (f"no run reads the frames: (accuracy %, cost of shuffling in points) = {results}; each needs "
+                     f">= {MIN_ACC} % and >= {MIN_SHUFFLE_COST} points")

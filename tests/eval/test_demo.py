@@ -23,7 +23,7 @@ from tests.conftest import has_ffmpeg
 def test_presets_are_consistent(tmp_path):
     p = presets()
     assert [r.label for r in p["default"].runs] == ["QA-only", "MTL(refined)", "MTL(raw)"]
-    assert [r.label for r in p["converge"].runs] == ["QA-only"]
+    assert [(r.label, r.seed) for r in p["converge"].runs] == [("QA-only", 0), ("QA-only", 1)]
     d = Demo(p["full"], tmp_path)
     full = p["full"].runs
     assert [d.eval_mode(r) for r in full[:3]] == ["loglik"] * 3
