@@ -391,7 +391,7 @@ class Demo:
             spec = json.dumps(dataclasses.asdict(run), sort_keys=True)  # a changed spec redoes the run
             self.step(f"train_{run.name}", self.train, run, key=spec)
             self.step(f"eval_{run.name}", self.evaluate, run, key=spec)
-        self.step("report", self.report)
+        self.step("report", self.report, key=json.dumps([r.name for r in self.study.runs]))  # other runs: redone
         return self.out / "report"
 
 

@@ -63,6 +63,21 @@ def test_restart_keeps_finished_steps_only_for_the_same_study(tmp_path):
     assert calls == [1, 4]
     d3.step("r", calls.append, 6, key="spec2")  # the run's spec changed: redone
     assert calls == [1, 4, 6]
+    # run_all resumed with one more run: only that run is trained and evaluated, and the report is redone
+    calls.clear()
+
+    def demo_with(runs):
+        d = Demo(dataclasses.replace(study, runs=runs), tmp_path / "ra", resume=True)
+        for name in ("data", "teacher", "vcot", "tokenizer", "stage1", "train", "evaluate", "report"):
+            setattr(d, name, lambda *a, name=name: calls.append((name, *(x.name for x in a if hasattr(x, "name")))))
+        return d
+
+    demo_with(study.runs[:1]).run_all()
+    demo_with(study.runs[:1]).run_all()  # all done: nothing runs
+    demo_with(study.runs[:2]).run_all()
+    first, second = study.runs[0].name, study.runs[1].name
+    assert [c for c in calls if c[0] in ("train", "evaluate", "report")] == [
+        ("train", first), ("evaluate", first), ("report",), ("train", second), ("evaluate", second), ("report",)]
     study.steps += 1  # another study: everything of the old one goes
     Demo(study, tmp_path, resume=True)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "demo_log.jsonl").exists()
