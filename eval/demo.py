@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"\n[demo] finished in {time.time() - t0:.0f}s; report: {report / 'report.md'} "
-          f"(+ summary.json, acc_per_type.png, acc_vs_beta.png, acc_vs_teacher.png)\n")
+          f"(+ summary.json, learning_curves.png, acc_per_type.png, acc_vs_beta.png, acc_vs_teacher.png)\n")
     md = (report / "report.md").read_text()
     section = md.split("## Probes")[0].split("## Accuracy")[-1]
     print("\n".join(line for line in section.splitlines() if line.startswith("|")))  # the comparison table, last

@@ -13,8 +13,9 @@ One seed gives the value without an interval. Probe results are reported as delt
 accuracy) against the same run without the probe, averaged over seeds the same way.
 
 Written to ``--out``: ``report.md`` (tables), ``summary.json`` (every number of the tables and
-every run), ``acc_per_type.png``, ``acc_vs_beta.png`` and ``acc_vs_teacher.png`` (a plot is
-skipped, with the reason in report.md, when no run has the value on its x axis).
+every run), ``learning_curves.png`` (when the runs have metrics.jsonl), ``acc_per_type.png``,
+``acc_vs_beta.png`` and ``acc_vs_teacher.png`` (a plot is skipped, with the reason in report.md,
+when no run has the value on its x axis).
 """
 
 from __future__ import annotations
