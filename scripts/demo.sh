@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: the whole method on the synthetic dataset (shot scenes), on CPU (2 ranks), about 13 minutes:
+# The demo: the whole method on the synthetic dataset (shot scenes), on CPU (2 ranks), 9-13 minutes on 2 cores:
 # data -> teacher reasoning + refinement -> stage-1 caption alignment -> three runs from it:
 #   bash scripts/demo.sh            QA-only, MTL(refined), MTL(raw) -> demo_out/report/ (STL: --full)
 #   bash scripts/demo.sh --full     3 seeds x 4 settings + beta and teacher sweeps, paired comparisons
