@@ -14,7 +14,7 @@ setup(
     version="0.1.0",
     description="Training stack for video QA that learns from MLLM reasoning (ReasVQA, vCoT)",
     python_requires=">=3.10",
-    # subpackages too (data_shards.converters, reasoning_gen.backends): a non-editable install needs them
+    # subpackages too (data_shards.ingest.converters, reasoning_gen.backends): a non-editable install needs them
     packages=find_packages(include=PACKAGES + [f"{p}.*" for p in PACKAGES]),
     install_requires=[
         "torch>=2.4",

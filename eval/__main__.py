@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from data_shards.common.cli import dispatch
 
 COMMANDS = {
     "score": ("eval.score", "accuracy of predictions, overall and per official question group"),
@@ -14,25 +15,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m eval {" + ",".join(COMMANDS) + "} ...\n")
-        for name, (_, text) in COMMANDS.items():
-            print(f"  {name:<8} {text}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    name = COMMANDS[argv[0]][0]
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:  # a dependency missing inside the module: show the real error
-            raise
-        print(f"python -m eval {argv[0]}: not available in this checkout (module {name} is missing)",
-              file=sys.stderr)
-        return 2
-    return module.main(argv[1:]) or 0
+    return dispatch("eval", COMMANDS, argv)
 
 
 if __name__ == "__main__":
-    from data_shards.distenv import exit_process  # `eval run` under torchrun: see its doc
+    from data_shards.common.distenv import exit_process  # `eval run` under torchrun: see its doc
 
     exit_process(main())

@@ -70,7 +70,7 @@ class Study:
     video_size: int = 64
     duration: float = 3.0
     scene: str = "motion"
-    """Synthetic scene kind (data_shards.synth): ``shots`` (one static shot per sampled frame, so every
+    """Synthetic scene kind (data_shards.synth.make): ``shots`` (one static shot per sampled frame, so every
     question is answerable from the frames the model sees) or ``motion``."""
     objects: tuple[int, int] = (2, 3)
     """Shot scenes: (fewest, most) objects a video."""
@@ -78,7 +78,7 @@ class Study:
     """Shot scenes: ask only these question types (None = all)."""
     stage1_steps: int = 0
     """Stage-1 alignment before the runs (shot scenes): a ``task.mode: caption`` run of this many steps
-    on captions of the train videos (:func:`data_shards.synth.shot_caption`); every run then starts
+    on captions of the train videos (:func:`data_shards.synth.make.shot_caption`); every run then starts
     from its exported model (LLM, vision tower and projector). 0 = runs start from random weights."""
     curve_points: int = 4
     """Checkpoints per run evaluated on the val split for the learning curves (at steps/k, 2 steps/k, ...,
@@ -205,8 +205,8 @@ class Demo:
 
     # ---------------------------------------------------------------------------- the steps
     def data(self) -> None:
-        from data_shards.synth import make_synthetic, write_caption_records
-        from data_shards.writer import main as write_main
+        from data_shards.synth.make import make_synthetic, write_caption_records
+        from data_shards.ingest.writer import main as write_main
 
         s = self.study
         for split, n, seed in (("train", s.train_videos, 0), ("val", s.val_videos, 1)):
@@ -365,7 +365,7 @@ class Demo:
         (out / "curve.json").write_text(json.dumps({"val_acc": points}) + "\n")
 
     def teacher_accuracy(self, teacher: str) -> float | None:
-        from reasoning_gen.records import load_reasoning
+        from data_shards.reasoning_records import load_reasoning
 
         recs = load_reasoning(self.out / "reasoning" / f"{teacher}_raw.jsonl")
         graded = [r["teacher_correct"] for r in recs.values() if r.get("teacher_correct") is not None]

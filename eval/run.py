@@ -259,7 +259,7 @@ def cfg_get(config: Any, dotted: str, default: Any = None) -> Any:
 
 def teacher_accuracy(paths: list[str]) -> float | None:
     """Percent of reasoning records whose teacher answer was right (records with a known verdict)."""
-    from reasoning_gen.records import load_reasoning
+    from data_shards.reasoning_records import load_reasoning
 
     if not paths or not all(Path(p).exists() for p in paths):
         return None
@@ -385,7 +385,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    from data_shards.distenv import world_info_from_env
+    from data_shards.common.distenv import world_info_from_env
 
     world = world_info_from_env()
     rank, ws = world.rank, world.world_size
@@ -400,7 +400,7 @@ def _run(args: argparse.Namespace) -> int:
     write = (lambda: _merge_and_write(args, gathered, ctx, ws, t0)) if rank == 0 else (lambda: None)
     collectively(write, "writing", ws)
     if ws > 1:
-        from data_shards.distenv import shutdown
+        from data_shards.common.distenv import shutdown
 
         shutdown()  # every rank leaves the group together; `python -m eval` then exits via exit_process
     return 0
@@ -408,7 +408,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, dict, dict]:
     """Load the export and evaluate this rank's share: (results, loader stats, run context)."""
-    from data_shards.loader import LoaderConfig, build_loader, expand_urls
+    from data_shards.stream.loader import LoaderConfig, build_loader, expand_urls
     from train.export import load_for_eval
 
     model, tokenizer, config = load_for_eval(args.checkpoint, tag=args.tag)
@@ -424,7 +424,7 @@ def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, 
                        seed=args.seed)
     reasoning = None
     if args.reasoning:
-        from reasoning_gen.records import load_reasoning
+        from data_shards.reasoning_records import load_reasoning
 
         reasoning = load_reasoning(args.reasoning)
     elif "vcot" in args.probe or opts.use_vcot:

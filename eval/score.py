@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from data_shards.convert import convert
+from data_shards.ingest.convert import convert
 from data_shards.schema import VideoRecord, read_records, split_qid
 from eval.groups import grouping_for
 

@@ -6,7 +6,7 @@ Read in this order:
   that state a choice (shared with eval's generation-mode scoring).
 - :mod:`reasoning_gen.refine`: ``refine(text, options, strategy)``, the leakage audit, the
   ``refine`` CLI.
-- :mod:`reasoning_gen.records`: the reasoning-record schema (contract 5), the crash-safe append
+- :mod:`data_shards.reasoning_records`: the reasoning-record schema (contract 5), the crash-safe append
   writer, ``load_reasoning(paths)``.
 - :mod:`reasoning_gen.prompts`: versioned ReasVQA / vCoT / rephrase prompts.
 - :mod:`reasoning_gen.backends`: ``synthetic``, ``openai``, ``transformers``, ``vllm`` behind one
@@ -20,6 +20,6 @@ CLI: ``python -m reasoning_gen {generate,refine,merge} ...``. Must not import ``
 # ``refine`` the function is not re-exported here: it would shadow the ``reasoning_gen.refine``
 # module (``import reasoning_gen.refine as m`` would then give the function).
 from reasoning_gen.answers import extract_answer
-from reasoning_gen.records import load_reasoning
+from data_shards.reasoning_records import load_reasoning
 
 __all__ = ["extract_answer", "load_reasoning"]

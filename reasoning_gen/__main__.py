@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
+
+from data_shards.common.cli import dispatch
 
 COMMANDS = {
     "generate": ("reasoning_gen.generate", "shards -> teacher (synthetic/openai/transformers/vllm) -> reasoning jsonl"),
@@ -13,14 +14,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m reasoning_gen {" + ",".join(COMMANDS) + "} ...\n")
-        for name, (_, text) in COMMANDS.items():
-            print(f"  {name:<9} {text}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    return dispatch("reasoning_gen", COMMANDS, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The offline generation job: shards -> teacher -> append-only reasoning records per rank.
 
 Each rank takes its own slice of the shards (``shards[rank::world_size]``), streams them
-through the real loader (:func:`data_shards.loader.build_loader`, frames decoded unless the
+through the real loader (:func:`data_shards.stream.loader.build_loader`, frames decoded unless the
 backend never looks at pixels) and appends one record per question to
 ``DIR/{split}.rank{rank:05d}.jsonl`` (contract 5), flushed and fsynced per batch.
 
@@ -33,7 +33,7 @@ from reasoning_gen.prompts import (
     vcot_bridge_prompt,
     vcot_common_prompt,
 )
-from reasoning_gen.records import AppendWriter, kind, make_record, read_reasoning_lines
+from data_shards.reasoning_records import AppendWriter, kind, make_record, read_reasoning_lines
 from reasoning_gen.refine import audit_leak, refine, refine_llm
 
 
@@ -248,7 +248,7 @@ def _pending_shards(urls: list[str], done: set[str], stats: JobStats) -> tuple[l
 
 def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size: int, log=print) -> dict:
     """Generate this rank's records; returns the counters (plus the loader's as ``loader_*``)."""
-    from data_shards.loader import LoaderConfig, build_loader, expand_urls
+    from data_shards.stream.loader import LoaderConfig, build_loader, expand_urls
 
     if cfg.prompt not in ("reasvqa", "vcot"):
         raise ValueError(f"unknown prompt {cfg.prompt!r}; expected reasvqa or vcot")
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import os
 
-    from data_shards.distenv import world_info_from_env
+    from data_shards.common.distenv import world_info_from_env
     from reasoning_gen.backends import BACKENDS, build_backend
     from reasoning_gen.refine import STRATEGIES, load_truth
 

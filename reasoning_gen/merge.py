@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from reasoning_gen.records import kind, read_reasoning_lines, write_jsonl_atomic
+from data_shards.reasoning_records import kind, read_reasoning_lines, write_jsonl_atomic
 
 _RANK_FILE = re.compile(r"^(?P<split>.+)\.rank\d+\.jsonl$")
 

@@ -244,7 +244,7 @@ def load_truth(paths: list[str]) -> dict[str, tuple[list[str], int | None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reasoning_gen.records import read_reasoning_lines, write_jsonl_atomic
+    from data_shards.reasoning_records import read_reasoning_lines, write_jsonl_atomic
 
     ap = argparse.ArgumentParser(prog="python -m reasoning_gen refine", description=__doc__.split("\n")[0])
     ap.add_argument("--in", dest="inp", required=True, help="raw reasoning records (jsonl)")

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from data_shards.frames import decode_frames
+from data_shards.stream.frames import decode_frames
 from train import prompts
 from train import prompts as P
 from train.config import load_config

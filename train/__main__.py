@@ -66,7 +66,7 @@ def _train(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from data_shards.distenv import shutdown
+    from data_shards.common.distenv import shutdown
     from train.loop import NonFiniteError
 
     try:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     import faulthandler
 
-    from data_shards.distenv import world_info_from_env
+    from data_shards.common.distenv import world_info_from_env
 
     if not faulthandler.is_enabled():  # a rank killed by a signal shows every thread's stack first
         faulthandler.enable()
@@ -112,6 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from data_shards.distenv import exit_process
+    from data_shards.common.distenv import exit_process
 
     exit_process(main())

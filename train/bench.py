@@ -313,6 +313,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from data_shards.distenv import exit_process
+    from data_shards.common.distenv import exit_process
 
     exit_process(main())

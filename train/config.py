@@ -40,7 +40,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the shards are and how the streaming loader reads them (data_shards.loader)."""
+    """Where the shards are and how the streaming loader reads them (data_shards.stream.loader)."""
 
     urls: list[str] = field(default_factory=list)
     """Shard URLs, brace-expanded by the loader, e.g. ["/data/shards/train-{000000..000127}.tar"]."""

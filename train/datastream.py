@@ -3,7 +3,7 @@
 * :func:`preflight` runs BEFORE DeepSpeed starts: every local shard exists, the dataset has at
   least one sample, the reasoning files exist. It fails with one line naming what is missing.
 * :func:`corpus_texts` reads the records (json members only, no video) for training a BPE.
-* :class:`BatchStream` iterates epochs of ``data_shards.loader`` batches and knows its position
+* :class:`BatchStream` iterates epochs of ``data_shards.stream.loader`` batches and knows its position
   ``(epoch, batches consumed in that epoch)``.
 
 Resuming the data position: the loader's order is a deterministic function of
@@ -99,7 +99,7 @@ def preflight(cfg: DataConfig, count_questions: bool = False) -> DataSummary:
     Raises:
         DataError: one line naming the missing file / pattern or saying the dataset is empty.
     """
-    from data_shards.loader import expand_urls
+    from data_shards.stream.loader import expand_urls
 
     urls: list[str] = []
     for pattern in cfg.urls:
@@ -195,7 +195,7 @@ class BatchStream:
     """Endless stream of loader batches over epochs, with a resumable position.
 
     Args:
-        loader: a ``data_shards.loader.VideoQALoader`` (has ``set_epoch`` and one-epoch ``__iter__``).
+        loader: a ``data_shards.stream.loader.VideoQALoader`` (has ``set_epoch`` and one-epoch ``__iter__``).
         epoch, batch: the position to start from (batches of ``epoch`` already consumed).
     """
 

@@ -1,6 +1,6 @@
 """Who we are in the job, the checked parallel layout, and process-group setup.
 
-Rank / world size / local rank come from ONE function, ``data_shards.distenv.world_info_from_env``
+Rank / world size / local rank come from ONE function, ``data_shards.common.distenv.world_info_from_env``
 (torchrun, the deepspeed launcher, SLURM srun, Open MPI). ``ParallelDims`` checks the layout
 against the batch settings before anything heavy starts (torchtitan's ParallelDims idea: data
 parallelism only, ZeRO shards over all ranks).
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from data_shards.distenv import WorldInfo, world_info_from_env
+from data_shards.common.distenv import WorldInfo, world_info_from_env
 
 
 @dataclass(frozen=True)

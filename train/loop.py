@@ -55,7 +55,7 @@ class Trainer:
         self.epoch_batches = epoch_batches_for(cfg.data, self.data_summary, self.dims.world_size)
         self.reasoning = None
         if cfg.data.reasoning:
-            from reasoning_gen.records import load_reasoning
+            from data_shards.reasoning_records import load_reasoning
 
             self.reasoning = load_reasoning(cfg.data.reasoning)
         runguard.check_run_folder(cfg, resume)
@@ -141,7 +141,7 @@ class Trainer:
         return model, engine
 
     def _loader(self) -> Any:
-        from data_shards.loader import LoaderConfig, build_loader
+        from data_shards.stream.loader import LoaderConfig, build_loader
 
         d = self.cfg.data
         lcfg = LoaderConfig(urls=list(self.data_summary.urls), num_frames=d.num_frames, frame_size=tuple(d.frame_size),

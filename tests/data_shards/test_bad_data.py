@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from data_shards.loader import LoaderConfig, build_loader
-from data_shards.synth import make_synthetic
+from data_shards.stream.loader import LoaderConfig, build_loader
+from data_shards.synth.make import make_synthetic
 from tests.conftest import REPO, has_ffmpeg
 from tests.data_shards.media_helpers import make_record, make_shards
 
@@ -114,7 +114,7 @@ def test_every_skip_warning_of_the_loader_names_the_shard_file(tmp_path, caplog)
     bad = [tmp_path / n for n in ("zero.tar", "trunc.tar", "odd.tar")]
     cfg = LoaderConfig(urls=[str(p) for p in bad + paths], num_frames=2, frame_size=(24, 32), batch_size=2,
                        num_workers=0, shuffle_shards=False, shuffle_buffer=0, log_every_s=0.0)
-    caplog.set_level(logging.WARNING, logger="data_shards.loader")
+    caplog.set_level(logging.WARNING, logger="data_shards.stream.loader")
     loader = build_loader(cfg, 0, 1)
     assert sum(len(b) for b in loader) >= 10  # the 4 good videos (10 questions), + what trunc.tar held
     skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]

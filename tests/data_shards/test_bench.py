@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import re
 
-from data_shards.bench import CSV_FIELDS, main
+from data_shards.bench.loader_bench import CSV_FIELDS, main
 from tests.data_shards.media_helpers import make_shards
 
 
@@ -42,8 +42,8 @@ def test_bench_end_to_end(tmp_path, capsys):
 def test_bench_makes_long_gop_sources_and_benches_transcoded_shards(tmp_path, capsys):
     """--make-sources --gop x264 --transcode: original shards (one key frame per video), transcoded
     shards (a key frame every 4 frames), and the transcoded loader's fidelity and cost in the table."""
-    from data_shards.bench import tar_videos
-    from data_shards.transcode import keyframe_times
+    from data_shards.bench.loader_bench import tar_videos
+    from data_shards.ingest.transcode import keyframe_times
 
     csv_path = tmp_path / "loader.csv"
     argv = ["--make-sources", str(tmp_path / "src"), "--gop", "x264", "--source-size", "64x96", "--source-seconds", "3",
@@ -70,7 +70,7 @@ def test_bench_makes_long_gop_sources_and_benches_transcoded_shards(tmp_path, ca
 
 
 def test_csv_with_an_older_header_is_rewritten_with_the_new_columns(tmp_path):
-    from data_shards.bench import append_csv
+    from data_shards.bench.loader_bench import append_csv
 
     path = tmp_path / "old.csv"
     path.write_text("date,commit,speedup_vs_pyav\n2026-01-01,abc,1.5\n")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from data_shards.convert import convert, main
+from data_shards.ingest.convert import convert, main
 from data_shards.schema import CAPTION_QTYPE, SchemaError, read_records, validate_record
 
 

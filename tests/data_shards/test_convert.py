@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from data_shards.convert import convert, main, summarize
+from data_shards.ingest.convert import convert, main, summarize
 from data_shards.schema import SchemaError, read_records
 
 NEXTQA = "nextqa_val_head60.csv"

@@ -1,4 +1,4 @@
-"""``data_shards.distenv.exit_process``: how a command's process ends after a distributed run.
+"""``data_shards.common.distenv.exit_process``: how a command's process ends after a distributed run.
 
 Each case is a real child process. After it joined a (gloo, one rank) process group it must
 leave with the code asked for, with its buffered stdout written, its ``atexit`` handlers run and
@@ -22,7 +22,7 @@ import atexit, os, sys
 from pathlib import Path
 import torch
 import torch.distributed as dist
-from data_shards.distenv import exit_process, shutdown
+from data_shards.common.distenv import exit_process, shutdown
 
 out = Path(sys.argv[1])
 join = sys.argv[2] == "join"

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from data_shards.frames import DecodeError, decode_frames, segment_times
+from data_shards.stream.frames import DecodeError, decode_frames, segment_times
 from tests.data_shards.media_helpers import encode_indexed_mp4, frame_index
 
 FPS = 10

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_shards.loader import LoaderConfig, build_loader, main
+from data_shards.stream.loader import LoaderConfig, build_loader, main
 from tests.data_shards.media_helpers import encode_indexed_mp4, frame_index, make_record, make_shards, write_tar
 
 SIZE = (24, 32)
@@ -111,7 +111,7 @@ def test_corrupt_tar_corrupt_video_and_missing_shard_are_skipped_and_counted(bro
 
 def test_skips_are_logged_with_a_rate_limit(broken, caplog):
     urls, _want, _ = broken
-    caplog.set_level(logging.WARNING, logger="data_shards.loader")
+    caplog.set_level(logging.WARNING, logger="data_shards.stream.loader")
     loader = build_loader(cfg_for(urls, num_workers=0, log_every_s=3600.0), 0, 1)
     list(loader)
     list(loader)  # second epoch: the same three failures again, within the hour: not logged again
@@ -222,8 +222,8 @@ def test_cli_prints_batches_and_stats(shards, capsys):
 def test_synth_write_load_round_trip(tmp_path):
     """synth -> writer -> loader: every question exactly once, answers and extras equal the records'."""
     from data_shards.schema import read_records
-    from data_shards.synth import make_synthetic
-    from data_shards.writer import write_shards
+    from data_shards.synth.make import make_synthetic
+    from data_shards.ingest.writer import write_shards
 
     records_path = make_synthetic(tmp_path / "syn", videos=6, seed=1, width=64, height=48, fps=8, duration=3.0)
     summary = write_shards(records_path, tmp_path / "syn" / "videos", str(tmp_path / "sh" / "train-%06d.tar"),
@@ -295,7 +295,7 @@ def test_pipeline_pickles_for_spawned_workers(shards):
 
 
 def test_decoder_threads_are_chosen_per_machine(monkeypatch):
-    from data_shards.loader import auto_decode_threads
+    from data_shards.stream.loader import auto_decode_threads
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert auto_decode_threads(2, cores=2) == 1  # a worker per core: one thread each (measured best)

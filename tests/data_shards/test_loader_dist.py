@@ -24,7 +24,7 @@ def child(out: str, urls: str, mode: str, epochs: int, epoch_batches: int | None
     import torch
     import torch.distributed as dist
 
-    from data_shards.loader import LoaderConfig, build_loader
+    from data_shards.stream.loader import LoaderConfig, build_loader
 
     if mode == "gloo":
         dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))

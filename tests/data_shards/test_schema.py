@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from data_shards.distenv import world_info_from_env
+from data_shards.common.distenv import world_info_from_env
 from data_shards.schema import QA, SchemaError, VideoRecord, make_qid, read_records, split_qid, write_records
 
 

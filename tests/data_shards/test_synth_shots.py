@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_shards import synth
-from data_shards.frames import decode_frames
+from data_shards.synth import make as synth
+from data_shards.stream.frames import decode_frames
 from data_shards.schema import read_records
-from data_shards.synth_questions import PARTS, QUADS
-from data_shards.synth_render import PALETTE
-from data_shards.synth_shots import make_shot_scene
+from data_shards.synth.questions import PARTS, QUADS
+from data_shards.synth.render import PALETTE
+from data_shards.synth.shots import make_shot_scene
 from tests.conftest import has_ffmpeg
 
 pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")

@@ -12,10 +12,10 @@ import av
 import numpy as np
 import pytest
 
-from data_shards import writer
-from data_shards.frames import decode_frames
+from data_shards.ingest import writer
+from data_shards.stream.frames import decode_frames
 from data_shards.schema import QA, VideoRecord, make_qid, write_records
-from data_shards.transcode import TranscodeConfig, keyframe_times, output_size
+from data_shards.ingest.transcode import TranscodeConfig, keyframe_times, output_size
 from tests.conftest import has_ffmpeg
 
 pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")
@@ -128,7 +128,7 @@ def test_corrupt_sources_are_skipped_counted_and_named(tmp_path, capsys):
 
 
 def test_transcode_sweep_prints_cost_bytes_and_fidelity(tmp_path, capsys):
-    from data_shards.transcode_sweep import main as sweep
+    from data_shards.bench.transcode_sweep import main as sweep
 
     src = _long_gop_source(tmp_path / "src.mp4", seconds=2.0, size=(96, 128))
     assert sweep([str(src), "--variants", "64:0:4:23:veryfast,64:5:4:23:veryfast", "--frames", "3", "--size",

@@ -31,8 +31,8 @@ pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")
 def world(tmp_path_factory):
     """Synthetic val shards (2 shards, 4 videos, 12 questions), a vCoT reasoning jsonl, an export."""
     from data_shards.schema import read_records
-    from data_shards.synth import make_synthetic
-    from data_shards.writer import main as write_main
+    from data_shards.synth.make import make_synthetic
+    from data_shards.ingest.writer import main as write_main
     from train.config import load_config, save_config
     from train.model import build_model
     from train.tokenizer import build_tokenizer

@@ -23,8 +23,8 @@ import random
 
 import pytest
 
-from data_shards.convert import convert
-from data_shards.convert import main as convert_main
+from data_shards.ingest.convert import convert
+from data_shards.ingest.convert import main as convert_main
 from data_shards.schema import QA, VideoRecord, make_qid
 from eval import __main__ as eval_cli
 from eval.score import format_table, load_annotations, main, score

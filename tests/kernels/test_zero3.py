@@ -87,7 +87,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                               "params": params, "shard_shape": shard_shape, "names": names,
                               "backend": kernels_backend.choose("cpu")[0]}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    from data_shards.distenv import exit_process, shutdown
+    from data_shards.common.distenv import exit_process, shutdown
 
     shutdown()
     exit_process(0)  # DeepSpeed keeps the gloo threads alive past destroy_process_group: see its doc

@@ -10,7 +10,7 @@ import pytest
 
 from reasoning_gen.generate import main as generate_main
 from reasoning_gen.merge import main as merge_main
-from reasoning_gen.records import load_reasoning, validate_reasoning
+from data_shards.reasoning_records import load_reasoning, validate_reasoning
 from tests.reasoning_gen.chat_server import ChatServer
 
 

@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     corpus = [REASVQA_TEMPLATE, VCOT_COMMON_TEMPLATE, VCOT_BRIDGE_TEMPLATE, "What does the ball do? red blue rolls"]
     model_dir = build_tiny_llava(root / "tiny-llava", corpus)
-    from data_shards.frames import decode_frames
+    from data_shards.stream.frames import decode_frames
 
     a = decode_frames(_mp4(root / "a.mp4", "testsrc2"), num_frames=4, size=(48, 64))
     b = decode_frames(_mp4(root / "b.mp4", "mandelbrot"), num_frames=4, size=(48, 64))

@@ -15,7 +15,7 @@ import pytest
 
 from reasoning_gen.generate import main as generate_main
 from reasoning_gen.merge import main as merge_main
-from reasoning_gen.records import validate_reasoning
+from data_shards.reasoning_records import validate_reasoning
 
 REPO = Path(__file__).resolve().parents[2]
 

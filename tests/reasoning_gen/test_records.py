@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reasoning_gen.records import (
+from data_shards.reasoning_records import (
     AppendWriter,
     load_reasoning,
     make_record,

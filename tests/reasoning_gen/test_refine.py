@@ -85,7 +85,7 @@ def test_extract_answer_edge_cases():
 
 def test_refine_cli(tmp_path, capsys):
     from data_shards.schema import QA, VideoRecord, write_records
-    from reasoning_gen.records import make_record
+    from data_shards.reasoning_records import make_record
 
     recs, raws = [], []
     for i, c in enumerate(CASES[:12]):

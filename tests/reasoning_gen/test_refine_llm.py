@@ -16,7 +16,7 @@ import pytest
 
 from reasoning_gen.backends import build_backend
 from reasoning_gen.generate import GenerateConfig, run_generation
-from reasoning_gen.records import read_reasoning_lines
+from data_shards.reasoning_records import read_reasoning_lines
 from reasoning_gen.refine import audit_leak, refine, refine_llm
 
 RAW = "The object moves across the frames in order. So the answer is (B)."

@@ -17,8 +17,8 @@ from reasoning_gen.refine import audit_leak, refine
 @pytest.fixture(scope="module")
 def qas():
     """Real synthetic-dataset questions (scenes simulated, no video encoding needed)."""
-    from data_shards.synth_questions import make_questions
-    from data_shards.synth_render import make_scene
+    from data_shards.synth.questions import make_questions
+    from data_shards.synth.render import make_scene
 
     out = []
     for i in range(80):

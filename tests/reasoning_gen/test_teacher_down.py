@@ -78,7 +78,7 @@ def _lines(out: Path) -> list[dict]:
 def _start_time_of_python() -> float:
     """Seconds the bare imports of a generate run take on this (shared) machine: the budget's zero."""
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import reasoning_gen.generate, data_shards.loader"], cwd=REPO,
+    subprocess.run([sys.executable, "-c", "import reasoning_gen.generate, data_shards.stream.loader"], cwd=REPO,
                    env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=300)
     return time.monotonic() - t0
 
@@ -137,7 +137,7 @@ def test_merge_of_a_folder_where_every_record_failed_exits_non_zero(synthetic_sh
 def test_merge_with_some_ok_records_still_exits_zero(tmp_path):
     n_ok = 3
     from reasoning_gen.merge import main as merge_main
-    from reasoning_gen.records import make_record
+    from data_shards.reasoning_records import make_record
 
     recs = [make_record(f"d/val/v/q{i}", "t", "p", raw="r", refined="r", split="val") for i in range(n_ok)]
     recs.append(make_record("d/val/v/q9", "t", "p", status="failed", error="x", split="val"))

@@ -1,7 +1,7 @@
 """Helpers of the trainer (T2) tests: real synthetic shards, the tiny recipe, 2-rank launches.
 
-Shards are REAL: ``data_shards.synth.make_synthetic`` renders and ffmpeg-encodes mp4s and
-``data_shards.writer.write_shards`` packs them into WebDataset tars (contract 1) + sizes.json.
+Shards are REAL: ``data_shards.synth.make.make_synthetic`` renders and ffmpeg-encodes mp4s and
+``data_shards.ingest.writer.write_shards`` packs them into WebDataset tars (contract 1) + sizes.json.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ SYNTH = dict(width=64, height=64, fps=8, duration=2.0, questions_per_video=3, jo
 
 def make_shards(root: Path, videos: int = 8, shards: int = 4, seed: int = 0) -> str:
     """Synthetic videos -> ``shards`` tar files (+ sizes.json) under ``root/shards``; returns the brace pattern."""
-    from data_shards.synth import make_synthetic
-    from data_shards.writer import write_shards
+    from data_shards.synth.make import make_synthetic
+    from data_shards.ingest.writer import write_shards
 
     src = root / "synth"
     records = make_synthetic(src, videos=videos, seed=seed, **SYNTH)

@@ -106,7 +106,7 @@ def main(out: str, packing: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    from data_shards.distenv import exit_process, shutdown
+    from data_shards.common.distenv import exit_process, shutdown
 
     main(sys.argv[1], packing="--packing" in sys.argv[2:])
     shutdown()

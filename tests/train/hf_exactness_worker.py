@@ -83,7 +83,7 @@ def main(out: str, model_dir: str, lora: bool) -> None:
 
 
 if __name__ == "__main__":
-    from data_shards.distenv import exit_process, shutdown
+    from data_shards.common.distenv import exit_process, shutdown
 
     main(sys.argv[1], sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "lora")
     shutdown()

@@ -42,7 +42,7 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    from data_shards.distenv import exit_process, shutdown
+    from data_shards.common.distenv import exit_process, shutdown
 
     main(Path(sys.argv[1]))
     shutdown()

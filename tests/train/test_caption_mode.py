@@ -75,10 +75,10 @@ def test_projector_init_from_a_stage1_export_and_its_errors(tmp_path):
 
 def _caption_shards(root) -> str:
     """Real caption shards: synthetic mp4s, one caption per video (its first question's true steps)."""
-    from data_shards.convert import convert
+    from data_shards.ingest.convert import convert
     from data_shards.schema import read_records, write_records
-    from data_shards.synth import make_synthetic
-    from data_shards.writer import write_shards
+    from data_shards.synth.make import make_synthetic
+    from data_shards.ingest.writer import write_shards
 
     records = list(read_records(make_synthetic(root / "synth", videos=8, seed=0, **SYNTH)))
     lines = [json.dumps({"video": r.video, "caption": " ".join(r.qas[0].extra["reasoning_steps"])}) for r in records]

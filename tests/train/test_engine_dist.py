@@ -107,7 +107,7 @@ def test_tiny_recipe_trains_and_matches_the_golden_losses(golden_run):
     assert sorted(got) == list(range(1, GOLDEN_STEPS + 1))
     seq = [got[s] for s in sorted(got)]
     assert seq[-1] < seq[0] - 1.0, f"loss did not fall: {seq}"
-    from data_shards.synth import GENERATOR_VERSION
+    from data_shards.synth.make import GENERATOR_VERSION
 
     assert golden["versions"]["synth_generator"] == GENERATOR_VERSION, (
         f"the synthetic generator changed: regenerate with `{golden['regenerate']}`")

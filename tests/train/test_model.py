@@ -59,7 +59,7 @@ def random_frames(n=2, t=4, h=48, w=64, seed=0):
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
 def test_forward_on_real_decoded_frames(tok, tmp_path):
-    from data_shards.frames import decode_frames
+    from data_shards.stream.frames import decode_frames
 
     mp4 = tmp_path / "clip.mp4"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=96x72:rate=10",
@@ -323,7 +323,7 @@ for lora in (False, True):
     scores = model.score_options(tok, b["pixel_values"][:1], ["What color?"], [["red", "blue"]])
     assert torch.isfinite(scores["sum"]).all()
     print("ok", lora, losses)
-from data_shards.distenv import exit_process, shutdown
+from data_shards.common.distenv import exit_process, shutdown
 shutdown()
 exit_process(0)  # see its doc: DeepSpeed keeps the gloo threads alive past destroy_process_group
 """

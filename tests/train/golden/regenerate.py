@@ -34,7 +34,7 @@ def main() -> int:
     import deepspeed
     import torch
 
-    from data_shards.synth import GENERATOR_VERSION
+    from data_shards.synth.make import GENERATOR_VERSION
 
     with tempfile.TemporaryDirectory() as tmp:
         urls = make_shards(Path(tmp))

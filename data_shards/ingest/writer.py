@@ -22,7 +22,7 @@ exceeded (a single bigger sample gets a shard of its own). Each shard is written
 final name; ``sizes.json`` is written the same way.
 
 With ``--transcode`` every video (clips: their window) is re-encoded once before it is stored:
-smaller, a key frame every few frames, audio dropped (:mod:`data_shards.transcode`; the record's
+smaller, a key frame every few frames, audio dropped (:mod:`data_shards.ingest.transcode`; the record's
 ``meta["transcode"]`` says what was done); ``--tc-jobs`` ffmpeg processes run ahead of the writer.
 
 Video lookup: ``DIR/{record.video}``; else ``--video-map`` (json: video_id or file stem ->
@@ -43,9 +43,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .schema import VideoRecord, read_records, validate_record
-from .transcode import TranscodeConfig, Transcoder, add_arguments, config_from_args
-from .video_io import VIDEO_EXTS, VideoError, cut_clip, probe_video
+from data_shards.schema import VideoRecord, read_records, validate_record
+from data_shards.ingest.transcode import TranscodeConfig, Transcoder, add_arguments, config_from_args
+from data_shards.ingest.video_io import VIDEO_EXTS, VideoError, cut_clip, probe_video
 
 TAR_BLOCK = 512
 
@@ -295,7 +295,7 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
         max_count, max_size: roll-over limits per shard (samples, bytes).
         video_map: optional video_id (or file stem) -> path under ``videos_dir``.
         log: where progress lines go (``print``-like).
-        transcode: re-encode every video first (:mod:`data_shards.transcode`), ``jobs`` at once
+        transcode: re-encode every video first (:mod:`data_shards.ingest.transcode`), ``jobs`` at once
             (default: usable cores); None stores the videos as they are.
 
     Returns:

@@ -1,15 +1,15 @@
 """Loader throughput: our streaming loader vs decoding the same shards with PyAV, in one run.
 
 ``python -m data_shards bench SHARDS [--frames 8 --workers 2 --size 224x224 --seconds 20 --max-videos M]
-[--transcoded TC_SHARDS]`` or, making its own sources (:mod:`data_shards.bench_sources`),
+[--transcoded TC_SHARDS]`` or, making its own sources (:mod:`data_shards.bench.sources`),
 ``python -m data_shards bench --make-sources DIR --gop x264 [--transcode --tc-height 256 ...]``
 
 Providers (each runs until it has handled ``--max-videos`` videos or ``--seconds`` passed,
 cycling over the shards as often as needed; same K timestamps per video, the segment middles):
 
-- ``loader``: :func:`data_shards.loader.build_loader` with N workers, shards read in endless
+- ``loader``: :func:`data_shards.stream.loader.build_loader` with N workers, shards read in endless
   passes; a video counts when its last question is yielded to the consumer (main process).
-- ``torchcodec-seq``: :func:`data_shards.frames.decode_frames` on each tar member, one process
+- ``torchcodec-seq``: :func:`data_shards.stream.frames.decode_frames` on each tar member, one process
   (the decoder alone: shows what the pipeline adds or loses).
 - ``pyav-seq`` (the baseline of ``speedup_vs_pyav_seek``): PyAV, one process: open each video from the
   tar bytes, for each timestamp seek (to the key frame before it) and decode forward to the
@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_shards.frames import segment_times
+from data_shards.stream.frames import segment_times
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = REPO / "docs" / "bench" / "loader.csv"
@@ -186,7 +186,7 @@ def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers:
 
     Timed from building the loader (worker start-up included) to the last counted batch.
     """
-    from data_shards.loader import LoaderConfig, build_loader
+    from data_shards.stream.loader import LoaderConfig, build_loader
 
     t0, cpu0, done = time.perf_counter(), cpu_seconds(), 0
     cfg = LoaderConfig(urls=urls, num_frames=num_frames, frame_size=size, batch_size=8, num_workers=workers,
@@ -248,7 +248,7 @@ def transcode_cost(urls: list[str]) -> tuple[float, float, dict]:
 
 def native_check(urls: list[str], num_frames: int) -> str:
     """Decode the first video at its own size with torchcodec and with PyAV: are the frames identical?"""
-    from data_shards.frames import decode_frames
+    from data_shards.stream.frames import decode_frames
 
     key, record, data = next(tar_videos(urls))
     ours = decode_frames(data, num_frames, None, record["start"], record["end"]).permute(0, 2, 3, 1).numpy()
@@ -299,7 +299,7 @@ def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: in
     """
     import torch
 
-    from data_shards.frames import decode_frames
+    from data_shards.stream.frames import decode_frames
 
     index = [(key, rec) for key, rec, _ in tar_videos(urls)]
     if not index:
@@ -374,9 +374,9 @@ def _print_sweep(args: argparse.Namespace, urls: list[str], source: str) -> int:
 
 def _sources(args: argparse.Namespace) -> tuple[list[str], list[str] | None, str]:
     """The original and (optional) transcoded shard URLs the options name or make, and the source label."""
-    from data_shards.bench_sources import make_shards, make_sources, parse_gop
-    from data_shards.loader import expand_urls
-    from data_shards.transcode import config_from_args
+    from data_shards.bench.sources import make_shards, make_sources, parse_gop
+    from data_shards.stream.loader import expand_urls
+    from data_shards.ingest.transcode import config_from_args
 
     tc_cfg = config_from_args(args)
     if args.make_sources is None:
@@ -401,8 +401,8 @@ def _sources(args: argparse.Namespace) -> tuple[list[str], list[str] | None, str
 
 
 def _arguments() -> argparse.ArgumentParser:
-    from data_shards.loader import _parse_size
-    from data_shards.transcode import add_arguments
+    from data_shards.stream.loader import _parse_size
+    from data_shards.ingest.transcode import add_arguments
 
     p = argparse.ArgumentParser(prog="python -m data_shards bench", description=main.__doc__)
     p.add_argument("shards", nargs="?", help="shard URL pattern, e.g. 'bench/shards/train-{000000..000007}.tar'")
@@ -419,7 +419,7 @@ def _arguments() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=str(DEFAULT_CSV), help="append the result row here ('' to skip)")
     p.add_argument("--sweep-threads", default=None, metavar="WxT,...",
                    help="instead: the loader alone with W workers x T FFmpeg threads each, e.g. 2x1,1x2,2x2")
-    g = p.add_argument_group("sources made by the bench (data_shards.bench_sources)")
+    g = p.add_argument_group("sources made by the bench (data_shards.bench.sources)")
     g.add_argument("--make-sources", default=None, metavar="DIR", help="make (or reuse) source videos and shards here")
     g.add_argument("--gop", default="x264", help="synthetic (1 s GOP as rendered), x264 (default GOP 250) or N frames")
     g.add_argument("--source-size", type=_parse_size, default=(360, 640), help="HxW of the source videos")

@@ -34,6 +34,12 @@ def _int(env: dict, *names: str) -> int | None:
     return None
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
 def world_info_from_env(env: dict | None = None) -> WorldInfo:
     """Read the process's place in the job from the environment.
 

@@ -19,8 +19,8 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from .schema import SchemaError, validate_record
-from .video_io import VIDEO_EXTS
+from data_shards.schema import SchemaError, validate_record
+from data_shards.ingest.video_io import VIDEO_EXTS
 
 _COUNTS = ("samples", "videos", "questions", "video_bytes", "bytes")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_shards.converters.common import Row, check_answer, parse_id, parse_int, parse_text
-from data_shards.converters.star import load_json_list
+from data_shards.ingest.converters.common import Row, check_answer, parse_id, parse_int, parse_text
+from data_shards.ingest.converters.star import load_json_list
 from data_shards.schema import QA, SchemaError, make_qid
 
 QTYPE = "EgoSchema"

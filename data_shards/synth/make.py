@@ -7,8 +7,8 @@ fields are paths relative to ``DIR/videos``, so the shard writer takes
 
 Each video is drawn from ``numpy.random.default_rng([seed, crc32(split), index])``, so the same
 seed gives byte-identical records and identical decoded frames, whatever the number of jobs.
-Scenes and questions are built in :mod:`data_shards.synth_render` and
-:mod:`data_shards.synth_questions`; every record's ``meta`` holds the event timeline and each
+Scenes and questions are built in :mod:`data_shards.synth.render` and
+:mod:`data_shards.synth.questions`; every record's ``meta`` holds the event timeline and each
 object's final state, which is what the questions were derived from.
 """
 
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .schema import CAPTION_QTYPE, QA, VideoRecord, make_qid, read_records, write_records
-from .synth_questions import make_questions
-from .synth_render import COLOURS, PALETTE, Scene, make_scene, render_frames
-from .synth_shots import SHOT_QTYPES, make_shot_questions, make_shot_scene, render_shots, shot_meta
-from .video_io import encode_frames
+from data_shards.schema import CAPTION_QTYPE, QA, VideoRecord, make_qid, read_records, write_records
+from data_shards.synth.questions import make_questions
+from data_shards.synth.render import COLOURS, PALETTE, Scene, make_scene, render_frames
+from data_shards.synth.shots import SHOT_QTYPES, make_shot_questions, make_shot_scene, render_shots, shot_meta
+from data_shards.ingest.video_io import encode_frames
 
 DATASET = "synthetic"
 GENERATOR_VERSION = 1
@@ -55,7 +55,7 @@ def scene_meta(scene: Scene, seed: int, index: int) -> dict:
             "duration": round(scene.duration, 4), "frame_count": scene.frames,
             "background": list(scene.background), "palette": {c: list(PALETTE[c]) for c in COLOURS},
             "objects": objects, "events": events,
-            "generator": {"name": "data_shards.synth", "version": GENERATOR_VERSION,
+            "generator": {"name": "data_shards.synth.make", "version": GENERATOR_VERSION,
                           "seed": seed, "index": index}}
 
 
@@ -70,7 +70,7 @@ def make_video(videos_dir: Path, index: int, seed: int, split: str, width: int, 
     if scene_kind == "shots":
         shot_scene = make_shot_scene(rng, width, height, fps, frames, shots, objects)
         drafts, pixels = make_shot_questions(shot_scene, rng, questions_per_video, qtypes), render_shots(shot_scene)
-        meta = {**shot_meta(shot_scene), "generator": {"name": "data_shards.synth", "version": GENERATOR_VERSION,
+        meta = {**shot_meta(shot_scene), "generator": {"name": "data_shards.synth.make", "version": GENERATOR_VERSION,
                                                         "seed": seed, "index": index}}
     else:
         scene = make_scene(rng, width, height, fps, frames)
@@ -100,9 +100,9 @@ def make_synthetic(out_dir: str | Path, videos: int, seed: int, split: str = "tr
         preset: x264 preset (``ultrafast`` for the big benchmark videos).
         jobs: videos rendered/encoded at once (threads driving ffmpeg processes); the output
             does not depend on it. None = min(4, cpu count).
-        scene: ``motion`` (moving, bouncing objects; :mod:`data_shards.synth_render`) or ``shots``
+        scene: ``motion`` (moving, bouncing objects; :mod:`data_shards.synth.render`) or ``shots``
             (``shots`` static shots; every question answerable from one frame per shot,
-            :mod:`data_shards.synth_shots`).
+            :mod:`data_shards.synth.shots`).
         shots: shots per video when ``scene == "shots"`` (train with ``data.num_frames`` = shots).
         objects: (fewest, most) objects of a shot scene, within 1..3.
         qtypes: shot scenes: ask only these question types (``synth_shots.SHOT_QTYPES``; None = all).

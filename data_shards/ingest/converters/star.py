@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from data_shards.converters.common import Row, parse_id, parse_int, parse_number, parse_text
+from data_shards.ingest.converters.common import Row, parse_id, parse_int, parse_number, parse_text
 from data_shards.schema import QA, SchemaError, make_qid
 
 STAR_TYPES = ("Interaction", "Sequence", "Prediction", "Feasibility")

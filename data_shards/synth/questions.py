@@ -1,4 +1,4 @@
-"""Temporal multiple-choice questions about a simulated :class:`~data_shards.synth_render.Scene`.
+"""Temporal multiple-choice questions about a simulated :class:`~data_shards.synth.render.Scene`.
 
 Every question is derived from the scene's event timeline and per-frame state, never from
 text, so its answer is what the frames show. Question types use the NExT-QA codes:
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .schema import OPTION_LETTERS
-from .synth_render import COLOURS, SIDES, Scene
+from data_shards.schema import OPTION_LETTERS
+from data_shards.synth.render import COLOURS, SIDES, Scene
 
 DIRS = ("right", "up and to the right", "up", "up and to the left", "left", "down and to the left",
         "down", "down and to the right")

@@ -1,4 +1,4 @@
-"""Stages of the streaming loader (see :mod:`data_shards.loader` for the assembled pipeline).
+"""Stages of the streaming loader (see :mod:`data_shards.stream.loader` for the assembled pipeline).
 
 Everything here runs inside DataLoader worker processes:
 
@@ -31,10 +31,10 @@ from typing import Any
 import torch
 import torch.utils.data
 
-from data_shards.frames import DecodeError, decode_frames
+from data_shards.stream.frames import DecodeError, decode_frames
 from data_shards.schema import SchemaError, validate_record
 
-log = logging.getLogger("data_shards.loader")
+log = logging.getLogger("data_shards.stream.loader")
 
 FAILURES = ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record", "incomplete_sample")
 """Skip categories: every skipped shard or sample is counted in exactly one of these."""

@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from .schema import read_records, write_records
-from .transcode import TranscodeConfig, usable_cores
-from .video_io import VideoError, ffmpeg_bin
+from data_shards.schema import read_records, write_records
+from data_shards.common.distenv import usable_cores
+from data_shards.ingest.transcode import TranscodeConfig
+from data_shards.ingest.video_io import VideoError, ffmpeg_bin
 
 GOPS = ("synthetic", "x264")
 """``synthetic``: the rendered videos (one key frame per second, x264 veryfast); ``x264``: re-encoded
@@ -56,7 +57,7 @@ def _stamp(folder: Path, params: dict) -> None:
 def make_sources(out: str | Path, videos: int, size: tuple[int, int], seconds: float, fps: float, gop: str,
                  jobs: int | None = None, log=print) -> Path:
     """Synthetic videos re-encoded with the given GOP; returns their records.jsonl (videos beside it)."""
-    from .synth import make_synthetic
+    from data_shards.synth.make import make_synthetic
 
     out, jobs = Path(out), jobs or usable_cores()
     h, w = size
@@ -88,7 +89,7 @@ def make_sources(out: str | Path, videos: int, size: tuple[int, int], seconds: f
 def make_shards(records: Path, tc: TranscodeConfig | None, per_shard: int = 2, jobs: int | None = None,
                 log=print) -> str:
     """Shards of ``records`` (as they are, or transcoded) beside them; returns the brace URL pattern."""
-    from .writer import write_shards
+    from data_shards.ingest.writer import write_shards
 
     params = {"per_shard": per_shard, "transcode": asdict(tc) if tc else None}
     tag = "-".join(f"{k}{v}" for k, v in asdict(tc).items() if v is not None) if tc else ""

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_shards.converters.common import Row, parse_id, parse_number, parse_text
+from data_shards.ingest.converters.common import Row, parse_id, parse_number, parse_text
 from data_shards.schema import CAPTION_QTYPE, QA, SchemaError, make_qid
 
 

@@ -1,6 +1,6 @@
 """``python -m data_shards convert``: public annotation files -> schema-v1 records (jsonl).
 
-Datasets and the files they read (details in ``data_shards/converters/``):
+Datasets and the files they read (details in ``data_shards/ingest/converters/``):
 
 - ``nextqa``: ``{train,val,test}.csv``; video file ``{video_id}.mp4``.
 - ``intentqa``: its ``{train,val,test}.csv`` (NExT-QA videos).
@@ -25,11 +25,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from data_shards.converters.captions import read_caption_rows
-from data_shards.converters.common import group_rows
-from data_shards.converters.csvqa import read_csv_rows
-from data_shards.converters.egoschema import read_egoschema_rows
-from data_shards.converters.star import read_star_rows
+from data_shards.ingest.converters.captions import read_caption_rows
+from data_shards.ingest.converters.common import group_rows
+from data_shards.ingest.converters.csvqa import read_csv_rows
+from data_shards.ingest.converters.egoschema import read_egoschema_rows
+from data_shards.ingest.converters.star import read_star_rows
 from data_shards.schema import VideoRecord, write_records
 
 DATASETS = ("nextqa", "intentqa", "star", "egoschema", "captions")

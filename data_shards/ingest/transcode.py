@@ -18,7 +18,7 @@ in the same pass. The stored record keeps the original's metadata and adds ``met
 the settings, the source's and the output's stream properties and bytes, and the CPU seconds.
 
 A source that cannot be probed, that ffmpeg fails on, or whose output is much shorter than the
-source (a truncated or corrupt file) raises :class:`~data_shards.video_io.VideoError` naming it;
+source (a truncated or corrupt file) raises :class:`~data_shards.ingest.video_io.VideoError` naming it;
 the writer skips, counts and names it like any other bad video.
 """
 
@@ -33,7 +33,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .video_io import VideoError, VideoInfo, ffmpeg_bin, probe_video
+from data_shards.common.distenv import usable_cores
+from data_shards.ingest.video_io import VideoError, VideoInfo, ffmpeg_bin, probe_video
 
 CODECS = ("libx264", "libx265")
 """Encoders whose ``-preset`` / ``-crf`` / ``-g`` options mean the same (both decode with libavcodec)."""
@@ -73,12 +74,6 @@ class TranscodeConfig:
             raise ValueError(f"TranscodeConfig.gop must be >= 1, got {self.gop}")
         if self.codec not in CODECS:
             raise ValueError(f"TranscodeConfig.codec must be one of {CODECS}, got {self.codec!r}")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS has one)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def output_size(width: int, height: int, cfg: TranscodeConfig) -> tuple[int, int]:

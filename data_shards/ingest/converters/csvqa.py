@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from data_shards.converters.common import Row, check_answer, parse_id, parse_int, parse_text
+from data_shards.ingest.converters.common import Row, check_answer, parse_id, parse_int, parse_text
 from data_shards.schema import QA, SchemaError, make_qid
 
 NEXTQA_TYPES = ("CW", "CH", "TN", "TP", "TC", "DC", "DL", "DO")

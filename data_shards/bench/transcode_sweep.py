@@ -1,9 +1,9 @@
 """Transcode settings vs decode cost, bytes and fidelity, on a few source videos (how the defaults were picked).
 
-``python -m data_shards.transcode_sweep VIDEO... [--variants 256:0:8:23:veryfast,256:8:4:23:veryfast]``
+``python -m data_shards.bench.transcode_sweep VIDEO... [--variants 256:0:8:23:veryfast,256:8:4:23:veryfast]``
 
 A variant is ``height:fps:gop:crf:preset`` (fps 0: no cap). For each source video and variant:
-the transcode's CPU seconds (:func:`data_shards.transcode.transcode_file`), its bytes, the CPU time
+the transcode's CPU seconds (:func:`data_shards.ingest.transcode.transcode_file`), its bytes, the CPU time
 of decoding K frames at the segment middles at ``--size`` (torchcodec, one thread, as a loader
 worker; median of ``--reps``), and the PSNR of those frames, and of frames at ``--random`` random
 timestamps, against the source decoded at the same timestamps and size (worst video). The source's
@@ -23,10 +23,10 @@ import torch
 from torchcodec.decoders import VideoDecoder
 from torchcodec.transforms import Resize
 
-from data_shards.bench import pyav_frames
-from data_shards.frames import decode_frames
-from data_shards.loader import _parse_size
-from data_shards.transcode import TranscodeConfig, transcode_file
+from data_shards.bench.loader_bench import pyav_frames
+from data_shards.stream.frames import decode_frames
+from data_shards.stream.loader import _parse_size
+from data_shards.ingest.transcode import TranscodeConfig, transcode_file
 
 DEFAULT_VARIANTS = ("256:0:30:23:veryfast,256:0:8:23:veryfast,256:0:4:23:veryfast,256:15:8:23:veryfast,"
                     "256:8:8:23:veryfast,256:8:4:23:veryfast,224:0:8:23:veryfast,256:0:8:28:veryfast")
@@ -59,7 +59,7 @@ def parse_variant(text: str) -> TranscodeConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_shards.transcode_sweep", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m data_shards.bench.transcode_sweep", description=__doc__.split("\n")[0])
     p.add_argument("videos", nargs="+", help="source video files")
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma-separated height:fps:gop:crf:preset")
     p.add_argument("--frames", type=int, default=8)

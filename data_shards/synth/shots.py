@@ -1,11 +1,11 @@
 """Shot scenes: a synthetic VideoQA variant whose every question is answerable from the sampled frames.
 
-The motion scenes of :mod:`data_shards.synth_render` change between any two frames, so most of
+The motion scenes of :mod:`data_shards.synth.render` change between any two frames, so most of
 their questions (what happened right after a bounce, which way an object moved) depend on
 frames that a K-frame sampler never shows. A *shot scene* is a sequence of ``K`` static shots of
 equal length: up to four objects, each in one quadrant of the frame (or out of view), and the
 scene changes only between shots. The loader samples the middle of each of ``K`` equal segments
-(:func:`data_shards.frames.segment_times`), so with ``data.num_frames == K`` it shows one frame
+(:func:`data_shards.stream.frames.segment_times`), so with ``data.num_frames == K`` it shows one frame
 of every shot, and every question below can be answered from exactly those frames:
 
   DO  colour of an object at the end           DL  where an object is at the end / appears
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .synth_questions import DIRS, NEVER, PARTS, QUADS, Draft, choose
-from .synth_render import BACKGROUNDS, COLOURS, PALETTE, SHAPES, _paste, sprite
+from data_shards.synth.questions import DIRS, NEVER, PARTS, QUADS, Draft, choose
+from data_shards.synth.render import BACKGROUNDS, COLOURS, PALETTE, SHAPES, _paste, sprite
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 # Quadrant index q = 2 * bottom + right (as synth_questions.QUADS); (column, row) of each.

@@ -1,6 +1,6 @@
 """Streaming loader: WebDataset video shards -> decoded frames -> batches of question samples.
 
-Pipeline of one DataLoader worker (webdataset 1.0.2 stages, see :mod:`data_shards.pipeline`)::
+Pipeline of one DataLoader worker (webdataset 1.0.2 stages, see :mod:`data_shards.stream.pipeline`)::
 
     brace-expanded URLs (paths, pipe:...) -> shard source: seeded per-epoch shuffle, split by rank
     then by worker (or ResampledShards) -> tar reader (handler: skip + count) -> shuffle buffer
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from data_shards.pipeline import (
+from data_shards.stream.pipeline import (
     FAILURES,
     CountDecoded,
     Progress,
@@ -50,9 +50,9 @@ from data_shards.pipeline import (
     decode_video,
     expand_questions,
 )
-from data_shards.transcode import usable_cores
+from data_shards.common.distenv import usable_cores
 
-log = logging.getLogger("data_shards.loader")
+log = logging.getLogger("data_shards.stream.loader")
 
 
 @dataclass
@@ -113,7 +113,7 @@ def resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
         if rank is None or world_size is None:
             raise ValueError(f"give both rank and world_size or neither (got rank={rank}, world_size={world_size})")
     else:
-        from data_shards.distenv import world_info_from_env
+        from data_shards.common.distenv import world_info_from_env
 
         info = world_info_from_env()
         if info.launcher != "none":
@@ -268,8 +268,8 @@ def build_loader(cfg: LoaderConfig, rank: int | None = None, world_size: int | N
     Args:
         cfg: what to read and how.
         rank, world_size: this process's place; None: from the launcher's environment
-            (:func:`data_shards.distenv.world_info_from_env`), else torch.distributed, else 0 of 1.
-        reasoning: reasoning records by qid (``reasoning_gen.records.load_reasoning``); each
+            (:func:`data_shards.common.distenv.world_info_from_env`), else torch.distributed, else 0 of 1.
+        reasoning: reasoning records by qid (``data_shards.reasoning_records.load_reasoning``); each
             question sample gets its record under "reasoning" (None when absent).
 
     Returns:
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     reasoning = None
     if args.reasoning:
-        from reasoning_gen.records import load_reasoning
+        from data_shards.reasoning_records import load_reasoning
 
         reasoning = load_reasoning(args.reasoning)
     cfg = LoaderConfig(urls=args.shards, num_frames=args.frames, frame_size=args.size, batch_size=args.batch_size,

@@ -1,0 +1,3 @@
+"""The synthetic temporal VideoQA dataset the demo and the tests train on: scenes rendered to mp4
+with ffmpeg (``render``, ``shots``), questions over what happened in them (``questions``), and
+records (``make``: ``python -m data_shards synth``)."""
