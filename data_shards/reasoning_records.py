@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from data_shards.common.atomic import atomic_write_lines
+
 log = logging.getLogger(__name__)
 
 FIELDS: dict[str, tuple] = {
@@ -144,18 +146,7 @@ class AppendWriter:
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> int:
     """Write records to ``path`` through a temp file renamed at the end; returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    return n
+    return atomic_write_lines(path, (json.dumps(r, ensure_ascii=False) for r in records))
 
 
 def read_reasoning_lines(path: str | Path, counts: dict | None = None,

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_shards.common.atomic import atomic_write_lines
+
 SCHEMA_VERSION = 1
 OPTION_LETTERS = "ABCDEFGHIJ"
 CAPTION_QTYPE = "caption"
@@ -232,20 +234,20 @@ def read_records(path: str | Path) -> Iterator[VideoRecord]:
 
 
 def write_records(records: Iterable[VideoRecord], path: str | Path) -> int:
-    """Validate and write records as jsonl (atomically: a temp file renamed at the end).
+    """Validate and write records as jsonl, atomically.
+
+    An invalid record raises :class:`SchemaError` naming it, and ``path`` stays as it was
+    (:func:`~data_shards.common.atomic.atomic_write_lines`: no temp file is left either).
 
     Returns:
         The number of records written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
+
+    def lines() -> Iterator[str]:
+        for n, rec in enumerate(records):
             obj = rec.to_json()
             validate_record(obj, f"{path} (record {n + 1}, video {rec.video_id!r})")
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-            n += 1
-    tmp.replace(path)
-    return n
+            yield json.dumps(obj, ensure_ascii=False)
+
+    return atomic_write_lines(path, lines())

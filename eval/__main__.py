@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 from data_shards.common.cli import dispatch
+from data_shards.common.distenv import exit_process
 
 COMMANDS = {
     "score": ("eval.score", "accuracy of predictions, overall and per official question group"),
     "run": ("eval.run", "run a checkpoint on a split and write predictions (+ probes)"),
     "report": ("eval.report", "markdown + plots + json report from scored runs"),
-    "demo": ("eval.demo", "the whole method end to end on the synthetic dataset (CPU)"),
+    "demo": ("eval.study.demo", "the whole method end to end on the synthetic dataset (CPU)"),
 }
 
 
@@ -19,6 +18,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from data_shards.common.distenv import exit_process  # `eval run` under torchrun: see its doc
-
-    exit_process(main())
+    exit_process(main())  # `eval run` under torchrun: see its doc

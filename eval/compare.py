@@ -24,6 +24,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from eval.stats import interval, t975
+
 # One-sided 80% Student-t quantiles t_{0.80, df} for df = 1..30; beyond, the normal 0.8416.
 _T80 = (1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879,
         0.876, 0.873, 0.870, 0.868, 0.866, 0.865, 0.863, 0.862, 0.861, 0.860,
@@ -39,8 +41,6 @@ def t80(df: int) -> float:
 
 def mde_seeds(sd: float, n: int) -> float:
     """MDE (points) of a two-sided paired t-test over ``n`` seeds, alpha 0.05, power 0.80."""
-    from eval.report import t975
-
     return (t975(n - 1) + t80(n - 1)) * sd / math.sqrt(n)
 
 
@@ -90,8 +90,6 @@ def paired(a_runs: dict[int, Path], b_runs: dict[int, Path], target: float = 3.0
     Raises:
         ValueError: no common seed, or two runs of one seed that were scored on different questions.
     """
-    from eval.report import interval
-
     seeds = sorted(set(a_runs) & set(b_runs))
     if not seeds:
         raise ValueError(f"no common seed: A has {sorted(a_runs)}, B has {sorted(b_runs)}")

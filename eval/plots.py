@@ -16,12 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.report import CURVES_PLOT, interval
+from data_shards.common.atomic import atomic_path
+from eval.stats import interval
 
+CURVES_PLOT = "learning_curves.png"
 PLOTS = ("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png")
 
 
 def _pyplot():
+    # matplotlib is optional (the "report" extra) and slow to import: only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a cluster node or CI
@@ -142,10 +145,11 @@ def plot_vs(summary: dict[str, Any], path: Path, key: str, xlabel: str, title: s
 
 def _save(fig, path: Path, plt) -> None:
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 # meta key -> (plot file, task modes drawn as lines, x label, title, natural x range)
@@ -163,7 +167,7 @@ def sweeps(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def plot_curves(summary: dict[str, Any], path: Path) -> str | None:
     """A panel per run with a learning curve: train loss (left axis) and val accuracy (right axis)."""
-    runs = [r for r in summary["runs"] if (r.get("curve") or {}).get("train_loss") or (r.get("curve") or {}).get("val_acc")]
+    runs = [r for r in summary["runs"] if any((r.get("curve") or {}).get(k) for k in ("train_loss", "val_acc"))]
     if not runs:
         return "no run has a learning curve (metrics.jsonl next to its checkpoints, or curve.json)"
     plt = _pyplot()
@@ -186,9 +190,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> str | None:
             ax2.plot(xs, ys, "o-", color="tab:red", lw=1.2, label="val accuracy %")
             ax2.set_ylabel("val accuracy %", color="tab:red")
             ax2.set_ylim(0, 100)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, plt)
     return None
 
 

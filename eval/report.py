@@ -22,51 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-INTERVALS = ("t95", "minmax")
-CURVES_PLOT = "learning_curves.png"
-
-# Two-sided 95% Student-t critical values t_{0.975, df} for df = 1..30 (scipy is not a
-# dependency); beyond 30 the normal value 1.96 is within 2% of the t value.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (df >= 1)."""
-    if df < 1:
-        raise ValueError(f"t quantile needs df >= 1, got {df}")
-    return _T975[df - 1] if df <= len(_T975) else 1.96
-
-
-def interval(values: list[float], kind: str = "t95") -> dict[str, Any]:
-    """Mean and interval of per-seed values.
-
-    Returns:
-        ``{"n", "mean", "lo", "hi", "half", "values"}``; ``lo``/``hi`` are the interval bounds
-        (None for a single value), ``half`` the t half-width (t95) or None (minmax, n = 1).
-    """
-    if kind not in INTERVALS:
-        raise ValueError(f"interval must be one of {INTERVALS}, got {kind!r}")
-    vals = [float(v) for v in values]
-    n = len(vals)
-    if n == 0:
-        return {"n": 0, "mean": None, "lo": None, "hi": None, "half": None, "values": []}
-    mean = sum(vals) / n
-    lo = hi = half = None
-    if n > 1 and kind == "t95":
-        sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-        half = t975(n - 1) * sd / math.sqrt(n)
-        lo, hi = mean - half, mean + half
-    elif n > 1:
-        lo, hi = min(vals), max(vals)
-    return {"n": n, "mean": mean, "lo": lo, "hi": hi, "half": half, "values": vals}
+from data_shards.common.atomic import atomic_write_text
+from eval.compare import crossover, paired
+from eval.compare import markdown as compare_markdown
+from eval.plots import CURVES_PLOT, draw_all, sweeps
+from eval.stats import INTERVALS, interval
 
 
 @dataclass
@@ -258,8 +223,6 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
             lines.append(f"| {g['label']} | " + " | ".join(fmt_cell(g["probe_delta"][p], kind, signed=True)
                                                          for p in summary["probes"]) + " |")
     lines += _sweep_tables(summary)
-    from eval.compare import markdown as compare_markdown
-
     lines += compare_markdown(summary.get("comparisons", []))
     lines += _teacher_markdown(summary.get("teacher_lines", []))
     lines += ["", "## Settings", "", "| run | " + " | ".join(h for _, h in _META_COLUMNS) + " | directories |",
@@ -300,16 +263,8 @@ def _meta_text(v: Any) -> str:
     return str(v)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def compare_groups(runs: list[Run], pairs: list[tuple[str, str]], target: float = 3.0) -> list[dict[str, Any]]:
     """Paired comparisons (:func:`eval.compare.paired`) of label B against label A for each pair."""
-    from eval.compare import paired
-
     by_label: dict[str, dict[int, Path]] = {}
     for r in runs:
         by_label.setdefault(r.label, {})[r.seed if r.seed is not None else 0] = r.path
@@ -327,8 +282,6 @@ def compare_groups(runs: list[Run], pairs: list[tuple[str, str]], target: float 
 def teacher_lines(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Comparisons against one A whose B settings differ only in the teacher: B - A vs the teacher's
     accuracy, and where (by linear interpolation of the seed means) B stops beating A."""
-    from eval.compare import crossover
-
     # one line per (A, B's task mode, reasoning source, beta): B settings that differ only in the teacher
     series: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for c in comparisons:
@@ -341,8 +294,8 @@ def teacher_lines(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len({c["b_meta"]["teacher_acc"] for c in cs}) < 2:
             continue
         cs = sorted(cs, key=lambda c: -c["b_meta"]["teacher_acc"])
-        lines.append({"a": a, "source": src, "mode": (mode or "mtl").upper(), "points": [[c["b_meta"]["teacher_acc"], c["mean"], c["lo"], c["hi"],
-                                                         c["q_diff"]] for c in cs],
+        points = [[c["b_meta"]["teacher_acc"], c["mean"], c["lo"], c["hi"], c["q_diff"]] for c in cs]
+        lines.append({"a": a, "source": src, "mode": (mode or "mtl").upper(), "points": points,
                       "crossover": crossover([(c["b_meta"]["teacher_acc"], c["mean"]) for c in cs])})
     return lines
 
@@ -369,8 +322,6 @@ def write_report(runs: list[Run], out: str | Path, kind: str = "t95",
     """Write report.md, summary.json and the PNG plots into ``out``; return the summary.
 
     ``pairs``: (A, B) labels to compare, paired over seeds and questions (a section of the report)."""
-    from eval.plots import draw_all, sweeps
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs, kind)
@@ -380,8 +331,8 @@ def write_report(runs: list[Run], out: str | Path, kind: str = "t95",
     plots = draw_all(summary, out)
     summary["plots"] = {name: ("written" if reason is None else f"skipped: {reason}")
                         for name, reason in plots.items()}
-    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_atomic(out / "report.md", markdown(summary, plots))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "report.md", markdown(summary, plots))
     return summary
 
 

@@ -37,7 +37,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from data_shards.common.atomic import atomic_write_json, atomic_write_lines
+from data_shards.common.distenv import shutdown, world_info_from_env
+from data_shards.reasoning_records import load_reasoning
+from data_shards.schema import QA, VideoRecord
+from data_shards.stream.loader import LoaderConfig, build_loader, expand_urls
 from eval.probes import PROBES, model_input
+from eval.score import format_table, load_annotations, score
+from reasoning_gen.answers import extract_answer
+from train.export import load_for_eval
 
 VERSION = "eval-run-v1"
 MODES = ("loglik", "generate")
@@ -83,8 +94,6 @@ def evaluate_batch(model: Any, tokenizer: Any, batch: list[dict], opts: EvalOpti
         (int or None), correct, plus option_scores (loglik) or generated / extracted /
         fallback (generate), reasoning (gen_reasoning), and what the probe changed.
     """
-    from reasoning_gen.answers import extract_answer
-
     inp = model_input(batch, probe, opts.use_vcot, opts.seed)
     n = len(batch)
     preds: list[int | None] = [None] * n
@@ -147,8 +156,6 @@ def evaluate_loader(model: Any, tokenizer: Any, batches, opts: EvalOptions, prob
     Returns:
         {"plain": records, probe name: records, ...}.
     """
-    import torch
-
     results: dict[str, list[dict]] = {"plain": [], **{p: [] for p in probes}}
     t0 = time.time()
     with torch.no_grad():
@@ -172,8 +179,6 @@ def predictions_of(records: list[dict]) -> dict[str, int]:
 
 def records_to_videos(records: list[dict]):
     """Schema-v1 records rebuilt from per-question records (the gold answers the scorer needs)."""
-    from data_shards.schema import QA, VideoRecord
-
     videos: dict[tuple[str, str, str], VideoRecord] = {}
     for r in sorted(records, key=lambda r: r["qid"]):
         key = (r["dataset"], r["split"], r["video_id"])
@@ -186,8 +191,6 @@ def records_to_videos(records: list[dict]):
 
 def score_records(records: list[dict], annotations=None) -> dict[str, Any]:
     """``eval.score.score`` of the records' predictions, on their own questions or on ``annotations``."""
-    from eval.score import score
-
     datasets = sorted({r["dataset"] for r in records} | {v.dataset for v in annotations or []})
     if len(datasets) != 1:
         raise ValueError(f"one dataset per evaluation run, got {datasets}")
@@ -196,19 +199,12 @@ def score_records(records: list[dict], annotations=None) -> dict[str, Any]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_json(path, obj)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in sorted(rows, key=lambda r: r["qid"]):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """One json line per record, sorted by qid (so that runs on any number of ranks compare equal)."""
+    atomic_write_lines(path, (json.dumps(row, ensure_ascii=False) for row in sorted(rows, key=lambda r: r["qid"])))
 
 
 def write_outputs(out: Path, results: dict[str, list[dict]], info: dict[str, Any], annotations=None) -> dict:
@@ -259,8 +255,6 @@ def cfg_get(config: Any, dotted: str, default: Any = None) -> Any:
 
 def teacher_accuracy(paths: list[str]) -> float | None:
     """Percent of reasoning records whose teacher answer was right (records with a known verdict)."""
-    from data_shards.reasoning_records import load_reasoning
-
     if not paths or not all(Path(p).exists() for p in paths):
         return None
     verdicts = [r["teacher_correct"] for r in load_reasoning(paths).values() if r.get("teacher_correct") is not None]
@@ -358,9 +352,6 @@ def collectively(fn: Callable[[], Any], phase: str, world_size: int) -> Any:
     except Exception as e:  # re-raised below, after the other ranks are told
         out, err = None, e
     if world_size > 1:
-        import torch
-        import torch.distributed as dist
-
         failed = torch.tensor([int(err is not None)])
         dist.all_reduce(failed)
         if err is None and int(failed) > 0:
@@ -374,19 +365,12 @@ def _gather(obj: Any, rank: int, world_size: int) -> list[Any] | None:
     """Every rank's ``obj`` on rank 0 (None elsewhere); gloo object collectives."""
     if world_size == 1:
         return [obj]
-    import torch.distributed as dist
-
     out = [None] * world_size if rank == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-    import torch.distributed as dist
-
-    from data_shards.common.distenv import world_info_from_env
-
     world = world_info_from_env()
     rank, ws = world.rank, world.world_size
     if args.threads:
@@ -400,17 +384,12 @@ def _run(args: argparse.Namespace) -> int:
     write = (lambda: _merge_and_write(args, gathered, ctx, ws, t0)) if rank == 0 else (lambda: None)
     collectively(write, "writing", ws)
     if ws > 1:
-        from data_shards.common.distenv import shutdown
-
         shutdown()  # every rank leaves the group together; `python -m eval` then exits via exit_process
     return 0
 
 
 def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, dict, dict]:
     """Load the export and evaluate this rank's share: (results, loader stats, run context)."""
-    from data_shards.stream.loader import LoaderConfig, build_loader, expand_urls
-    from train.export import load_for_eval
-
     model, tokenizer, config = load_for_eval(args.checkpoint, tag=args.tag)
     model.eval()
     meta = model_meta(config)
@@ -424,8 +403,6 @@ def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, 
                        seed=args.seed)
     reasoning = None
     if args.reasoning:
-        from data_shards.reasoning_records import load_reasoning
-
         reasoning = load_reasoning(args.reasoning)
     elif "vcot" in args.probe or opts.use_vcot:
         raise ValueError("vCoT captions come from the reasoning jsonl: pass --reasoning FILES")
@@ -447,8 +424,6 @@ def _merge_and_write(args: argparse.Namespace, gathered: list, ctx: dict, ws: in
     dataset = merged["plain"][0]["dataset"] if merged["plain"] else None
     annotations = None
     if args.annotations is not None:
-        from eval.score import load_annotations
-
         annotations = load_annotations(args.annotations, dataset or "")
     meta, opts = ctx["meta"], ctx["opts"]
     meta.update(eval_mode=args.mode, frames=ctx["frames"], dataset=dataset, **dict(args.meta))
@@ -462,8 +437,6 @@ def _merge_and_write(args: argparse.Namespace, gathered: list, ctx: dict, ws: in
 
 
 def _print_summary(out: Path, info: dict[str, Any]) -> None:
-    from eval.score import format_table
-
     print(f"{info['label']}: {info['n_questions']} questions, mode {info['mode']}, {info['world_size']} rank(s), "
           f"{info['elapsed_s']}s")
     print(format_table(json.loads((out / "scores.json").read_text())))

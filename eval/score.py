@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from data_shards.common.atomic import atomic_write_json
 from data_shards.ingest.convert import convert
 from data_shards.schema import VideoRecord, read_records, split_qid
 from eval.groups import grouping_for
@@ -208,8 +209,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.dataset}: {args.annotations} <- {args.predictions}")
     print(format_table(result))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(args.json)
+        atomic_write_json(args.json, result)
     return 0

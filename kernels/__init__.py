@@ -8,9 +8,10 @@ Public API (contract 6)::
 
 ``backend(device)`` says which implementation a call on that device runs ("triton",
 "triton-interpret" or "torch-chunked"); the choice is logged once.  Read in this order:
-``cross_entropy.py`` (the Triton kernel), ``fused_linear_cross_entropy.py`` (the chunk driver),
-``reference.py`` (eager and chunked torch), ``functional.py`` / ``module.py`` (the API),
-``bench.py``.
+``cross_entropy.py`` (the Triton kernel and its host functions), ``reference.py`` (eager and
+chunked torch, the torch twins of those host functions), ``fused_linear_cross_entropy.py`` (the
+chunk driver), ``autograd.py`` (one autograd Function per op, shared by both backends),
+``functional.py`` / ``module.py`` (the API), ``bench.py``.
 
 Imports nothing of the project but itself (and no triton until a call needs it).
 """

@@ -115,7 +115,7 @@ def kernel_for(kernel, interpret: bool):
     cached = _variants.get(key)
     if cached is not None:
         return cached
-    import triton
+    import triton  # optional: only a Triton backend gets here, and the torch path runs without it
 
     with _lock:
         saved = os.environ.get("TRITON_INTERPRET")

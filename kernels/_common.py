@@ -1,8 +1,12 @@
-"""Options and input checks shared by the Triton and the torch paths (no triton import here)."""
+"""Options, input checks and the backend table shared by the Triton and the torch paths.
+
+No triton import here: the torch path must run where triton is missing.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +59,30 @@ class FLCEOptions:
     label_smoothing: float = 0.0
     chunk_size: int | None = None
     accum_dtype: torch.dtype | None = None
+
+
+@dataclass(frozen=True)
+class RowOps:
+    """The host functions of one backend of the row-wise weighted CE.
+
+    The autograd Functions of ``kernels.autograd`` are shared by all backends and call only these
+    two; a backend is one instance, chosen once per call by ``kernels.functional``:
+    ``kernels.cross_entropy.TRITON_ROWS`` (Triton kernels, compiled or interpreted) or
+    ``kernels.reference.TORCH_ROWS`` (chunked PyTorch).
+
+    Attributes:
+        name: the backend's name, for messages ("triton", "torch-chunked").
+        forward: ``(logits [N, V], target [N] int64, weight [N] fp32, *, ignore_index,
+            label_smoothing, z_loss, grad=None, block_v=None, out=None) -> (loss [N] fp32,
+            lse [N] fp32)``; writes d loss_i / d logits_i into ``grad`` [N, V] when given (``grad``
+            may be ``logits`` itself).
+        backward: ``(grad [N, V], scale 0-dim or [N], *, out=None) -> [N, V]``: grad * scale, per
+            row when ``scale`` is [N]; ``out`` may be ``grad`` (in place).
+    """
+
+    name: str
+    forward: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    backward: Callable[..., torch.Tensor]
 
 
 def check_options(reduction: str, z_loss: float, label_smoothing: float) -> None:

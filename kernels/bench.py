@@ -36,9 +36,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from kernels import _backend
 from kernels._common import CEOptions, FLCEOptions
+from kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
 from kernels.reference import (
     fused_linear_weighted_cross_entropy_chunked,
     fused_linear_weighted_cross_entropy_eager,
@@ -69,7 +71,7 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
 
 
 def _liger():
-    try:
+    try:  # optional: liger-kernel is a comparison provider, not a dependency
         from liger_kernel.transformers import LigerCrossEntropyLoss, LigerFusedLinearCrossEntropyLoss
     except ModuleNotFoundError:
         return None  # not installed: the provider is simply not offered
@@ -85,18 +87,18 @@ def available_providers() -> list[str]:
 
 
 def _ours_ce(inplace: bool):
-    from kernels.cross_entropy import WeightedCrossEntropyFunction
+    from kernels.cross_entropy import TRITON_ROWS  # triton may be missing: only the Triton providers need it
 
     opts = CEOptions(inplace=inplace)
-    return lambda x, y, w: WeightedCrossEntropyFunction.apply(x, y, w, opts)
+    return lambda x, y, w: WeightedCrossEntropyFunction.apply(x, y, w, opts, TRITON_ROWS)
 
 
 def _ours_flce(chunk_size: int | None, accum_dtype: torch.dtype | None = None):
-    from kernels.cross_entropy import _forward
-    from kernels.fused_linear_cross_entropy import FusedLinearWeightedCrossEntropyFunction
+    from kernels.cross_entropy import TRITON_ROWS  # triton may be missing: only the Triton providers need it
 
     opts = FLCEOptions(chunk_size=chunk_size, accum_dtype=accum_dtype)
-    return lambda h, lm, y, w: FusedLinearWeightedCrossEntropyFunction.apply(h, lm, None, y, w, opts, _forward)
+    return lambda h, lm, y, w: FusedLinearWeightedCrossEntropyFunction.apply(h, lm, None, y, w, opts,
+                                                                             TRITON_ROWS)
 
 
 def loss_fn(kernel: str, provider: str, chunk_size: int | None = None) -> Callable:
@@ -145,7 +147,7 @@ def make_inputs(kernel: str, n: int, h: int, v: int, dtype, device) -> tuple[lis
 def median_ms(fn: Callable[[], object], device: torch.device, reps: int) -> float:
     """Median wall time in ms: do_bench on CUDA, a median of ``reps`` timed calls elsewhere."""
     if device.type == "cuda":
-        import triton.testing
+        import triton.testing  # triton may be missing; CUDA timing needs it
 
         return float(triton.testing.do_bench(fn, return_mode="median"))
     fn()  # warm-up (compilation, allocator)
@@ -166,8 +168,6 @@ def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
-
     # CPU has no max_memory_allocated: replay the profiler's allocation/free events in time order.
     # (Per-op "self" memory is no timeline: frees of a child's temporaries land on the parent op.)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -1,4 +1,4 @@
-"""Weighted cross-entropy in Triton: the kernel, its host launchers, and the autograd.Function.
+"""Weighted cross-entropy in Triton: the kernels and their host launchers (the Triton backend).
 
 Per row i with target y_i (not ``ignore_index``), weight w_i, logits x_i [V], eps = label smoothing,
 z = the z-loss coefficient and lse_i = logsumexp(x_i):
@@ -16,8 +16,9 @@ zero gradient row.  All arithmetic is fp32 whatever the input dtype; the gradien
 logits dtype.  Row offsets are int64 so that N * V beyond 2**31 elements is safe.
 
 Layers: ``_weighted_ce_fwd_kernel`` / ``_scale_rows_kernel`` (Triton), ``_forward`` / ``_backward``
-(host: checks and launches), ``WeightedCrossEntropyFunction`` (autograd).  The public, dispatching
-entry point is ``kernels.weighted_cross_entropy``.
+(host: checks and launches), bundled as ``TRITON_ROWS`` (a ``RowOps``).  The autograd Functions are
+``kernels.autograd``'s, shared with the torch path (``kernels.reference.TORCH_ROWS``), which has
+the same host signatures.  The public, dispatching entry point is ``kernels.weighted_cross_entropy``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._backend import kernel_for
-from kernels._common import CEOptions
+from kernels._backend import TRITON, kernel_for
+from kernels._common import RowOps
 
 # Largest block of vocab columns one program holds at once (fp32 values in registers); bigger rows
 # are walked in blocks.  Untuned: the GPU benchmark (kernels/bench.py) is where to tune it.
@@ -253,40 +254,5 @@ def _backward(grad: torch.Tensor, scale: torch.Tensor, *, out: torch.Tensor | No
     return out
 
 
-class WeightedCrossEntropyFunction(torch.autograd.Function):
-    """Autograd for the Triton weighted CE: gradient made in forward, scaled in backward.
-
-    ``apply(logits [N, V], target [N] int64, weight [N] fp32, opts: CEOptions)`` returns a 0-dim
-    fp32 loss (reduction "sum") or [N] fp32 (reduction "none").  ``weight`` is a constant: no
-    gradient flows to it.  The gradient buffer is private (or the logits, with ``inplace``), so
-    backward scales it in place and may run only once per forward (a retained graph raises).
-    """
-
-    @staticmethod
-    def forward(ctx, logits, target, weight, opts: CEOptions):
-        grad = None
-        if ctx.needs_input_grad[0]:
-            if opts.inplace and logits.stride(1) == 1:  # (columns must be contiguous to write rows)
-                # The logits are overwritten: bump their version so that autograd raises if anything
-                # else saved them for its own backward (instead of silently using gradients).
-                torch.autograd.graph.increment_version(logits)
-                grad = logits
-            else:
-                grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        loss, _ = _forward(logits, target, weight, ignore_index=opts.ignore_index,
-                           label_smoothing=opts.label_smoothing, z_loss=opts.z_loss,
-                           grad=grad, block_v=opts.block_v)
-        ctx.save_for_backward(grad)
-        ctx.used = False
-        return loss.sum() if opts.reduction == "sum" else loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.used:
-            raise RuntimeError("weighted_cross_entropy: backward can run once per forward (its "
-                               "gradient buffer is scaled in place); recompute the loss instead")
-        ctx.used = True
-        (grad,) = ctx.saved_tensors
-        if grad_output.dim() == 0 and float(grad_output) == 1.0:
-            return grad, None, None, None  # loss.backward() on the summed loss: nothing to scale
-        return _backward(grad, grad_output, out=grad), None, None, None
+# This backend for the autograd Functions of kernels.autograd (shared with the torch path).
+TRITON_ROWS = RowOps(name=TRITON, forward=_forward, backward=_backward)

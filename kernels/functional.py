@@ -1,7 +1,9 @@
-"""Public functions: check the inputs, pick the backend (kernels._backend), run it.
+"""Public functions: check the inputs, pick the backend once (kernels._backend), run the op.
 
-Triton modules are imported only when a call needs them, so CPU training without triton (or on a
-machine whose triton cannot compile) runs the chunked torch path.
+Each op has one autograd Function (``kernels.autograd``) for every backend; the backend is the
+``RowOps`` it is given: ``TRITON_ROWS`` (``kernels.cross_entropy``) or ``TORCH_ROWS``
+(``kernels.reference``).  The Triton module is imported only when a call needs it, so CPU training
+without triton (or on a machine whose triton cannot compile) runs the chunked torch path.
 """
 
 from __future__ import annotations
@@ -9,7 +11,26 @@ from __future__ import annotations
 import torch
 
 from kernels import _backend
-from kernels._common import CEOptions, FLCEOptions, check_linear, check_logits, check_options, check_rows
+from kernels._common import (
+    CEOptions,
+    FLCEOptions,
+    RowOps,
+    check_linear,
+    check_logits,
+    check_options,
+    check_rows,
+)
+from kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
+from kernels.reference import TORCH_ROWS
+
+
+def _row_ops(device: torch.device) -> RowOps:
+    """The backend for tensors on ``device`` now: ``TORCH_ROWS`` or ``TRITON_ROWS`` (see ``_backend``)."""
+    if _backend.backend(device) == _backend.TORCH_CHUNKED:
+        return TORCH_ROWS
+    from kernels.cross_entropy import TRITON_ROWS  # imports triton: only once a call needs it
+
+    return TRITON_ROWS
 
 
 def weighted_cross_entropy(
@@ -56,13 +77,7 @@ def weighted_cross_entropy(
                                 logits.device)
     opts = CEOptions(ignore_index=ignore_index, reduction=reduction, z_loss=float(z_loss),
                      label_smoothing=float(label_smoothing), inplace=inplace)
-    if _backend.backend(logits.device) == _backend.TORCH_CHUNKED:
-        from kernels.reference import ChunkedWeightedCrossEntropyFunction
-
-        return ChunkedWeightedCrossEntropyFunction.apply(logits, target, weight, opts)
-    from kernels.cross_entropy import WeightedCrossEntropyFunction
-
-    return WeightedCrossEntropyFunction.apply(logits, target, weight, opts)
+    return WeightedCrossEntropyFunction.apply(logits, target, weight, opts, _row_ops(logits.device))
 
 
 def fused_linear_weighted_cross_entropy(
@@ -109,11 +124,5 @@ def fused_linear_weighted_cross_entropy(
     opts = FLCEOptions(ignore_index=ignore_index, reduction=reduction, z_loss=float(z_loss),
                        label_smoothing=float(label_smoothing), chunk_size=chunk_size,
                        accum_dtype=accum_dtype)
-    from kernels.fused_linear_cross_entropy import FusedLinearWeightedCrossEntropyFunction
-
-    if _backend.backend(hidden.device) == _backend.TORCH_CHUNKED:
-        from kernels.reference import ce_rows_torch as ce_rows
-    else:
-        from kernels.cross_entropy import _forward as ce_rows
     return FusedLinearWeightedCrossEntropyFunction.apply(hidden, lm_weight, bias, target, weight,
-                                                         opts, ce_rows)
+                                                         opts, _row_ops(hidden.device))

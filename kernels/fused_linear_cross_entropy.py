@@ -19,9 +19,11 @@ For hidden [N, H], lm_weight [V, H] (and bias [V]) the loss is the weighted CE o
 Peak extra memory: one chunk of logits (C x V, ``CHUNK_LOGITS_BYTES`` by default), a temporary of
 at most that size, and the gradients (grad_hidden [N, H], the [V, H] accumulator) - never O(N x V).
 
-The row CE is passed in as ``ce_rows`` (``kernels.cross_entropy._forward`` or
-``kernels.reference.ce_rows_torch``); this module itself imports no triton.  The GEMMs are torch's
-(cuBLAS on GPU), so the Triton part of this op is the row kernel.
+The row CE is passed in as ``ce_rows`` (the ``forward`` of a backend's ``RowOps``:
+``kernels.cross_entropy._forward`` or ``kernels.reference.ce_rows_torch``); this module itself
+imports no triton.  The GEMMs are torch's (cuBLAS on GPU), so the Triton part of this op is the row
+kernel.  The autograd Function around :func:`_forward` is
+``kernels.autograd.FusedLinearWeightedCrossEntropyFunction``.
 """
 
 from __future__ import annotations
@@ -96,47 +98,3 @@ def _forward(
     if grad_b is not None and grad_b.dtype != bias.dtype:
         grad_b = grad_b.to(bias.dtype)
     return loss, grad_h, grad_w, grad_b
-
-
-class FusedLinearWeightedCrossEntropyFunction(torch.autograd.Function):
-    """Autograd for the chunked fused linear weighted CE.
-
-    ``apply(hidden [N, H], lm_weight [V, H], bias [V] | None, target [N] int64, weight [N] fp32,
-    opts: FLCEOptions, ce_rows)`` returns a 0-dim fp32 loss ("sum") or [N] fp32 ("none").
-    ``weight`` is a constant (no gradient).  With reduction "sum" the gradients are made in forward
-    and backward scales them in place, so backward may run once per forward.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, lm_weight, bias, target, weight, opts: FLCEOptions, ce_rows):
-        need = tuple(ctx.needs_input_grad[:3])
-        ctx.opts, ctx.ce_rows, ctx.need, ctx.used = opts, ce_rows, need, False
-        if opts.reduction == "none":
-            loss, _, _, _ = _forward(hidden, lm_weight, bias, target, weight, opts=opts,
-                                     ce_rows=ce_rows, need=(False, False, False))
-            ctx.save_for_backward(hidden, lm_weight, bias, target, weight)
-            return loss
-        loss, grad_h, grad_w, grad_b = _forward(hidden, lm_weight, bias, target, weight,
-                                                opts=opts, ce_rows=ce_rows, need=need)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        return loss.sum()
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.used:
-            raise RuntimeError("fused_linear_weighted_cross_entropy: backward can run once per "
-                               "forward; recompute the loss instead of retaining the graph")
-        ctx.used = True
-        if ctx.opts.reduction == "none":
-            hidden, lm_weight, bias, target, weight = ctx.saved_tensors
-            scaled = weight * grad_output.to(torch.float32)
-            _, grad_h, grad_w, grad_b = _forward(hidden, lm_weight, bias, target, scaled,
-                                                 opts=ctx.opts, ce_rows=ctx.ce_rows, need=ctx.need)
-        else:
-            grad_h, grad_w, grad_b = ctx.saved_tensors
-            scale = float(grad_output)
-            if scale != 1.0:  # e.g. DeepSpeed divides the loss by the gradient accumulation steps
-                for g in (grad_h, grad_w, grad_b):
-                    if g is not None:
-                        g.mul_(scale)
-        return grad_h, grad_w, grad_b, None, None, None, None

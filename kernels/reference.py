@@ -11,16 +11,17 @@ label smoothing as in F.cross_entropy, 0 for rows with ``ignore_index``):
   This is what the public functions run on CPU without ``TRITON_INTERPRET=1``.
 
 ``ce_rows_torch`` / ``scale_rows_torch`` have the signatures of the Triton host functions
-``kernels.cross_entropy._forward`` / ``_backward`` so that the chunk driver of
-``kernels.fused_linear_cross_entropy`` runs either of them.
+``kernels.cross_entropy._forward`` / ``_backward``; bundled as ``TORCH_ROWS`` (a ``RowOps``) they
+are the torch backend of the autograd Functions of ``kernels.autograd``, which both paths share.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels._common import CEOptions, FLCEOptions
-from kernels.fused_linear_cross_entropy import FusedLinearWeightedCrossEntropyFunction
+from kernels._backend import TORCH_CHUNKED
+from kernels._common import CEOptions, FLCEOptions, RowOps
+from kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
 
 # Rows per block of the chunked row CE: bounds its fp32 temporaries to about 64 MiB each.
 _BLOCK_ELEMS = 2**24
@@ -126,53 +127,24 @@ def scale_rows_torch(grad: torch.Tensor, scale: torch.Tensor, *, out: torch.Tens
     return out
 
 
-class ChunkedWeightedCrossEntropyFunction(torch.autograd.Function):
-    """Autograd for the chunked torch weighted CE; same contract as the Triton Function.
-
-    ``apply(logits [N, V], target [N] int64, weight [N] fp32, opts: CEOptions)``.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, target, weight, opts: CEOptions):
-        grad = None
-        if ctx.needs_input_grad[0]:
-            if opts.inplace and logits.stride(1) == 1:
-                torch.autograd.graph.increment_version(logits)  # see the Triton Function
-                grad = logits
-            else:
-                grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        loss, _ = ce_rows_torch(logits, target, weight, ignore_index=opts.ignore_index,
-                                label_smoothing=opts.label_smoothing, z_loss=opts.z_loss, grad=grad)
-        ctx.save_for_backward(grad)
-        ctx.used = False
-        return loss.sum() if opts.reduction == "sum" else loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.used:
-            raise RuntimeError("weighted_cross_entropy: backward can run once per forward (its "
-                               "gradient buffer is scaled in place); recompute the loss instead")
-        ctx.used = True
-        (grad,) = ctx.saved_tensors
-        if grad_output.dim() == 0 and float(grad_output) == 1.0:
-            return grad, None, None, None
-        return scale_rows_torch(grad, grad_output, out=grad), None, None, None
+# The torch backend for the autograd Functions of kernels.autograd (shared with the Triton path).
+TORCH_ROWS = RowOps(name=TORCH_CHUNKED, forward=ce_rows_torch, backward=scale_rows_torch)
 
 
 def weighted_cross_entropy_chunked(
     logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, **options
 ) -> torch.Tensor:
     """Chunked torch weighted CE; ``options`` are the fields of ``CEOptions``. Inputs unchecked."""
-    return ChunkedWeightedCrossEntropyFunction.apply(logits, target, weight, CEOptions(**options))
+    return WeightedCrossEntropyFunction.apply(logits, target, weight, CEOptions(**options), TORCH_ROWS)
 
 
 def fused_linear_weighted_cross_entropy_chunked(
     hidden: torch.Tensor, lm_weight: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     bias: torch.Tensor | None = None, **options,
 ) -> torch.Tensor:
-    """Chunked torch fused linear weighted CE: the chunk driver with the torch row CE.
+    """Chunked torch fused linear weighted CE: the chunk driver with the torch row CE (TORCH_ROWS).
 
     ``options`` are the fields of ``FLCEOptions``.  Inputs unchecked (the public function checks).
     """
     return FusedLinearWeightedCrossEntropyFunction.apply(
-        hidden, lm_weight, bias, target, weight, FLCEOptions(**options), ce_rows_torch)
+        hidden, lm_weight, bias, target, weight, FLCEOptions(**options), TORCH_ROWS)

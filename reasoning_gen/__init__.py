@@ -19,7 +19,7 @@ CLI: ``python -m reasoning_gen {generate,refine,merge} ...``. Must not import ``
 
 # ``refine`` the function is not re-exported here: it would shadow the ``reasoning_gen.refine``
 # module (``import reasoning_gen.refine as m`` would then give the function).
-from reasoning_gen.answers import extract_answer
 from data_shards.reasoning_records import load_reasoning
+from reasoning_gen.answers import extract_answer
 
 __all__ = ["extract_answer", "load_reasoning"]

@@ -18,14 +18,23 @@ then the bridging event, optionally a rephrasing pass -> ``vcot``: T - 1 caption
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reasoning_gen.backends.base import Backend, BackendUnavailable, GenRequest, GenResult
+import yaml
+from tqdm import tqdm
+
+from data_shards.common.distenv import world_info_from_env
+from data_shards.reasoning_records import AppendWriter, kind, make_record, read_reasoning_lines
+from data_shards.stream.loader import LoaderConfig, build_loader, expand_urls
+from reasoning_gen.backends import BACKENDS, build_backend
+from reasoning_gen.backends.base import Backend, BackendUnavailable, GenRequest, GenResult, call_with_retries
 from reasoning_gen.prompts import (
     prompt_version,
     reasvqa_prompt,
@@ -33,8 +42,7 @@ from reasoning_gen.prompts import (
     vcot_bridge_prompt,
     vcot_common_prompt,
 )
-from data_shards.reasoning_records import AppendWriter, kind, make_record, read_reasoning_lines
-from reasoning_gen.refine import audit_leak, refine, refine_llm
+from reasoning_gen.refine import STRATEGIES, audit_leak, load_truth, refine, refine_llm
 
 
 @dataclass
@@ -118,20 +126,6 @@ def shard_qids(url: str) -> list[str] | None:
     return qids
 
 
-def call_with_retries(backend: Backend, requests: list[GenRequest], retries: int) -> list[GenResult]:
-    """``backend.generate`` and up to ``retries`` more calls for the requests that failed."""
-    results = backend.generate(requests)
-    for _ in range(retries):
-        bad = [i for i, r in enumerate(results) if not r.ok]
-        if not bad:
-            break
-        again = backend.generate([requests[i] for i in bad])
-        for i, r in zip(bad, again):
-            r.attempts += results[i].attempts
-            results[i] = r
-    return results
-
-
 def _reasvqa(backend: Backend, batch: list[dict], cfg: GenerateConfig) -> list[dict]:
     reqs = [GenRequest(reasvqa_prompt(s["question"], s["options"], cfg.num_frames), s["frames"], s["qid"], s)
             for s in batch]
@@ -207,8 +201,6 @@ class _Progress:
         self.bar = None
         self.t0, self.done, self.total = time.monotonic(), 0, total
         if enabled:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, unit="q", dynamic_ncols=True, file=sys.stderr,
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
@@ -248,8 +240,6 @@ def _pending_shards(urls: list[str], done: set[str], stats: JobStats) -> tuple[l
 
 def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size: int, log=print) -> dict:
     """Generate this rank's records; returns the counters (plus the loader's as ``loader_*``)."""
-    from data_shards.stream.loader import LoaderConfig, build_loader, expand_urls
-
     if cfg.prompt not in ("reasvqa", "vcot"):
         raise ValueError(f"unknown prompt {cfg.prompt!r}; expected reasvqa or vcot")
     if cfg.prompt == "vcot" and cfg.num_frames < 2:
@@ -309,8 +299,6 @@ def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size:
 
 
 def _parse_opt(text: str) -> tuple[str, object]:
-    import yaml
-
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"--opt wants key=value, got {text!r}")
@@ -326,13 +314,6 @@ def _parse_size(text: str) -> tuple[int, int] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m reasoning_gen generate``: this rank's share of the shards -> reasoning records."""
-    import argparse
-    import os
-
-    from data_shards.common.distenv import world_info_from_env
-    from reasoning_gen.backends import BACKENDS, build_backend
-    from reasoning_gen.refine import STRATEGIES, load_truth
-
     p = argparse.ArgumentParser(prog="python -m reasoning_gen generate", description=main.__doc__)
     p.add_argument("--shards", required=True, nargs="+", help="shard URLs / brace patterns")
     p.add_argument("--backend", default="synthetic", choices=sorted(BACKENDS))

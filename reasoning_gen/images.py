@@ -49,7 +49,7 @@ def encode_frame(frame, fmt: str = "jpeg", quality: int = 90) -> bytes:
     if fmt == "png":
         return png_bytes(rgb)
     try:
-        from PIL import Image
+        from PIL import Image  # optional (not a dependency of the package): only JPEG needs it
     except ImportError:
         raise RuntimeError("JPEG encoding needs Pillow (pip install pillow); or use image_format='png'") from None
     buf = io.BytesIO()

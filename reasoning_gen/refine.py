@@ -27,7 +27,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_shards.reasoning_records import read_reasoning_lines, write_jsonl_atomic
+from data_shards.schema import read_records
 from reasoning_gen.answers import extract_answer, find_conclusions, split_text
+from reasoning_gen.backends.base import GenRequest, call_with_retries
+from reasoning_gen.prompts import refine_llm_prompt
 
 STRATEGIES = ("answer-sentences", "first-k-steps", "none", "llm")
 RULE_STRATEGIES = STRATEGIES[:3]
@@ -140,10 +144,6 @@ def refine_llm(items: list[tuple[str, str, list[str]]], backend, retries: int = 
         Per item the refinement and None, or the ``answer-sentences`` refinement and why the
         rewrite was not used (failed, empty, or the regex audit found the answer in it).
     """
-    from reasoning_gen.backends.base import GenRequest
-    from reasoning_gen.generate import call_with_retries
-    from reasoning_gen.prompts import refine_llm_prompt
-
     rules = [refine(raw, options) for raw, _, options in items]
     reqs = [GenRequest(refine_llm_prompt(raw, question, options), None, f"refine{i}")
             for i, (raw, question, options) in enumerate(items)]
@@ -233,8 +233,6 @@ def format_stats(stats: dict) -> str:
 
 def load_truth(paths: list[str]) -> dict[str, tuple[list[str], int | None]]:
     """qid -> (options, answer) from schema-v1 video records files (or shard-free records jsonl)."""
-    from data_shards.schema import read_records
-
     truth = {}
     for p in paths:
         for rec in read_records(p):
@@ -244,8 +242,6 @@ def load_truth(paths: list[str]) -> dict[str, tuple[list[str], int | None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_shards.reasoning_records import read_reasoning_lines, write_jsonl_atomic
-
     ap = argparse.ArgumentParser(prog="python -m reasoning_gen refine", description=__doc__.split("\n")[0])
     ap.add_argument("--in", dest="inp", required=True, help="raw reasoning records (jsonl)")
     ap.add_argument("--out", required=True, help="refined reasoning records (jsonl, written atomically)")

@@ -17,10 +17,10 @@ import torch
 from data_shards.stream.frames import decode_frames
 from train import prompts
 from train import prompts as P
-from train.config import load_config
-from train.model import build_model
-from train.tasks import Example, TaskConfig, collate, frame_token_id
-from train.tokenizer import build_tokenizer
+from train.config import TaskConfig, load_config
+from train.models import build_model
+from train.tasks import Example, collate
+from train.tokenizer import build_tokenizer, frame_token_id
 
 p = argparse.ArgumentParser()
 p.add_argument("--data", required=True)

@@ -15,32 +15,26 @@ printed before DeepSpeed starts; a run stopped by non-finite losses exits 3; a p
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
 
+from data_shards.common.cli import dispatch
+from data_shards.common.distenv import exit_process, shutdown, world_info_from_env
+from train.config import ConfigError, describe, load_config, split_overrides
+from train.datastream import DataError
+from train.loop import NonFiniteError, Trainer
 
-def split_overrides(rest: list[str]) -> list[str]:
-    """``["--a.b=1", "--c.d", "2"]`` -> ``["--a.b=1", "--c.d=2"]``; anything else is an error."""
-    from train.config import ConfigError
-
-    out, i = [], 0
-    while i < len(rest):
-        item = rest[i]
-        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"config: unexpected argument {item!r} (overrides look like --section.field=value)")
-        if "=" not in item:
-            if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
-                raise ConfigError(f"config: override {item!r} has no value")
-            item, i = f"{item}={rest[i + 1]}", i + 1
-        out.append(item)
-        i += 1
-    return out
+COMMANDS = {
+    "export": ("train.export", "consolidate a ZeRO-3 checkpoint into a from_pretrained-able folder"),
+    "tokenizer": ("train.tokenizer", "train the BPE on records and reasoning files"),
+    "bench": ("train.bench.cli", "throughput: ours vs a bare PyTorch loop, or padded vs packed"),
+}
+"""Commands besides training (``python -m train --config C`` trains)."""
 
 
 def _train(argv: list[str]) -> int:
-    from train.config import ConfigError, describe, load_config
-
     p = argparse.ArgumentParser(prog="python -m train", description="Train the video LLM (DeepSpeed ZeRO-3).",
                                 epilog="Any --section.field=value overrides that field of the config.")
     p.add_argument("--config", help="YAML recipe (configs/*.yaml)")
@@ -56,9 +50,6 @@ def _train(argv: list[str]) -> int:
         if args.config is None:
             raise ConfigError("config: --config is required (e.g. --config configs/tiny_cpu.yaml)")
         cfg = load_config(args.config, split_overrides(rest))
-        from train.datastream import DataError
-        from train.loop import Trainer
-
         try:
             trainer = Trainer(cfg, resume=args.resume)
         except (DataError, FileNotFoundError) as e:
@@ -66,9 +57,6 @@ def _train(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from data_shards.common.distenv import shutdown
-    from train.loop import NonFiniteError
-
     try:
         summary = trainer.train()
     except NonFiniteError as e:  # raised on every rank at the same step: leave together
@@ -86,32 +74,13 @@ def _train(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    import faulthandler
-
-    from data_shards.common.distenv import world_info_from_env
-
     if not faulthandler.is_enabled():  # a rank killed by a signal shows every thread's stack first
         faulthandler.enable()
-
     # only rank 0 logs progress; the other ranks report warnings and errors
     level = os.environ.get("LOGLEVEL", "INFO") if world_info_from_env().rank == 0 else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if argv and argv[0] == "export":
-        from train.export import main as export_main
-
-        return export_main(argv[1:])
-    if argv and argv[0] == "tokenizer":
-        from train.tokenizer import main as tokenizer_main
-
-        return tokenizer_main(argv[1:])
-    if argv and argv[0] == "bench":
-        from train.bench import main as bench_main
-
-        return bench_main(argv[1:])
-    return _train(argv)
+    return dispatch("train", COMMANDS, argv, default=_train)
 
 
 if __name__ == "__main__":
-    from data_shards.common.distenv import exit_process
-
     exit_process(main())

@@ -18,11 +18,9 @@ the previous complete checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_shards.common.atomic import atomic_write_text
 from train.config import TrainConfig, save_config
 from train.dist import barrier
 
@@ -39,13 +38,6 @@ COMPLETE = "complete.json"
 
 def tag_for(step: int) -> str:
     return f"global_step{step}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def complete_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_shards.stream.loader import expand_urls
 from train.config import DataConfig
+from train.tokenizer import corpus_from_samples
 
 log = logging.getLogger("train.data")
 
@@ -99,7 +101,6 @@ def preflight(cfg: DataConfig, count_questions: bool = False) -> DataSummary:
     Raises:
         DataError: one line naming the missing file / pattern or saying the dataset is empty.
     """
-    from data_shards.stream.loader import expand_urls
 
     urls: list[str] = []
     for pattern in cfg.urls:
@@ -160,7 +161,6 @@ def _counts_from_sizes(urls: list[str]) -> tuple[int, int] | None:
 
 def corpus_texts(urls: list[str], max_videos: int, reasoning: dict[str, dict] | None = None) -> list[str]:
     """Texts (questions, options, reasoning) of the first ``max_videos`` records, for a BPE."""
-    from train.tokenizer import corpus_from_samples
 
     records: list[dict] = []
     for u in urls:

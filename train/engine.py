@@ -22,24 +22,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import deepspeed
 import torch
+import torch._dynamo  # noqa: F401  (see model_init_context)
+from deepspeed.accelerator import get_accelerator
+from deepspeed.utils import set_z3_leaf_modules
+from torch.optim.lr_scheduler import LambdaLR
+from transformers.integrations import HfDeepSpeedConfig
 
-from train.config import OptimConfig, TrainConfig
+from train.config.sections import OptimConfig, TrainConfig
+from train.config.task import TaskConfig
 from train.dist import ParallelDims, all_reduce_sum
-from train.packing import PACKED_KEYS
-from train.tasks import TASK_QA, TASK_REASON, TaskConfig, token_weights
+from train.loss import backward_scale, step_token_counts, token_weights
 
 # DeepSpeed's ZeRO-3 calls the deprecated *_into_tensor collectives on every step; the warning
 # would flood the log of every rank.
 warnings.filterwarnings("ignore", message=r".*torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)")
 
-MODEL_INPUTS = ("pixel_values", "input_ids", "attention_mask", "labels")
-
-
 def accelerator_name() -> str:
     """DeepSpeed's accelerator ("cpu", "cuda", ...)."""
-    from deepspeed.accelerator import get_accelerator
-
     return get_accelerator().device_name()
 
 
@@ -151,10 +152,6 @@ def model_init_context(ds_config: dict, enabled: bool) -> Iterator[Any]:
     if not (enabled and stage3):
         yield None
         return
-    import deepspeed
-    import torch._dynamo  # noqa: F401
-    from transformers.integrations import HfDeepSpeedConfig
-
     # zero.Init patches torch's tensor constructors; torch._dynamo checks their signatures when it
     # is first imported (transformers imports it lazily, e.g. with a vision model class), which
     # fails inside the context: import it before entering.
@@ -169,8 +166,6 @@ def set_leaf_modules(model: torch.nn.Module, class_names: list[str]) -> list[str
     Raises:
         ValueError: a name matches no module of the model (a typo must not pass silently).
     """
-    from deepspeed.utils import set_z3_leaf_modules
-
     classes = {type(m).__name__: type(m) for m in model.modules()}
     missing = [n for n in class_names if n not in classes]
     if missing:
@@ -182,9 +177,6 @@ def set_leaf_modules(model: torch.nn.Module, class_names: list[str]) -> list[str
 
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict) -> Any:
     """``deepspeed.initialize`` with our optimizer and schedule; returns the engine."""
-    import deepspeed
-    from torch.optim.lr_scheduler import LambdaLR
-
     max_steps = cfg.run.max_steps
     sched = lambda opt: LambdaLR(opt, lambda s: lr_factor(s, cfg.optim, max_steps))  # noqa: E731
     if cfg.deepspeed.leaf_modules and cfg.deepspeed.zero_stage == 3:
@@ -218,22 +210,10 @@ class StepStats:
     """Seconds of forward + backward + step on this rank."""
 
 
-def count_task_tokens(micro_batches: list[dict]) -> tuple[int, int]:
-    """(QA, reasoning) target tokens over a list of collated micro-batches (this rank only)."""
-    n_qa = sum(int((mb["task_ids"] == TASK_QA).sum()) for mb in micro_batches)
-    n_re = sum(int((mb["task_ids"] == TASK_REASON).sum()) for mb in micro_batches)
-    return n_qa, n_re
-
-
-def model_inputs(mb: dict, weights: torch.Tensor, device: torch.device) -> dict:
-    """Forward kwargs of one collated micro-batch: tensors on ``device`` plus ``loss_weight``."""
-    out = {k: mb[k].to(device, non_blocking=True) for k in MODEL_INPUTS}
-    out["loss_weight"] = weights.to(device, non_blocking=True)
-    if mb.get("packed"):  # train.packing: positions and segments per row, the clip of each example
-        out.update({k: mb[k].to(device, non_blocking=True) for k in PACKED_KEYS})
-    if "vision" in mb:  # an HF video-LLM's own video tensors (train.hf_inputs)
-        out["vision"] = {k: v.to(device, non_blocking=True) for k, v in mb["vision"].items()}
-    return out
+def model_inputs(model: Any, mb: dict, weights: torch.Tensor, device: torch.device) -> dict:
+    """Forward kwargs of one collated micro-batch (``VideoModel.model_inputs``; ``model`` may be the
+    DeepSpeed engine around it)."""
+    return getattr(model, "module", model).model_inputs(mb, weights, device)
 
 
 def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, world_size: int,
@@ -243,7 +223,7 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     The loss is ``alpha * mean_QA + beta * mean_reason`` where both means run over the whole
     GLOBAL batch: token counts are summed over all micro-batches and all-reduced over ranks
     BEFORE any forward, then every target token gets weight alpha/N_qa or beta/N_reason
-    (``train.tasks.token_weights``), and the model returns ``sum_i w_i * CE_i`` of its tokens.
+    (``train.loss.token_weights``), and the model returns ``sum_i w_i * CE_i`` of its tokens.
     Summed over micro-batches and ranks this is exactly the global objective.
 
     DeepSpeed, however, divides each micro-batch loss by gradient_accumulation_steps inside
@@ -266,20 +246,19 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     if len(micro_batches) != gas:
         raise ValueError(f"got {len(micro_batches)} micro-batches for gradient_accumulation_steps={gas}")
     forward = forward or engine
-    n_qa_local, n_re_local = count_task_tokens(micro_batches)
     tokens_local = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
     # a packed micro-batch holds several sequences per row and each distinct clip once
     examples_local = sum(int(mb.get("n_examples", mb["input_ids"].shape[0])) for mb in micro_batches)
     frames_local = sum(int(mb.get("n_examples", mb["pixel_values"].shape[0]) * mb["pixel_values"].shape[1])
                        for mb in micro_batches)
-    n_qa, n_re = all_reduce_sum([n_qa_local, n_re_local])
-    scale = float(gas * world_size)
+    n_qa, n_re = step_token_counts(micro_batches)  # global: every rank, every micro-batch
+    scale = backward_scale(gas, world_size)
     lr = float(engine.get_lr()[0])  # the LR this step applies (the scheduler advances in engine.step)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: one sync per step, not per micro
     for mb in micro_batches:
         w = token_weights(mb["task_ids"], n_qa, n_re, task.alpha, task.beta)
-        out = forward(**model_inputs(mb, w, device))
+        out = forward(**model_inputs(engine, mb, w, device))
         loss = out["loss"]
         engine.backward(loss * scale)  # undo DeepSpeed's 1/gas and rank averaging, see docstring
         engine.step()  # applies the update only at the accumulation boundary

@@ -24,9 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-from train.checkpoint import COMPLETE, TAG_RE, atomic_write_text
+from data_shards.common.atomic import atomic_write_text
+from train.checkpoint import COMPLETE, TAG_RE
 from train.config import TrainConfig, load_config, save_config
+from train.models import build_model, load_export, load_tokenizer
+from train.models.registry import export_kind
+from train.tokenizer import build_tokenizer
 
 
 def resolve_checkpoint(path: str | Path, tag: str | None = None) -> tuple[Path, str]:
@@ -57,8 +62,6 @@ def resolve_checkpoint(path: str | Path, tag: str | None = None) -> tuple[Path, 
 
 def consolidated_state_dict(root: Path, tag: str) -> dict[str, torch.Tensor]:
     """fp32 full state dict of the model from all ranks' ZeRO shards (DeepSpeed's zero_to_fp32)."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     return get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
 
 
@@ -73,18 +76,11 @@ def model_from_checkpoint(root: Path, tag: str) -> tuple[Any, Any, TrainConfig, 
     """Rebuild the model of a checkpoint with its consolidated weights (fp32, CPU).
 
     Returns:
-        (VideoLLM, tokenizer, TrainConfig, step).
+        (VideoModel, tokenizer, TrainConfig, step).
     """
-    from train.model import build_model
-    from train.tokenizer import build_tokenizer
-
     cfg = load_config(root / tag / "train_config.yaml")
-    if cfg.model.kind == "hf_vlm":  # the VLM's own processor (tokenizer, chat template, video settings)
-        from train.hf_vlm import load_processor
-
-        tokenizer = load_processor(cfg.model.hf)
-    else:
-        tokenizer = build_tokenizer(_find_tokenizer(root))
+    # the model family's own tokenizer / processor, else the run's tokenizer saved beside the checkpoints
+    tokenizer = load_tokenizer(cfg.model) or build_tokenizer(_find_tokenizer(root))
     state = consolidated_state_dict(root, tag)
     model = build_model(cfg.model, tokenizer)
     result = model.load_state_dict(state, strict=False)
@@ -111,10 +107,7 @@ def export(checkpoint: str | Path, out: str | Path, tag: str | None = None, dtyp
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
     out = Path(out)
-    if cfg.model.kind == "hf_vlm":
-        model.save_export(out, merge_lora=merge_lora)
-    else:
-        model.save_pretrained_parts(out, tokenizer)
+    model.save_export(out, tokenizer, merge_lora=merge_lora)
     save_config(cfg, out / "train_config.yaml")
     info = {"checkpoint": str(root / tag), "step": step, "dtype": dtype,
             "consolidation": "deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint"}
@@ -139,22 +132,12 @@ def load_for_eval(path: str | Path, device: torch.device | str | None = None,
         ``config.task`` (answer_format) for the scores to mean what training meant.
     """
     path = Path(path)
-    meta_file = path / "video_llm.json"
-    if meta_file.is_file() and json.loads(meta_file.read_text()).get("kind") == "hf_vlm":
-        from train.hf_vlm import HFVideoLLM
-
-        cfg_path = path / "train_config.yaml"
-        cfg = load_config(cfg_path) if cfg_path.is_file() else TrainConfig()
-        model = HFVideoLLM.from_export(path, cfg.model, device=device)
-        tokenizer = model.processor.tokenizer
-    elif (path / "video_llm.json").is_file():
-        from train.model import VideoLLM
-
+    if export_kind(path) is not None:
         if tag is not None:
             raise ValueError(f"{path} is an export (one set of weights): --tag {tag} applies to checkpoint folders")
-        model, tokenizer = VideoLLM.from_pretrained_parts(path, device=device)
         cfg_path = path / "train_config.yaml"
         cfg = load_config(cfg_path) if cfg_path.is_file() else TrainConfig()
+        model, tokenizer = load_export(path, cfg.model, device=device)
     else:
         root, tag = resolve_checkpoint(path, tag)
         model, tokenizer, cfg, _ = model_from_checkpoint(root, tag)
@@ -180,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    hf = json.loads((out / "video_llm.json").read_text()).get("kind") == "hf_vlm"
-    how = "AutoModelForImageTextToText.from_pretrained(out)" if hf else "llm/: AutoModelForCausalLM.from_pretrained"
-    print(f"exported {args.checkpoint} -> {out} (loads with {how})")
+    print(f"exported {args.checkpoint} -> {out} (model.kind {export_kind(out)}; python -m eval run --checkpoint "
+          f"{out} evaluates it)")
     return 0

@@ -21,13 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_shards.common.atomic import atomic_write_text
+from data_shards.reasoning_records import load_reasoning
+from data_shards.stream.loader import LoaderConfig, build_loader
 from train import checkpoint as ckpt
 from train import runguard
 from train.config import TrainConfig, config_to_dict, save_config
 from train.datastream import BatchStream, corpus_texts, epoch_batches_for, preflight
-from train.dist import ParallelDims, barrier, device, init_distributed
+from train.dist import ParallelDims, all_reduce_sum, barrier, device, init_distributed
 from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
 from train.metrics import MetricsLogger, Throughput
+from train.models import build_model, load_tokenizer
+from train.tasks import build_examples
+from train.tokenizer import build_tokenizer
 
 log = logging.getLogger("train")
 
@@ -55,8 +61,6 @@ class Trainer:
         self.epoch_batches = epoch_batches_for(cfg.data, self.data_summary, self.dims.world_size)
         self.reasoning = None
         if cfg.data.reasoning:
-            from data_shards.reasoning_records import load_reasoning
-
             self.reasoning = load_reasoning(cfg.data.reasoning)
         runguard.check_run_folder(cfg, resume)
         self.resume_from = ckpt.resolve_resume(resume, cfg.checkpoint_dir)
@@ -83,10 +87,9 @@ class Trainer:
                                 cfg.run_dir)
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, cfg.run_dir / "config.yaml")
-            ckpt.atomic_write_text(cfg.run_dir / "ds_config.json", json.dumps(self.ds_config, indent=2))
+            atomic_write_text(cfg.run_dir / "ds_config.json", json.dumps(self.ds_config, indent=2))
         self.tokenizer = self._tokenizer()
         self.model, self.engine = self._model_and_engine()
-        self.layout = self.model.frame_layout(cfg.data.num_frames)
         self.step, self.samples, position = 0, 0, {"epoch": 0, "batch": 0}
         seed_everything(cfg.run.seed + 1000 * (self.dims.rank + 1))  # per-rank streams (dropout, ...)
         if self.resume_from is not None:
@@ -98,17 +101,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _tokenizer(self) -> Any:
-        """A local tokenizer, or a BPE trained on rank 0 from the shards' texts and saved with the run."""
-        from train.tokenizer import build_tokenizer
-
+        """The model family's own tokenizer (e.g. an HF video-LLM's processor), else a local tokenizer,
+        else a BPE trained on rank 0 from the shards' texts; saved next to the checkpoints."""
         cfg = self.cfg
-        if cfg.model.kind == "hf_vlm":  # the VLM's own tokenizer, chat template and video settings
-            from train.hf_vlm import load_processor
-
-            proc = load_processor(cfg.model.hf)
+        own = load_tokenizer(cfg.model)
+        if own is not None:
             if self.is_main:
-                proc.save_pretrained(cfg.checkpoint_dir / "tokenizer")
-            return proc
+                own.save_pretrained(cfg.checkpoint_dir / "tokenizer")
+            return own
         if cfg.tokenizer.path:
             tok = build_tokenizer(cfg.tokenizer.path)
         else:
@@ -123,13 +123,10 @@ class Trainer:
         return tok
 
     def _model_and_engine(self) -> tuple[torch.nn.Module, Any]:
-        from train.model import build_model
-
         seed_everything(self.cfg.run.seed)  # identical init on every rank (zero.Init also broadcasts)
         with model_init_context(self.ds_config, self.cfg.deepspeed.zero_init):
             model = build_model(self.cfg.model, self.tokenizer)
-        if self.cfg.data.packing and self.cfg.data.packing_sdpa == "per_sequence":
-            model.use_sdpa_varlen()  # packed rows on SDPA: one call per sequence, not a masked L x L
+        packing = model.prepare_packing(self.cfg.data.packing_sdpa) if self.cfg.data.packing else None
         engine = build_engine(model, self.cfg, self.ds_config)
         if self.is_main:
             report = getattr(model, "attention_report", None)
@@ -137,12 +134,10 @@ class Trainer:
                      self.dims.launcher, self.backend, json.dumps(self.ds_config))
             if self.cfg.data.packing:
                 log.info("packing: rows of up to %d tokens (first-fit decreasing); attention: %s",
-                         self.cfg.row_capacity, model.packing_attention)
+                         self.cfg.row_capacity, packing)
         return model, engine
 
     def _loader(self) -> Any:
-        from data_shards.stream.loader import LoaderConfig, build_loader
-
         d = self.cfg.data
         lcfg = LoaderConfig(urls=list(self.data_summary.urls), num_frames=d.num_frames, frame_size=tuple(d.frame_size),
                             batch_size=d.micro_batch_size, num_workers=d.num_workers, shuffle_shards=d.shuffle_shards,
@@ -183,21 +178,13 @@ class Trainer:
 
     def next_examples(self) -> list:
         """The training sequences (train.tasks.Example) of the next loader batch (may be empty)."""
-        from train.tasks import build_examples
-
         return [ex for sample in self.stream.next_batch() for ex in build_examples(sample, self.cfg.task)]
 
     def collate_examples(self, examples: list, packing: bool | None = None) -> dict:
-        """Tokenized micro-batch of ``examples``: packed rows or one padded row each
-        (``packing`` None = data.packing)."""
-        from train.packing import pack_collate
-        from train.tasks import collate
-
-        if self.cfg.model.kind == "hf_vlm":
-            return self.model.collate(examples, self.cfg.task)
-        if self.cfg.data.packing if packing is None else packing:
-            return pack_collate(examples, self.tokenizer, self.cfg.task, self.layout, self.cfg.row_capacity)
-        return collate(examples, self.tokenizer, self.cfg.task, self.layout)
+        """Tokenized micro-batch of ``examples`` by the model's own collate: packed rows or one padded
+        row each (``packing`` None = data.packing)."""
+        packing = self.cfg.data.packing if packing is None else packing
+        return self.model.collate(examples, self.cfg.task, packing=packing, row_capacity=self.cfg.row_capacity)
 
     def client_state(self) -> dict:
         return {"step": self.step, "samples": self.samples, "data": self.stream.position(), "rng": ckpt.rng_state(),
@@ -312,8 +299,6 @@ class PreemptionFlag:
 
     def agreed(self) -> bool:
         """True on every rank once any rank got a signal (a collective: call it on all ranks)."""
-        from train.dist import all_reduce_sum
-
         names = [sig.name for sig in self.SIGNALS]
         got = all_reduce_sum([float(self._got == n) for n in names])  # which signal reached some rank
         if any(got):

@@ -26,7 +26,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from train.tasks import Example, FrameLayout, TaskConfig, encode_examples
+from train.config.model import FrameLayout
+from train.config.task import TaskConfig
+from train.tasks import Example, encode_examples
 
 PACKED_KEYS = ("position_ids", "segment_ids", "clip_index")
 """Tensors a packed micro-batch adds to the model's inputs."""

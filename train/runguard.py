@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from train.config import ConfigError, TrainConfig, config_to_dict
+from train.engine import lr_factor, param_groups
 
 REFUSED = {
     "model": "the weights' shapes and names come from it",
@@ -190,7 +191,6 @@ def apply_optim_settings(engine: Any, model: Any, cfg: TrainConfig) -> float:
     the next step is recomputed from the (possibly new) schedule at the restored step, so the
     logged lr follows the new setting from the first resumed step on.
     """
-    from train.engine import lr_factor, param_groups
 
     o, sched, groups = cfg.optim, engine.lr_scheduler, engine.optimizer.param_groups
     decays = [g["weight_decay"] > 0 for g in param_groups(model, 1.0)]  # same order as the optimizer's

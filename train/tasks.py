@@ -4,8 +4,8 @@ From one question sample (contract 3: frames, question, options, answer, the joi
 record) :func:`build_examples` emits text-level :class:`Example` objects; :func:`collate`
 tokenizes them segment by segment (see :mod:`train.prompts`) into right-padded tensors whose
 ``labels`` hold only the target tokens and whose ``task_ids`` say which task each target
-token belongs to; :func:`token_weights` turns task ids and the optimizer-step token counts into
-the per-token loss weights ``alpha / N_qa`` and ``beta / N_reason``.
+token belongs to. Tasks produce targets and task ids only: the weights ``alpha / N_qa`` and
+``beta / N_reason`` and everything else about the loss are in :mod:`train.loss`.
 
 Placeholder layout: the prompt holds ``layout.num_visual_tokens`` frame placeholder tokens,
 ``layout.tokens_per_group`` per frame group (``temporal_stride`` consecutive frames pooled
@@ -15,84 +15,18 @@ into one group). The layout is the MODEL's (``VideoLLM.frame_layout(num_frames)`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from data_shards.schema import CAPTION_QTYPE
 from train import prompts
+from train.config.model import FrameLayout
+from train.config.task import TaskConfig
+from train.loss import TASK_QA, TASK_REASON
 from train.tokenizer import frame_token_id
-
-TASK_NONE, TASK_QA, TASK_REASON = 0, 1, 2
-MODES = ("qa", "mtl", "stl", "caption")
-CAPTION_QTYPE = "caption"  # data_shards.schema.CAPTION_QTYPE (train reads samples, not the schema module)
-REASONING_SOURCES = ("none", "raw", "refined", "gt")
-
-
-@dataclass
-class TaskConfig:
-    """Which training sequences are built from each question, and how their loss is weighted."""
-
-    mode: str = "mtl"
-    """"qa": QA task only; "mtl": QA + reasoning task (ReasVQA multi-task); "stl": one target =
-    reasoning then answer (single-task baseline); "caption": stage-1 alignment, frames -> caption
-    of the video-caption entries (qtype "caption"; QA entries are skipped, and QA modes skip captions)."""
-    alpha: float = 1.0
-    """Weight of the mean QA loss (task-1 tokens; the STL target counts as task 1)."""
-    beta: float = 0.5
-    """Weight of the mean reasoning loss (task-2 tokens). The paper's sweet spot: 0.5-0.8."""
-    reasoning_source: str = "refined"
-    """Reasoning text: "refined" / "raw" from the joined reasoning record, "gt" = the synthetic
-    dataset's extra.reasoning (ablation), "none" = no reasoning task at all."""
-    answer_format: str = "letter"
-    """QA target: "letter" -> "(B)", "letter_text" -> "(B) red"."""
-    max_prompt_len: int = 1024
-    """Maximum prompt tokens (placeholders included); longer questions are cut, counted."""
-    max_target_len: int = 256
-    """Maximum target tokens (eos included); longer reasoning is cut, counted."""
-    reasoning_instruction: str | None = None
-    """Instruction of the reasoning task; None = ``prompts.INSTRUCTIONS["reasoning"]``."""
-    use_vcot: bool = False
-    """Interleave the reasoning record's vCoT transitional captions between the frames."""
-    caption_instruction: str | None = None
-    """Instruction of the caption task; None = ``prompts.CAPTION_INSTRUCTION``."""
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field."""
-        if self.mode not in MODES:
-            raise ValueError(f"task.mode must be one of {MODES}, got {self.mode!r}")
-        if self.reasoning_source not in REASONING_SOURCES:
-            raise ValueError(f"task.reasoning_source must be one of {REASONING_SOURCES}, "
-                             f"got {self.reasoning_source!r}")
-        prompts.qa_instruction(self.answer_format)  # raises on a bad format
-        if self.alpha < 0 or self.beta < 0:
-            raise ValueError(f"task.alpha/beta must be >= 0, got {self.alpha}, {self.beta}")
-        if self.max_prompt_len < 8 or self.max_target_len < 2:
-            raise ValueError("task.max_prompt_len must be >= 8 and task.max_target_len >= 2")
-
-
-@dataclass(frozen=True)
-class FrameLayout:
-    """How many placeholder tokens the prompt holds for a clip of ``num_frames`` frames."""
-
-    num_frames: int
-    """Frames per clip (T of pixel_values)."""
-    temporal_stride: int = 1
-    """Consecutive frames averaged into one group by the projector."""
-    tokens_per_group: int = 1
-    """Visual tokens per frame group (spatial pooling grid, e.g. 2x2 = 4)."""
-
-    @property
-    def groups(self) -> int:
-        """Frame groups: ceil(num_frames / temporal_stride)."""
-        return math.ceil(self.num_frames / self.temporal_stride)
-
-    @property
-    def num_visual_tokens(self) -> int:
-        """Placeholder tokens per prompt."""
-        return self.groups * self.tokens_per_group
 
 
 @dataclass
@@ -172,8 +106,6 @@ def build_examples(sample: dict, cfg: TaskConfig) -> list[Example]:
             instr = cfg.reasoning_instruction or prompts.INSTRUCTIONS["reasoning"]
             out.append(Example(task="reasoning", task_id=TASK_REASON, instruction=instr,
                                target=reasoning, **common))
-    elif cfg.mode not in MODES:
-        raise ValueError(f"task.mode must be one of {MODES}, got {cfg.mode!r}")
     return out
 
 
@@ -327,35 +259,6 @@ def pad_rows(rows: list[tuple[list[int], list[int], int]], pad_token_id: int, pa
         labels[i, len(p):n] = torch.tensor(t)
         task_ids[i, len(p):n] = tid
     return input_ids, attention_mask, labels, task_ids
-
-
-def task_token_counts(task_ids: torch.Tensor) -> tuple[int, int]:
-    """(QA target tokens, reasoning target tokens) in a [B, L] task-id tensor."""
-    return int((task_ids == TASK_QA).sum()), int((task_ids == TASK_REASON).sum())
-
-
-def token_weights(task_ids: torch.Tensor, n_qa: float | torch.Tensor, n_reason: float | torch.Tensor,
-                  alpha: float, beta: float) -> torch.Tensor:
-    """Per-token loss weights: alpha/n_qa on task-1 tokens, beta/n_reason on task-2, 0 elsewhere.
-
-    With n_qa / n_reason counted over the whole optimizer step (all micro-batches, all ranks),
-    sum_i w_i * CE_i summed over the step = alpha * mean_QA + beta * mean_reason.
-
-    Args:
-        task_ids: long [B, L] (0/1/2), aligned with labels.
-        n_qa, n_reason: token counts (python numbers or 0-d tensors); 0 -> that task weighs 0.
-        alpha, beta: task weights.
-
-    Returns:
-        float32 [B, L] on task_ids' device.
-    """
-    n_qa_t = torch.as_tensor(n_qa, dtype=torch.float32, device=task_ids.device)
-    n_re_t = torch.as_tensor(n_reason, dtype=torch.float32, device=task_ids.device)
-    w_qa = torch.where(n_qa_t > 0, alpha / n_qa_t.clamp(min=1e-12), torch.zeros_like(n_qa_t))
-    w_re = torch.where(n_re_t > 0, beta / n_re_t.clamp(min=1e-12), torch.zeros_like(n_re_t))
-    w = torch.zeros(task_ids.shape, dtype=torch.float32, device=task_ids.device)
-    w = torch.where(task_ids == TASK_QA, w_qa, w)
-    return torch.where(task_ids == TASK_REASON, w_re, w)
 
 
 def option_targets(options: list[str], answer_format: str) -> list[str]:

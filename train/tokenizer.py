@@ -12,12 +12,16 @@ features into the input embeddings at those positions).
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from train.config import load_config
 from train.prompts import fixed_texts
 
 FRAME_TOKEN = "<|frame|>"
@@ -46,7 +50,6 @@ def build_tokenizer(path: str | Path | None = None, corpus: Iterable[str] | None
     """
     if path is not None:
         return _load_local(Path(path))
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     if corpus is None:
@@ -131,9 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 
     One tokenizer for several runs (``--tokenizer.path``), so that they differ only in what they
     train on (the demo's study uses it)."""
-    import argparse
-    import json
-
     p = argparse.ArgumentParser(prog="python -m train tokenizer", description=main.__doc__.split("\n")[0])
     p.add_argument("--records", nargs="+", required=True, help="records jsonl files (questions, options, captions)")
     p.add_argument("--reasoning", nargs="*", default=[], help="reasoning jsonl files (raw / refined texts)")
@@ -143,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     vocab = a.vocab_size
     if vocab is None:
-        from train.config import load_config
-
         vocab = load_config(a.config).tokenizer.vocab_size
     texts: list[str] = []
     for path in a.records:

@@ -52,10 +52,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from webdataset.tariterators import tarfile_samples
 
-from data_shards.stream.frames import segment_times
+from data_shards.bench.sources import make_shards, make_sources, parse_gop
+from data_shards.common.atomic import atomic_path
+from data_shards.ingest.transcode import add_arguments, config_from_args
+from data_shards.stream.frames import decode_frames, segment_times
+from data_shards.stream.loader import LoaderConfig, _parse_size, build_loader, expand_urls
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CSV = REPO / "docs" / "bench" / "loader.csv"
 CSV_FIELDS = ["date", "commit", "cpus", "load_1m", "shards", "videos_in_shards", "frames", "size", "workers",
               "seconds", "rounds", "max_videos", "loader_videos", "loader_videos_s", "loader_frames_s",
@@ -101,8 +107,6 @@ def cpu_seconds() -> float:
 
 def tar_videos(urls: list[str]) -> Iterator[tuple[str, dict, bytes]]:
     """``(key, record, video bytes)`` for every sample of the shards, in order (main process)."""
-    from webdataset.tariterators import tarfile_samples
-
     for sample in tarfile_samples(iter([{"url": u} for u in urls])):
         record = json.loads(sample["json"])
         yield sample["__key__"], record, sample[record["video"].rsplit(".", 1)[1].lower()]
@@ -141,7 +145,7 @@ def pyav_frames(data: bytes, num_frames: int, size: tuple[int, int], record: dic
     Returns:
         (uint8 ``[K, H, W, 3]`` RGB at ``size``, mean ``|t_frame - t|`` in seconds).
     """
-    import av
+    import av  # PyAV is optional (the "dev" extra): only the bench's baselines use it
 
     if mode not in PYAV_MODES:
         raise ValueError(f"mode must be one of {PYAV_MODES}, got {mode!r}")
@@ -186,8 +190,6 @@ def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers:
 
     Timed from building the loader (worker start-up included) to the last counted batch.
     """
-    from data_shards.stream.loader import LoaderConfig, build_loader
-
     t0, cpu0, done = time.perf_counter(), cpu_seconds(), 0
     cfg = LoaderConfig(urls=urls, num_frames=num_frames, frame_size=size, batch_size=8, num_workers=workers,
                        shuffle_shards=False, shuffle_buffer=0, epoch_batches=1 << 40, decode_threads=decode_threads)
@@ -248,8 +250,6 @@ def transcode_cost(urls: list[str]) -> tuple[float, float, dict]:
 
 def native_check(urls: list[str], num_frames: int) -> str:
     """Decode the first video at its own size with torchcodec and with PyAV: are the frames identical?"""
-    from data_shards.stream.frames import decode_frames
-
     key, record, data = next(tar_videos(urls))
     ours = decode_frames(data, num_frames, None, record["start"], record["end"]).permute(0, 2, 3, 1).numpy()
     theirs, _ = pyav_frames(data, num_frames, tuple(ours.shape[1:3]), record, "seek")
@@ -274,8 +274,8 @@ def append_csv(path: Path, row: dict) -> None:
         with path.open(newline="") as f:
             old = csv.DictReader(f)
             rows = list(old) if old.fieldnames != CSV_FIELDS else None
-        if rows is not None:
-            with path.open("w", newline="") as f:
+        if rows is not None:  # rewritten whole or not at all: the old rows are never lost
+            with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="")
                 writer.writeheader()
                 writer.writerows(rows)
@@ -297,10 +297,6 @@ def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: in
         The providers' results (loader, torchcodec-seq, pyav-seq, pyav-decode-all, pyav-keyframe,
         and loader-transcoded when ``tc_urls`` are given) and the number of videos in the shards.
     """
-    import torch
-
-    from data_shards.stream.frames import decode_frames
-
     index = [(key, rec) for key, rec, _ in tar_videos(urls)]
     if not index:
         raise ValueError(f"no video sample in {urls}")
@@ -374,10 +370,6 @@ def _print_sweep(args: argparse.Namespace, urls: list[str], source: str) -> int:
 
 def _sources(args: argparse.Namespace) -> tuple[list[str], list[str] | None, str]:
     """The original and (optional) transcoded shard URLs the options name or make, and the source label."""
-    from data_shards.bench.sources import make_shards, make_sources, parse_gop
-    from data_shards.stream.loader import expand_urls
-    from data_shards.ingest.transcode import config_from_args
-
     tc_cfg = config_from_args(args)
     if args.make_sources is None:
         if args.shards is None:
@@ -401,9 +393,6 @@ def _sources(args: argparse.Namespace) -> tuple[list[str], list[str] | None, str
 
 
 def _arguments() -> argparse.ArgumentParser:
-    from data_shards.stream.loader import _parse_size
-    from data_shards.ingest.transcode import add_arguments
-
     p = argparse.ArgumentParser(prog="python -m data_shards bench", description=main.__doc__)
     p.add_argument("shards", nargs="?", help="shard URL pattern, e.g. 'bench/shards/train-{000000..000007}.tar'")
     p.add_argument("--transcoded", default=None, help="shards of the same videos written with --transcode")

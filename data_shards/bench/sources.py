@@ -9,7 +9,6 @@ lands under ``DIR`` and is reused by a later run with the same settings (a ``par
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -17,10 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from data_shards.schema import read_records, write_records
+from data_shards.common.atomic import atomic_path, atomic_write_json
 from data_shards.common.distenv import usable_cores
 from data_shards.ingest.transcode import TranscodeConfig
 from data_shards.ingest.video_io import VideoError, ffmpeg_bin
+from data_shards.ingest.writer import write_shards
+from data_shards.schema import read_records, write_records
+from data_shards.synth.make import make_synthetic
 
 GOPS = ("synthetic", "x264")
 """``synthetic``: the rendered videos (one key frame per second, x264 veryfast); ``x264``: re-encoded
@@ -35,14 +37,12 @@ def parse_gop(text: str) -> str:
 
 def reencode(src: Path, dst: Path, gop: str) -> None:
     """Re-encode ``src`` as a user's source would be: ``ffmpeg -i src -c:v libx264 [-g N] dst`` (defaults)."""
-    tmp = dst.with_name(dst.name + ".tmp")
     cmd = [ffmpeg_bin(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
-           *(["-g", gop] if gop.isdigit() else []), "-f", "mp4", str(tmp)]
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise VideoError(f"{src}: re-encoding failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
-    os.replace(tmp, dst)
+           *(["-g", gop] if gop.isdigit() else []), "-f", "mp4"]
+    with atomic_path(dst) as tmp:
+        proc = subprocess.run([*cmd, str(tmp)], capture_output=True)
+        if proc.returncode != 0:
+            raise VideoError(f"{src}: re-encoding failed: {proc.stderr.decode(errors='replace').strip()[-300:]}")
 
 
 def _stamp_ok(folder: Path, params: dict) -> bool:
@@ -51,14 +51,12 @@ def _stamp_ok(folder: Path, params: dict) -> bool:
 
 
 def _stamp(folder: Path, params: dict) -> None:
-    (folder / "params.json").write_text(json.dumps(params, indent=1) + "\n")
+    atomic_write_json(folder / "params.json", params, indent=1)  # the stamp says "complete": never half-written
 
 
 def make_sources(out: str | Path, videos: int, size: tuple[int, int], seconds: float, fps: float, gop: str,
                  jobs: int | None = None, log=print) -> Path:
     """Synthetic videos re-encoded with the given GOP; returns their records.jsonl (videos beside it)."""
-    from data_shards.synth.make import make_synthetic
-
     out, jobs = Path(out), jobs or usable_cores()
     h, w = size
     base = dict(videos=videos, width=w, height=h, seconds=seconds, fps=fps)
@@ -89,8 +87,6 @@ def make_sources(out: str | Path, videos: int, size: tuple[int, int], seconds: f
 def make_shards(records: Path, tc: TranscodeConfig | None, per_shard: int = 2, jobs: int | None = None,
                 log=print) -> str:
     """Shards of ``records`` (as they are, or transcoded) beside them; returns the brace URL pattern."""
-    from data_shards.ingest.writer import write_shards
-
     params = {"per_shard": per_shard, "transcode": asdict(tc) if tc else None}
     tag = "-".join(f"{k}{v}" for k, v in asdict(tc).items() if v is not None) if tc else ""
     name = f"shards-tc-{tag}" if tc else "shards"

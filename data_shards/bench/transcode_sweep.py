@@ -24,9 +24,9 @@ from torchcodec.decoders import VideoDecoder
 from torchcodec.transforms import Resize
 
 from data_shards.bench.loader_bench import pyav_frames
+from data_shards.ingest.transcode import TranscodeConfig, transcode_file
 from data_shards.stream.frames import decode_frames
 from data_shards.stream.loader import _parse_size
-from data_shards.ingest.transcode import TranscodeConfig, transcode_file
 
 DEFAULT_VARIANTS = ("256:0:30:23:veryfast,256:0:8:23:veryfast,256:0:4:23:veryfast,256:15:8:23:veryfast,"
                     "256:8:8:23:veryfast,256:8:4:23:veryfast,224:0:8:23:veryfast,256:0:8:28:veryfast")

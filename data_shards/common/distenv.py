@@ -4,10 +4,15 @@ process ends.
 One function for torchrun, the deepspeed launcher, SLURM (srun) and Open MPI, so that the
 loader, reasoning generation, the trainer and eval agree on who they are; ``shutdown`` and
 ``exit_process`` end every distributed command the same way.
+
+torch is imported inside ``shutdown`` / ``exit_process`` only: this is the bottom layer of the
+project, and every command ends through ``exit_process`` (``python -m eval score`` too), which must
+not spend seconds loading torch in a process that never used it.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from dataclasses import dataclass
@@ -69,7 +74,7 @@ def shutdown() -> None:
     """Leave the process group at the end of a run, every rank together (barrier, then
     ``destroy_process_group``). End the process with :func:`exit_process` afterwards."""
     global _left_group
-    import torch.distributed as dist
+    import torch.distributed as dist  # torch only here: ``common`` stays importable without loading torch
 
     if dist.is_available() and dist.is_initialized():
         if dist.get_world_size() > 1:
@@ -97,12 +102,10 @@ def exit_process(code: int) -> NoReturn:
     """
     if "torch.distributed" not in sys.modules:  # never imported, so never joined: no torch import here
         sys.exit(code)
-    import torch.distributed as dist
+    import torch.distributed as dist  # already imported (checked above): no load here
 
     if not (_left_group or (dist.is_available() and dist.is_initialized())):
         sys.exit(code)
-    import atexit
-
     try:
         atexit._run_exitfuncs()
     finally:

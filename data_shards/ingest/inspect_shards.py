@@ -19,8 +19,10 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from data_shards.schema import SchemaError, validate_record
+from webdataset.shardlists import expand_urls
+
 from data_shards.ingest.video_io import VIDEO_EXTS
+from data_shards.schema import SchemaError, validate_record
 
 _COUNTS = ("samples", "videos", "questions", "video_bytes", "bytes")
 
@@ -30,8 +32,6 @@ def expand_shards(patterns: list[str] | str) -> list[str]:
 
     A pattern that matches no file is kept as is, so that it is reported as missing.
     """
-    from webdataset.shardlists import expand_urls
-
     out: list[str] = []
     for pat in [patterns] if isinstance(patterns, str) else patterns:
         for url in expand_urls(pat):

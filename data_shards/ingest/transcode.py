@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import os
 import subprocess
 from collections.abc import Callable, Sequence
@@ -33,8 +34,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data_shards.common.atomic import atomic_path
 from data_shards.common.distenv import usable_cores
-from data_shards.ingest.video_io import VideoError, VideoInfo, ffmpeg_bin, probe_video
+from data_shards.ingest.probe import VideoInfo, probe_video
+from data_shards.ingest.video_io import VideoError, ffmpeg_bin
 
 CODECS = ("libx264", "libx265")
 """Encoders whose ``-preset`` / ``-crf`` / ``-g`` options mean the same (both decode with libavcodec)."""
@@ -143,15 +146,13 @@ def transcode_file(src: str | Path, dst: str | Path, cfg: TranscodeConfig, start
     if src.stat().st_size == 0:
         raise VideoError(f"{src}: empty file (0 bytes)")
     info = probe_video(src)
-    tmp = dst.with_name(dst.name + ".tmp")
-    code, err, cpu_s = _run_timed(ffmpeg_command(src, tmp, info, cfg, start, end))
-    if code != 0 or not tmp.exists() or tmp.stat().st_size == 0:
-        tmp.unlink(missing_ok=True)
-        if "No space left on device" in err:  # our disk, not this video: the writer stops (finished shards stay)
-            raise OSError(errno.ENOSPC, f"no space left on device writing {tmp} (transcoding {src})")
-        last = err.strip().splitlines()[-1] if err.strip() else "no output"
-        raise VideoError(f"{src}: transcoding failed (ffmpeg rc {code}): {last[:300]}")
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        code, err, cpu_s = _run_timed(ffmpeg_command(src, tmp, info, cfg, start, end))
+        if code != 0 or not tmp.exists() or tmp.stat().st_size == 0:
+            if "No space left on device" in err:  # our disk, not this video: the writer stops (finished shards stay)
+                raise OSError(errno.ENOSPC, f"no space left on device writing {tmp} (transcoding {src})")
+            last = err.strip().splitlines()[-1] if err.strip() else "no output"
+            raise VideoError(f"{src}: transcoding failed (ffmpeg rc {code}): {last[:300]}")
     try:
         out = probe_video(dst)
     except VideoError as e:
@@ -177,9 +178,7 @@ def _check_duration(src: Path, info: VideoInfo, out: VideoInfo, start: float | N
 
 def keyframe_times(source: str | Path | bytes) -> list[float]:
     """Presentation times (s) of the key frames of the first video stream, read from packets (no decoding)."""
-    import io
-
-    import av
+    import av  # PyAV is optional (the "dev" extra): only the bench and the tests read key frames
 
     with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
         stream = container.streams.video[0]

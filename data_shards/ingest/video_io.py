@@ -1,9 +1,10 @@
-"""ffmpeg helpers: encode raw RGB frames to H.264 mp4, cut clips, probe videos with torchcodec.
+"""ffmpeg helpers: encode raw RGB frames to H.264 mp4 and cut clips (probing with torchcodec is
+:mod:`data_shards.ingest.probe`, so that rendering does not load torchcodec).
 
 Everything here shells out to the ``ffmpeg`` CLI (no Python bindings needed) and writes its
-outputs atomically: ffmpeg writes ``name.tmp`` with an explicit container format, which is
-renamed to ``name`` only after ffmpeg exited cleanly, so a crash never leaves a half file with the
-final name.
+outputs atomically (:mod:`data_shards.common.atomic`): ffmpeg writes a temp file next to the
+output, with an explicit container format, which is renamed to the final name only after ffmpeg
+exited cleanly, so a crash never leaves a half file with the final name.
 
 Reproducibility: the encoder runs with ``-threads 1`` and the ``bitexact`` flags (no encoder
 version string, no creation time in the container), so the same ffmpeg build gives the same
@@ -12,14 +13,14 @@ bytes for the same frames. Other ffmpeg builds may give other bytes; compare dec
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from data_shards.common.atomic import PendingFile, atomic_path
 
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi")
 """Containers a shard may hold (contract 1): the member extension is the container name."""
@@ -55,7 +56,7 @@ class Mp4Writer:
             w.write(frames)          # uint8 [T, H, W, 3] (or one frame [H, W, 3])
 
     Args:
-        path: output .mp4 path (written to ``path.tmp`` and renamed on success).
+        path: output .mp4 path (written to a temp file beside it and renamed on success).
         width, height: frame size in pixels; both must be even (yuv420p halves chroma).
         fps: frame rate of the output stream.
         preset: x264 preset (``ultrafast``, ``veryfast``, ...): speed vs file size.
@@ -68,14 +69,19 @@ class Mp4Writer:
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise VideoError(f"{path}: frame size {width}x{height} must be positive and even (yuv420p)")
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.shape = (height, width, 3)
         self.frames = 0
-        cmd = [ffmpeg_bin(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
+        ffmpeg = ffmpeg_bin()
+        self._out = PendingFile(self.path)
+        self.tmp = self._out.tmp
+        cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo",
                "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps}", "-i", "-", "-an",
                *_x264_args(preset, crf, gop if gop is not None else max(1, round(fps))), str(self.tmp)]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        except BaseException:
+            self._out.discard()
+            raise
 
     def write(self, frames: np.ndarray) -> None:
         """Append frames: uint8 ``[T, H, W, 3]`` or ``[H, W, 3]``, RGB."""
@@ -98,8 +104,7 @@ class Mp4Writer:
             self._fail(f"ffmpeg exited with {self.proc.returncode}: {err.strip()[-500:]}")
         if self.frames == 0:
             self._fail("no frames were written")
-        os.replace(self.tmp, self.path)
-        return self.path
+        return self._out.commit()
 
     def abort(self) -> None:
         """Stop ffmpeg and remove the partial output."""
@@ -111,7 +116,7 @@ class Mp4Writer:
                 stream.close()
             except OSError:  # a broken pipe on close is expected after kill
                 pass
-        self.tmp.unlink(missing_ok=True)
+        self._out.discard()
 
     def _fail(self, why: str) -> None:
         self.abort()
@@ -154,54 +159,16 @@ def cut_clip(src: str | Path, start: float | None, end: float | None, dst: str |
     start = float(start or 0.0)
     if end is not None and end <= start:
         raise VideoError(f"{src}: clip end {end} is not after start {start}")
-    tmp = dst.with_name(dst.name + ".tmp")
     # -ss before -i seeks fast to the nearest keyframe and then decodes up to `start` exactly.
     cmd = [ffmpeg_bin(), "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{start:.6f}",
            "-i", str(src)]
     if end is not None:
         cmd += ["-t", f"{end - start:.6f}"]
     # Fps stays the source's; width/height are rounded down to even sizes for yuv420p.
-    cmd += ["-an", "-sn", "-dn", "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2",
-            *_x264_args(preset, crf, None), str(tmp)]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True)
-    if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
-        tmp.unlink(missing_ok=True)
-        err = proc.stderr.decode(errors="replace").strip()[-500:]
-        raise VideoError(f"{src}: cutting [{start}, {end}] failed (ffmpeg rc {proc.returncode}): {err}")
-    os.replace(tmp, dst)
+    cmd += ["-an", "-sn", "-dn", "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", *_x264_args(preset, crf, None)]
+    with atomic_path(dst) as tmp:
+        proc = subprocess.run([*cmd, str(tmp)], check=False, stdin=subprocess.DEVNULL, capture_output=True)
+        if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
+            err = proc.stderr.decode(errors="replace").strip()[-500:]
+            raise VideoError(f"{src}: cutting [{start}, {end}] failed (ffmpeg rc {proc.returncode}): {err}")
     return dst
-
-
-@dataclass
-class VideoInfo:
-    """What :func:`probe_video` learned about a video stream."""
-
-    width: int
-    height: int
-    fps: float | None
-    num_frames: int | None
-    duration: float | None
-    codec: str | None
-
-
-def probe_video(source: str | Path | bytes, decode_first: bool = True) -> VideoInfo:
-    """Open a video with torchcodec, read its stream metadata and (optionally) decode frame 0.
-
-    Decoding the first frame catches files whose container parses but whose stream does not.
-
-    Raises:
-        VideoError: naming the file when it cannot be opened or decoded.
-    """
-    from torchcodec.decoders import VideoDecoder
-
-    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
-    try:
-        dec = VideoDecoder(source if isinstance(source, bytes) else str(source), seek_mode="approximate")
-        md = dec.metadata
-        if decode_first:
-            dec.get_frame_at(0)
-    except Exception as e:  # torchcodec raises RuntimeError/ValueError of several kinds
-        raise VideoError(f"{name}: not a decodable video ({type(e).__name__}: {str(e).strip()[:300]})") from e
-    return VideoInfo(width=md.width, height=md.height, fps=md.average_fps, num_frames=md.num_frames,
-                     duration=md.duration_seconds, codec=md.codec)

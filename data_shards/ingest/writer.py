@@ -19,7 +19,7 @@ are reported with file and video_id, counted and skipped; the exit status is 0 u
 was written. Shards roll over at ``max_count`` samples or before ``max_size`` bytes would be
 exceeded (a single bigger sample gets a shard of its own). Each shard is written as
 ``name.tar.tmp`` and renamed when complete, so a crash never leaves a half shard under a
-final name; ``sizes.json`` is written the same way.
+final name; ``sizes.json`` is replaced atomically too (:mod:`data_shards.common.atomic`).
 
 With ``--transcode`` every video (clips: their window) is re-encoded once before it is stored:
 smaller, a key frame every few frames, audio dropped (:mod:`data_shards.ingest.transcode`; the record's
@@ -43,9 +43,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_shards.schema import VideoRecord, read_records, validate_record
+from webdataset import TarWriter
+
+from data_shards.common.atomic import atomic_write_json
+from data_shards.ingest.probe import probe_video
 from data_shards.ingest.transcode import TranscodeConfig, Transcoder, add_arguments, config_from_args
-from data_shards.ingest.video_io import VIDEO_EXTS, VideoError, cut_clip, probe_video
+from data_shards.ingest.video_io import VIDEO_EXTS, VideoError, cut_clip
+from data_shards.schema import VideoRecord, read_records, validate_record
 
 TAR_BLOCK = 512
 
@@ -133,6 +137,11 @@ class _Shard:
 class ShardSink:
     """Writes samples into rolling tar shards ``pattern % index`` (tmp file + rename).
 
+    Each shard is written as ``name.tar.tmp`` and renamed when it is full or closed: its own
+    scheme rather than :mod:`data_shards.common.atomic`, because a shard stays open across many
+    :meth:`add` calls and the fixed name is part of the contract (a rerun overwrites the temp file a
+    killed run left, and a full disk's error names it).
+
     Args:
         pattern: shard path with a printf index, e.g. ``out/train-%06d.tar``.
         max_count: samples per shard at most.
@@ -177,8 +186,6 @@ class ShardSink:
         return self.done
 
     def _open(self) -> None:
-        from webdataset import TarWriter
-
         path = Path(self.pattern % len(self.done))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -276,10 +283,7 @@ def write_sizes(path: Path, summary: dict, pattern: str) -> dict:
     skipped += [{**s, "shards": base} for s in summary["skipped"]]
     merged = {"shards": dict(sorted(shards.items())), "videos": sum(s["videos"] for s in shards.values()),
               "questions": sum(s["questions"] for s in shards.values()), "skipped": skipped}
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, merged, indent=1)
     return merged
 
 

@@ -37,7 +37,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import webdataset as wds
+from webdataset.filters import batched
+from webdataset.filters import map as wds_map
+from webdataset.shardlists import expand_urls as wds_expand
 
+from data_shards.common.distenv import usable_cores, world_info_from_env
+from data_shards.reasoning_records import load_reasoning
 from data_shards.stream.pipeline import (
     FAILURES,
     CountDecoded,
@@ -50,7 +56,6 @@ from data_shards.stream.pipeline import (
     decode_video,
     expand_questions,
 )
-from data_shards.common.distenv import usable_cores
 
 log = logging.getLogger("data_shards.stream.loader")
 
@@ -98,8 +103,6 @@ class LoaderConfig:
 
 def expand_urls(urls: str | list[str]) -> list[str]:
     """Brace-expand a pattern (``::`` separates several) or each entry of a list."""
-    from webdataset.shardlists import expand_urls as wds_expand
-
     items = [urls] if isinstance(urls, str) else list(urls)
     out: list[str] = []
     for item in items:
@@ -113,8 +116,6 @@ def resolve_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
         if rank is None or world_size is None:
             raise ValueError(f"give both rank and world_size or neither (got rank={rank}, world_size={world_size})")
     else:
-        from data_shards.common.distenv import world_info_from_env
-
         info = world_info_from_env()
         if info.launcher != "none":
             rank, world_size = info.rank, info.world_size
@@ -162,10 +163,6 @@ class VideoQALoader:
 
     def __init__(self, cfg: LoaderConfig, urls: list[str], rank: int, world_size: int,
                  reasoning: dict[str, dict] | None):
-        import webdataset as wds
-        from webdataset.filters import batched
-        from webdataset.filters import map as wds_map
-
         self.cfg, self.urls, self.rank, self.world_size = cfg, urls, rank, world_size
         self.decode_threads = cfg.decode_threads or auto_decode_threads(cfg.num_workers)
         self.num_batches = cfg.epoch_batches
@@ -329,8 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     reasoning = None
     if args.reasoning:
-        from data_shards.reasoning_records import load_reasoning
-
         reasoning = load_reasoning(args.reasoning)
     cfg = LoaderConfig(urls=args.shards, num_frames=args.frames, frame_size=args.size, batch_size=args.batch_size,
                        num_workers=args.workers, resample=args.resample, seed=args.seed,

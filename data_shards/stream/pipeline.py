@@ -30,9 +30,13 @@ from typing import Any
 
 import torch
 import torch.utils.data
+import webdataset as wds
+from webdataset.filters import shuffle as wds_shuffle
+from webdataset.gopen import Pipe
+from webdataset.tariterators import tarfile_samples
 
-from data_shards.stream.frames import DecodeError, decode_frames
 from data_shards.schema import SchemaError, validate_record
+from data_shards.stream.frames import DecodeError, decode_frames
 
 log = logging.getLogger("data_shards.stream.loader")
 
@@ -81,8 +85,6 @@ class IncompleteSample(ValueError):
 
 def _pipe_of(exn: BaseException):
     """The webdataset ``Pipe`` stream attached to an exception's args, if any."""
-    from webdataset.gopen import Pipe
-
     return next((a for a in exn.args if isinstance(a, Pipe)), None)
 
 
@@ -221,8 +223,6 @@ class ShardSource:
 
     def my_shards(self, pass_index: int, scope: str = "worker") -> list[str]:
         """The shards of pass ``pass_index``: permuted by (seed, epoch, pass), split by rank then worker."""
-        import webdataset as wds
-
         order = list(self.urls)
         if self.shuffle:
             random.Random(f"shards:{self.seed}:{self.epoch}:{pass_index}").shuffle(order)
@@ -259,8 +259,6 @@ class ShardSource:
                         self.SCOPES[scope])
 
     def _resampled(self) -> Iterator[dict[str, str]]:
-        import webdataset as wds
-
         worker, _ = worker_slot()
         shards = wds.ResampledShards(self.urls, seed=self.seed * 1_000_003 + self.epoch, deterministic=True,
                                      worker_seed=lambda: self.rank * 65_536 + worker)
@@ -284,11 +282,9 @@ class SeededShuffle:
         self.bufsize, self.source = bufsize, source
 
     def __call__(self, samples: Iterator[dict]) -> Iterator[dict]:
-        from webdataset.filters import shuffle
-
         s = self.source
         rng = random.Random(f"samples:{s.seed}:{s.epoch}:{s.rank}:{worker_slot()[0]}")
-        return shuffle(self.bufsize, initial=self.bufsize, rng=rng)(samples)
+        return wds_shuffle(self.bufsize, initial=self.bufsize, rng=rng)(samples)
 
 
 class TarSamples:
@@ -298,8 +294,6 @@ class TarSamples:
         self.handler, self.progress = handler, progress
 
     def __call__(self, src: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
-        from webdataset.tariterators import tarfile_samples
-
         for sample in tarfile_samples(src, handler=self.handler):
             self.progress.read += 1
             yield sample

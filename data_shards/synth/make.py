@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from data_shards.ingest.video_io import encode_frames
 from data_shards.schema import CAPTION_QTYPE, QA, VideoRecord, make_qid, read_records, write_records
 from data_shards.synth.questions import make_questions
 from data_shards.synth.render import COLOURS, PALETTE, Scene, make_scene, render_frames
 from data_shards.synth.shots import SHOT_QTYPES, make_shot_questions, make_shot_scene, render_shots, shot_meta
-from data_shards.ingest.video_io import encode_frames
 
 DATASET = "synthetic"
 GENERATOR_VERSION = 1

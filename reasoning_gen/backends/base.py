@@ -63,3 +63,17 @@ class Backend:
 
     def close(self) -> None:
         """Free the model / connections."""
+
+
+def call_with_retries(backend: Backend, requests: list[GenRequest], retries: int) -> list[GenResult]:
+    """``backend.generate`` and up to ``retries`` more calls for the requests that failed."""
+    results = backend.generate(requests)
+    for _ in range(retries):
+        bad = [i for i, r in enumerate(results) if not r.ok]
+        if not bad:
+            break
+        again = backend.generate([requests[i] for i in bad])
+        for i, r in zip(bad, again):
+            r.attempts += results[i].attempts
+            results[i] = r
+    return results

@@ -70,6 +70,7 @@ class TransformersBackend(Backend):
                  temperature: float = 0.0, top_p: float = 1.0, frames_as: str = "auto", batch_size: int | None = None,
                  attn_implementation: str | None = None, trust_remote_code: bool = False,
                  generate_kwargs: dict | None = None):
+        # transformers takes seconds to import: only when this backend is built, not for synthetic / openai
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         path = Path(model)

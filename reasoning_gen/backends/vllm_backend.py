@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from reasoning_gen.backends.base import Backend, GenRequest, GenResult
 from reasoning_gen.backends.hf import chat_messages, pick_frames_as
 from reasoning_gen.images import to_hwc
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def _import_vllm():
     try:
-        import vllm
+        import vllm  # optional (CUDA machines only): imported when this backend is built, with an install hint
     except ImportError as e:
         raise ImportError("the vllm backend needs vllm (pip install vllm, on a CUDA machine; or pip install "
                           "'videoqa-reasoning[vllm]'); use --backend transformers or openai otherwise") from e
@@ -50,7 +52,7 @@ class VLLMBackend(Backend):
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, dtype: str = "auto",
                  trust_remote_code: bool = False, engine_kwargs: dict | None = None):
         vllm = _import_vllm()
-        from transformers import AutoProcessor
+        from transformers import AutoProcessor  # seconds to import: only when this backend is built
 
         path = Path(model)
         if not path.is_dir():
@@ -77,11 +79,9 @@ class VLLMBackend(Backend):
             if len(req.frames) > self.max_frames and self.frames_as == "images":
                 raise ValueError(f"{req.key}: {len(req.frames)} frames > max_frames={self.max_frames}")
             if self.frames_as == "video":
-                import numpy as np
-
                 item["multi_modal_data"] = {"video": np.stack([to_hwc(f) for f in req.frames])}
             else:
-                from PIL import Image
+                from PIL import Image  # Pillow is not a dependency of the package; vLLM installs it
 
                 item["multi_modal_data"] = {"image": [Image.fromarray(to_hwc(f)) for f in req.frames]}
         return item

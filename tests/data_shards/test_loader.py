@@ -221,9 +221,9 @@ def test_cli_prints_batches_and_stats(shards, capsys):
 
 def test_synth_write_load_round_trip(tmp_path):
     """synth -> writer -> loader: every question exactly once, answers and extras equal the records'."""
+    from data_shards.ingest.writer import write_shards
     from data_shards.schema import read_records
     from data_shards.synth.make import make_synthetic
-    from data_shards.ingest.writer import write_shards
 
     records_path = make_synthetic(tmp_path / "syn", videos=6, seed=1, width=64, height=48, fps=8, duration=3.0)
     summary = write_shards(records_path, tmp_path / "syn" / "videos", str(tmp_path / "sh" / "train-%06d.tar"),

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torchcodec.decoders import VideoDecoder
 
-from data_shards.synth import make as synth
-from data_shards.schema import OPTION_LETTERS, read_records
-from data_shards.synth.render import PALETTE
 from data_shards.ingest.video_io import VideoError
+from data_shards.schema import OPTION_LETTERS, read_records
+from data_shards.synth import make as synth
+from data_shards.synth.render import PALETTE
 from tests.conftest import has_ffmpeg
 
 pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_shards.synth import make as synth
-from data_shards.stream.frames import decode_frames
 from data_shards.schema import read_records
+from data_shards.stream.frames import decode_frames
+from data_shards.synth import make as synth
 from data_shards.synth.questions import PARTS, QUADS
 from data_shards.synth.render import PALETTE
 from data_shards.synth.shots import make_shot_scene

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from data_shards.ingest import writer
-from data_shards.stream.frames import decode_frames
-from data_shards.schema import QA, VideoRecord, make_qid, write_records
 from data_shards.ingest.transcode import TranscodeConfig, keyframe_times, output_size
+from data_shards.schema import QA, VideoRecord, make_qid, write_records
+from data_shards.stream.frames import decode_frames
 from tests.conftest import has_ffmpeg
 
 pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")

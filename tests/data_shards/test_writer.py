@@ -13,9 +13,9 @@ from torchcodec.decoders import VideoDecoder
 
 from data_shards.ingest import inspect_shards as insp
 from data_shards.ingest import writer
+from data_shards.ingest.video_io import encode_frames
 from data_shards.schema import QA, VideoRecord, make_qid, read_records, validate_record, write_records
 from data_shards.synth.make import make_synthetic
-from data_shards.ingest.video_io import encode_frames
 from tests.conftest import has_ffmpeg
 
 pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")

@@ -2,7 +2,7 @@
 
 ``python -m eval demo --converge`` is the demo's recipe at a smaller size (shot scenes with one
 object, 400 train / 160 held-out val videos, 300 stage-1 caption steps, then two QA-only runs of 300
-steps with data orders 0 and 1, on 2 ranks with DeepSpeed ZeRO-3; ``eval.demo.presets()["converge"]``).
+steps with data orders 0 and 1, on 2 ranks with DeepSpeed ZeRO-3; ``eval.study.demo.presets()["converge"]``).
 The test asserts that at least one of the two runs, on the held-out videos:
 
 - reaches an accuracy of at least ``MIN_ACC`` (chance is ~22 %: 5 colour options, 4 place options);
@@ -40,7 +40,7 @@ MIN_SHUFFLE_COST = 8.0
 @pytest.mark.slow
 @pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")
 def test_the_learning_recipe_reads_the_frames(tmp_path):
-    from eval.demo import main
+    from eval.study.demo import main
 
     out = tmp_path / "converge"
     args = ["--converge", "--out", str(out)]

@@ -21,7 +21,8 @@ import json
 import pytest
 
 from eval import __main__ as eval_cli
-from eval.report import find_runs, interval, main, summarize, t975
+from eval.report import find_runs, main, summarize
+from eval.stats import interval, t975
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

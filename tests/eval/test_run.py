@@ -30,11 +30,11 @@ pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Synthetic val shards (2 shards, 4 videos, 12 questions), a vCoT reasoning jsonl, an export."""
+    from data_shards.ingest.writer import main as write_main
     from data_shards.schema import read_records
     from data_shards.synth.make import make_synthetic
-    from data_shards.ingest.writer import main as write_main
     from train.config import load_config, save_config
-    from train.model import build_model
+    from train.models import build_model
     from train.tokenizer import build_tokenizer
 
     root = tmp_path_factory.mktemp("evalrun")
@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5)
-    model.save_pretrained_parts(root / "export", tok)
+    model.save_export(root / "export", tok)
     save_config(cfg, root / "export" / "train_config.yaml")
     return {"root": root, "shards": str(root / "shards" / "val-{000000..000001}.tar"), "export": root / "export",
             "vcot": root / "vcot.jsonl", "records": records, "n": sum(len(r.qas) for r in records),

@@ -20,8 +20,8 @@ def synthetic_shards(tmp_path_factory) -> dict:
     """
     if not has_ffmpeg():
         pytest.skip("needs the ffmpeg CLI")
-    from data_shards.synth.make import make_synthetic
     from data_shards.ingest.writer import write_shards
+    from data_shards.synth.make import make_synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
     records = make_synthetic(root / "data", videos=12, seed=4, split="val", width=32, height=32, fps=8,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from data_shards.reasoning_records import load_reasoning, validate_reasoning
 from reasoning_gen.generate import main as generate_main
 from reasoning_gen.merge import main as merge_main
-from data_shards.reasoning_records import load_reasoning, validate_reasoning
 from tests.reasoning_gen.chat_server import ChatServer
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from data_shards.reasoning_records import validate_reasoning
 from reasoning_gen.generate import main as generate_main
 from reasoning_gen.merge import main as merge_main
-from data_shards.reasoning_records import validate_reasoning
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -84,8 +84,8 @@ def test_extract_answer_edge_cases():
 
 
 def test_refine_cli(tmp_path, capsys):
-    from data_shards.schema import QA, VideoRecord, write_records
     from data_shards.reasoning_records import make_record
+    from data_shards.schema import QA, VideoRecord, write_records
 
     recs, raws = [], []
     for i, c in enumerate(CASES[:12]):

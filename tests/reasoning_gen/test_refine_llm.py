@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from data_shards.reasoning_records import read_reasoning_lines
 from reasoning_gen.backends import build_backend
 from reasoning_gen.generate import GenerateConfig, run_generation
-from data_shards.reasoning_records import read_reasoning_lines
 from reasoning_gen.refine import audit_leak, refine, refine_llm
 
 RAW = "The object moves across the frames in order. So the answer is (B)."

@@ -136,8 +136,8 @@ def test_merge_of_a_folder_where_every_record_failed_exits_non_zero(synthetic_sh
 
 def test_merge_with_some_ok_records_still_exits_zero(tmp_path):
     n_ok = 3
-    from reasoning_gen.merge import main as merge_main
     from data_shards.reasoning_records import make_record
+    from reasoning_gen.merge import main as merge_main
 
     recs = [make_record(f"d/val/v/q{i}", "t", "p", raw="r", refined="r", split="val") for i in range(n_ok)]
     recs.append(make_record("d/val/v/q9", "t", "p", status="failed", error="x", split="val"))

@@ -20,8 +20,8 @@ SYNTH = dict(width=64, height=64, fps=8, duration=2.0, questions_per_video=3, jo
 
 def make_shards(root: Path, videos: int = 8, shards: int = 4, seed: int = 0) -> str:
     """Synthetic videos -> ``shards`` tar files (+ sizes.json) under ``root/shards``; returns the brace pattern."""
-    from data_shards.synth.make import make_synthetic
     from data_shards.ingest.writer import write_shards
+    from data_shards.synth.make import make_synthetic
 
     src = root / "synth"
     records = make_synthetic(src, videos=videos, seed=seed, **SYNTH)

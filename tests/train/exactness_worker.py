@@ -72,7 +72,7 @@ def main(out: str, packing: bool = False) -> None:
     from train.dist import ParallelDims, init_distributed
     from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
     from train.loop import seed_everything
-    from train.model import build_model
+    from train.models import build_model
     from train.packing import pack_collate
     from train.tasks import build_examples, collate
 

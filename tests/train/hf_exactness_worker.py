@@ -43,9 +43,9 @@ def main(out: str, model_dir: str, lora: bool) -> None:
     from train.config import load_config
     from train.dist import ParallelDims, init_distributed
     from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
-    from train.hf_vlm import load_processor
     from train.loop import seed_everything
-    from train.model import build_model
+    from train.models import build_model
+    from train.models.hf_vlm import load_processor
     from train.tasks import build_examples
 
     cfg = load_config(RECIPE, overrides(model_dir, out, lora))
@@ -73,7 +73,7 @@ def main(out: str, model_dir: str, lora: bool) -> None:
     stats = optimizer_step(engine, micro, cfg.task, dims.world_size, torch.device("cpu"))
     after = W.gather_state(model)
     model.eval()
-    logits = model.logits(micro[0]["input_ids"], micro[0]["attention_mask"], micro[0]["vision"])
+    logits = model.logits(micro[0]["input_ids"], micro[0]["attention_mask"], vision=micro[0]["vision"])
     ckpt.save(engine, cfg.checkpoint_dir, 1, {"step": 1, "samples": 0, "world_size": dims.world_size}, cfg, ds,
               1, dims.is_main)
     if dims.rank == 0:

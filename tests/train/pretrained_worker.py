@@ -23,7 +23,7 @@ def main(root: Path) -> None:
     from train.config import load_config
     from train.dist import ParallelDims, init_distributed
     from train.engine import build_engine, deepspeed_config, model_init_context
-    from train.model import build_model
+    from train.models import build_model
 
     cfg = load_config(REPO / "configs" / "tiny_cpu.yaml",
                       OVERRIDES + [f"--model.llm.path={root}/llm", "--model.llm.config=null",

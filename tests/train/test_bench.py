@@ -15,7 +15,8 @@ from tests.train.engine_helpers import TINY, make_shards
 
 @pytest.mark.slow
 def test_bench_tiny_recipe_reports_ratio_mfu_and_writes_csv(tmp_path):
-    from train.bench import CSV_FIELDS, main
+    from train.bench.cli import main
+    from train.bench.step import CSV_FIELDS
 
     urls = make_shards(tmp_path)
     out = io.StringIO()
@@ -42,7 +43,7 @@ def test_bench_tiny_recipe_reports_ratio_mfu_and_writes_csv(tmp_path):
 
 
 def test_bench_rejects_a_bad_config_key():
-    from train.bench import main
+    from train.bench.cli import main
 
     err = io.StringIO()
     with redirect_stderr(err):
@@ -53,7 +54,7 @@ def test_bench_rejects_a_bad_config_key():
 def test_gpu_peak_table_and_cpu_measurement():
     import torch
 
-    from train.bench import GPU_PEAKS, cpu_matmul_peak, device_peak
+    from train.bench.step import GPU_PEAKS, cpu_matmul_peak, device_peak
 
     assert GPU_PEAKS["H100"][0] > GPU_PEAKS["A100"][0]
     peak, src = device_peak(torch.device("cpu"), "fp32")
@@ -66,8 +67,8 @@ def test_gpu_peak_table_and_cpu_measurement():
 def test_bench_compare_packing_reports_padding_and_the_same_first_loss(tmp_path):
     """--compare-packing: padded and packed steps alternate on the same examples; rows of 768 tokens hold
     several sequences, so the packed padding fraction is lower; both forms give the same first loss."""
-    from train.bench import main
-    from train.bench_packing import CSV_FIELDS
+    from train.bench.cli import main
+    from train.bench.packing import CSV_FIELDS
 
     urls = make_shards(tmp_path)
     out = io.StringIO()

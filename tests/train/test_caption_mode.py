@@ -14,7 +14,9 @@ import torch
 
 from tests.conftest import assert_close_report
 from tests.train.engine_helpers import REPO, SYNTH, env_for_launch, losses, torchrun_cmd
-from train.tasks import TASK_QA, TaskConfig, build_examples, collate
+from train.config import TaskConfig
+from train.loss import TASK_QA
+from train.tasks import build_examples, collate
 
 CAPTION = {"qid": "webvid/train/v1/cap0", "video_id": "v1", "dataset": "webvid", "split": "train", "question": "",
            "options": [], "answer": None, "qtype": "caption", "extra": {"caption": "a red ball rolls left"},
@@ -37,7 +39,7 @@ def test_caption_mode_builds_caption_examples_and_skips_questions():
 
 
 def test_caption_prompt_has_no_question_or_options_lines_and_the_caption_is_the_target():
-    from train.model import ModelConfig
+    from train.config import ModelConfig
     from train.tokenizer import build_tokenizer
 
     tok = build_tokenizer(None, corpus=["a red ball rolls left", "Describe the video briefly."], vocab_size=300)
@@ -52,7 +54,8 @@ def test_caption_prompt_has_no_question_or_options_lines_and_the_caption_is_the_
 def test_projector_init_from_a_stage1_export_and_its_errors(tmp_path):
     from safetensors.torch import save_file
 
-    from train.model import ModelConfig, build_model
+    from train.config import ModelConfig
+    from train.models import build_model
     from train.tokenizer import build_tokenizer
 
     tok = build_tokenizer(None)
@@ -76,9 +79,9 @@ def test_projector_init_from_a_stage1_export_and_its_errors(tmp_path):
 def _caption_shards(root) -> str:
     """Real caption shards: synthetic mp4s, one caption per video (its first question's true steps)."""
     from data_shards.ingest.convert import convert
+    from data_shards.ingest.writer import write_shards
     from data_shards.schema import read_records, write_records
     from data_shards.synth.make import make_synthetic
-    from data_shards.ingest.writer import write_shards
 
     records = list(read_records(make_synthetic(root / "synth", videos=8, seed=0, **SYNTH)))
     lines = [json.dumps({"video": r.video, "caption": " ".join(r.qas[0].extra["reasoning_steps"])}) for r in records]

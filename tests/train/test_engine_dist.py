@@ -54,8 +54,9 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(t
     """
     from tests.train import exactness_worker as W
     from train.config import load_config
-    from train.model import build_model
-    from train.tasks import TASK_QA, TASK_REASON, build_examples, collate, token_weights
+    from train.loss import TASK_QA, TASK_REASON, token_weights
+    from train.models import build_model
+    from train.tasks import build_examples, collate
 
     out = tmp_path / "exact.pt"
     worker = [str(REPO / "tests" / "train" / "exactness_worker.py"), str(out), *(["--packing"] if packing else [])]

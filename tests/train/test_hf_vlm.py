@@ -1,5 +1,5 @@
 """Existing HF video-LLMs as the trainee (model.kind hf_vlm), one process: tiny random Qwen2-VL,
-Qwen2.5-VL and LLaVA-OneVision folders written offline by ``train.hf_tiny``.
+Qwen2.5-VL and LLaVA-OneVision folders written offline by ``train.testing.hf_tiny``.
 
 * the loss of a batch = a plain transformers forward of the same folder (its own nn.Linear head)
   + torch cross-entropy weighted per token; the mean-weighted loss = transformers' own loss;
@@ -20,8 +20,10 @@ import torch
 
 from tests.conftest import assert_close_report
 from tests.train import exactness_worker as W
-from train.model import ModelConfig, build_model
-from train.tasks import TASK_QA, TASK_REASON, TaskConfig, build_examples, token_weights
+from train.config import ModelConfig, TaskConfig, load_section
+from train.loss import TASK_QA, TASK_REASON, token_weights
+from train.models import build_model
+from train.tasks import build_examples
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "llava_onevision"]
 TASK = TaskConfig(mode="mtl", reasoning_source="gt", beta=0.7, max_prompt_len=256, max_target_len=64)
@@ -29,7 +31,7 @@ TASK = TaskConfig(mode="mtl", reasoning_source="gt", beta=0.7, max_prompt_len=25
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    from train.hf_tiny import write_tiny_vlm
+    from train.testing.hf_tiny import write_tiny_vlm
 
     root = tmp_path_factory.mktemp("tiny_vlms")
     out = {f: write_tiny_vlm(root / f, f) for f in FAMILIES}
@@ -38,8 +40,8 @@ def folders(tmp_path_factory):
 
 
 def _cfg(path, **hf) -> ModelConfig:
-    return ModelConfig.from_dict({"kind": "hf_vlm", "attn_implementation": "sdpa",
-                                  "hf": {"path": str(path), "freeze_vision": False, **hf}})
+    return load_section(ModelConfig, {"kind": "hf_vlm", "attn_implementation": "sdpa",
+                                      "hf": {"path": str(path), "freeze_vision": False, **hf}}, "model")
 
 
 def _batch(model, n_questions: int = 4) -> dict:
@@ -104,7 +106,7 @@ def test_qwen_video_patches_match_transformers_qwen2vl_image_processor(folders):
     PIL image processor writes exactly that for an image, so the patch order must agree."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from train.hf_inputs import read_preprocessor_config
+    from train.models.hf_inputs import read_preprocessor_config
 
     model = build_model(_cfg(folders["qwen2_vl"]), None)
     pre = model.processor.video
@@ -166,7 +168,7 @@ def test_export_then_from_pretrained_of_the_same_class_gives_the_same_logits(fol
         for i, p in enumerate(p for n, p in model.named_parameters() if "lora_B" in n):
             p.copy_(torch.linspace(-0.05, 0.05, p.numel()).view_as(p) * (i + 1))
     batch = _batch(model, 2)
-    want = model.logits(batch["input_ids"], batch["attention_mask"], batch["vision"])
+    want = model.logits(batch["input_ids"], batch["attention_mask"], vision=batch["vision"])
     hf_class = type(model.hf_model)
     if family.endswith("tied"):  # the loss head holds the embedding Parameter itself
         assert model.loss_head.weight is model.hf_model.get_input_embeddings().weight
@@ -176,14 +178,14 @@ def test_export_then_from_pretrained_of_the_same_class_gives_the_same_logits(fol
         with torch.no_grad():
             got = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **batch["vision"]).logits
     else:
-        from train.hf_vlm import HFVideoLLM
+        from train.models.hf_vlm import load_hf_export
 
         assert (out / "adapter" / "adapter_config.json").is_file()
-        got = HFVideoLLM.from_export(out, cfg).logits(batch["input_ids"], batch["attention_mask"], batch["vision"])
+        got = load_hf_export(out, cfg)[0].logits(batch["input_ids"], batch["attention_mask"], vision=batch["vision"])
     assert_close_report(got, want, rtol=1e-4, atol=1e-5, name=f"{family} logits after export")
     if lora:
         base = build_model(dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, enabled=False)), None)
-        diff = (base.logits(batch["input_ids"], batch["attention_mask"], batch["vision"]) - want).abs().max()
+        diff = (base.logits(batch["input_ids"], batch["attention_mask"], vision=batch["vision"]) - want).abs().max()
         assert diff > 1e-3, "the adapters did not change the logits: the comparison would not see them dropped"
 
 

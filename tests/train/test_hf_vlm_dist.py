@@ -33,8 +33,9 @@ def _check(proc: subprocess.CompletedProcess) -> None:
 def _replay_one_process(res: dict, cfg):
     """The same SGD step in one process on the whole global batch; returns the model after loss.backward()."""
     from tests.train import exactness_worker as W
-    from train.model import build_model
-    from train.tasks import TASK_QA, TASK_REASON, build_examples, token_weights
+    from train.loss import TASK_QA, TASK_REASON, token_weights
+    from train.models import build_model
+    from train.tasks import build_examples
 
     model = build_model(cfg.model, None)
     model.load_state_dict(res["before"], strict=False)
@@ -60,7 +61,7 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_then_export_keeps_th
     from tests.train import hf_exactness_worker as HW
     from train.config import load_config
     from train.export import export
-    from train.hf_tiny import write_tiny_vlm
+    from train.testing.hf_tiny import write_tiny_vlm
 
     model_dir = write_tiny_vlm(tmp_path / family, family)
     out = tmp_path / "out"
@@ -113,7 +114,7 @@ def shards(tmp_path_factory) -> str:
 def test_recipe_trains_from_shards_then_export_and_eval_run_answer_every_question(shards, tmp_path, family):
     from eval.run import main as eval_main
     from train.export import main as export_main
-    from train.hf_tiny import write_tiny_vlm
+    from train.testing.hf_tiny import write_tiny_vlm
 
     model_dir = write_tiny_vlm(tmp_path / family, family)
     run_dir = tmp_path / "runs" / family

@@ -16,8 +16,11 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import assert_close_report
 from train import flops
-from train.model import LoraSettings, ModelConfig, VideoLLM, build_model
-from train.tasks import TaskConfig, build_examples, collate, task_token_counts, token_weights
+from train.config import LanguageModelConfig, LoraSettings, ModelConfig, ProjectorConfig, TaskConfig, load_section
+from train.loss import task_token_counts, token_weights
+from train.models import build_model, load_export
+from train.models.assembled import VideoLLM
+from train.tasks import build_examples, collate
 from train.tokenizer import build_tokenizer
 
 CORPUS = ["What is the ball's color in the video?", "The ball is blue.", "A boy throws a red cup.",
@@ -49,7 +52,8 @@ def batch_for(model, tok, frames_list, cfg=None):
 
 
 def run(model, b):
-    return model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"], b["loss_weight"])
+    return model(pixel_values=b["pixel_values"], input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                 labels=b["labels"], loss_weight=b["loss_weight"])
 
 
 def random_frames(n=2, t=4, h=48, w=64, seed=0):
@@ -126,7 +130,8 @@ def test_frames_reach_the_llm_and_placeholder_count_is_checked(tok):
     first = int((ids[0] == model.frame_token_id).nonzero()[0])
     ids[0, first] = tok.pad_token_id
     with pytest.raises(ValueError, match=r"exactly 16 .*\(0, 15\)"):
-        model(b["pixel_values"], ids, b["attention_mask"], b["labels"], b["loss_weight"])
+        model(pixel_values=b["pixel_values"], input_ids=ids, attention_mask=b["attention_mask"], labels=b["labels"],
+              loss_weight=b["loss_weight"])
     with pytest.raises(TypeError, match="uint8"):
         model.encode_frames(b["pixel_values"].float())
 
@@ -184,7 +189,7 @@ def test_exported_llm_loads_with_automodel_and_gives_identical_logits(tok, tmp_p
     want = _text_logits(model, ids)
     frames = random_frames(1)[0][None]
     b = batch_for(model, tok, [frames[0]])
-    want_frames = model.logits(frames, b["input_ids"][:1], b["attention_mask"][:1])
+    want_frames = model.logits(b["input_ids"][:1], b["attention_mask"][:1], pixel_values=frames)
     model.export_llm().save_pretrained(tmp_path / "llm")
     with safe_open(str(tmp_path / "llm" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
@@ -195,10 +200,10 @@ def test_exported_llm_loads_with_automodel_and_gives_identical_logits(tok, tmp_p
         got = loaded(input_ids=ids).logits
     assert_close_report(got, want, rtol=1e-4, atol=1e-5, name="exported llm logits")
     # The whole model (tower, projector, merged LLM, tokenizer) round-trips too.
-    model.save_pretrained_parts(tmp_path / "parts", tok)
-    back, back_tok = VideoLLM.from_pretrained_parts(tmp_path / "parts")
+    model.save_export(tmp_path / "parts", tok)
+    back, back_tok = load_export(tmp_path / "parts")
     assert len(back_tok) == len(tok)
-    got_frames = back.logits(frames, b["input_ids"][:1], b["attention_mask"][:1])
+    got_frames = back.logits(b["input_ids"][:1], b["attention_mask"][:1], pixel_values=frames)
     assert_close_report(got_frames, want_frames, rtol=1e-4, atol=1e-5, name="parts round trip logits")
 
 
@@ -209,7 +214,7 @@ def test_generation_and_option_scoring_are_correct_and_deterministic(tok):
     a = model.generate_text(tok, frames, qs, opts, max_new_tokens=6)
     assert a == model.generate_text(tok, frames, qs, opts, max_new_tokens=6)
     # KV-cache greedy (batched, left-padded) equals a no-cache greedy loop run per clip.
-    from train.generation import _prompts
+    from train.models.generation import _prompts
     from train.prompts import qa_instruction
 
     prompt_ids = _prompts(model, tok, frames, qs, opts, None, "Answer.")
@@ -218,7 +223,7 @@ def test_generation_and_option_scoring_are_correct_and_deterministic(tok):
     for i in range(2):
         ids = list(prompt_ids[i])
         for _ in range(5):
-            logits = model.logits(frames[i:i + 1], torch.tensor([ids]))
+            logits = model.logits(torch.tensor([ids]), pixel_values=frames[i:i + 1])
             ids.append(int(logits[0, -1].argmax()))
         assert got[i] == ids[len(prompt_ids[i]):], f"clip {i}"
     assert model.generate(frames, prompt_ids, max_new_tokens=5, eos_token_id=got[0][0])[0] == []
@@ -230,7 +235,7 @@ def test_generation_and_option_scoring_are_correct_and_deterministic(tok):
     assert torch.equal(s["sum"], model.score_options(tok, frames, qs, opts)["sum"])
     p = _prompts(model, tok, frames[:1], qs[:1], opts[:1], None, qa_instruction("letter"))[0]
     opt = tok.encode(" (B)", add_special_tokens=False)
-    logp = torch.log_softmax(model.logits(frames[:1], torch.tensor([p + opt]))[0], -1)
+    logp = torch.log_softmax(model.logits(torch.tensor([p + opt]), pixel_values=frames[:1])[0], -1)
     direct = sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(opt))
     assert abs(direct - float(s["sum"][0, 1])) < 1e-4
     assert s["pred"].tolist() == s["sum"].argmax(1).tolist()
@@ -287,8 +292,11 @@ ZERO3_SCRIPT = r"""
 import os, sys, torch
 import deepspeed
 from transformers.integrations import HfDeepSpeedConfig
-from train.model import ModelConfig, LoraSettings, build_model
-from train.tasks import TaskConfig, build_examples, collate, task_token_counts, token_weights
+from train.config import ModelConfig, LoraSettings
+from train.models import build_model, load_export
+from train.config import TaskConfig
+from train.tasks import build_examples, collate
+from train.loss import task_token_counts, token_weights
 from train.tokenizer import build_tokenizer
 
 deepspeed.init_distributed(dist_backend="gloo")
@@ -401,12 +409,12 @@ def test_pretrained_llm_from_a_local_path_tied_and_resized(tok, tmp_path):
 
 def test_model_config_problems_and_from_dict():
     assert ModelConfig().problems() == []
-    cfg = ModelConfig.from_dict({"projector": {"pool": [0, 2]}, "lora": {"r": 0, "target_modules": ["lm_head"]},
-                                 "llm": {"config": {"hidden_size": 8}}, "loss_chunk_size": 0})
+    cfg = ModelConfig(projector=ProjectorConfig(pool=[0, 2]), lora=LoraSettings(r=0, target_modules=["lm_head"]),
+                      llm=LanguageModelConfig(config={"hidden_size": 8}), loss_chunk_size=0)
     fields = [f for f, _ in cfg.problems()]
     assert fields == ["loss_chunk_size", "projector.pool", "llm.config", "lora.r", "lora.target_modules"]
-    with pytest.raises(ValueError, match="unknown key.*'vision'"):
-        ModelConfig.from_dict({"vision": {"kind": "clip", "size": 3}})
+    with pytest.raises(ValueError, match=r"unknown key 'model\.vision\.size'"):
+        load_section(ModelConfig, {"vision": {"kind": "clip", "size": 3}}, "model")
     assert ModelConfig().frame_layout(8).num_visual_tokens == 8 * 4
 
 

@@ -14,7 +14,8 @@ import torch
 from tests.conftest import assert_close_report
 from tests.train import exactness_worker as W
 from train.config import ConfigError, load_config
-from train.model import build_model
+from train.loss import TASK_QA, TASK_REASON, token_weights
+from train.models import build_model
 from train.packing import (
     block_causal_mask,
     distinct_clips,
@@ -23,7 +24,7 @@ from train.packing import (
     padding_fraction,
     varlen_kwargs,
 )
-from train.tasks import TASK_QA, TASK_REASON, build_examples, collate, token_weights
+from train.tasks import build_examples, collate
 
 PACKED = ("position_ids", "segment_ids", "clip_index")
 CAPACITY = 700  # three or four of the batch's sequences per row
@@ -226,5 +227,6 @@ def test_sdpa_varlen_runs_plain_sdpa_on_unpacked_batches(setup):
     cfg, tok, examples = setup
     plain, varlen = _model(cfg, tok, "sdpa").eval(), _model(cfg, tok, "sdpa_varlen").eval()
     batch = collate(examples[:4], tok, cfg.task, plain.frame_layout(cfg.data.num_frames))
-    args = (batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-    assert torch.equal(plain.logits(*args), varlen.logits(*args))
+    kw = {"pixel_values": batch["pixel_values"], "input_ids": batch["input_ids"],
+          "attention_mask": batch["attention_mask"]}
+    assert torch.equal(plain.logits(**kw), varlen.logits(**kw))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from train.projector import Projector
+from train.models.projector import Projector
 
 
 def test_centered_tokens_differ_by_content_only():

@@ -6,17 +6,9 @@ import pytest
 import torch
 
 from train import prompts
-from train.tasks import (
-    TASK_QA,
-    TASK_REASON,
-    FrameLayout,
-    TaskConfig,
-    build_examples,
-    collate,
-    encode_prompt,
-    task_token_counts,
-    token_weights,
-)
+from train.config import FrameLayout, TaskConfig, load_section
+from train.loss import TASK_QA, TASK_REASON, task_token_counts, token_weights
+from train.tasks import build_examples, collate, encode_prompt
 from train.tokenizer import build_tokenizer, frame_token_id
 
 LAYOUT = FrameLayout(num_frames=4, temporal_stride=1, tokens_per_group=4)
@@ -89,9 +81,9 @@ def test_bad_samples_name_the_question_and_field():
     with pytest.raises(ValueError, match=r"synthetic/train/v1/0.*'vcot'.*1 captions"):
         build_examples(bad, TaskConfig(use_vcot=True))
     with pytest.raises(ValueError, match="mode"):
-        TaskConfig(mode="multi").validate()
+        load_section(TaskConfig, {"mode": "multi"}, "task")
     with pytest.raises(ValueError, match="reasoning_source"):
-        TaskConfig(reasoning_source="teacher").validate()
+        load_section(TaskConfig, {"reasoning_source": "teacher"}, "task")
 
 
 def test_collate_labels_mask_only_the_targets(tok):

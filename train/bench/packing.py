@@ -26,14 +26,15 @@ from typing import Any
 
 import torch
 
+from train.bench.step import _timed, batch_flops, bench_trainer, device_peak, run_header, text_table
+from train.engine import optimizer_step
+from train.loss import count_task_tokens, token_weights
+
 MODES = ("padded", "packed")
 
 
 def _first_losses(trainer: Any, batches: dict[str, list[dict]]) -> dict[str, float]:
     """The step loss of each form of the same examples at the same weights (no gradient)."""
-    from train.engine import count_task_tokens, model_inputs
-    from train.tasks import token_weights
-
     task, out = trainer.cfg.task, {}
     with torch.no_grad():
         for mode, micro in batches.items():
@@ -41,7 +42,7 @@ def _first_losses(trainer: Any, batches: dict[str, list[dict]]) -> dict[str, flo
             total = 0.0
             for mb in micro:
                 w = token_weights(mb["task_ids"], n_qa, n_re, task.alpha, task.beta)
-                total += float(trainer.engine(**model_inputs(mb, w, trainer.device))["loss"])
+                total += float(trainer.engine(**trainer.model.model_inputs(mb, w, trainer.device))["loss"])
             out[mode] = total
     return out
 
@@ -56,15 +57,11 @@ def _next_examples(trainer: Any) -> list:
 
 def run_packing_bench(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     """Measure padded and packed steps, alternating, on the same examples; returns the record."""
-    from train.bench import _timed, batch_flops, bench_trainer
-    from train.engine import optimizer_step
-
     trainer = bench_trainer(config, overrides, 2 * (warmup + steps), tempfile.mkdtemp(prefix="pack-bench-"))
     cfg, dev = trainer.cfg, trainer.device
-    if cfg.model.kind != "assembled":
-        raise SystemExit("--compare-packing: data.packing is implemented for model.kind assembled only")
-    if cfg.data.packing_sdpa == "per_sequence":  # both modes run it (unpacked rows: plain sdpa)
-        trainer.model.use_sdpa_varlen()
+    if not trainer.model.supports_packing:
+        raise SystemExit(f"--compare-packing: model.kind {cfg.model.kind} does not pack sequences")
+    trainer.model.prepare_packing(cfg.data.packing_sdpa)  # both modes run it (unpacked rows: plain sdpa)
     gas = cfg.deepspeed.gradient_accumulation_steps
     keys = ("step_s", "cpu_s", "collate_s", "tokens", "slots", "rows", "examples", "flops", "peak_mem_gb")
     rec: dict[str, dict[str, list]] = {m: {k: [] for k in keys} for m in MODES}
@@ -99,7 +96,6 @@ def run_packing_bench(config: str, overrides: list[str], steps: int, warmup: int
 def summarize_packing(cfg: Any, trainer: Any, rec: dict, first: dict, data_s: list, steps: int, warmup: int,
                       config: str, overrides: list[str]) -> dict:
     """Medians per mode, padding fractions, rates and the packed / padded ratios."""
-    from train.bench import device_peak, run_header
 
     peak, peak_src = device_peak(trainer.device, cfg.deepspeed.precision)
     out = run_header(cfg, trainer, steps, warmup, config, overrides)
@@ -126,7 +122,6 @@ def summarize_packing(cfg: Any, trainer: Any, rec: dict, first: dict, data_s: li
 
 def packing_table(r: dict) -> str:
     """The human-readable comparison printed by ``python -m train.bench --compare-packing``."""
-    from train.bench import text_table
 
     def row(label: str, key: str, fmt: str) -> tuple[str, str, str]:
         return label, format(r[f"padded_{key}"], fmt), format(r[f"packed_{key}"], fmt)

@@ -58,7 +58,8 @@ def check_hf_config(cls: type, kwargs: dict[str, Any], key: str) -> list[tuple[s
 
 
 def hf_config_problems(model: Any) -> list[tuple[str, str]]:
-    """``(field, message)`` for the LLM and vision config dicts of a ``train.model.ModelConfig``."""
+    """``(field, message)`` for the LLM and vision config dicts of a ``train.config.ModelConfig``."""
+    # transformers is imported only when a config holds HF config dicts: loading a config stays light
     from transformers import CLIPVisionConfig, SiglipVisionConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from eval.demo import Demo, full_runs, presets
+from eval.study.demo import Demo, full_runs, presets
 from tests.conftest import has_ffmpeg
 
 
@@ -88,7 +88,7 @@ def test_restart_keeps_finished_steps_only_for_the_same_study(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")
 def test_smoke_demo_end_to_end(tmp_path, capsys):
-    from eval.demo import main
+    from eval.study.demo import main
 
     out = tmp_path / "demo_out"
     assert main(["--smoke", "--out", str(out)]) == 0
@@ -174,7 +174,7 @@ def test_a_crash_at_exit_after_the_final_checkpoint_is_tolerated(tmp_path, monke
 
 
 def test_demo_only_names_unknown_runs(capsys):
-    from eval.demo import main as demo_main
+    from eval.study.demo import main as demo_main
 
     with pytest.raises(SystemExit) as e:
         demo_main(["--only", "qa_s9", "--scene", "shots"])

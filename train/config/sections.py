@@ -1,41 +1,20 @@
-"""The trainer's configuration: nested dataclasses loaded from YAML, overridable per field.
+"""The trainer's config sections and the whole :class:`TrainConfig` (plain dataclasses, no torch).
 
-``TrainConfig`` composes the model and task sections (``train.model.ModelConfig``,
-``train.tasks.TaskConfig``) with the trainer's own sections below. Every field carries a
-docstring (the string literal under it), which ``python -m train --help-config`` prints.
-
-Loading is strict, so that a typo never trains silently with a default:
-
-* an unknown key anywhere (YAML or ``--section.field=value``) is an error naming the key,
-* every value is parsed and checked against the field's type hint (``Literal`` choices,
-  ``int``/``float``/``bool``/``str``, ``X | None``, ``list[X]``, nested dataclasses),
-* each section's ``problems()`` adds range checks (negative lr, zero steps, ...).
-
-All of these raise ``ConfigError`` with one line naming the field, e.g.
-``config: optim.lr: must be > 0, got -0.1``.
+Every field carries a docstring (the string literal under it), which ``python -m train
+--help-config`` prints; each section's ``problems()`` returns (field, message) range checks, and
+:func:`cross_problems` the checks across sections. Parsing and validation are in
+:mod:`train.config.parse`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
-import os
-import tempfile
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from train.model import ModelConfig
-from train.tasks import TaskConfig
-
-
-class ConfigError(ValueError):
-    """A bad config key or value; the message is one line that names the field."""
+from train.config.hf_check import hf_config_problems
+from train.config.model import ModelConfig
+from train.config.task import TaskConfig
 
 
 @dataclass
@@ -315,7 +294,7 @@ class TrainConfig:
     """Everything a training run needs; saved resolved with every run dir and checkpoint."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    """Vision tower, projector, LLM (train.model)."""
+    """Vision tower, projector, LLM (train.models.assembled)."""
     task: TaskConfig = field(default_factory=TaskConfig)
     """QA / multi-task / single-task sequences and loss weights (train.tasks)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -351,25 +330,9 @@ class TrainConfig:
         return self.run.seed if self.data.seed is None else self.data.seed
 
 
-# Choices of T1's task fields, checked here as well so that a bad value is named even if the
-# task dataclass itself types them as plain str.
-_TASK_CHOICES = {
-    "mode": ("qa", "mtl", "stl", "caption"),
-    "reasoning_source": ("none", "raw", "refined", "gt"),
-    "answer_format": ("letter", "letter_text"),
-}
-
-
-def _cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+def cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """Checks across sections, as (dotted field, message); run after every section is valid."""
     out = []
-    for name, choices in _TASK_CHOICES.items():
-        value = getattr(cfg.task, name, None)
-        if value is not None and value not in choices:
-            out.append((f"task.{name}", f"must be one of {list(choices)}, got {value!r}"))
-    for name in ("alpha", "beta"):
-        value = getattr(cfg.task, name, None)
-        if value is not None and value < 0:
-            out.append((f"task.{name}", f"must be >= 0, got {value}"))
     if cfg.optim.warmup_steps > cfg.run.max_steps:
         out.append(("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds run.max_steps {cfg.run.max_steps}"))
     m = cfg.model
@@ -387,236 +350,4 @@ def _cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
                     f"(task.max_prompt_len + task.max_target_len = {longest}); use >= {longest} or null"))
     if cfg.optim.impl == "deepspeed" and cfg.optim.name != "adamw":
         out.append(("optim.impl", "DeepSpeed's own optimizers are used for adamw only"))
-    from train.model_check import hf_config_problems  # typos / bad values inside the HF config dicts
-
-    return out + hf_config_problems(cfg.model)
-
-
-# ---------------------------------------------------------------- typed parsing
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "|".join(repr(c) for c in typing.get_args(tp))
-    if typing.get_origin(tp) is not None or not hasattr(tp, "__name__"):
-        return str(tp).replace("typing.", "")
-    return tp.__name__
-
-
-def _coerce(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
-    """Check ``value`` against the type hint ``tp``, converting where the meaning is plain."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config: {key}: expected a mapping (section), got {value!r}")
-        return _build(tp, value, key)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"config: {key}: must not be null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, from_cli)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"config: {key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"config: {key}: must be one of {list(choices)}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if isinstance(value, (list, tuple)):
-            (item_tp, *_) = typing.get_args(tp) or (Any,)
-            items = [_coerce(v, item_tp, f"{key}[{i}]", from_cli) for i, v in enumerate(value)]
-            return items if origin is list else tuple(items)
-        if from_cli and isinstance(value, str):  # --data.urls=/a.tar  -> ["/a.tar"]
-            return _coerce([value], tp, key, from_cli)
-        raise ConfigError(f"config: {key}: expected a list, got {value!r}")
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config: {key}: expected a mapping, got {value!r}")
-        return value
-    return _coerce_scalar(value, tp, key, from_cli)
-
-
-def _coerce_scalar(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
-    """bool / int / float / str (and other plain classes) checked against ``tp``."""
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config: {key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"config: {key}: expected an integer, got {value!r}")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"config: {key}: expected a number, got {value!r}")
-        if not math.isfinite(number):  # an inf / nan lr or loss weight trains nothing useful
-            raise ConfigError(f"config: {key}: must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if from_cli and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config: {key}: expected a string, got {value!r}")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"config: {key}: expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=False)
-
-
-def _unknown_key(cls: type, key: str, name: str) -> ConfigError:
-    known = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(name, known, n=1)
-    parent = key[: -len(name)]
-    hint = f" (did you mean '{parent}{close[0]}'?)" if close else f" (known: {', '.join(known)})"
-    return ConfigError(f"config: unknown key '{key}'{hint}")
-
-
-def _build(cls: type, data: dict, prefix: str) -> Any:
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        if name not in names:
-            raise _unknown_key(cls, key, str(name))
-        kwargs[name] = _coerce(value, hints[name], key, from_cli=False)
-    try:
-        obj = cls(**kwargs)
-        getattr(obj, "validate", lambda: None)()  # a section's own check (e.g. T1's TaskConfig)
-    except (ValueError, TypeError) as e:
-        msg = " ".join(str(e).split())
-        where = prefix or cls.__name__
-        raise ConfigError(f"config: {msg}" if msg.startswith(f"{where}.") else f"config: {where}: {msg}") from None
-    for name, msg in getattr(obj, "problems", lambda: [])():
-        raise ConfigError(f"config: {prefix + '.' if prefix else ''}{name}: {msg}")
-    return obj
-
-
-# ---------------------------------------------------------------- public API
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``--optim.lr=3e-4`` -> (["optim", "lr"], 3e-4 parsed as YAML)."""
-    body = item[2:] if item.startswith("--") else item
-    if "=" not in body:
-        raise ConfigError(f"config: override {item!r} must look like --section.field=value")
-    key, raw = body.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"config: override {item!r} has an empty key part")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def _apply_override(data: dict, cls: type, parts: list[str], value: Any) -> None:
-    """Set ``value`` at ``parts`` inside the raw dict, checking names against the dataclasses."""
-    node, tp = data, cls
-    for i, part in enumerate(parts):
-        key = ".".join(parts[: i + 1])
-        if dataclasses.is_dataclass(tp):
-            names = {f.name for f in dataclasses.fields(tp)}
-            if part not in names:
-                raise _unknown_key(tp, key, part)
-            field_tp = _hints(tp)[part]
-        elif isinstance(node, dict):
-            field_tp = Any  # inside a free-form mapping (e.g. an LLM config dict)
-        else:
-            raise ConfigError(f"config: unknown key '{key}' ({'.'.join(parts[:i])} is not a section)")
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(_strip_optional(field_tp)):
-                raise ConfigError(f"config: '{key}' is a section: override its fields ({key}.FIELD=VALUE)")
-            node[part] = _coerce(value, field_tp, key, from_cli=True)
-            return
-        inner = _strip_optional(field_tp)
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node, tp = node[part], inner
-
-
-def _strip_optional(tp: Any) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe, apply ``--section.field=value`` overrides, check every value.
-
-    Args:
-        path: YAML file (None = all defaults).
-        overrides: items like ``"--optim.lr=3e-4"``; values are parsed as YAML, then typed.
-
-    Raises:
-        ConfigError: one line naming the bad key or value (or the unreadable file).
-    """
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config: file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config: {p}: top level must be a mapping of sections")
-    for item in overrides or []:
-        parts, value = parse_override(item)
-        _apply_override(data, TrainConfig, parts, value)
-    cfg = _build(TrainConfig, data, "")
-    for key, msg in _cross_problems(cfg):
-        raise ConfigError(f"config: {key}: {msg}")
-    return cfg
-
-
-def config_to_dict(cfg: Any) -> dict:
-    """Plain-data view (tuples as lists) of a config, suitable for YAML/JSON."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    return plain(dataclasses.asdict(cfg))
-
-
-def save_config(cfg: TrainConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-# --help-config (kept in their own module; re-exported here, where callers look for them)
-from train.config_help import describe, field_docs  # noqa: E402,F401
+    return out + hf_config_problems(cfg.model)  # typos / bad values inside the HF config dicts

@@ -1,6 +1,6 @@
 """Tiny randomly initialised Hugging Face video-LLM folders, written offline (tests, CPU recipes).
 
-``python -m train.hf_tiny --family qwen2_vl --out tiny_models/qwen2_vl`` writes a folder laid out
+``python -m train.testing.hf_tiny --family qwen2_vl --out tiny_models/qwen2_vl`` writes a folder laid out
 like a downloaded checkpoint of that family -- ``config.json`` + ``model.safetensors`` (saved by
 the family's transformers class), a byte-level BPE tokenizer with the family's special tokens, a
 ChatML chat template (``chat_template.jinja``) and the video preprocessor settings
@@ -143,8 +143,8 @@ def write_tiny_vlm(out: str | Path, family: str = "qwen2_vl", seed: int = 0, tie
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m train.hf_tiny``: write a tiny random HF video-LLM folder."""
-    p = argparse.ArgumentParser(prog="python -m train.hf_tiny", description=main.__doc__)
+    """``python -m train.testing.hf_tiny``: write a tiny random HF video-LLM folder."""
+    p = argparse.ArgumentParser(prog="python -m train.testing.hf_tiny", description=main.__doc__)
     p.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)

@@ -32,7 +32,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from data_shards.ingest.writer import main as write_main
+from data_shards.reasoning_records import load_reasoning
+from data_shards.synth.make import make_synthetic, write_caption_records
+from eval.report import main as report_main
+from eval.run import main as run_main
+from reasoning_gen.generate import main as generate_main
+from reasoning_gen.merge import main as merge_main
+from reasoning_gen.refine import main as refine_main
+
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "demo_cpu.yaml"
 
 
@@ -205,9 +214,6 @@ class Demo:
 
     # ---------------------------------------------------------------------------- the steps
     def data(self) -> None:
-        from data_shards.synth.make import make_synthetic, write_caption_records
-        from data_shards.ingest.writer import main as write_main
-
         s = self.study
         for split, n, seed in (("train", s.train_videos, 0), ("val", s.val_videos, 1)):
             recs = make_synthetic(self.out / "data" / split, videos=n, seed=seed, split=split, width=s.video_size,
@@ -220,7 +226,8 @@ class Demo:
                 raise RuntimeError(f"shard writer failed for {split}")
             if split == "train" and s.stage1_steps:
                 caps = write_caption_records(recs)
-                if write_main(["--records", str(caps), "--out", str(self.out / "shards" / "captions" / "captions-%06d.tar"),
+                caps_out = self.out / "shards" / "captions" / "captions-%06d.tar"
+                if write_main(["--records", str(caps), "--out", str(caps_out),
                                "--max-count", str(s.shard_videos)]) != 0:
                     raise RuntimeError("shard writer failed for the stage-1 captions")
 
@@ -230,10 +237,6 @@ class Demo:
 
     def teacher(self, name: str, rates: tuple[float, float]) -> None:
         """Raw reasoning of the synthetic teacher, merged, then refined by the refinement CLI."""
-        from reasoning_gen.generate import main as generate_main
-        from reasoning_gen.merge import main as merge_main
-        from reasoning_gen.refine import main as refine_main
-
         d = self.out / "reasoning"
         gen = ["--backend", "synthetic", "--opt", f"wrong_answer_rate={rates[0]}", "--opt",
                f"step_error_rate={rates[1]}", "--opt", "seed=0",
@@ -248,9 +251,6 @@ class Demo:
 
     def vcot(self) -> None:
         """vCoT transitional captions for the eval split (the vcot probe interleaves them)."""
-        from reasoning_gen.generate import main as generate_main
-        from reasoning_gen.merge import main as merge_main
-
         d = self.out / "reasoning"
         if generate_main(["--shards", self.shards("val"), "--out", str(d / "gen_val_vcot"), "--backend", "synthetic",
                           "--prompt", "vcot", "--frames", str(self.study.frames), "--size", "native",
@@ -279,8 +279,9 @@ class Demo:
             f"--tokenizer.path={self.out / 'tokenizer'}", f"--run.seed={s.stage1_seed}",
             f"--run.max_steps={s.stage1_steps}", "--run.name=stage1", f"--run.output_dir={self.out / 'runs'}",
             "--run.overwrite=true", *s.overrides], s.stage1_steps)
-        self.sh([sys.executable, "-m", "train", "export", "--checkpoint", str(self.out / "runs" / "stage1" / "checkpoints"),
-                 "--out", str(self.stage1_export)], self.out / "runs" / "stage1_export.log")
+        self.sh([sys.executable, "-m", "train", "export", "--checkpoint",
+                 str(self.out / "runs" / "stage1" / "checkpoints"), "--out", str(self.stage1_export)],
+                self.out / "runs" / "stage1_export.log")
 
     @property
     def stage1_export(self) -> Path:
@@ -300,8 +301,9 @@ class Demo:
             overrides += [f"--checkpoint.interval_steps={every}", f"--checkpoint.keep_latest={s.steps // every + 1}"]
         if s.stage1_steps:  # start from the stage-1 model: all three parts
             e = self.stage1_export
-            overrides += [f"--model.llm.path={e / 'llm'}", "--model.llm.config=null", f"--model.vision.path={e / 'vision'}",
-                          "--model.vision.config=null", f"--model.projector.init_from={e}"]
+            overrides += [f"--model.llm.path={e / 'llm'}", "--model.llm.config=null",
+                          f"--model.vision.path={e / 'vision'}", "--model.vision.config=null",
+                          f"--model.projector.init_from={e}"]
         # --run.overwrite: a train step that did not finish is redone from scratch (its run dir may
         # hold the interrupted attempt's checkpoints and metrics, which the trainer would refuse to mix)
         self.torchrun(run.name, overrides, s.steps)
@@ -327,8 +329,6 @@ class Demo:
                   "continuing with that checkpoint", flush=True)
 
     def evaluate(self, run: RunSpec) -> None:
-        from eval.run import main as run_main
-
         s = self.study
         teacher_acc = self.teacher_accuracy(run.teacher) if run.mode != "qa" else None
         args = ["--checkpoint", str(self.out / "runs" / run.name / "checkpoints"), "--shards", self.shards("val"),
@@ -347,8 +347,6 @@ class Demo:
 
     def curve(self, run: RunSpec) -> None:
         """Val accuracy of the run's intermediate checkpoints (no probes) -> ``eval/<run>/curve.json``."""
-        from eval.run import main as run_main
-
         s, out = self.study, self.out / "eval" / run.name
         final = json.loads((out / "scores.json").read_text())["overall"]
         points = []
@@ -365,15 +363,11 @@ class Demo:
         (out / "curve.json").write_text(json.dumps({"val_acc": points}) + "\n")
 
     def teacher_accuracy(self, teacher: str) -> float | None:
-        from data_shards.reasoning_records import load_reasoning
-
         recs = load_reasoning(self.out / "reasoning" / f"{teacher}_raw.jsonl")
         graded = [r["teacher_correct"] for r in recs.values() if r.get("teacher_correct") is not None]
         return round(100.0 * sum(graded) / len(graded), 2) if graded else None
 
     def report(self) -> None:
-        from eval.report import main as report_main
-
         runs = [str(self.out / "eval" / r.name) for r in self.study.runs]
         pairs = [x for a, b in study_pairs(self.study) for x in ("--compare", a, b)]
         if report_main([*runs, "--out", str(self.out / "report"), *pairs]) != 0:

@@ -5,14 +5,14 @@
 caller builds under ZeRO-3 -- and wraps it in :class:`HFVideoLLM`, which trains it with the
 ReasVQA loss exactly like the assembled model:
 
-    batch (train.hf_inputs.VideoChatProcessor.collate): chat-template prompt + target ids, labels,
+    batch (train.models.hf_inputs.VideoChatProcessor.collate): chat-template prompt + target ids, labels,
         the family's video tensors (pixel_values_videos, video_grid_thw, ...)
       --the VLM's own base model (vlm.model: vision tower, projector, placeholder scatter,
         M-RoPE, decoder)--> hidden [B, L, D]
       --shift by one, keep target rows--> [N, D] --lm_head = LinearWeightedCrossEntropy--> sum_i w_i CE_i
 
 The LM head is replaced by ``kernels.LinearWeightedCrossEntropy`` sharing the head's Parameter
-(``train.model._install_loss_head``): under ZeRO-3 the weight is gathered inside the head's own
+(``train.models.assembled._install_loss_head``): under ZeRO-3 the weight is gathered inside the head's own
 forward, the state-dict key stays ``lm_head.weight`` (``save_pretrained`` -> the same class
 loads it back) and called without targets it returns logits, so the VLM's own ``forward`` and
 ``generate`` still work.
@@ -27,17 +27,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForImageTextToText
 
+from train import flops as flops_mod
 from train import prompts
-from train.hf_inputs import FAMILIES, QWEN_FAMILIES, VideoChatProcessor
+from train.config.model import FrameLayout, HFVLMSettings, ModelConfig
+from train.config.task import TaskConfig
+from train.loss import install_loss_head
+from train.models.base import ModelFamily, VideoModel, resolve_attention
+from train.models.hf_inputs import FAMILIES, LLAVA_FAMILIES, QWEN_FAMILIES, VideoChatProcessor
 
-try:  # optional, as in train.model
+try:  # optional, as in train.models.assembled
     import peft
 except ImportError:  # pragma: no cover
     peft = None
@@ -53,46 +59,12 @@ PARTS = {
 }
 
 
-@dataclass
-class HFVLMSettings:
-    """An existing Hugging Face video-LLM (model.kind = hf_vlm)."""
-
-    path: str | None = None
-    """Local folder of the model (config.json + weights, tokenizer, chat template, preprocessor
-    config), e.g. a downloaded Qwen2.5-VL-7B-Instruct; nothing is fetched from the hub."""
-    processor_path: str | None = None
-    """Folder of tokenizer / chat template / preprocessor config; None = ``path``."""
-    trust_remote_code: bool = False
-    """Allow the folder's own Python code (off: only transformers' built-in classes run)."""
-    freeze_vision: bool = True
-    """Keep the vision tower fixed (Qwen: model.visual minus its merger; LLaVA: vision_tower)."""
-    freeze_projector: bool = False
-    """Keep the projector fixed (Qwen: visual.merger; LLaVA: multi_modal_projector + image_newline)."""
-    freeze_llm: bool = False
-    """Keep the language model and LM head fixed (LoRA adapters, if enabled, still train)."""
-    video_fps: float = 2.0
-    """Sampled frames per second assumed for Qwen2.5-VL's temporal positions (second_per_grid_ts)."""
-    lora_target_regex: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
-    """peft target_modules regex of the LoRA adapters (model.lora.enabled); the language model only."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every bad value (the path is required by ModelConfig for kind hf_vlm)."""
-        out = []
-        if not self.video_fps > 0:
-            out.append(("video_fps", f"must be > 0, got {self.video_fps}"))
-        if "lm_head" in self.lora_target_regex:
-            out.append(("lora_target_regex", "must not match lm_head (it is the loss module)"))
-        return out
-
-
 def _family_parts(model_type: str) -> dict[str, tuple[str, ...]]:
     return PARTS["qwen" if model_type in QWEN_FAMILIES else "llava"]
 
 
 def load_processor(hf: HFVLMSettings) -> VideoChatProcessor:
     """The chat processor of the configured folder (reads only config.json of the model)."""
-    from transformers import AutoConfig
-
     path = Path(hf.path or "")
     if not path.is_dir():
         raise FileNotFoundError(f"model.hf.path {hf.path} is not a directory")
@@ -100,16 +72,16 @@ def load_processor(hf: HFVLMSettings) -> VideoChatProcessor:
     return VideoChatProcessor.from_folder(hf.processor_path or path, config, hf.video_fps, hf.trust_remote_code)
 
 
-def build_hf_vlm(cfg: Any, processor: VideoChatProcessor | None = None, device: Any = None,
+def build_hf_vlm(cfg: ModelConfig, processor: VideoChatProcessor | None = None, device: Any = None,
                  dtype: torch.dtype | None = None) -> HFVideoLLM:
-    """Load the VLM of ``cfg.hf`` (a train.model.ModelConfig), install the loss head, apply flags.
+    """Load the VLM of ``cfg.hf``, install the loss head, apply the training flags.
 
+    ``processor``: the family's own (``load_processor``; read again from the folder when None).
     Call inside ``train.engine.model_init_context`` to load straight into ZeRO-3 partitions.
     """
-    from transformers import AutoModelForImageTextToText
-
-    from train.model import _install_loss_head, resolve_attention
-
+    if processor is not None and not isinstance(processor, VideoChatProcessor):
+        raise TypeError(f"an hf_vlm model takes its own VideoChatProcessor (load_processor), got "
+                        f"{type(processor).__name__}")
     hf = cfg.hf
     processor = processor or load_processor(hf)
     impl, reason = resolve_attention(cfg.attn_implementation, device)
@@ -118,19 +90,19 @@ def build_hf_vlm(cfg: Any, processor: VideoChatProcessor | None = None, device: 
     if vlm.config.model_type not in FAMILIES:
         raise ValueError(f"model.hf.path {hf.path}: model_type {vlm.config.model_type!r} is not supported "
                          f"(supported: {FAMILIES})")
-    _install_loss_head(vlm, cfg.loss_chunk_size)
+    install_loss_head(vlm, cfg.loss_chunk_size)
     model = HFVideoLLM(cfg, vlm, processor, (impl, reason))
     model.apply_training_flags()
     return model
 
 
-class HFVideoLLM(nn.Module):
+class HFVideoLLM(VideoModel):
     """A transformers video-LLM whose lm_head is the weighted cross-entropy module.
 
     Attributes:
-        config: the train.model.ModelConfig.
+        config: the train.models.assembled.ModelConfig.
         vlm: the ...ForConditionalGeneration (a peft PeftModel around it with LoRA).
-        processor: its :class:`~train.hf_inputs.VideoChatProcessor`.
+        processor: its :class:`~train.models.hf_inputs.VideoChatProcessor`.
         attention_report: (attn_implementation, why).
     """
 
@@ -198,12 +170,26 @@ class HFVideoLLM(nn.Module):
                 out[key] = out.get(key, 0) + int(getattr(p, "ds_numel", p.numel()))
         return out
 
-    def frame_layout(self, num_frames: int) -> None:
-        """No fixed placeholder layout: the processor counts the video tokens per batch."""
-        return None
+    def frame_layout(self, num_frames: int, frame_size: tuple[int, int] | None = None) -> FrameLayout:
+        """Video tokens of a clip of ``num_frames`` frames of ``frame_size`` [H, W] (the size frames
+        are decoded at; the processor resizes them as the family does). Qwen: one group per temporal
+        patch, (h / patch / merge) x (w / patch / merge) tokens each; LLaVA-OneVision: 2x2-pooled
+        patches per frame plus one newline token."""
+        video, mc = self.processor.video, self.processor.model_config
+        if video.family in LLAVA_FAMILIES:
+            grid = int(mc.vision_config.image_size) // int(mc.vision_config.patch_size)
+            return FrameLayout(num_frames, 1, math.ceil(grid / 2) ** 2, extra_tokens=1)
+        if frame_size is None:
+            raise ValueError("a Qwen video-LLM's token count depends on the frame size: give frame_size [H, W]")
+        h, w = video.frame_size(*frame_size)
+        per_group = (h // video.patch) * (w // video.patch) // video.merge ** 2
+        return FrameLayout(num_frames, video.temporal_patch, per_group)
 
-    def collate(self, examples: list, task: Any) -> dict[str, Any]:
-        """Training examples -> batch (``train.hf_inputs.VideoChatProcessor.collate``)."""
+    def collate(self, examples: list, task: TaskConfig, packing: bool = False,
+                row_capacity: int | None = None) -> dict[str, Any]:
+        """Training examples -> batch (``train.models.hf_inputs.VideoChatProcessor.collate``)."""
+        if packing:
+            raise ValueError("model.kind hf_vlm trains unpacked: set data.packing false")
         return self.processor.collate(examples, task.max_prompt_len, task.max_target_len)
 
     # ------------------------------------------------------------------ forward
@@ -213,46 +199,18 @@ class HFVideoLLM(nn.Module):
                 for k, v in vision.items()}
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      vision: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Last hidden states [B, L, D] of the VLM's base model (vision + decoder, no head)."""
+                      vision: dict[str, torch.Tensor] | None = None, pixel_values: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Last hidden states [B, L, D] of the VLM's base model (vision + decoder, no head).
+
+        ``vision``: the family's video tensors from the collate (``pixel_values`` uint8 frames are
+        in the batch too, but the model reads the processed ``vision`` tensors only).
+        """
+        if vision is None:
+            raise ValueError("HFVideoLLM needs the batch's 'vision' tensors (train.models.hf_inputs collate)")
         out = self.hf_model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                                   **self._vision_kwargs(vision))
         return out.last_hidden_state
-
-    def forward(self, pixel_values: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor, loss_weight: torch.Tensor | None = None,
-                vision: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Weighted LM loss on the target positions (same contract as ``VideoLLM.forward``).
-
-        Args:
-            pixel_values: uint8 [B, T, 3, H, W] (unused here: ``vision`` holds the model's tensors).
-            input_ids, attention_mask, labels: long [B, L] (right-padded; labels -100 off target).
-            loss_weight: float [B, L] aligned with labels; None = weight 1 on every target.
-            vision: the family's video tensors from the collate.
-
-        Returns:
-            {"loss": scalar sum_i w_i * CE_i (fp32), "n_tokens": long scalar}.
-        """
-        if vision is None:
-            raise ValueError("HFVideoLLM.forward needs the batch's 'vision' tensors (train.hf_inputs collate)")
-        hidden = self.hidden_states(input_ids, attention_mask, vision)
-        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-        tgt = labels[:, 1:].reshape(-1)
-        w = (torch.ones_like(tgt, dtype=torch.float32) if loss_weight is None
-             else loss_weight[:, 1:].reshape(-1).float())
-        sel = (tgt != -100).nonzero().squeeze(1)
-        n_tokens = sel.numel()
-        if n_tokens == 0:  # every rank must still enter the head under ZeRO-3
-            sel = torch.zeros(1, dtype=torch.long, device=h.device)
-            tgt, w = torch.zeros_like(tgt), torch.zeros_like(w)
-        loss = self.loss_head(h.index_select(0, sel), tgt.index_select(0, sel), w.index_select(0, sel))
-        return {"loss": loss, "n_tokens": torch.tensor(n_tokens, device=h.device)}
-
-    @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               vision: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Full logits float [B, L, V] (eval and tests)."""
-        return self.loss_head(self.hidden_states(input_ids, attention_mask, vision)).float()
 
     # ------------------------------------------------------------------ eval (the VideoLLM interface)
     def _device(self) -> torch.device:
@@ -272,7 +230,7 @@ class HFVideoLLM(nn.Module):
     def score_options(self, tokenizer: Any, pixel_values: torch.Tensor, questions: list[str],
                       options: list[list[str]], captions: list | None = None,
                       answer_format: str = "letter") -> dict[str, torch.Tensor]:
-        """Option log-likelihood after the QA prompt (same outputs as ``train.generation.score_options``)."""
+        """Option log-likelihood after the QA prompt (same outputs as ``train.models.generation.score_options``)."""
         proc, dev = self.processor, self._device()
         instruction = prompts.qa_instruction(answer_format)
         rows, vids = self._prompt_batch(pixel_values, questions, options, captions, instruction)
@@ -287,7 +245,7 @@ class HFVideoLLM(nn.Module):
             for r, s in enumerate(seqs):
                 ids[r, :len(s)], mask[r, :len(s)] = torch.tensor(s), 1
             vision = proc.add_token_types(proc.stack_video([vids[b]] * len(seqs)), ids, mask)
-            hidden = self.hidden_states(ids.to(dev), mask.to(dev), {k: v.to(dev) for k, v in vision.items()})
+            hidden = self.hidden_states(ids.to(dev), mask.to(dev), vision={k: v.to(dev) for k, v in vision.items()})
             for r, s in enumerate(seqs):
                 n_opt = len(s) - len(p) - len(proc.target_ids("")[0])  # the option text, end of turn not scored
                 logp = torch.log_softmax(self.loss_head(hidden[r, len(p) - 1:len(p) - 1 + n_opt]).float(), -1)
@@ -326,13 +284,67 @@ class HFVideoLLM(nn.Module):
             texts.append(proc.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
 
+    # ------------------------------------------------------------------ FLOPs
+    def flops_dims(self, frame_size: tuple[int, int]) -> tuple[flops_mod.FlopsDims, int]:
+        """(dimensions for :mod:`train.flops`, tower frames per clip frame group) from the HF configs.
+
+        Qwen towers embed one patch per ``temporal_patch`` frames: the formula's "frame" is then a
+        temporal patch group (channels x temporal_patch per patch), and the merger MLP (merge^2
+        patches -> one token) is the projector. LLaVA-OneVision: a SigLIP tower per frame and a
+        2-layer MLP projector; its 2x2 pooling is free.
+        """
+        cfg, video = self.hf_model.config, self.processor.video
+        lc, vc = cfg.get_text_config(), cfg.vision_config
+        heads = int(lc.num_attention_heads)
+        head_dim = int(getattr(lc, "head_dim", None) or lc.hidden_size // heads)
+        if video.family in QWEN_FAMILIES:
+            d_v = int(getattr(vc, "embed_dim", None) or vc.hidden_size)
+            f_v = int(getattr(vc, "intermediate_size", None) or d_v * getattr(vc, "mlp_ratio", 4))
+            layers, patch, channels = int(vc.depth), video.patch, 3 * video.temporal_patch
+            h, w = video.frame_size(*frame_size)
+            patches = (h // patch) * (w // patch)
+            proj_hidden, per_group, stride = d_v * video.merge ** 2, patches // video.merge ** 2, 1
+        else:
+            d_v, f_v, layers = int(vc.hidden_size), int(vc.intermediate_size), int(vc.num_hidden_layers)
+            patch, channels = int(vc.patch_size), 3
+            patches = (int(vc.image_size) // patch) ** 2
+            proj_hidden, per_group, stride = int(lc.hidden_size), math.ceil(int(vc.image_size) // patch / 2) ** 2, 1
+        trained = self.trainable_summary()
+        dims = flops_mod.FlopsDims(
+            llm_hidden=int(lc.hidden_size), llm_intermediate=int(lc.intermediate_size),
+            llm_layers=int(lc.num_hidden_layers), llm_heads=heads,
+            llm_kv_heads=int(getattr(lc, "num_key_value_heads", None) or heads), llm_head_dim=head_dim,
+            vocab_size=int(lc.vocab_size), vis_hidden=d_v, vis_intermediate=f_v, vis_layers=layers,
+            vis_patches=patches, vis_patch_size=patch, vis_channels=channels, proj_hidden=proj_hidden,
+            tokens_per_group=per_group, temporal_stride=stride, train_vision="vision" in trained,
+            train_projector="projector" in trained, train_llm="llm" in trained, lora="lora" in trained)
+        return dims, (video.temporal_patch if video.family in QWEN_FAMILIES else 1)
+
+    def flops_per_token(self, seq_len: int, num_frames: int, clips_per_sequence: float = 1.0,
+                        frame_size: tuple[int, int] = (224, 224)) -> float:
+        """Training model FLOPs per LLM sequence position (formula in :mod:`train.flops`)."""
+        dims, per_group = self.flops_dims(frame_size)
+        return flops_mod.flops_per_token(dims, seq_len, -(-num_frames // per_group), clips_per_sequence)
+
+    def batch_flops(self, batch: dict[str, Any]) -> float:
+        """Training model FLOPs of one collated micro-batch: each sequence at its unpadded length, the
+        LM head on its target tokens only, the tower once per sequence (no clip reuse here)."""
+        frames = batch["pixel_values"]
+        dims, per_group = self.flops_dims(tuple(frames.shape[-2:]))
+        groups = -(-int(frames.shape[1]) // per_group)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # hidden t predicts labels[t + 1]
+        return sum(flops_mod.flops_per_sample(dims, int(n), groups, 1.0, head_tokens=int(t))["total"]
+                   for n, t in zip(lengths, targets))
+
     # ------------------------------------------------------------------ save / load
-    def save_export(self, out: str | Path, merge_lora: bool = True) -> Path:
+    def save_export(self, out: str | Path, tokenizer: Any = None, merge_lora: bool = True) -> Path:
         """Write a folder ``AutoModelForImageTextToText.from_pretrained`` (the same class) loads.
 
         Merges LoRA in place when ``merge_lora``; else writes the adapters to ``adapter/`` (peft
         format) and the base weights at the root. Copies the processor files (tokenizer, chat
-        template, preprocessor configs) and writes ``video_llm.json`` (kind hf_vlm).
+        template, preprocessor configs; ``tokenizer`` is not used: the processor is the model's own)
+        and writes ``video_llm.json`` (kind hf_vlm).
         """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -351,18 +363,27 @@ class HFVideoLLM(nn.Module):
         (out / "video_llm.json").write_text(json.dumps(meta, indent=2))
         return out
 
-    @classmethod
-    def from_export(cls, path: str | Path, model_config: Any, device: Any = None) -> HFVideoLLM:
-        """Load :meth:`save_export`'s folder (adapters merged for evaluation); eval mode."""
-        path = Path(path)
-        meta = json.loads((path / "video_llm.json").read_text())
-        cfg = dataclasses.replace(model_config, kind="hf_vlm",
-                                  lora=dataclasses.replace(model_config.lora, enabled=False),
-                                  hf=dataclasses.replace(model_config.hf, path=str(path), processor_path=None),
-                                  gradient_checkpointing=False)
-        model = build_hf_vlm(cfg, device=device)
-        if meta.get("lora_adapter"):
-            if peft is None:
-                raise ImportError(f"{path}: has LoRA adapters; loading them needs peft")
-            model.vlm = peft.PeftModel.from_pretrained(model.vlm, str(path / meta["lora_adapter"])).merge_and_unload()
-        return model.eval()
+
+def load_hf_export(path: str | Path, model_config: ModelConfig | None = None, device: Any = None
+                   ) -> tuple[HFVideoLLM, Any]:
+    """Load :meth:`HFVideoLLM.save_export`'s folder (adapters merged for evaluation), eval mode;
+    returns (model, its text tokenizer). ``model_config``: the run's (freezing etc. do not matter
+    for evaluation; None = defaults)."""
+    path = Path(path)
+    meta = json.loads((path / "video_llm.json").read_text())
+    model_config = model_config or ModelConfig()
+    cfg = dataclasses.replace(model_config, kind="hf_vlm",
+                              lora=dataclasses.replace(model_config.lora, enabled=False),
+                              hf=dataclasses.replace(model_config.hf, path=str(path), processor_path=None),
+                              gradient_checkpointing=False)
+    model = build_hf_vlm(cfg, device=device)
+    if meta.get("lora_adapter"):
+        if peft is None:
+            raise ImportError(f"{path}: has LoRA adapters; loading them needs peft")
+        model.vlm = peft.PeftModel.from_pretrained(model.vlm, str(path / meta["lora_adapter"])).merge_and_unload()
+    return model.eval(), model.processor.tokenizer
+
+
+FAMILY = ModelFamily(kind="hf_vlm", build=build_hf_vlm, load_tokenizer=lambda cfg: load_processor(cfg.hf),
+                     load_export=load_hf_export)
+"""An existing HF video-LLM: its own processor (tokenizer, chat template, video settings)."""

@@ -1,4 +1,5 @@
-"""What evaluation needs from the model: option log-likelihood scoring and greedy generation.
+"""What evaluation needs from the assembled model (``train.models.assembled``): option
+log-likelihood scoring and greedy generation.
 
 Token-level functions take prompt ids built by :func:`train.tasks.encode_prompt` (frame
 placeholders included); the text-level ``score_options`` / ``generate_text`` build those prompts
@@ -8,7 +9,7 @@ All run under ``torch.no_grad`` and are deterministic (greedy, no sampling).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -16,8 +17,9 @@ from transformers import PreTrainedTokenizerBase
 from train import prompts
 from train.tasks import encode_prompt, encode_target
 
-if TYPE_CHECKING:
-    from train.model import VideoLLM
+VideoLLM = Any
+"""The assembled model (``train.models.assembled.VideoLLM``, which calls these functions); named
+here only as an annotation, since that module imports this one."""
 
 
 def _pad(rows: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

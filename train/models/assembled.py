@@ -20,22 +20,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from kernels import LinearWeightedCrossEntropy
-from kernels.attention import select_attention
+import train.models.generation as generation
 from train import flops as flops_mod
-from train import generation
-from train.hf_vlm import HFVLMSettings
-from train.projector import FrameEncoder, Projector, build_vision_tower, load_projector, tower_mean_std
-from train.tasks import FrameLayout
-from train.tokenizer import frame_token_id
+from train import prompts
+from train.config.model import FrameLayout, LoraSettings, ModelConfig
+from train.config.parse import load_section
+from train.config.task import TaskConfig
+from train.loss import install_loss_head
+from train.models.base import ModelFamily, VideoModel, resolve_attention
+from train.models.projector import FrameEncoder, Projector, build_vision_tower, load_projector, tower_mean_std
+from train.packing import pack_collate, packed_decoder, packing_attention, register_sdpa_varlen
+from train.tasks import collate
+from train.tokenizer import build_tokenizer, frame_token_id
 
 try:  # peft is optional (LoRA); imported up front for the same zero.Init reason as transformers
     import peft
@@ -44,201 +48,9 @@ except ImportError:  # pragma: no cover - exercised only where peft is missing
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
-
-@dataclass
-class VisionTowerConfig:
-    """The vision tower (SigLIP or CLIP vision model from transformers)."""
-
-    kind: Literal["siglip", "clip"] = "siglip"
-    """Tower family: SiglipVisionModel or CLIPVisionModel."""
-    path: str | None = None
-    """Local directory of a pretrained tower (real runs); takes precedence over ``config``."""
-    config: dict[str, Any] | None = field(default_factory=lambda: {
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "patch_size": 8})
-    """Keyword arguments of SiglipVisionConfig / CLIPVisionConfig for a tower built from scratch."""
-    image_size: int | None = 32
-    """Input size of a tower built from ``config`` (frames are resized to it); ignored with ``path``."""
-    feature_layer: int = -1
-    """Hidden-state index fed to the projector (-1 = last output, -2 = penultimate as in LLaVA)."""
-    freeze: bool = True
-    """Keep the tower's weights fixed (it then runs without autograd)."""
-    mean: list[float] | None = None
-    """Pixel mean; None = the tower's preprocessor_config.json or the family default."""
-    std: list[float] | None = None
-    """Pixel std; None = as ``mean``."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every bad value."""
-        out = []
-        if self.path is None and self.config is None:
-            out.append(("config", "give a path or a config dict"))
-        if self.image_size is not None and self.image_size < 1:
-            out.append(("image_size", f"must be >= 1, got {self.image_size}"))
-        for name in ("mean", "std"):
-            v = getattr(self, name)
-            if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
-                out.append((name, f"must be 3 values{' > 0' if name == 'std' else ''}, got {v}"))
-        return out
-
-
-@dataclass
-class ProjectorConfig:
-    """Pooling of patch tokens and the MLP into the LLM's embedding space."""
-
-    pool: list[int] = field(default_factory=lambda: [2, 2])
-    """Spatial grid [h, w] of visual tokens per frame group (adaptive average pooling)."""
-    temporal_stride: int = 1
-    """Consecutive frames averaged into one group (1 = every frame its own tokens)."""
-    hidden: int | None = None
-    """MLP hidden width; None = the LLM's hidden size."""
-    center: bool = False
-    """Subtract the clip's mean visual token from each of its tokens, then LayerNorm each token
-    (no parameters). A small tower's output is mostly what every clip shares (background, position,
-    biases); without this a from-scratch LLM learns to ignore the frames (docs/RESULTS.md)."""
-    init_from: str | None = None
-    """Start from an aligned projector: a stage-1 export folder (its projector.safetensors) or that
-    file (task.mode caption, docs/TRAINING.md "Stage-1 alignment"); None = random init."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every bad value."""
-        out = []
-        if len(self.pool) != 2 or min(self.pool) < 1:
-            out.append(("pool", f"must be [h, w] with h, w >= 1, got {self.pool}"))
-        if self.temporal_stride < 1:
-            out.append(("temporal_stride", f"must be >= 1, got {self.temporal_stride}"))
-        if self.hidden is not None and self.hidden < 1:
-            out.append(("hidden", f"must be >= 1 or null, got {self.hidden}"))
-        return out
-
-
-@dataclass
-class LanguageModelConfig:
-    """The causal LM (any AutoModelForCausalLM)."""
-
-    path: str | None = None
-    """Local directory of a pretrained LLM; takes precedence over ``config``."""
-    config: dict[str, Any] | None = field(default_factory=lambda: {
-        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048})
-    """AutoConfig.for_model kwargs with "model_type" (llama, qwen2, ...); vocab_size and special
-    token ids are set from the tokenizer."""
-    freeze: bool = False
-    """Keep the LLM's weights fixed (LoRA adapters, if enabled, still train)."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every bad value."""
-        if self.path is None and self.config is None:
-            return [("config", "give a path or a config dict")]
-        if self.path is None and "model_type" not in self.config:
-            return [("config", "needs a 'model_type' (e.g. 'llama', 'qwen2')")]
-        return []
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapters on the LLM (peft)."""
-
-    enabled: bool = False
-    """Add LoRA adapters; the LLM's base weights are then frozen."""
-    r: int = 8
-    """Adapter rank."""
-    alpha: int = 16
-    """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = 0.0
-    """Dropout on the adapter input."""
-    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    """Names of the LLM's linear layers that get adapters (never lm_head: it is the loss module)."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every bad value."""
-        out = []
-        if self.r < 1:
-            out.append(("r", f"must be >= 1, got {self.r}"))
-        if not 0 <= self.dropout < 1:
-            out.append(("dropout", f"must be in [0, 1), got {self.dropout}"))
-        if "lm_head" in self.target_modules:
-            out.append(("target_modules", "must not hold lm_head (it is the loss module)"))
-        return out
-
-
-@dataclass
-class ModelConfig:
-    """Vision tower -> projector -> LLM (assembled), or an existing HF video-LLM (hf_vlm)."""
-
-    kind: Literal["assembled", "hf_vlm"] = "assembled"
-    """assembled: vision tower + fresh projector + causal LM (sections vision/projector/llm);
-    hf_vlm: an existing transformers video-LLM from a local folder (section hf, train.hf_vlm)."""
-    hf: HFVLMSettings = field(default_factory=HFVLMSettings)
-    """The existing video-LLM of kind hf_vlm (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision)."""
-    vision: VisionTowerConfig = field(default_factory=VisionTowerConfig)
-    """The vision tower."""
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    """Pooling and MLP projector."""
-    llm: LanguageModelConfig = field(default_factory=LanguageModelConfig)
-    """The causal LM."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    """LoRA on the LLM."""
-    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
-    """Attention backend; auto = kernels.attention.select_attention (flash-attn on a GPU if
-    importable, else SDPA). The choice is logged and kept in VideoLLM.attention_report."""
-    gradient_checkpointing: bool = False
-    """Recompute LLM (and trained vision) layer activations in backward to save memory."""
-    loss_chunk_size: int = 1024
-    """Tokens per chunk of the fused linear cross-entropy (bounds the [chunk, vocab] logits)."""
-    blind: bool = False
-    """Ablation (assembled models): every frame the model sees is black (the tower runs on zeros), so
-    only the text can inform an answer: the text-only baseline, and the negative control of the
-    convergence test (tests/eval/test_convergence.py)."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, message) for every bad value of this section and its subsections."""
-        out = [] if self.loss_chunk_size >= 1 else [("loss_chunk_size", f"must be >= 1, got {self.loss_chunk_size}")]
-        if self.kind == "hf_vlm" and not self.hf.path:
-            out.append(("hf.path", "model.kind hf_vlm needs a local model folder"))
-        if self.kind == "hf_vlm" and self.blind:
-            out.append(("blind", "the black-frames ablation is for assembled models (model.kind assembled)"))
-        names = ("hf", "lora") if self.kind == "hf_vlm" else ("vision", "projector", "llm", "lora")
-        for name in names:
-            out += [(f"{name}.{f}", m) for f, m in getattr(self, name).problems()]
-        return out
-
-    def frame_layout(self, num_frames: int) -> FrameLayout:
-        """The prompt's placeholder layout for ``num_frames`` frames."""
-        ph, pw = self.projector.pool
-        return FrameLayout(num_frames, self.projector.temporal_stride, ph * pw)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Nested dict (e.g. from JSON) -> ModelConfig; unknown keys raise ValueError."""
-        subs = {"vision": VisionTowerConfig, "projector": ProjectorConfig, "llm": LanguageModelConfig,
-                "lora": LoraSettings, "hf": HFVLMSettings}
-        kwargs = {}
-        for key, value in data.items():
-            if key not in {f.name for f in dataclasses.fields(cls)}:
-                raise ValueError(f"model config: unknown key {key!r}")
-            if key in subs:
-                known = {f.name for f in dataclasses.fields(subs[key])}
-                bad = set(value) - known
-                if bad:
-                    raise ValueError(f"model config: unknown key(s) {sorted(bad)} in {key!r}")
-                value = subs[key](**value)
-            kwargs[key] = value
-        return cls(**kwargs)
-
-
-def resolve_attention(requested: str, device: torch.device | str | None = None) -> tuple[str, str]:
-    """(HF attn_implementation, reason) for a requested backend ("auto" asks kernels.attention)."""
-    if requested != "auto":
-        return requested, f"set in the config (model.attn_implementation={requested})"
-    return select_attention(torch.device(device) if device is not None else
-                            torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device | str | None = None,
-                dtype: torch.dtype | None = None) -> VideoLLM:
+def build_assembled(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> VideoLLM:
     """Assemble the VideoLLM from its config (nothing is downloaded).
 
     Args:
@@ -256,12 +68,6 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
     Returns:
         The model, with ``attention_report`` = (impl, reason).
     """
-    if cfg.kind == "hf_vlm":
-        from train.hf_inputs import VideoChatProcessor
-        from train.hf_vlm import build_hf_vlm
-
-        # the trainer passes the VLM's VideoChatProcessor as its "tokenizer"
-        return build_hf_vlm(cfg, tokenizer if isinstance(tokenizer, VideoChatProcessor) else None, device, dtype)
     impl, reason = resolve_attention(cfg.attn_implementation, device)
     log.info("attention: %s (%s)", impl, reason)
     tower = build_vision_tower(cfg.vision.kind, cfg.vision.path, cfg.vision.config, cfg.vision.image_size,
@@ -286,31 +92,16 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device: to
         llm = AutoModelForCausalLM.from_config(llm_cfg, attn_implementation=impl)
     else:
         raise ValueError("model.llm needs a path or a config dict")
-    _install_loss_head(llm, cfg.loss_chunk_size)
+    install_loss_head(llm, cfg.loss_chunk_size)
     llm_dim = int(llm.config.hidden_size)
     projector = Projector(encoder.hidden_size, llm_dim, encoder.grid, tuple(cfg.projector.pool),
                           cfg.projector.temporal_stride, cfg.projector.hidden, cfg.projector.center)
     if cfg.projector.init_from:
         load_projector(projector, cfg.projector.init_from)
-    model = VideoLLM(cfg, encoder, projector, llm, frame_token_id(tokenizer), (impl, reason))
+    model = VideoLLM(cfg, encoder, projector, llm, tokenizer, (impl, reason))
     model.apply_training_flags()
     return model
 
-
-
-def _install_loss_head(llm: nn.Module, chunk_size: int) -> None:
-    """Replace ``llm.lm_head`` (nn.Linear) by the loss module holding the SAME Parameter objects.
-
-    Sharing (not copying) keeps a ZeRO-3-partitioned weight intact when the model is built
-    inside ``deepspeed.zero.Init``, and keeps tied input/output embeddings tied (HF then saves
-    and reloads them as tied). The state-dict key stays ``lm_head.weight``.
-    """
-    old = llm.get_output_embeddings()
-    if not isinstance(old, nn.Linear):
-        raise TypeError(f"the LLM's output layer is {type(old).__name__}, expected nn.Linear")
-    # from_linear sizes the module from in/out_features, so a ZeRO-3-partitioned head works too.
-    head = LinearWeightedCrossEntropy.from_linear(old, share=True, chunk_size=chunk_size)
-    llm.set_output_embeddings(head)
 
 
 def unique_adjacent_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,7 +113,7 @@ def unique_adjacent_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return new.long().cumsum(0) - 1, x[new]
 
 
-class VideoLLM(nn.Module):
+class VideoLLM(VideoModel):
     """Vision tower + projector + causal LM whose lm_head is the weighted cross-entropy module.
 
     Attributes:
@@ -330,18 +121,22 @@ class VideoLLM(nn.Module):
         vision: FrameEncoder (the HF tower is ``vision.tower``).
         projector: Projector.
         llm: the HF causal LM (a peft PeftModel around it when LoRA is enabled).
+        tokenizer: the run's tokenizer (prompts with frame placeholders, :mod:`train.tasks`).
         frame_token_id: id of the frame placeholder token.
         attention_report: (HF attn_implementation, why it was chosen).
     """
 
+    supports_packing = True
+
     def __init__(self, config: ModelConfig, vision: FrameEncoder, projector: Projector, llm: nn.Module,
-                 frame_token_id: int, attention_report: tuple[str, str]):
+                 tokenizer: PreTrainedTokenizerBase, attention_report: tuple[str, str]):
         super().__init__()
         self.config = config
         self.vision = vision
         self.projector = projector
         self.llm = llm
-        self.frame_token_id = int(frame_token_id)
+        self.tokenizer = tokenizer
+        self.frame_token_id = int(frame_token_id(tokenizer))
         self.attention_report = attention_report
 
     # ------------------------------------------------------------------ set-up
@@ -379,9 +174,23 @@ class VideoLLM(nn.Module):
     def vision_trainable(self) -> bool:
         return any(p.requires_grad for p in self.vision.parameters())
 
-    def frame_layout(self, num_frames: int) -> FrameLayout:
-        """Placeholder layout of a prompt for ``num_frames`` frames."""
+    def frame_layout(self, num_frames: int, frame_size: tuple[int, int] | None = None) -> FrameLayout:
+        """Placeholder layout of a prompt for ``num_frames`` frames (the tower resizes every frame to
+        its own input size, so ``frame_size`` does not matter)."""
         return FrameLayout(num_frames, self.projector.temporal_stride, self.projector.tokens_per_group)
+
+    def collate(self, examples: list, task: TaskConfig, packing: bool = False,
+                row_capacity: int | None = None) -> dict[str, Any]:
+        """Examples -> one padded row each (``train.tasks.collate``) or packed rows
+        (``train.packing.pack_collate``, rows of up to ``row_capacity`` tokens)."""
+        if not examples:
+            raise ValueError("collate got no examples")
+        layout = self.frame_layout(int(examples[0].frames.shape[0]))
+        if packing:
+            if row_capacity is None:
+                raise ValueError("packing needs a row capacity (data.max_tokens_per_row)")
+            return pack_collate(examples, self.tokenizer, task, layout, row_capacity)
+        return collate(examples, self.tokenizer, task, layout)
 
     # ------------------------------------------------------------------ forward pieces
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -437,16 +246,18 @@ class VideoLLM(nn.Module):
                                             position_ids=position_ids, past_key_values=past_key_values,
                                             use_cache=use_cache)
 
-    def hidden_states(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None,
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      pixel_values: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                       segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None
                       ) -> torch.Tensor:
-        """Last hidden states [B, L, D] of the LLM for frames + tokens.
+        """Last hidden states [B, L, D] of the LLM for frames uint8 [B, T, 3, H, W] + tokens [B, L].
 
         Packed rows (``train.packing.pack_collate``) give ``segment_ids`` [R, L], ``position_ids``
         [R, L] and ``clip_index`` [E]: pixel_values then holds each distinct clip once [C, ...],
         and attention stays inside each example (:meth:`packed_decoder_forward`).
         """
+        if pixel_values is None:
+            raise ValueError("the assembled model needs pixel_values uint8 [B, T, 3, H, W]")
         if segment_ids is None:
             emb = self.embed(input_ids, self.encode_frames(pixel_values))
             return self.decoder_forward(emb, attention_mask).last_hidden_state
@@ -460,8 +271,6 @@ class VideoLLM(nn.Module):
         ``sdpa_varlen`` (:func:`train.packing.sdpa_varlen_attention`: one SDPA call per packed
         sequence; unpacked inputs run plain sdpa unchanged). Other backends are kept. Returns the
         LLM's attn_implementation."""
-        from train.packing import register_sdpa_varlen
-
         cfg = self.causal_lm.config
         if cfg._attn_implementation == "sdpa":
             cfg._attn_implementation = register_sdpa_varlen()
@@ -469,17 +278,20 @@ class VideoLLM(nn.Module):
 
     @property
     def packing_attention(self) -> str:
-        """How attention keeps packed examples apart with this model's backend (logged by the trainer)."""
-        from train.packing import packing_attention
-
+        """How attention keeps packed examples apart with this model's backend."""
         return packing_attention(self.causal_lm.config._attn_implementation)
+
+    def prepare_packing(self, packing_sdpa: str) -> str:
+        """``per_sequence`` on SDPA: :meth:`use_sdpa_varlen` (``mask``: one masked call per row).
+        Returns how attention keeps packed examples apart (logged by the trainer)."""
+        if packing_sdpa == "per_sequence":
+            self.use_sdpa_varlen()
+        return self.packing_attention
 
     def packed_decoder_forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
                                segment_ids: torch.Tensor) -> torch.Tensor:
         """The LLM decoder on packed rows: hidden [R, L, D]; no token attends outside its example
         (flash-attn varlen or a block-diagonal causal mask, see :func:`train.packing.packed_decoder`)."""
-        from train.packing import packed_decoder
-
         return packed_decoder(self.causal_lm.get_decoder(), self.causal_lm.config._attn_implementation,
                               inputs_embeds, position_ids, segment_ids)
 
@@ -487,71 +299,30 @@ class VideoLLM(nn.Module):
         """hidden [..., D] -> logits [..., V] by the loss module (its forward without targets)."""
         return self.loss_head(hidden)  # no target -> logits; through __call__ so ZeRO-3 hooks run
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor, loss_weight: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
-        """Weighted LM loss on the target positions.
-
-        Args:
-            pixel_values: uint8 [B, T, 3, H, W].
-            input_ids, attention_mask: long [B, L] (right-padded).
-            labels: long [B, L]; the token to predict at that position, -100 = no target. Hidden
-                state t predicts labels[t + 1] (the shift is done here).
-            loss_weight: float [B, L] aligned with labels (``train.tasks.token_weights``);
-                None = weight 1 on every target.
-            position_ids, segment_ids, clip_index: a packed micro-batch (``train.packing``); then
-                pixel_values holds the distinct clips [C, T, 3, H, W]. The loss is the same sum: each
-                example's first token is a prompt token, so the shift never crosses examples.
-
-        Returns:
-            {"loss": scalar sum_i w_i * CE_i (fp32), "n_tokens": long scalar, target count}.
-        """
-        hidden = self.hidden_states(pixel_values, input_ids, attention_mask, position_ids, segment_ids, clip_index)
-        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-        tgt = labels[:, 1:].reshape(-1)
-        w = (torch.ones_like(tgt, dtype=torch.float32) if loss_weight is None
-             else loss_weight[:, 1:].reshape(-1).float())
-        sel = (tgt != -100).nonzero().squeeze(1)
-        n_tokens = sel.numel()
-        if n_tokens == 0:
-            # Still run the head (one row, weight 0): under ZeRO-3 every rank must enter it.
-            sel = torch.zeros(1, dtype=torch.long, device=h.device)
-            tgt, w = torch.zeros_like(tgt), torch.zeros_like(w)
-        loss = self.loss_head(h.index_select(0, sel), tgt.index_select(0, sel), w.index_select(0, sel))
-        return {"loss": loss, "n_tokens": torch.tensor(n_tokens, device=h.device)}
-
-    @torch.no_grad()
-    def logits(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor | None = None, **packed: torch.Tensor) -> torch.Tensor:
-        """Full logits float [B, L, V] (eval and tests; training never materialises them);
-        ``packed``: position_ids, segment_ids, clip_index of a packed batch."""
-        return self.head_logits(self.hidden_states(pixel_values, input_ids, attention_mask, **packed)).float()
-
     # ------------------------------------------------------------------ eval helpers
     def generate(self, pixel_values: torch.Tensor, prompt_ids: list[list[int]], max_new_tokens: int = 64,
                  eos_token_id: int | None = None, pad_token_id: int = 0) -> list[list[int]]:
-        """Greedy decoding with a KV cache; see :func:`train.generation.generate`."""
+        """Greedy decoding with a KV cache; see :func:`train.models.generation.generate`."""
         return generation.generate(self, pixel_values, prompt_ids, max_new_tokens, eos_token_id, pad_token_id)
 
     def option_logprobs(self, pixel_values: torch.Tensor, prompt_ids: list[list[int]],
                         option_ids: list[list[list[int]]], pad_token_id: int = 0,
                         max_rows: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum log-prob and token count of each option; see :func:`train.generation.option_logprobs`."""
+        """Sum log-prob and token count of each option; see :func:`train.models.generation.option_logprobs`."""
         return generation.option_logprobs(self, pixel_values, prompt_ids, option_ids, pad_token_id, max_rows)
 
     def score_options(self, tokenizer: PreTrainedTokenizerBase, pixel_values: torch.Tensor,
                       questions: list[str], options: list[list[str]],
                       captions: list[list[str | None] | None] | None = None,
                       answer_format: str = "letter") -> dict[str, torch.Tensor]:
-        """Text-level option scoring; see :func:`train.generation.score_options`."""
+        """Text-level option scoring; see :func:`train.models.generation.score_options`."""
         return generation.score_options(self, tokenizer, pixel_values, questions, options, captions, answer_format)
 
     def generate_text(self, tokenizer: PreTrainedTokenizerBase, pixel_values: torch.Tensor,
                       questions: list[str], options: list[list[str]],
                       captions: list[list[str | None] | None] | None = None, task: str = "qa",
                       answer_format: str = "letter", max_new_tokens: int = 64) -> list[str]:
-        """Text-level greedy answers / reasoning; see :func:`train.generation.generate_text`."""
+        """Text-level greedy answers / reasoning; see :func:`train.models.generation.generate_text`."""
         return generation.generate_text(self, tokenizer, pixel_values, questions, options, captions, task,
                                         answer_format, max_new_tokens)
 
@@ -607,17 +378,18 @@ class VideoLLM(nn.Module):
             self.llm = self.llm.merge_and_unload()
         return self.llm
 
-    def save_pretrained_parts(self, out_dir: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
+    def save_export(self, out: str | Path, tokenizer: PreTrainedTokenizerBase | None = None,
+                    merge_lora: bool = True) -> Path:
         """Write ``llm/`` and ``vision/`` (HF save_pretrained), ``projector.safetensors``,
-        ``video_llm.json`` (the config pointing at those parts) and ``tokenizer/`` if given.
+        ``video_llm.json`` (kind assembled, the config pointing at those parts) and ``tokenizer/``
+        (``tokenizer`` or the model's own).
 
-        Call on a model with full (not ZeRO-3-partitioned) parameters. Merges LoRA in place.
+        Call on a model with full (not ZeRO-3-partitioned) parameters. Merges LoRA in place (an
+        assembled export always holds merged weights: ``merge_lora`` False is refused).
         """
-        from safetensors.torch import save_file
-
-        from train.prompts import PROMPT_VERSION
-
-        out = Path(out_dir)
+        if not merge_lora and hasattr(self.llm, "peft_config"):
+            raise ValueError("an assembled model's export merges its LoRA adapters (no adapter/ folder)")
+        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.export_llm().save_pretrained(out / "llm")
         self.vision.tower.save_pretrained(out / "vision")
@@ -629,38 +401,39 @@ class VideoLLM(nn.Module):
                                        mean=self.vision.mean.flatten().tolist(),
                                        std=self.vision.std.flatten().tolist()),
             llm=dataclasses.replace(self.config.llm, path="llm", config=None))
-        meta = {"model_config": dataclasses.asdict(cfg), "frame_token_id": self.frame_token_id,
-                "prompt_version": PROMPT_VERSION}
+        meta = {"kind": "assembled", "model_config": dataclasses.asdict(cfg), "frame_token_id": self.frame_token_id,
+                "prompt_version": prompts.PROMPT_VERSION}
         (out / "video_llm.json").write_text(json.dumps(meta, indent=2))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out / "tokenizer")
+        (tokenizer or self.tokenizer).save_pretrained(out / "tokenizer")
         return out
 
-    @classmethod
-    def from_pretrained_parts(cls, path: str | Path, tokenizer: PreTrainedTokenizerBase | None = None,
-                              device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                              attn_implementation: str | None = None
-                              ) -> tuple[VideoLLM, PreTrainedTokenizerBase]:
-        """Load what :meth:`save_pretrained_parts` wrote; returns (model in eval mode, tokenizer)."""
-        from safetensors.torch import load_file
 
-        from train.tokenizer import build_tokenizer
+def load_assembled_export(path: str | Path, model_config: ModelConfig | None = None,
+                          device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                          attn_implementation: str | None = None) -> tuple[VideoLLM, PreTrainedTokenizerBase]:
+    """Load what :meth:`VideoLLM.save_export` wrote; returns (model in eval mode, tokenizer).
 
-        root = Path(path)
-        meta_path = root / "video_llm.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{root}: no video_llm.json (not written by save_pretrained_parts)")
-        meta = json.loads(meta_path.read_text())
-        cfg = ModelConfig.from_dict(meta["model_config"])
-        cfg.vision.path = str(root / cfg.vision.path)
-        cfg.llm.path = str(root / cfg.llm.path)
-        if attn_implementation is not None:
-            cfg.attn_implementation = attn_implementation
-        if tokenizer is None:
-            tokenizer = build_tokenizer(root / "tokenizer")
-        if frame_token_id(tokenizer) != meta["frame_token_id"]:
-            raise ValueError(f"{root}: tokenizer's frame token id {frame_token_id(tokenizer)} != "
-                             f"{meta['frame_token_id']} the model was trained with")
-        model = build_model(cfg, tokenizer, device=device, dtype=dtype)
-        model.projector.load_state_dict(load_file(str(root / "projector.safetensors")))
-        return model.eval(), tokenizer
+    ``model_config`` (the run's) is not needed: the export's ``video_llm.json`` holds its own.
+    """
+    root = Path(path)
+    meta_path = root / "video_llm.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{root}: no video_llm.json (not written by VideoLLM.save_export)")
+    meta = json.loads(meta_path.read_text())
+    cfg = load_section(ModelConfig, meta["model_config"], "model")
+    cfg.vision.path = str(root / cfg.vision.path)
+    cfg.llm.path = str(root / cfg.llm.path)
+    if attn_implementation is not None:
+        cfg.attn_implementation = attn_implementation
+    tokenizer = build_tokenizer(root / "tokenizer")
+    if frame_token_id(tokenizer) != meta["frame_token_id"]:
+        raise ValueError(f"{root}: tokenizer's frame token id {frame_token_id(tokenizer)} != "
+                         f"{meta['frame_token_id']} the model was trained with")
+    model = build_assembled(cfg, tokenizer, device=device, dtype=dtype)
+    model.projector.load_state_dict(load_file(str(root / "projector.safetensors")))
+    return model.eval(), tokenizer
+
+
+FAMILY = ModelFamily(kind="assembled", build=build_assembled, load_tokenizer=lambda cfg: None,
+                     load_export=load_assembled_export)
+"""The assembled family: its tokenizer is the run's (``tokenizer`` section of the config)."""

@@ -7,7 +7,8 @@ import dataclasses
 import inspect
 import textwrap
 
-from train.config import TrainConfig, _hints, _strip_optional, _type_name
+from train.config.parse import _hints, _strip_optional, _type_name
+from train.config.sections import TrainConfig
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
     python -m train.bench --config configs/tiny_cpu.yaml --steps 20 [--csv docs/bench/train.csv]
     python -m train.bench --config configs/bench_1b_gpu.yaml --steps 30      (one GPU)
-    python -m train.bench --compare-packing --config ...    (padded vs packed: train/bench_packing.py)
+    python -m train.bench --compare-packing --config ...    (padded vs packed: train/bench/packing.py)
 
 OURS is the real trainer (``train.loop.Trainer``: streaming loader -> tasks.collate ->
 ``engine.optimizer_step`` with DeepSpeed, ZeRO stage/precision from the config). BARE is the
@@ -23,20 +23,24 @@ Only one process: launch without torchrun.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import deepspeed
 import torch
+
+from train.config import load_config
+from train.engine import lr_factor, optimizer_step, param_groups
+from train.loop import Trainer, seed_everything
+from train.loss import count_task_tokens, token_weights
+from train.models import build_model
 
 # Dense peak FLOP/s (bf16/fp16 tensor core, fp32 non-tensor) by device-name substring.
 GPU_PEAKS = {
@@ -84,10 +88,6 @@ class BareLoop:
     """The baseline: the same model and loss in plain PyTorch (AdamW, clipping, schedule)."""
 
     def __init__(self, trainer: Any, init_state: dict[str, torch.Tensor]) -> None:
-        from train.engine import lr_factor, param_groups
-        from train.loop import seed_everything
-        from train.model import build_model
-
         cfg = trainer.cfg
         self.cfg, self.device = cfg, trainer.device
         seed_everything(cfg.run.seed)
@@ -109,16 +109,13 @@ class BareLoop:
         self.autocast = None if prec == "fp32" else (torch.bfloat16 if prec == "bf16" else torch.float16)
 
     def step(self, micro: list[dict]) -> float:
-        from train.engine import count_task_tokens, model_inputs
-        from train.tasks import token_weights
-
         task = self.cfg.task
         n_qa, n_re = count_task_tokens(micro)
         total = torch.zeros((), device=self.device)
         for mb in micro:
             w = token_weights(mb["task_ids"], n_qa, n_re, task.alpha, task.beta)
             with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                loss = self.model(**model_inputs(mb, w, self.device))["loss"]
+                loss = self.model(**self.model.model_inputs(mb, w, self.device))["loss"]
             loss.backward()
             total += loss.detach().float()  # summed on the device: one sync per step, as ours
         if self.cfg.optim.grad_clip > 0:
@@ -130,7 +127,6 @@ class BareLoop:
 
 
 def _gather_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    import deepspeed
 
     with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
         return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()}
@@ -152,8 +148,6 @@ def _timed(fn: Any, device: torch.device) -> tuple[Any, float, float]:
 
 def bench_trainer(config: str, overrides: list[str], max_steps: int, tmp: str) -> Any:
     """The real trainer of a bench run: no checkpoints or logs, no warmup, one process."""
-    from train.config import load_config
-    from train.loop import Trainer
 
     fixed = [f"--run.output_dir={tmp}", "--checkpoint.interval_steps=0", "--checkpoint.save_final=false",
              "--logging.progress_bar=false", "--logging.jsonl=false", "--logging.tensorboard=false",
@@ -166,7 +160,6 @@ def bench_trainer(config: str, overrides: list[str], max_steps: int, tmp: str) -
 
 def run_bench(config: str, overrides: list[str], steps: int, warmup: int) -> dict:
     """Measure ours and bare, alternating step by step on the same batches; returns the record."""
-    from train.engine import optimizer_step
 
     trainer = bench_trainer(config, overrides, warmup + steps, tempfile.mkdtemp(prefix="train-bench-"))
     cfg = trainer.cfg
@@ -279,40 +272,3 @@ def append_csv(path: str | Path, r: dict, fields: list[str] | None = None) -> No
         if new:
             w.writeheader()
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m train.bench``: ours vs bare PyTorch step time, throughput and MFU."""
-    from train.config import ConfigError
-
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=main.__doc__,
-                                epilog="Other --section.field=value items override the config.")
-    p.add_argument("--config", required=True)
-    p.add_argument("--steps", type=int, default=20, help="measured optimizer steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--csv", default=None, help="append the result row here (e.g. docs/bench/train.csv)")
-    p.add_argument("--compare-packing", action="store_true",
-                   help="instead of ours vs bare: padded vs packed micro-batches (data.packing), alternating "
-                        "on the same examples (train.bench_packing; e.g. --csv docs/bench/packing.csv)")
-    args, rest = p.parse_known_args(argv)
-    from train import bench_packing
-    from train.__main__ import split_overrides
-
-    run, show, fields = ((bench_packing.run_packing_bench, bench_packing.packing_table, bench_packing.CSV_FIELDS)
-                         if args.compare_packing else (run_bench, table, CSV_FIELDS))
-    try:
-        result = run(args.config, split_overrides(rest), args.steps, args.warmup)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(show(result))
-    print(json.dumps(result), flush=True)
-    if args.csv:
-        append_csv(args.csv, result, fields)
-    return 0
-
-
-if __name__ == "__main__":
-    from data_shards.common.distenv import exit_process
-
-    exit_process(main())
