@@ -1,8 +1,9 @@
-"""Backend choice (logged once, queryable), import-order independence of the interpreter path,
-and the attention implementation choice."""
+"""Backend choice (logged once, queryable), one autograd Function per op for every backend,
+import-order independence of the interpreter path, and the attention implementation choice."""
 
 from __future__ import annotations
 
+import ast
 import logging
 import subprocess
 import sys
@@ -114,3 +115,28 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_one_autograd_function_per_op_whatever_the_backend(backend_device):
+    """Both backends run the same autograd Function (kernels.autograd); only their RowOps differ."""
+    _, dev = backend_device
+    x = torch.randn(3, 7, device=dev, requires_grad=True)
+    y, w = torch.tensor([1, 2, -100], device=dev), torch.ones(3, device=dev)
+    assert type(kernels.weighted_cross_entropy(x, y, w).grad_fn).__name__ == "WeightedCrossEntropyFunctionBackward"
+    h = torch.randn(3, 4, device=dev, requires_grad=True)
+    lm = torch.randn(7, 4, device=dev, requires_grad=True)
+    loss = kernels.fused_linear_weighted_cross_entropy(h, lm, y, w)
+    assert type(loss.grad_fn).__name__ == "FusedLinearWeightedCrossEntropyFunctionBackward"
+
+
+def test_autograd_functions_are_defined_once():
+    """No backend keeps its own copy of a Function body: every torch.autograd.Function of kernels/
+    lives in kernels/autograd.py."""
+    found = []
+    for path in sorted((REPO / "kernels").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("autograd.Function")
+                                                      for b in node.bases):
+                found.append(f"{path.name}:{node.name}")
+    assert found == ["autograd.py:WeightedCrossEntropyFunction",
+                     "autograd.py:FusedLinearWeightedCrossEntropyFunction"], found

@@ -189,6 +189,15 @@ class LoraSettings:
         return out
 
 
+FAMILY_TRAITS: dict[str, dict[str, Any]] = {
+    "assembled": {"sections": ("vision", "projector", "llm", "lora"), "packing": True, "blind": True},
+    "hf_vlm": {"sections": ("hf", "lora"), "packing": False, "blind": False},
+}
+"""What the config checks need to know of each ``model.kind``: the sections it reads, whether it
+packs sequences (``data.packing``) and supports the black-frames ablation. The families themselves
+are registered in ``train.models.registry``."""
+
+
 @dataclass
 class ModelConfig:
     """Vision tower -> projector -> LLM (assembled), or an existing HF video-LLM (hf_vlm)."""
@@ -221,12 +230,11 @@ class ModelConfig:
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value of this section and its subsections."""
         out = [] if self.loss_chunk_size >= 1 else [("loss_chunk_size", f"must be >= 1, got {self.loss_chunk_size}")]
-        if self.kind == "hf_vlm" and not self.hf.path:
-            out.append(("hf.path", "model.kind hf_vlm needs a local model folder"))
-        if self.kind == "hf_vlm" and self.blind:
-            out.append(("blind", "the black-frames ablation is for assembled models (model.kind assembled)"))
-        names = ("hf", "lora") if self.kind == "hf_vlm" else ("vision", "projector", "llm", "lora")
-        for name in names:
+        if "hf" in FAMILY_TRAITS[self.kind]["sections"] and not self.hf.path:
+            out.append(("hf.path", f"model.kind {self.kind} needs a local model folder"))
+        if self.blind and not FAMILY_TRAITS[self.kind]["blind"]:
+            out.append(("blind", f"the black-frames ablation is for assembled models, not model.kind {self.kind}"))
+        for name in FAMILY_TRAITS[self.kind]["sections"]:
             out += [(f"{name}.{f}", m) for f, m in getattr(self, name).problems()]
         return out
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from train.config.hf_check import hf_config_problems
-from train.config.model import ModelConfig
+from train.config.model import FAMILY_TRAITS, ModelConfig
 from train.config.task import TaskConfig
 
 
@@ -336,13 +336,13 @@ def cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     if cfg.optim.warmup_steps > cfg.run.max_steps:
         out.append(("optim.warmup_steps", f"{cfg.optim.warmup_steps} exceeds run.max_steps {cfg.run.max_steps}"))
     m = cfg.model
-    if (m.kind == "assembled" and m.vision.freeze and "Projector" in cfg.deepspeed.leaf_modules
+    if (m.vision.freeze and "Projector" in cfg.deepspeed.leaf_modules
             and cfg.deepspeed.zero_stage == 3):
         out.append(("deepspeed.leaf_modules", "Projector as a ZeRO-3 leaf needs model.vision.freeze false: with a "
                     "frozen tower its input needs no grad and DeepSpeed never re-gathers a leaf's weights for "
                     "backward (the step fails with a size-0 tensor)"))
-    if cfg.data.packing and m.kind == "hf_vlm":
-        out.append(("data.packing", "packing is implemented for model.kind assembled only; an hf_vlm model "
+    if cfg.data.packing and not FAMILY_TRAITS[m.kind]["packing"]:
+        out.append(("data.packing", f"packing is implemented for model.kind assembled only; model.kind {m.kind} "
                     "(its own processor, mRoPE / video grids) trains unpacked: set data.packing false"))
     longest = cfg.task.max_prompt_len + cfg.task.max_target_len
     if cfg.data.max_tokens_per_row is not None and cfg.data.max_tokens_per_row < longest:
