@@ -409,7 +409,7 @@ def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, 
     urls = expand_urls(args.shards)
     # Split shards over ranks when there are enough; else every rank reads all, keeps its videos.
     split = len(urls) >= max(args.workers, 1) * ws
-    lcfg = LoaderConfig(urls=args.shards, num_frames=frames, frame_size=size, batch_size=args.batch_size,
+    lcfg = LoaderConfig(urls=args.shards, num_frames=frames, frame_size=size, micro_batch_size=args.batch_size,
                         num_workers=args.workers, shuffle_shards=False, shuffle_buffer=0, epoch_batches=None)
     loader = build_loader(lcfg, rank=rank if split else 0, world_size=ws if split else 1, reasoning=reasoning)
     results = evaluate_loader(model, tokenizer, loader, opts, list(args.probe),

@@ -261,9 +261,9 @@ def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size:
         f"{total if total is not None else '?'} question(s) to generate; {len(done)} qid(s) done in {out_dir}")
     if not pending:
         return dict(stats.counts)
-    lcfg = LoaderConfig(urls=pending, num_frames=cfg.num_frames, frame_size=cfg.frame_size, batch_size=cfg.batch_size,
-                        num_workers=min(cfg.num_workers, len(pending)), shuffle_shards=False, shuffle_buffer=0,
-                        decode=backend.needs_frames)
+    lcfg = LoaderConfig(urls=pending, num_frames=cfg.num_frames, frame_size=cfg.frame_size,
+                        micro_batch_size=cfg.batch_size, num_workers=min(cfg.num_workers, len(pending)),
+                        shuffle_shards=False, shuffle_buffer=0, decode=backend.needs_frames)
     loader = build_loader(lcfg, rank=0, world_size=1)  # the rank split is ours, above
     writers: dict[str, AppendWriter] = {}
     bar = _Progress(total, cfg.progress)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 
 from data_shards.common.distenv import WorldInfo, world_info_from_env
 
@@ -99,9 +101,6 @@ def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
     Returns:
         The backend in use.
     """
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
     export_torch_env(dims)
     accel = get_accelerator()
     if accel.device_name() != "cpu":
@@ -120,8 +119,6 @@ def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
 
 def device() -> torch.device:
     """This rank's compute device (cuda:LOCAL_RANK on a GPU node, cpu otherwise)."""
-    from deepspeed.accelerator import get_accelerator
-
     return torch.device(get_accelerator().current_device_name())
 
 

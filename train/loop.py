@@ -8,6 +8,7 @@ so the error is one line instead of a hang of the other ranks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import torch
 
 from data_shards.common.atomic import atomic_write_text
 from data_shards.reasoning_records import load_reasoning
-from data_shards.stream.loader import LoaderConfig, build_loader
+from data_shards.stream.loader import build_loader
 from train import checkpoint as ckpt
 from train import runguard
 from train.config import TrainConfig, config_to_dict, save_config
@@ -138,11 +139,9 @@ class Trainer:
         return model, engine
 
     def _loader(self) -> Any:
-        d = self.cfg.data
-        lcfg = LoaderConfig(urls=list(self.data_summary.urls), num_frames=d.num_frames, frame_size=tuple(d.frame_size),
-                            batch_size=d.micro_batch_size, num_workers=d.num_workers, shuffle_shards=d.shuffle_shards,
-                            shuffle_buffer=d.shuffle_buffer, resample=d.resample, seed=self.cfg.data_seed,
-                            epoch_batches=self.epoch_batches)
+        # the data section IS the loader's config; only what the trainer resolved is replaced
+        lcfg = dataclasses.replace(self.cfg.data, urls=list(self.data_summary.urls), seed=self.cfg.data_seed,
+                                   epoch_batches=self.epoch_batches)
         return build_loader(lcfg, self.dims.rank, self.dims.world_size, self.reasoning)
 
     def _resume(self, load_dir: Path, tag: str) -> dict:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 
 class Throughput:
     """Running rates over the steps since construction (or the last :meth:`reset`)."""
@@ -61,12 +63,11 @@ class MetricsLogger:
         if jsonl:
             self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
+            # tensorboard is optional (the "report" extra); only a run that writes events needs it
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
         if progress_bar:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             desc="train", mininterval=1.0)
 

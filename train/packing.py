@@ -24,7 +24,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import AttentionInterface, PreTrainedTokenizerBase
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from train.config.model import FrameLayout
 from train.config.task import TaskConfig
@@ -211,8 +213,6 @@ def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     Returns:
         (attention output [1, N, H, Dh], None), as transformers' attention functions return.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -230,9 +230,6 @@ def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
 
 def register_sdpa_varlen() -> str:
     """Make ``"sdpa_varlen"`` a transformers attn_implementation (attention function + sdpa's mask)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention)
     AttentionMaskInterface.register(SDPA_VARLEN, sdpa_mask)
     return SDPA_VARLEN

@@ -191,7 +191,7 @@ def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers:
     Timed from building the loader (worker start-up included) to the last counted batch.
     """
     t0, cpu0, done = time.perf_counter(), cpu_seconds(), 0
-    cfg = LoaderConfig(urls=urls, num_frames=num_frames, frame_size=size, batch_size=8, num_workers=workers,
+    cfg = LoaderConfig(urls=urls, num_frames=num_frames, frame_size=size, micro_batch_size=8, num_workers=workers,
                        shuffle_shards=False, shuffle_buffer=0, epoch_batches=1 << 40, decode_threads=decode_threads)
     loader = build_loader(cfg, rank=0, world_size=1)
     it = iter(loader)

@@ -33,7 +33,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -56,49 +56,9 @@ from data_shards.stream.pipeline import (
     decode_video,
     expand_questions,
 )
+from data_shards.stream.settings import LoaderConfig
 
 log = logging.getLogger("data_shards.stream.loader")
-
-
-@dataclass
-class LoaderConfig:
-    """What to read and how to batch it; one loader per rank."""
-
-    urls: str | list[str] = ""
-    """Shard URLs: a brace pattern (``shards/train-{000000..000031}.tar``; several joined by
-    ``::``), or a list of them; local paths or ``pipe:COMMAND`` URLs (e.g. ``pipe:cat x.tar``)."""
-    num_frames: int = 8
-    """T, frames per video, taken at the middles of T equal segments of the video or its clip."""
-    frame_size: tuple[int, int] | None = (224, 224)
-    """(height, width) the decoder resizes to; None keeps each video's own size (then videos
-    of different sizes cannot be stacked by the consumer)."""
-    batch_size: int = 8
-    """Question samples per batch."""
-    num_workers: int = 2
-    """DataLoader worker processes per rank (0: decode in the main process)."""
-    shuffle_shards: bool = True
-    """Shuffle the shard list (same permutation on every rank, new for every epoch and pass)."""
-    shuffle_buffer: int = 32
-    """Videos held in the sample shuffle buffer (raw bytes, before decoding); 0 or 1: no shuffle."""
-    resample: bool = False
-    """Draw shards with replacement (webdataset ResampledShards) instead of splitting them;
-    needs ``epoch_batches``."""
-    seed: int = 0
-    """Seed of the shard permutation, the shuffle buffer and resampling."""
-    epoch_batches: int | None = None
-    """Batches every rank yields per epoch (passes over the shards repeat as needed); None: one
-    pass over this rank's shards."""
-    decode: bool = True
-    """Decode frames; False yields question samples with ``frames=None`` (fast inspection)."""
-    decode_threads: int | None = None
-    """FFmpeg threads per decoder; None: chosen per machine by :func:`auto_decode_threads` (the
-    cores this process may use, shared out over this node's decoders: 1 when workers fill them)."""
-    log_every_s: float = 30.0
-    """At most one warning per skip category and process in this many seconds."""
-    prefetch_factor: int = 2
-    """Batches each worker prepares ahead."""
-    timeout_s: float = 0.0
-    """Fail if a worker gives no batch for this long (0: wait forever)."""
 
 
 def expand_urls(urls: str | list[str]) -> list[str]:
@@ -185,7 +145,7 @@ class VideoQALoader:
             stages.append(SeededShuffle(cfg.shuffle_buffer, self.source))
         stages += [wds_map(CountDecoded(decode, progress), handler=handler),
                    functools.partial(expand_questions, reasoning=reasoning),
-                   batched(cfg.batch_size, collation_fn=None, partial=not repeat)]
+                   batched(cfg.micro_batch_size, collation_fn=None, partial=not repeat)]
         self.dataset = wds.DataPipeline(*stages)
         if repeat:
             # with_epoch counts what ONE worker yields; the main loop cuts the merged stream at
@@ -281,13 +241,8 @@ def build_loader(cfg: LoaderConfig, rank: int | None = None, world_size: int | N
     urls = expand_urls(cfg.urls)
     if not urls:
         raise ValueError(f"LoaderConfig.urls {cfg.urls!r} expands to no shard URL")
-    for name in ("num_frames", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"LoaderConfig.{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.num_workers < 0:
-        raise ValueError(f"LoaderConfig.num_workers must be >= 0, got {cfg.num_workers}")
-    if cfg.epoch_batches is not None and cfg.epoch_batches < 1:
-        raise ValueError(f"LoaderConfig.epoch_batches must be >= 1 or None, got {cfg.epoch_batches}")
+    for name, problem in cfg.problems():
+        raise ValueError(f"LoaderConfig.{name} {problem}")
     if cfg.resample and cfg.epoch_batches is None:
         raise ValueError("LoaderConfig.resample=True draws shards forever: set epoch_batches")
     need = max(cfg.num_workers, 1) * world_size
@@ -327,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     reasoning = None
     if args.reasoning:
         reasoning = load_reasoning(args.reasoning)
-    cfg = LoaderConfig(urls=args.shards, num_frames=args.frames, frame_size=args.size, batch_size=args.batch_size,
+    cfg = LoaderConfig(urls=args.shards, num_frames=args.frames, frame_size=args.size, micro_batch_size=args.batch_size,
                        num_workers=args.workers, resample=args.resample, seed=args.seed,
                        epoch_batches=args.epoch_batches, decode=not args.no_decode)
     loader = build_loader(cfg, reasoning=reasoning)

@@ -112,7 +112,7 @@ def test_every_skip_warning_of_the_loader_names_the_shard_file(tmp_path, caplog)
         sink.write({"__key__": "synthetic__train__junk", "json": json.dumps(rec).encode(),
                     "mp4": b"\x00\x00\x00\x18ftypmp42" + os.urandom(3000)})
     bad = [tmp_path / n for n in ("zero.tar", "trunc.tar", "odd.tar")]
-    cfg = LoaderConfig(urls=[str(p) for p in bad + paths], num_frames=2, frame_size=(24, 32), batch_size=2,
+    cfg = LoaderConfig(urls=[str(p) for p in bad + paths], num_frames=2, frame_size=(24, 32), micro_batch_size=2,
                        num_workers=0, shuffle_shards=False, shuffle_buffer=0, log_every_s=0.0)
     caplog.set_level(logging.WARNING, logger="data_shards.stream.loader")
     loader = build_loader(cfg, 0, 1)

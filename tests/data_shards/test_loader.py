@@ -26,7 +26,7 @@ def shards(tmp_path_factory):
 
 
 def cfg_for(urls, **kw) -> LoaderConfig:
-    base = {"urls": urls, "num_frames": 3, "frame_size": SIZE, "batch_size": 4, "num_workers": 2, "shuffle_buffer": 4,
+    base = {"urls": urls, "num_frames": 3, "frame_size": SIZE, "micro_batch_size": 4, "num_workers": 2, "shuffle_buffer": 4,
                 "log_every_s": 0.0}
     base.update(kw)
     return LoaderConfig(**base)
@@ -157,7 +157,7 @@ def test_pipe_urls(shards):
 
 def test_epoch_batches_repeats_passes_with_full_batches(shards):
     out, paths, expected = shards
-    loader = build_loader(cfg_for(pattern(out, len(paths)), epoch_batches=11, batch_size=4), 0, 1)
+    loader = build_loader(cfg_for(pattern(out, len(paths)), epoch_batches=11, micro_batch_size=4), 0, 1)
     batches, seen = collect(loader)
     assert len(batches) == 11 and len(loader) == 11
     assert all(len(b) == 4 for b in batches), "no partial batch in the middle of a repeated stream"
@@ -248,7 +248,7 @@ def test_worker_with_only_bad_shards_falls_back_and_keeps_the_batch_count(tmp_pa
     (tmp_path / "bad.tar").write_bytes(os.urandom(4096))
     # 2 workers: one gets the good shard, the other only the corrupt one (seed-independent: 2 shards)
     urls = [str(paths[0]), str(tmp_path / "bad.tar")]
-    loader = build_loader(cfg_for(urls, epoch_batches=6, batch_size=2, shuffle_shards=False), 0, 1)
+    loader = build_loader(cfg_for(urls, epoch_batches=6, micro_batch_size=2, shuffle_shards=False), 0, 1)
     batches, seen = collect(loader)
     assert len(batches) == 6 and all(len(b) == 2 for b in batches)
     assert set(seen) <= {q for q, v in expected.items() if v["key"] in {"synthetic__train__v0", "synthetic__train__v1",
@@ -268,7 +268,7 @@ def test_worker_whose_tar_holds_only_corrupt_videos_does_not_spin_forever(tmp_pa
     write_tar(tmp_path / "badvideos.tar", [(r, bad_video) for r in recs])
     urls = [str(paths[0]), str(tmp_path / "badvideos.tar")]
     # 2 workers, no shard shuffling: worker 1 holds only the tar of corrupt videos; shuffle buffer on
-    loader = build_loader(cfg_for(urls, epoch_batches=6, batch_size=2, shuffle_shards=False, resample=resample,
+    loader = build_loader(cfg_for(urls, epoch_batches=6, micro_batch_size=2, shuffle_shards=False, resample=resample,
                                   timeout_s=120), 0, 1)
     batches, seen = collect(loader)
     assert len(batches) == 6 and all(len(b) == 2 for b in batches)

@@ -28,7 +28,7 @@ def child(out: str, urls: str, mode: str, epochs: int, epoch_batches: int | None
 
     if mode == "gloo":
         dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
-    cfg = LoaderConfig(urls=urls, num_frames=2, frame_size=(16, 16), batch_size=3, num_workers=2, shuffle_buffer=3,
+    cfg = LoaderConfig(urls=urls, num_frames=2, frame_size=(16, 16), micro_batch_size=3, num_workers=2, shuffle_buffer=3,
                        epoch_batches=epoch_batches, seed=5)
     loader = build_loader(cfg)  # rank / world from RANK, WORLD_SIZE (both modes set them)
     seen = []

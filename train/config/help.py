@@ -12,7 +12,18 @@ from train.config.sections import TrainConfig
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field docstrings of a dataclass: the string literal under each field (or "")."""
+    """Field docstrings of a dataclass: the string literal under each field (or ""); a field
+    redeclared in a subclass takes the subclass's docstring, an inherited one its base's."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_docs(base))
+    docs.update(_own_docs(cls))
+    return docs
+
+
+def _own_docs(cls: type) -> dict[str, str]:
+    """The docstrings of the fields declared in ``cls``'s own body."""
     docs: dict[str, str] = {}
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))

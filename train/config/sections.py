@@ -12,37 +12,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from data_shards.stream.settings import LoaderConfig
 from train.config.hf_check import hf_config_problems
 from train.config.model import FAMILY_TRAITS, ModelConfig
 from train.config.task import TaskConfig
 
 
 @dataclass
-class DataConfig:
-    """Where the shards are and how the streaming loader reads them (data_shards.stream.loader)."""
+class DataConfig(LoaderConfig):
+    """Where the shards are and how the streaming loader reads them.
+
+    The loader's own settings (``data_shards.stream.settings.LoaderConfig``: frames, workers,
+    shuffling, decoding, ...) are this section's fields as they are; the fields below are the
+    trainer's, or the loader's with the trainer's defaults. ``python -m train --help-config`` lists all.
+    """
 
     urls: list[str] = field(default_factory=list)
     """Shard URLs, brace-expanded by the loader, e.g. ["/data/shards/train-{000000..000127}.tar"]."""
-    reasoning: list[str] = field(default_factory=list)
-    """Reasoning jsonl files (reasoning_gen output) joined to questions by qid; [] = none."""
-    num_frames: int = 8
-    """Frames sampled uniformly per video (segment middles)."""
     frame_size: list[int] = field(default_factory=lambda: [224, 224])
     """[height, width] the frames are resized to during decoding."""
     micro_batch_size: int = 2
-    """Questions per micro-batch per rank (the loader's batch_size; mtl makes up to 2 examples each)."""
+    """Questions per micro-batch per rank (the loader's batch; mtl makes up to 2 examples each)."""
     num_workers: int = 0
     """DataLoader worker processes per rank (0 = decode in the training process)."""
-    shuffle_shards: bool = True
-    """Shuffle the shard order (per epoch, from the seed)."""
     shuffle_buffer: int = 64
     """Sample shuffle buffer size in videos (0 = no sample shuffling)."""
-    resample: bool = False
-    """Draw shards with replacement (endless stream) instead of passes over the shard list."""
-    epoch_batches: int | None = None
-    """Batches per rank per epoch; None = from sizes.json (all ranks must see the same count)."""
     seed: int | None = None
     """Data order seed; None = run.seed. Epoch e uses (seed, e), so the order is reproducible."""
+    epoch_batches: int | None = None
+    """Batches per rank per epoch; None = from sizes.json (all ranks must see the same count)."""
+    reasoning: list[str] = field(default_factory=list)
+    """Reasoning jsonl files (reasoning_gen output) joined to questions by qid; [] = none."""
     packing: bool = False
     """Pack the sequences of each micro-batch (QA, reasoning, STL; several questions and videos)
     into rows of up to max_tokens_per_row tokens (first-fit decreasing) instead of one right-padded
@@ -58,23 +58,11 @@ class DataConfig:
     block-diagonal causal mask (computes all L x L scores of a row). flash-attn ignores it (varlen)."""
 
     def problems(self) -> list[tuple[str, str]]:
-        out = []
+        out = super().problems()
         if self.max_tokens_per_row is not None and self.max_tokens_per_row < 1:
             out.append(("max_tokens_per_row", f"must be >= 1 or null, got {self.max_tokens_per_row}"))
-        if not self.urls:
-            out.append(("urls", "no shard URLs given"))
-        if self.num_frames < 1:
-            out.append(("num_frames", f"must be >= 1, got {self.num_frames}"))
-        if len(self.frame_size) != 2 or min(self.frame_size) < 1:
-            out.append(("frame_size", f"must be [height, width] > 0, got {self.frame_size}"))
-        if self.micro_batch_size < 1:
-            out.append(("micro_batch_size", f"must be >= 1, got {self.micro_batch_size}"))
-        if self.num_workers < 0:
-            out.append(("num_workers", f"must be >= 0, got {self.num_workers}"))
-        if self.shuffle_buffer < 0:
-            out.append(("shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}"))
-        if self.epoch_batches is not None and self.epoch_batches < 1:
-            out.append(("epoch_batches", f"must be >= 1 or null, got {self.epoch_batches}"))
+        if not self.decode:
+            out.append(("decode", "training needs decoded frames: must be true"))
         return out
 
 

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer
 
 from train import prompts
 from train.tasks import pad_rows
@@ -185,8 +187,6 @@ class VideoChatProcessor:
     def from_folder(cls, path: str | Path, model_config: Any, video_fps: float = 2.0,
                     trust_remote_code: bool = False) -> VideoChatProcessor:
         """Tokenizer, chat template and video settings of a local model folder (nothing downloaded)."""
-        from transformers import AutoTokenizer
-
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"processor folder {path} is not a directory")
@@ -206,8 +206,6 @@ class VideoChatProcessor:
 
     def save_pretrained(self, out: str | Path) -> Path:
         """Tokenizer + chat template + the source folder's preprocessor configs into ``out``."""
-        import shutil
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(out))

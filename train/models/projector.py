@@ -13,8 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import deepspeed
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 # Imported here, not lazily: importing HF modeling code pulls in torch._dynamo, which fails
@@ -174,8 +177,6 @@ def load_projector(projector: nn.Module, path: str | Path) -> None:
         FileNotFoundError: no projector.safetensors at ``path``.
         ValueError: the file's tensors do not fit this projector (names the keys / shapes).
     """
-    from safetensors.torch import load_file
-
     f = Path(path)
     f = f / "projector.safetensors" if f.is_dir() else f
     if not f.is_file():
@@ -189,9 +190,6 @@ def load_projector(projector: nn.Module, path: str | Path) -> None:
         raise ValueError(f"model.projector.init_from: {f} does not fit this projector (keys or shapes differ: "
                          f"{bad[:5]}; this projector: {shapes})")
     if any(hasattr(p, "ds_id") for p in params):  # partitioned by zero.Init: gather, load on rank 0, re-split
-        import deepspeed
-        import torch.distributed as dist
-
         with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
             if dist.get_rank() == 0:
                 projector.load_state_dict(state)

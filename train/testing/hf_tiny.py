@@ -1,5 +1,7 @@
 """Tiny randomly initialised Hugging Face video-LLM folders, written offline (tests, CPU recipes).
 
+A test-model builder: never imported by the training runtime.
+
 ``python -m train.testing.hf_tiny --family qwen2_vl --out tiny_models/qwen2_vl`` writes a folder laid out
 like a downloaded checkpoint of that family -- ``config.json`` + ``model.safetensors`` (saved by
 the family's transformers class), a byte-level BPE tokenizer with the family's special tokens, a
@@ -18,6 +20,8 @@ import json
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedTokenizerFast
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 
@@ -47,8 +51,6 @@ _CORPUS = [
 
 def build_tokenizer(family: str, corpus: list[str] | None = None, vocab_size: int = 512):
     """A fast byte-level BPE tokenizer with the family's special tokens and its chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     specials = _BASE_SPECIALS + _SPECIALS[family]
     tok = Tokenizer(models.BPE())
@@ -65,7 +67,6 @@ def build_tokenizer(family: str, corpus: list[str] | None = None, vocab_size: in
 
 
 def _qwen_config(family: str, tok, tie: bool):
-    from transformers import AutoConfig
 
     ids = {t: tok.convert_tokens_to_ids(t) for t in _BASE_SPECIALS + _SPECIALS[family]}
     text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -85,7 +86,6 @@ def _qwen_config(family: str, tok, tie: bool):
 
 
 def _llava_config(tok, tie: bool):
-    from transformers import AutoConfig
 
     ids = {t: tok.convert_tokens_to_ids(t) for t in _BASE_SPECIALS + _SPECIALS["llava_onevision"]}
     text = dict(model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -124,7 +124,6 @@ def write_tiny_vlm(out: str | Path, family: str = "qwen2_vl", seed: int = 0, tie
         tie_word_embeddings: share the LM head with the input embeddings (as small Qwen2-VL-2B).
         corpus: extra texts for the BPE (e.g. the dataset's questions).
     """
-    from transformers import AutoModelForImageTextToText
 
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
