@@ -156,12 +156,8 @@ def evaluate():
             w = (batch["labels"] != -100).float()
             w = w / w.sum()
             with torch.no_grad():
-                res[name] = round(
-                    model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["labels"], w)[
-                        "loss"
-                    ].item(),
-                    4,
-                )
+                inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask", "labels")}
+                res[name] = round(model(**inputs, loss_weight=w)["loss"].item(), 4)
         model.train()
         return res
     model.eval()
@@ -249,7 +245,7 @@ if a.stage1:
             px, ii, am, lab = stage1_batch([random.choice(items) for _ in range(a.bs)])
         w = (lab != -100).float()
         w = w / w.sum()
-        out = model(px, ii, am, lab, w)
+        out = model(pixel_values=px, input_ids=ii, attention_mask=am, labels=lab, loss_weight=w)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         o1.step()
@@ -257,8 +253,9 @@ if a.stage1:
         if s1 % 100 == 0:
             with torch.no_grad():
                 px2 = px[:, [3, 0, 1, 2]]
-                l2 = model(px2, ii, am, lab, w)["loss"].item()
-                l0 = model(torch.zeros_like(px), ii, am, lab, w)["loss"].item()
+                text = {"input_ids": ii, "attention_mask": am, "labels": lab, "loss_weight": w}
+                l2 = model(pixel_values=px2, **text)["loss"].item()
+                l0 = model(pixel_values=torch.zeros_like(px), **text)["loss"].item()
             print(
                 "stage1",
                 s1,
@@ -280,7 +277,7 @@ for s in range(a.steps):
         batch["pixel_values"].zero_()
     w = (batch["labels"] != -100).float()
     w = w / w.sum()
-    out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["labels"], w)
+    out = model(**{k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask", "labels")}, loss_weight=w)
     out["loss"].backward()
     gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()

@@ -1,7 +1,7 @@
 """``python -m eval run`` on real synthetic shards with a real tiny VideoLLM (random weights).
 
 The model is built from the tiny CPU recipe and saved the way ``python -m train export`` saves
-it (``save_pretrained_parts`` + ``train_config.yaml``), then loaded back through
+it (``VideoModel.save_export`` + ``train_config.yaml``), then loaded back through
 ``train.export.load_for_eval`` like any export. Its weights are redrawn with a larger spread so
 that its choices differ between questions (a freshly initialised model says "(A)" to
 everything, which would make the rank-equality check hollow).

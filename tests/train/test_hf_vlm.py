@@ -241,3 +241,21 @@ def test_video_tensors_equal_transformers_video_processor_where_torchvision_is_i
     for key in ("pixel_values_videos", "video_grid_thw"):
         if key in ref:
             assert_close_report(ours[key].float(), ref[key].float(), rtol=1e-5, atol=1e-5, name=key)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frame_layout_counts_the_video_tokens_the_collate_places_and_flops_are_counted(folders, family):
+    """The VideoModel interface for an HF family: frame_layout is the number of video placeholder tokens
+    the processor puts in every prompt; flops_per_token and batch_flops come from its configs."""
+    model = build_model(_cfg(folders[family]), None)
+    batch = _batch(model, 2)
+    T, size = int(batch["pixel_values"].shape[1]), tuple(batch["pixel_values"].shape[-2:])
+    layout = model.frame_layout(T, size)
+    per_row = (batch["input_ids"] == model.processor.video_token_id).sum(1).tolist()
+    assert per_row == [layout.num_visual_tokens] * len(per_row) and layout.num_visual_tokens > 0
+    flops = model.batch_flops(batch)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    # every sequence costs at least its LLM forward + backward on its own tokens (no padding counted)
+    assert flops > sum(6 * n for n in lengths)
+    per_token = model.flops_per_token(max(lengths), T, frame_size=size)
+    assert 0 < per_token * max(lengths) * len(lengths) >= flops * 0.5

@@ -68,7 +68,7 @@ def _coerce(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
             f"config: {key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         choices = typing.get_args(tp)
-        if value not in choices:
+        if not any(value == c and type(value) is type(c) for c in choices):  # true is not stage 1
             raise ConfigError(f"config: {key}: must be one of {list(choices)}, got {value!r}")
         return value
     if origin in (list, tuple):
