@@ -321,7 +321,7 @@ for lora in (False, True):
     losses = []
     for step in range(4):
         labels = b["labels"] if step != 2 else torch.full_like(b["labels"], -100)  # a step without targets
-        out = engine(b["pixel_values"], b["input_ids"], b["attention_mask"], labels, w)
+        out = engine(pixel_values=b["pixel_values"], input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels, loss_weight=w)
         engine.backward(out["loss"])
         engine.step()
         losses.append(float(out["loss"]))
