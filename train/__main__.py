@@ -36,7 +36,8 @@ COMMANDS = {
 
 def _train(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m train", description="Train the video LLM (DeepSpeed ZeRO-3).",
-                                epilog="Any --section.field=value overrides that field of the config.")
+                                epilog="Any --section.field=value overrides that field of the config. Other commands: "
+                                       + "; ".join(f"python -m train {n} ({t})" for n, (_, t) in COMMANDS.items()))
     p.add_argument("--config", help="YAML recipe (configs/*.yaml)")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint directory global_step{N}")
     p.add_argument("--help-config", action="store_true", help="list every config field with its doc")

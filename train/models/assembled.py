@@ -103,7 +103,6 @@ def build_assembled(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device
     return model
 
 
-
 def unique_adjacent_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Collapse runs of identical consecutive rows: (index long [B] into unique, unique [U, ...])."""
     if x.shape[0] == 1:

@@ -12,7 +12,7 @@ ReasVQA loss exactly like the assembled model:
       --shift by one, keep target rows--> [N, D] --lm_head = LinearWeightedCrossEntropy--> sum_i w_i CE_i
 
 The LM head is replaced by ``kernels.LinearWeightedCrossEntropy`` sharing the head's Parameter
-(``train.models.assembled._install_loss_head``): under ZeRO-3 the weight is gathered inside the head's own
+(``train.loss.install_loss_head``): under ZeRO-3 the weight is gathered inside the head's own
 forward, the state-dict key stays ``lm_head.weight`` (``save_pretrained`` -> the same class
 loads it back) and called without targets it returns logits, so the VLM's own ``forward`` and
 ``generate`` still work.
@@ -100,7 +100,7 @@ class HFVideoLLM(VideoModel):
     """A transformers video-LLM whose lm_head is the weighted cross-entropy module.
 
     Attributes:
-        config: the train.models.assembled.ModelConfig.
+        config: the train.config.ModelConfig.
         vlm: the ...ForConditionalGeneration (a peft PeftModel around it with LoRA).
         processor: its :class:`~train.models.hf_inputs.VideoChatProcessor`.
         attention_report: (attn_implementation, why).
