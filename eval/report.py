@@ -12,6 +12,17 @@ are seeds of one setting: the report gives, per label, the mean over seeds and a
 One seed gives the value without an interval. Probe results are reported as deltas (points of
 accuracy) against the same run without the probe, averaged over seeds the same way.
 
+Reference rows: runs whose ``run.json`` meta has ``reference`` in ``text_only``, ``last_frame``,
+``order_invariant`` (labels "Text only", "Last frame only", "Order-invariant"; trained and evaluated
+like the settings) are grouped at the bottom of the accuracy table, marked as references. From the
+runs' ``records.jsonl`` the report adds "Reasoning over time": each setting's accuracy on the
+order-dependent question types (``--order-types``) and its margin over the order-invariant row.
+
+``--compare A B`` adds a paired comparison over seeds (eval/compare.py: hierarchical bootstrap,
+MDE, seeds needed for ``--target`` points, false-positive rate on simulated nulls); ``--null A B``
+adds a null control (a pair whose true difference is 0, e.g. QA-only against beta = 0 MTL) to the
+same table, marked as such.
+
 Written to ``--out``: ``report.md`` (tables), ``summary.json`` (every number of the tables and
 every run), ``learning_curves.png`` (when the runs have metrics.jsonl), ``acc_per_type.png``,
 ``acc_vs_beta.png`` and ``acc_vs_teacher.png`` (a plot is skipped, with the reason in report.md,
@@ -28,7 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from data_shards.common.atomic import atomic_write_text
-from eval.compare import crossover, paired
+from eval.compare import (
+    ORDER_TYPES,
+    REFERENCES,
+    Answers,
+    crossover,
+    load_answers,
+    order_margins,
+    order_markdown,
+    paired_answers,
+)
 from eval.compare import markdown as compare_markdown
 from eval.plots import CURVES_PLOT, draw_all, sweeps
 from eval.stats import INTERVALS, interval
@@ -133,8 +153,19 @@ def find_runs(paths: list[str | Path]) -> list[Run]:
     return runs
 
 
+def reference_of(run: Run) -> str | None:
+    """The reference kind of a run (``REFERENCES`` key in its meta ``reference``), else None."""
+    ref = run.meta.get("reference")
+    return ref if ref in REFERENCES else None
+
+
 def _group_order(runs: list[Run]) -> list[str]:
-    return list(dict.fromkeys(r.label for r in runs))
+    """Labels in the order of the runs, the reference rows last (text only, last frame, order-invariant)."""
+    labels = list(dict.fromkeys(r.label for r in runs))
+    kind = {r.label: reference_of(r) for r in runs}
+    order = list(REFERENCES)
+    return ([lb for lb in labels if kind[lb] is None]
+            + sorted((lb for lb in labels if kind[lb] is not None), key=lambda lb: order.index(kind[lb])))
 
 
 def _type_columns(runs: list[Run]) -> list[str]:
@@ -165,6 +196,7 @@ def summarize(runs: list[Run], kind: str = "t95") -> dict[str, Any]:
             probes[name] = interval(deltas, kind)
         groups.append({
             "label": label, "seeds": seeds, "runs": [str(r.path) for r in members],
+            "reference": reference_of(members[0]),
             "meta": _common_meta(members),
             "overall": interval([r.overall for r in members if r.overall is not None], kind),
             "per_type": per_type, "probe_delta": probes,
@@ -213,7 +245,11 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
     lines.append("|---|---|" + "---|" * len(cols))
     for g in summary["groups"]:
         cells = [fmt_cell(g["overall"], kind)] + [fmt_cell(g["per_type"][t], kind) for t in summary["types"]]
-        lines.append(f"| {g['label']} | {len(g['seeds'])} | " + " | ".join(cells) + " |")
+        name = f"{g['label']} (reference)" if g.get("reference") else g["label"]
+        lines.append(f"| {name} | {len(g['seeds'])} | " + " | ".join(cells) + " |")
+    if any(g.get("reference") for g in summary["groups"]):
+        lines += ["", "Reference rows (trained and evaluated the same way): text only = frames zeroed; "
+                  "last frame only; order-invariant = the frames in a fresh random order every step."]
     curves = plots.get(CURVES_PLOT, "no plot")
     lines += ["", f"![{CURVES_PLOT}]({CURVES_PLOT})" if curves is None else f"- {CURVES_PLOT}: not drawn ({curves})"]
     if summary["probes"]:
@@ -223,6 +259,7 @@ def markdown(summary: dict[str, Any], plots: dict[str, str | None]) -> str:
             lines.append(f"| {g['label']} | " + " | ".join(fmt_cell(g["probe_delta"][p], kind, signed=True)
                                                          for p in summary["probes"]) + " |")
     lines += _sweep_tables(summary)
+    lines += order_markdown(summary.get("order_margin"))
     lines += compare_markdown(summary.get("comparisons", []))
     lines += _teacher_markdown(summary.get("teacher_lines", []))
     lines += ["", "## Settings", "", "| run | " + " | ".join(h for _, h in _META_COLUMNS) + " | directories |",
@@ -263,20 +300,44 @@ def _meta_text(v: Any) -> str:
     return str(v)
 
 
-def compare_groups(runs: list[Run], pairs: list[tuple[str, str]], target: float = 3.0) -> list[dict[str, Any]]:
-    """Paired comparisons (:func:`eval.compare.paired`) of label B against label A for each pair."""
-    by_label: dict[str, dict[int, Path]] = {}
+def _answers(runs: list[Run], cache: dict[Path, Answers]) -> dict[str, dict[int, Answers]]:
+    """label -> seed -> graded questions (records.jsonl) of those runs, read once per directory."""
+    out: dict[str, dict[int, Answers]] = {}
     for r in runs:
-        by_label.setdefault(r.label, {})[r.seed if r.seed is not None else 0] = r.path
-    out = []
-    for a, b in pairs:
-        missing = [x for x in (a, b) if x not in by_label]
-        if missing:
-            raise ValueError(f"--compare {a!r} {b!r}: no run labelled {missing[0]!r} "
-                             f"(labels: {', '.join(by_label)})")
-        meta_b = _common_meta([r for r in runs if r.label == b])
-        out.append({"a": a, "b": b, "b_meta": meta_b, **paired(by_label[a], by_label[b], target)})
+        if r.path not in cache:
+            cache[r.path] = load_answers(r.path)
+        out.setdefault(r.label, {})[r.seed if r.seed is not None else 0] = cache[r.path]
     return out
+
+
+def compare_groups(runs: list[Run], pairs: list[tuple[str, str]], target: float = 5.0,
+                   nulls: list[tuple[str, str]] | None = None, cache: dict[Path, Answers] | None = None,
+                   sims: int = 200) -> list[dict[str, Any]]:
+    """Paired comparisons (:func:`eval.compare.paired_answers`) of label B against label A for each
+    pair, then the null controls (``role`` "comparison" / "null")."""
+    labels = list(dict.fromkeys(r.label for r in runs))
+    cache = {} if cache is None else cache
+    out = []
+    for role, flag, todo in (("comparison", "--compare", pairs), ("null", "--null", nulls or [])):
+        for a, b in todo:
+            missing = [x for x in (a, b) if x not in labels]
+            if missing:
+                raise ValueError(f"{flag} {a!r} {b!r}: no run labelled {missing[0]!r} (labels: {', '.join(labels)})")
+            ans = _answers([r for r in runs if r.label in (a, b)], cache)
+            meta_b = _common_meta([r for r in runs if r.label == b])
+            out.append({"a": a, "b": b, "role": role, "b_meta": meta_b,
+                        **paired_answers(ans[a], ans[b], target, sims=sims)})
+    return out
+
+
+def order_margin(runs: list[Run], types: tuple[str, ...] | list[str] = ORDER_TYPES,
+                 cache: dict[Path, Answers] | None = None) -> dict[str, Any] | None:
+    """:func:`eval.compare.order_margins` of the runs that have a records.jsonl; None when none has."""
+    with_records = [r for r in runs if (r.path / "records.jsonl").is_file()]
+    if not with_records:
+        return None
+    refs = {r.label: kind for r in with_records if (kind := reference_of(r)) is not None}
+    return order_margins(_answers(with_records, {} if cache is None else cache), refs, types)
 
 
 def teacher_lines(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -317,17 +378,28 @@ def _teacher_markdown(lines: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def write_report(runs: list[Run], out: str | Path, kind: str = "t95",
-                 pairs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+def write_report(runs: list[Run], out: str | Path, kind: str = "t95", pairs: list[tuple[str, str]] | None = None,
+                 nulls: list[tuple[str, str]] | None = None, order_types: tuple[str, ...] | list[str] = ORDER_TYPES,
+                 target: float = 5.0) -> dict[str, Any]:
     """Write report.md, summary.json and the PNG plots into ``out``; return the summary.
 
-    ``pairs``: (A, B) labels to compare, paired over seeds and questions (a section of the report)."""
+    ``pairs``: (A, B) labels to compare over seeds; ``nulls``: (A, B) null controls shown in the same
+    table; ``order_types``: the order-dependent question types of "Reasoning over time"; ``target``:
+    the MDE (points) the seeds needed are computed for.
+
+    summary.json: ``comparisons`` (one object per pair, :func:`compare_groups`) and ``order_margin``:
+    ``{"types": [...], "reference": label | None, "reference_acc": cell | None, "references": {label:
+    cell}, "rows": [{"label", "seeds", "acc": cell, "diff": {"mean", "lo", "hi", "paired", "n",
+    "reasons_over_time"} | None, "margin": points | None, "reasons_over_time": bool}], "note": str |
+    None}`` (cells: :func:`eval.stats.interval`), or None when no run has a records.jsonl."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(runs, kind)
     summary["sweeps"] = sweeps(summary)
-    summary["comparisons"] = compare_groups(runs, pairs or [])
-    summary["teacher_lines"] = teacher_lines(summary["comparisons"])
+    cache: dict[Path, Answers] = {}
+    summary["comparisons"] = compare_groups(runs, pairs or [], target, nulls, cache)
+    summary["teacher_lines"] = teacher_lines([c for c in summary["comparisons"] if c["role"] == "comparison"])
+    summary["order_margin"] = order_margin(runs, order_types, cache)
     plots = draw_all(summary, out)
     summary["plots"] = {name: ("written" if reason is None else f"skipped: {reason}")
                         for name, reason in plots.items()}
@@ -344,10 +416,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="over seeds: 95%% t-interval of the mean (default) or min/max")
     p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
                    help="paired comparison of the runs labelled B against those labelled A (repeatable)")
+    p.add_argument("--null", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="null control: a pair whose true difference is 0 (e.g. 'QA-only' 'MTL(refined) beta=0'), "
+                        "shown in the comparison table (repeatable)")
+    p.add_argument("--order-types", nargs="+", default=list(ORDER_TYPES), metavar="QTYPE",
+                   help=f"order-dependent question types of 'Reasoning over time' (default: {' '.join(ORDER_TYPES)})")
+    p.add_argument("--target", type=float, default=5.0,
+                   help="MDE (points) the comparisons say the seeds needed for (default 5)")
     args = p.parse_args(argv)
     try:
         runs = find_runs(args.runs)
-        write_report(runs, args.out, args.interval, [tuple(x) for x in args.compare])
+        write_report(runs, args.out, args.interval, [tuple(x) for x in args.compare],
+                     [tuple(x) for x in args.null], args.order_types, args.target)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -32,7 +32,8 @@ _ABBREV = re.compile(r"(?i:\b(?:mr|mrs|ms|dr|st|vs|etc|e\.g|i\.e))\.$")
 _ADVERB = r"(?:\s+(?:clearly|likely|probably|definitely|obviously|certainly|indeed|most\s+likely|therefore|thus|then))?"
 _WORD_SUFFIX = (r"(?i:\s+(?:is|would\s+be|should\s+be|must\s+be|will\s+be|seems\s+to\s+be|appears\s+to\s+be|here\s+is)"
                 + _ADVERB + ")")
-# Cues after which the choice follows: "... answer is (B)", "Answer: B", "I choose B".
+# Cues after which the choice follows: "... answer is (B)", "Answer: B", "I choose B", "..., which
+# already suggests (B)" (a mid-text statement of the choice: needs the letter in brackets or "option B").
 _CUES_BEFORE = re.compile(
     r"(?i:\b(?:final|correct|right|best|true|most\s+(?:likely|plausible|appropriate|suitable|reasonable|accurate|fitting))"
     r"\s+(?:answer|option|choice|response)(?:\s+(?:to|for)\s+(?:the|this)\s+question)?" + _WORD_SUFFIX + r"?\s*[:=–—-]?"
@@ -44,6 +45,8 @@ _CUES_BEFORE = re.compile(
     r"|<answer>\s*"
     r"|\b(?:corresponds?|corresponding|points?|matches|match)\s+(?:to\s+|with\s+)?(?=(?:the\s+)?(?:option|choice|answer)\b)"
     r"|\bwhich\s+is\s+(?=(?:option|choice)\b)"
+    r"|(?<!\bnot\s)(?<!n't\s)(?<!never\s)\b(?:already\s+)?(?:suggests|indicates|implies)\s+(?:that\s+)?"
+    r"(?=(?:the\s+)?(?:option|choice)\s+[A-J]\b|[\(\[][A-J][\)\]])"
     r"|\\boxed\{)"
 )
 # Cues before which the choice stands: "(B) is the correct answer", "'cut the cake' is correct".

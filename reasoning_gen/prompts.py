@@ -5,6 +5,9 @@ wording are never mixed up with new ones: change a template -> bump its version.
 
 - ReasVQA (arXiv 2501.13536): the frames, the question and lettered options; the teacher
   reasons step by step about what the frames show and then names its choice.
+- ReasVQA, text only: the same question for a text-only LLM that reads the video's shot
+  descriptions instead of frames (as caption-then-LLM pipelines do); it ends with
+  ``Answer: (X)``.
 - vCoT (arXiv 2511.12868): for every two consecutive frames, first what they have in common,
   then (given that) the event that bridges them; the bridging sentences are the transitional
   captions interleaved with the frames later.
@@ -14,11 +17,13 @@ wording are never mixed up with new ones: change a template -> bump its version.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from reasoning_gen.answers import LETTERS
 
 REASVQA_VERSION = "reasvqa-v1"
+REASVQA_TEXT_VERSION = "reasvqa-text-v1"
 VCOT_VERSION = "vcot-v1"
 REPHRASE_VERSION = "rephrase-v1"
 REFINE_LLM_VERSION = "refine-llm-v1"
@@ -33,6 +38,19 @@ REASVQA_TEMPLATE = (
     "the people and objects, their actions, and the order in which things happen. Then reason "
     "from these observations to the option that answers the question. End with one line of the "
     "form \"Answer: X\" where X is the letter of your choice."
+)
+
+REASVQA_TEXT_SYSTEM = "You are a careful assistant that answers questions about videos from their descriptions."
+
+# For a text-only teacher: the video arrives as a description (e.g. "Shot 1: white circle in the top right.
+# Shot 2: ..."), one line per shot, in temporal order.
+REASVQA_TEXT_TEMPLATE = (
+    "A video is described shot by shot, in temporal order:\n{description}\n"
+    "Question: {question}\n"
+    "Options:\n{options}\n"
+    "Think step by step in a few short sentences: say which shots matter for the question and what "
+    "they show, then reason from them to the option that answers the question. End with one line of "
+    "the form \"Answer: (X)\" where X is the letter of your choice."
 )
 
 VCOT_COMMON_TEMPLATE = (
@@ -87,6 +105,26 @@ def reasvqa_prompt(question: str, options: list[str], num_frames: int) -> Prompt
                                           options=format_options(options)), "reasvqa", REASVQA_SYSTEM)
 
 
+def format_description(description: str) -> str:
+    """One shot per line: ``"Shot 1: ... Shot 2: ..."`` -> ``"Shot 1: ...\nShot 2: ..."`` (other texts
+    are only stripped of repeated whitespace)."""
+    text = " ".join(description.split())
+    return re.sub(r"\s+(?=Shot \d+:)", "\n", text)
+
+
+def reasvqa_text_prompt(question: str, options: list[str], description: str) -> Prompt:
+    """The ReasVQA question for a text-only teacher: the video's description replaces the frames.
+
+    Args:
+        question, options: as for :func:`reasvqa_prompt`.
+        description: what the video shows, e.g. the shot captions of
+            :func:`data_shards.synth.make.shot_caption` (one shot per line in the prompt).
+    """
+    return Prompt(REASVQA_TEXT_TEMPLATE.format(description=format_description(description),
+                                               question=question.strip(), options=format_options(options)),
+                  "reasvqa", REASVQA_TEXT_SYSTEM)
+
+
 def vcot_common_prompt(i: int, num_frames: int) -> Prompt:
     """For the pair (frame ``i``, frame ``i + 1``), 0-based; the text counts frames from 1."""
     return Prompt(VCOT_COMMON_TEMPLATE.format(i=i + 1, j=i + 2, num_frames=num_frames), "vcot_common")
@@ -107,8 +145,9 @@ def refine_llm_prompt(raw: str, question: str, options: list[str]) -> Prompt:
 
 
 def prompt_version(kind: str, rephrase: bool = False) -> str:
-    """The version string stored in records: ``reasvqa-v1``, ``vcot-v1`` or ``vcot-v1+rephrase-v1``."""
-    versions = {"reasvqa": REASVQA_VERSION, "vcot": VCOT_VERSION}
+    """The version string stored in records: ``reasvqa-v1``, ``reasvqa-text-v1``, ``vcot-v1`` or
+    ``vcot-v1+rephrase-v1``."""
+    versions = {"reasvqa": REASVQA_VERSION, "reasvqa_text": REASVQA_TEXT_VERSION, "vcot": VCOT_VERSION}
     if kind not in versions:
         raise ValueError(f"unknown prompt {kind!r}; expected one of {sorted(versions)}")
     return versions[kind] + (f"+{REPHRASE_VERSION}" if rephrase else "")

@@ -5,7 +5,8 @@ answer statement keeps that description as a training target without teaching th
 answer. Strategies:
 
 - ``answer-sentences`` (default): remove every sentence that states a choice (see
-  :mod:`reasoning_gen.answers`), keep the reasoning clause of a mixed sentence
+  :mod:`reasoning_gen.answers`), mid-text restatements included, and every sentence the leak
+  audit would flag for the concluded option; keep the reasoning clause of a mixed sentence
   ("The man picks up the knife, so the answer is B." -> "The man picks up the knife.").
 - ``first-k-steps``: keep the first k steps (list items when the text is a list, else sentences).
 - ``none``: keep the raw text.
@@ -16,7 +17,9 @@ answer. Strategies:
 
 Library: ``refine(text, options, strategy="answer-sentences", k=3) -> Refined``;
 ``audit_leak(text, options, choice)`` names a refined text that still concludes.
-CLI: ``python -m reasoning_gen refine --in raw.jsonl --out refined.jsonl --records records.jsonl``.
+CLI: ``python -m reasoning_gen refine --in raw.jsonl --out refined.jsonl --records records.jsonl``; it
+prints its statistics and writes them to ``refined.stats.json`` (``--stats``): ``teacher_accuracy``
+and ``leak_rate`` among them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_shards.common.atomic import atomic_write_json
 from data_shards.reasoning_records import read_reasoning_lines, write_jsonl_atomic
 from data_shards.schema import read_records
 from reasoning_gen.answers import extract_answer, find_conclusions, split_text
@@ -70,9 +74,13 @@ def _tidy(lines: list[str]) -> str:
     return "\n".join(out)
 
 
-def _answer_sentences(text: str, options: list[str]) -> tuple[str, list[str]]:
+def _answer_sentences(text: str, options: list[str], answer: int | None) -> tuple[str, list[str]]:
+    """Remove the conclusions, and every other sentence the leak audit would flag for ``answer``
+    (e.g. a mid-text "The man cuts the cake (B)."), keeping the reasoning part of mixed sentences."""
     lines = split_text(text)
-    conclusions = {id(c.sentence): c for c in find_conclusions(text, options, lines)}
+    found = {id(c.sentence) for c in find_conclusions(text, options, lines)}
+    conclusions = {id(c.sentence): c for c in find_conclusions(text, options, lines, anywhere=True)
+                   if id(c.sentence) in found or (answer is not None and c.choice == answer)}
     removed: list[str] = []
     out: list[str] = []
     for ln in lines:
@@ -128,7 +136,7 @@ def refine(text: str, options: list[str], strategy: str = "answer-sentences", k:
         if k < 1:
             raise ValueError(f"first-k-steps needs k >= 1, got {k}")
         return Refined(*_first_k(text, k), answer)
-    return Refined(*_answer_sentences(text, options), answer)
+    return Refined(*_answer_sentences(text, options, answer), answer)
 
 
 def refine_llm(items: list[tuple[str, str, list[str]]], backend, retries: int = 1
@@ -180,8 +188,10 @@ def refine_records(records: list[dict], truth: dict[str, tuple[list[str], int | 
         strategy, k: see :func:`refine`.
 
     Returns:
-        The new records and statistics: counts, teacher accuracy, removed sentences per text,
-        leaks (refined texts that still conclude) with the first examples.
+        The new records and statistics: counts, ``teacher_accuracy`` (correct / graded, None when
+        nothing is graded), removed sentences per text, ``leaks`` (refined texts that still state
+        the chosen option, by :func:`audit_leak`) with the first examples, and ``leak_rate``
+        (leaks / refined, None when nothing was refined).
     """
     stats = {"records": 0, "refined": 0, "failed": 0, "no_ground_truth": 0, "no_raw": 0, "teacher_answered": 0,
              "teacher_correct": 0, "graded": 0, "removed_sentences": 0, "leaks": 0, "leak_examples": []}
@@ -216,6 +226,7 @@ def refine_records(records: list[dict], truth: dict[str, tuple[list[str], int | 
         out.append(rec)
     stats["teacher_accuracy"] = stats["teacher_correct"] / stats["graded"] if stats["graded"] else None
     stats["removed_per_text"] = stats["removed_sentences"] / stats["refined"] if stats["refined"] else 0.0
+    stats["leak_rate"] = stats["leaks"] / stats["refined"] if stats["refined"] else None
     return out, stats
 
 
@@ -226,9 +237,15 @@ def format_stats(stats: dict) -> str:
              f"teacher answered {stats['teacher_answered']}/{stats['refined']}, accuracy "
              + (f"{acc:.3f} ({stats['teacher_correct']}/{stats['graded']})" if acc is not None else "n/a"),
              f"removed sentences per text {stats['removed_per_text']:.2f}",
-             f"leaks (refined text still states the chosen option) {stats['leaks']}"]
+             f"leaks (refined text still states the chosen option) {stats['leaks']}"
+             + (f", leak rate {stats['leak_rate']:.3f}" if stats.get("leak_rate") is not None else "")]
     lines += [f"  leak: {e}" for e in stats["leak_examples"]]
     return "\n".join(lines)
+
+
+def stats_path(out: str | Path) -> Path:
+    """Where the refine CLI writes its statistics by default: ``refined.jsonl`` -> ``refined.stats.json``."""
+    return Path(out).with_suffix(".stats.json")
 
 
 def load_truth(paths: list[str]) -> dict[str, tuple[list[str], int | None]]:
@@ -249,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", default="answer-sentences", choices=RULE_STRATEGIES,
                     help="llm needs a backend: python -m reasoning_gen generate --refine-strategy llm")
     ap.add_argument("--k", type=int, default=3, help="steps kept by first-k-steps")
+    ap.add_argument("--stats", default=None,
+                    help="statistics json (teacher_accuracy, leak_rate, ...); default: --out with .stats.json")
     args = ap.parse_args(argv)
     if Path(args.inp).resolve() == Path(args.out).resolve():
         ap.error("--out must differ from --in (the raw records are kept)")
@@ -257,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     records = [obj for _, obj in read_reasoning_lines(args.inp, counts)]
     out, stats = refine_records(records, truth, args.strategy, args.k)
     write_jsonl_atomic(args.out, out)
+    atomic_write_json(args.stats or stats_path(args.out), stats)
     if counts.get("corrupt"):
         print(f"skipped {counts['corrupt']} corrupt line(s) of {args.inp}", file=sys.stderr)
     print(format_stats(stats))
-    print(f"wrote {len(out)} records to {args.out}")
+    print(f"wrote {len(out)} records to {args.out}, statistics to {args.stats or stats_path(args.out)}")
     return 0

@@ -391,8 +391,12 @@ BUILDERS = (order_questions, when_questions, why_questions, how_questions, count
             where_questions, describe_questions)
 
 
-def finish(d: Draft, rng: np.random.Generator) -> dict | None:
-    """Draw 4-5 distinct options around the answer (answer index uniform) and the reasoning."""
+def finish(d: Draft, rng: np.random.Generator, implied: list[str | None] | None = None) -> dict | None:
+    """Draw 4-5 distinct options around the answer (answer index uniform) and the reasoning.
+
+    ``implied`` (one per step): the answer a viewer who believed that step's false version would give
+    (None = the same answer); it becomes ``extra.false_implies``, option indices or None (also None
+    when that answer is not among the options)."""
     pool = [p for p in dict.fromkeys(d.pool) if p != d.answer]
     if len(pool) < 3:
         return None
@@ -404,8 +408,10 @@ def finish(d: Draft, rng: np.random.Generator) -> dict | None:
     if any(s == t for s, t in d.steps):
         raise AssertionError(f"a false step equals its true step in {d.question!r}: {d.steps}")
     reasoning = " ".join(steps) + f" So the answer is ({OPTION_LETTERS[ans]}) {d.answer}."
-    return {"question": d.question, "options": options, "answer": ans, "qtype": d.qtype,
-            "extra": {"reasoning_steps": steps, "false_steps": false_steps, "reasoning": reasoning}}
+    extra = {"reasoning_steps": steps, "false_steps": false_steps, "reasoning": reasoning}
+    if implied is not None:
+        extra["false_implies"] = [options.index(a) if a in options else None for a in implied]
+    return {"question": d.question, "options": options, "answer": ans, "qtype": d.qtype, "extra": extra}
 
 
 def make_questions(scene: Scene, rng: np.random.Generator, count: int) -> list[dict]:
@@ -418,11 +424,12 @@ def make_questions(scene: Scene, rng: np.random.Generator, count: int) -> list[d
     return choose(facts, BUILDERS, rng, count)
 
 
-def choose(facts, builders, rng: np.random.Generator, count: int, qtypes: tuple[str, ...] | None = None
-           ) -> list[dict]:
+def choose(facts, builders, rng: np.random.Generator, count: int, qtypes: tuple[str, ...] | None = None,
+           implies=None) -> list[dict]:
     """Up to ``count`` finished questions from the drafts of ``builders(facts)``, round robin over
     the question types in a random order (so one video covers many types), no question twice;
-    only types in ``qtypes`` when given (None = all)."""
+    only types in ``qtypes`` when given (None = all). ``implies(facts, draft)`` gives a chosen draft's
+    per-step implied answers (:func:`finish`)."""
     by_type: dict[str, list[Draft]] = {t: [] for t in QTYPES}
     for build in builders:
         for d in build(facts):
@@ -435,7 +442,7 @@ def choose(facts, builders, rng: np.random.Generator, count: int, qtypes: tuple[
             if len(chosen) >= count or not by_type[t]:
                 continue
             d = by_type[t].pop(int(rng.integers(len(by_type[t]))))
-            qa = finish(d, rng) if d.question not in seen else None
+            qa = finish(d, rng, implies(facts, d) if implies else None) if d.question not in seen else None
             if qa is not None:
                 chosen.append(qa)
                 seen.add(d.question)

@@ -152,6 +152,8 @@ class ShotFacts:
 
     def __init__(self, scene: ShotScene, rng: np.random.Generator):
         self.s, self.rng, self.n = scene, rng, len(scene.shapes)
+        self.false_state: dict[str, tuple[int, int, int, int]] = {}
+        """False step text -> the state it claims: (object, shot, quadrant or -1, colour index)."""
 
     def pick(self, items: list):
         return items[int(self.rng.integers(len(items)))]
@@ -173,13 +175,18 @@ class ShotFacts:
 
     def shot_step(self, i: int, k: int) -> tuple[str, str]:
         """Where and what colour object ``i`` is in shot ``k`` (true) and a false version."""
-        sh, q, c = self.s.shapes[i], int(self.s.quad[k, i]), COLOURS[self.s.colour[k, i]]
+        sh, q, ci = self.s.shapes[i], int(self.s.quad[k, i]), int(self.s.colour[k, i])
+        c = COLOURS[ci]
         head = f"In the {ORDINALS[k]} shot" if k < len(ORDINALS) else f"In shot {k + 1}"
         if q < 0:
-            return f"{head}, the {sh} is not in view.", f"{head}, the {sh} is in the {self.pick(QUADS)}."
-        wrong = self.pick([f"{c} in the {QUADS[3 - q]}", f"{self.pick([x for x in COLOURS if x != c])} in "
-                                                         f"the {QUADS[q]}"])
-        return f"{head}, the {sh} is {c} in the {QUADS[q]}.", f"{head}, the {sh} is {wrong}."
+            q_false, c_false = int(self.rng.integers(len(QUADS))), ci
+            false = f"{head}, the {sh} is in the {QUADS[q_false]}."
+        else:
+            other = self.pick([x for x in COLOURS if x != c])
+            q_false, c_false = [(3 - q, ci), (q, COLOURS.index(other))][int(self.rng.integers(2))]
+            false = f"{head}, the {sh} is {COLOURS[c_false]} in the {QUADS[q_false]}."
+        self.false_state[false] = (i, k, q_false, c_false)
+        return f"{head}, the {sh} is {c} in the {QUADS[q]}." if q >= 0 else f"{head}, the {sh} is not in view.", false
 
     def track(self, i: int, shots: list[int] | None = None) -> list[tuple[str, str]]:
         return [self.shot_step(i, k) for k in (range(self.s.shots) if shots is None else shots)]
@@ -267,6 +274,48 @@ def order_questions(f: ShotFacts) -> list[Draft]:
 
 
 BUILDERS = (end_questions, count_questions, time_questions, order_questions)
+_BUILDER_OF = {"DO": end_questions, "DL": end_questions, "DC": count_questions, "TC": time_questions,
+               "TN": order_questions, "TP": order_questions, "CH": order_questions}
+
+
+def acts_of(quad: np.ndarray, colour: np.ndarray) -> list[list[Act]]:
+    """The actions that per-shot states [K, N] show, object by object: what a viewer reads off the
+    shots (the same list :func:`make_shot_scene` drew, for a drawn scene)."""
+    acts: list[list[Act]] = [[] for _ in range(quad.shape[1])]
+    for i in range(quad.shape[1]):
+        for k in range(1, quad.shape[0]):
+            q0, q1 = int(quad[k - 1, i]), int(quad[k, i])
+            if q0 < 0 <= q1:
+                acts[i].append(Act(k, "appear", q1))
+            elif q1 < 0 <= q0:
+                acts[i].append(Act(k, "leave"))
+            elif q0 >= 0:
+                if q1 != q0:
+                    acts[i].append(Act(k, "move", q1))
+                if colour[k, i] != colour[k - 1, i]:
+                    acts[i].append(Act(k, "colour", COLOURS[colour[k, i]]))
+    return acts
+
+
+def implied_answers(f: ShotFacts, d: Draft) -> list[str | None]:
+    """For each step of ``d``: the answer of the same question on the scene its false step describes
+    (what a teacher that saw that false state would conclude), or None when the answer stays the same
+    or the question no longer applies (the synthetic teacher's ``extra.false_implies``)."""
+    out: list[str | None] = []
+    for _, false in d.steps:
+        state = f.false_state.get(false)
+        if state is None:
+            out.append(None)
+            continue
+        i, k, q, c = state
+        quad, colour = f.s.quad.copy(), f.s.colour.copy()
+        quad[k, i], colour[k, i] = q, c
+        seen = ShotScene(f.s.width, f.s.height, f.s.fps, f.s.frames, f.s.background, f.s.shapes, quad, colour,
+                         acts_of(quad, colour))
+        same = [x for x in _BUILDER_OF[d.qtype](ShotFacts(seen, np.random.default_rng(0)))
+                if x.qtype == d.qtype and x.question == d.question]
+        out.append(same[0].answer if same and same[0].answer != d.answer else None)
+    return out
 SHOT_QTYPES = ("DO", "DL", "DC", "TC", "TN", "TP", "CH")
 """The question types of shot scenes."""
 
@@ -275,7 +324,7 @@ def make_shot_questions(scene: ShotScene, rng: np.random.Generator, count: int,
                         qtypes: tuple[str, ...] | None = None) -> list[dict]:
     """Up to ``count`` questions about a shot scene, round robin over the types it allows (only
     ``qtypes`` when given)."""
-    return choose(ShotFacts(scene, rng), BUILDERS, rng, count, qtypes)
+    return choose(ShotFacts(scene, rng), BUILDERS, rng, count, qtypes, implies=implied_answers)
 
 
 def shot_meta(scene: ShotScene) -> dict:

@@ -63,6 +63,25 @@ class RunSpec:
     """Which teacher's reasoning file (see :attr:`Study.teachers`)."""
     seed: int = 0
     """run.seed."""
+    view: str = "all"
+    """model.frame_view: ``all``, or a reference row's view (:data:`REFERENCES`)."""
+
+    @property
+    def reference(self) -> str | None:
+        """The reference row this run is (``text_only``, ``last_frame``, ``order_invariant``), or None."""
+        return REFERENCES[self.view][0] if self.view != "all" else None
+
+
+REFERENCES = {"blind": ("text_only", "Text only"), "last": ("last_frame", "Last frame only"),
+              "shuffled": ("order_invariant", "Order-invariant")}
+"""model.frame_view of a reference row -> (its ``reference`` meta, its label). Each is a QA-only run trained
+and evaluated with that view: every frame black, only the last frame, the frames in a fresh random order."""
+
+
+def references(seed: int) -> list[RunSpec]:
+    """The three reference rows (QA-only with a frame view) for ``seed``."""
+    return [RunSpec(f"ref_{ref}_s{seed}", label, "qa", seed=seed, view=view)
+            for view, (ref, label) in REFERENCES.items()]
 
 
 @dataclass
@@ -71,6 +90,9 @@ class Study:
 
     train_videos: int
     val_videos: int
+    test_videos: int
+    """Videos of each split; train, val and test are drawn from disjoint seeds (0, 1, 2). Every recipe
+    decision is made on val; test is scored with the frozen recipe (docs/RESULTS.md)."""
     questions_per_video: int
     steps: int
     """Optimizer steps per training run."""
@@ -135,14 +157,14 @@ def full_runs(seeds: tuple[int, ...] = (0, 1, 2)) -> list[RunSpec]:
 # The recipe that learns from the frames on 2 CPU cores (docs/RESULTS.md, "Recipe search"): shot
 # scenes with one object, the questions the tiny model learns to read from the frames (colour and
 # place at the end), stage-1 caption alignment, then each run.
-LEARNS = dict(train_videos=600, val_videos=240, questions_per_video=6, steps=400, scene="shots", objects=(1, 1),
+LEARNS = dict(train_videos=600, val_videos=240, test_videos=240, questions_per_video=6, steps=400, scene="shots", objects=(1, 1),
               qtypes=("DO", "DL"), stage1_steps=400)
 
 
 def presets() -> dict[str, Study]:
     """smoke (CI), default (the 15-minute demo), full (the study of docs/RESULTS.md)."""
     return {
-        "smoke": Study(train_videos=12, val_videos=4, questions_per_video=3, steps=6, shard_videos=4,
+        "smoke": Study(train_videos=12, val_videos=4, test_videos=4, questions_per_video=3, steps=6, shard_videos=4,
                        scene="shots", objects=(1, 1), stage1_steps=6, curve_points=2, runs=_four(0)[:2],
                        probes=("shuffle_frames", "vcot")),
         # STL is left out of the 15-minute demo: a reason-then-answer model is scored by generating its
@@ -151,7 +173,7 @@ def presets() -> dict[str, Study]:
         # the convergence test (tests/eval/test_convergence.py): the recipe at a few minutes, QA-only with
         # two data orders (seeds 0 and 1) from one stage 1: a run's outcome depends on its data order
         # (docs/RESULTS.md, the study), so the test asks one of two to read the frames
-        "converge": Study(**{**LEARNS, "train_videos": 400, "val_videos": 160, "steps": 300, "stage1_steps": 300,
+        "converge": Study(**{**LEARNS, "train_videos": 400, "val_videos": 160, "test_videos": 8, "steps": 300, "stage1_steps": 300,
                               "curve_points": 1}, runs=[_four(0)[0], _four(1)[0]], probes=("shuffle_frames",)),
         # the study of docs/RESULTS.md: 480 val videos (960 questions a run, so that the per-question
         # paired comparison of two settings over 3 seeds resolves ~3 points); the learning curves and
@@ -215,7 +237,7 @@ class Demo:
     # ---------------------------------------------------------------------------- the steps
     def data(self) -> None:
         s = self.study
-        for split, n, seed in (("train", s.train_videos, 0), ("val", s.val_videos, 1)):
+        for split, n, seed in (("train", s.train_videos, 0), ("val", s.val_videos, 1), ("test", s.test_videos, 2)):
             recs = make_synthetic(self.out / "data" / split, videos=n, seed=seed, split=split, width=s.video_size,
                                   height=s.video_size, duration=s.duration, questions_per_video=s.questions_per_video,
                                   scene=s.scene, shots=s.frames,
@@ -238,8 +260,8 @@ class Demo:
     def teacher(self, name: str, rates: tuple[float, float]) -> None:
         """Raw reasoning of the synthetic teacher, merged, then refined by the refinement CLI."""
         d = self.out / "reasoning"
-        gen = ["--backend", "synthetic", "--opt", f"wrong_answer_rate={rates[0]}", "--opt",
-               f"step_error_rate={rates[1]}", "--opt", "seed=0",
+        gen = ["--backend", "synthetic", "--opt", f"step_error_rate={rates[0]}", "--opt",
+               f"slip_rate={rates[1]}", "--opt", "seed=0",
                "--frames", str(self.study.frames), "--size", "native", "--workers", "0", "--no-progress"]
         if generate_main(["--shards", self.shards("train"), "--out", str(d / f"gen_{name}"), *gen]) != 0:
             raise RuntimeError(f"reasoning generation failed for teacher {name}")
@@ -295,8 +317,8 @@ class Demo:
                      f"--task.mode={run.mode}", f"--task.reasoning_source={run.source}", f"--task.beta={run.beta}",
                      f"--run.seed={run.seed}", f"--run.max_steps={s.steps}", f"--run.name={run.name}",
                      f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true",
-                     f"--tokenizer.path={self.out / 'tokenizer'}", *s.overrides]
-        if s.curve_points > 1:  # checkpoints for the learning curve (eval step)
+                     f"--tokenizer.path={self.out / 'tokenizer'}", f"--model.frame_view={run.view}", *s.overrides]
+        if s.curve_points > 1 and run.reference is None:  # checkpoints for the learning curve (eval step)
             every = s.steps // s.curve_points
             overrides += [f"--checkpoint.interval_steps={every}", f"--checkpoint.keep_latest={s.steps // every + 1}"]
         if s.stage1_steps:  # start from the stage-1 model: all three parts
@@ -329,15 +351,22 @@ class Demo:
                   "continuing with that checkpoint", flush=True)
 
     def evaluate(self, run: RunSpec) -> None:
+        """The run on val (with the probes and the learning curve) -> ``eval/<run>``, and on test (plain)
+        -> ``eval_test/<run>``. Reference rows skip the probes and the curve (their view is the probe)."""
         s = self.study
         teacher_acc = self.teacher_accuracy(run.teacher) if run.mode != "qa" else None
-        args = ["--checkpoint", str(self.out / "runs" / run.name / "checkpoints"), "--shards", self.shards("val"),
-                "--out", str(self.out / "eval" / run.name), "--mode", self.eval_mode(run), "--label", run.label,
-                "--threads", "1",  # one busy thread beats two contending ones on a shared 2-core box
-                "--reasoning", str(self.out / "reasoning" / "val_vcot.jsonl"), "--probe", *s.probes,
-                "--meta", f"teacher={run.teacher}", f"teacher_acc={json.dumps(teacher_acc)}"]
-        if run_main(args) != 0:
-            raise RuntimeError(f"evaluation of {run.name} failed")
+        meta = [f"teacher={run.teacher}", f"teacher_acc={json.dumps(teacher_acc)}",
+                f"reference={json.dumps(run.reference)}"]
+        for split, out, probes in (("val", self.out / "eval" / run.name, s.probes if run.reference is None else ()),
+                                   ("test", self.out / "eval_test" / run.name, ())):
+            args = ["--checkpoint", str(self.out / "runs" / run.name / "checkpoints"), "--shards", self.shards(split),
+                    "--out", str(out), "--mode", self.eval_mode(run), "--label", run.label,
+                    "--threads", "1",  # one busy thread beats two contending ones on a shared 2-core box
+                    "--meta", *meta, f"split={split}"]
+            if probes:
+                args += ["--reasoning", str(self.out / "reasoning" / "val_vcot.jsonl"), "--probe", *probes]
+            if run_main(args) != 0:
+                raise RuntimeError(f"evaluation of {run.name} on {split} failed")
         self.curve(run)
 
     def eval_mode(self, run: RunSpec) -> str:
@@ -350,7 +379,7 @@ class Demo:
         s, out = self.study, self.out / "eval" / run.name
         final = json.loads((out / "scores.json").read_text())["overall"]
         points = []
-        if s.curve_points > 1:
+        if s.curve_points > 1 and run.reference is None:
             for k in range(1, s.curve_points):
                 step = k * (s.steps // s.curve_points)
                 d = out / "curve" / f"step{step}"
@@ -368,10 +397,14 @@ class Demo:
         return round(100.0 * sum(graded) / len(graded), 2) if graded else None
 
     def report(self) -> None:
-        runs = [str(self.out / "eval" / r.name) for r in self.study.runs]
+        """The val report (``report/``, with the probes, curves and comparisons) and the test report
+        (``report/test/``), each with the reference rows and the order margin."""
         pairs = [x for a, b in study_pairs(self.study) for x in ("--compare", a, b)]
-        if report_main([*runs, "--out", str(self.out / "report"), *pairs]) != 0:
-            raise RuntimeError("report failed")
+        nulls = [x for a, b in null_pairs(self.study) for x in ("--null", a, b)]
+        for sub, out in (("eval", self.out / "report"), ("eval_test", self.out / "report" / "test")):
+            runs = [str(self.out / sub / r.name) for r in self.study.runs]
+            if report_main([*runs, "--out", str(out), *pairs, *nulls]) != 0:
+                raise RuntimeError(f"report failed ({sub})")
 
     def run_all(self) -> Path:
         self.step("data", self.data)
@@ -399,6 +432,14 @@ def study_pairs(study: Study) -> list[tuple[str, str]]:
         pairs += [(qa, f"{ref} teacher={t}"), (qa, f"{raw} teacher={t}"), (f"{raw} teacher={t}", f"{ref} teacher={t}")]
     pairs += [(qa, r.label) for r in study.runs if r.label.startswith(f"{ref} beta=")]
     return [p for p in dict.fromkeys(pairs) if p[0] in labels and p[1] in labels]
+
+
+def null_pairs(study: Study) -> list[tuple[str, str]]:
+    """Null controls among the study's labels: MTL with beta = 0 against QA-only (they differ only by
+    zero-weighted tokens, so the true difference is 0)."""
+    labels = {r.label for r in study.runs}
+    pairs = [("QA-only", "MTL(refined) beta=0")]
+    return [p for p in pairs if p[0] in labels and p[1] in labels]
 
 
 def _marker_key(marker: Path) -> str | None:

@@ -160,3 +160,31 @@ def test_objects_and_question_type_filter(tmp_path, shots):
         synth.make_synthetic(tmp_path / "bad", videos=1, seed=0, scene="motion", qtypes=("DO",))
     with pytest.raises(ValueError, match="1..3"):
         synth.make_synthetic(tmp_path / "bad", videos=1, seed=0, scene="shots", objects=(0, 2))
+
+
+def test_false_steps_imply_the_answer_a_viewer_would_give():
+    """extra.false_implies: re-reading the scene with one false step in place of the true one gives the
+    implied option. Checked directly for the end-of-video questions (the false state of the last shot
+    names the implied colour / place), and the states a viewer reads off the shots give back exactly the
+    actions that were drawn."""
+    from data_shards.synth.render import COLOURS
+    from data_shards.synth.shots import acts_of, make_shot_questions
+
+    checked = implied = 0
+    for i in range(120):
+        rng = np.random.default_rng([7, i])
+        scene = make_shot_scene(rng, 64, 64, 8, 24, SHOTS, (1, 3))
+        assert acts_of(scene.quad, scene.colour) == scene.acts
+        for q in make_shot_questions(scene, rng, 6):
+            ex = q["extra"]
+            assert len(ex["false_implies"]) == len(ex["false_steps"])
+            assert all(x is None or (0 <= x < len(q["options"]) and x != q["answer"]) for x in ex["false_implies"])
+            implied += sum(x is not None for x in ex["false_implies"])
+            if q["qtype"] == "DO" and "at the end" in q["question"]:
+                last = re.match(r"In the fourth shot, the \w+ is (\w+) in the (.+)\.", ex["false_steps"][-1])
+                colour = last.group(1)
+                offered = colour in q["options"] and colour != q["options"][q["answer"]]
+                want = q["options"].index(colour) if offered else None
+                assert colour in COLOURS and ex["false_implies"][-1] == want
+                checked += 1
+    assert checked > 20 and implied > 100

@@ -6,10 +6,23 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
-from eval.compare import correctness, crossover, mcnemar_p, mde_seeds, paired, seeds_needed
+from eval.compare import (
+    Answer,
+    correctness,
+    crossover,
+    mcnemar_p,
+    mde_seeds,
+    null_fpr,
+    paired,
+    paired_answers,
+    seeds_needed,
+    video_table,
+)
 from eval.report import find_runs, write_report
+from eval.stats import t_two_sided_p, welch
 
 
 def write_run(d, label, seed, correct, teacher_acc=None, source="none", mode="qa", beta=None):
@@ -102,3 +115,88 @@ def test_report_has_the_comparisons_and_the_teacher_crossover(tmp_path):
     assert "stops beating QA-only at a teacher accuracy of about 67 %" in md
     with pytest.raises(ValueError, match="no run labelled 'STL'"):
         write_report(runs, tmp_path / "rep2", pairs=[("QA-only", "STL")])
+
+
+# --- seed-level inference: the hierarchical bootstrap, its FPR on nulls, and the pooled McNemar ---------------
+
+
+def _setting(rng, seeds, base, effect=0.0, seed_sd=0.05, video_sd=0.2, per_video=2):
+    """In-memory graded runs (seed -> answers) of one setting: P(right) = the question's base rate + effect
+    + a seed effect (shifts every answer of the run) + a (seed x video) effect (both questions of a video)."""
+    out = {}
+    n_videos = len(base) // per_video
+    for s in seeds:
+        p = base + effect + rng.normal(0, seed_sd) + np.repeat(rng.normal(0, video_sd, n_videos), per_video)
+        hit = rng.random(len(base)) < np.clip(p, 0, 1)
+        out[s] = {f"synthetic/val/v{i // per_video}/q{i % per_video}": Answer(f"v{i // per_video}", "TC", bool(h))
+                  for i, h in enumerate(hit)}
+    return out
+
+
+def test_t_p_and_welch_by_hand():
+    assert t_two_sided_p(2.776, 4) == pytest.approx(0.05, abs=2e-4)
+    assert t_two_sided_p(12.706, 1) == pytest.approx(0.05, abs=1e-4)
+    assert t_two_sided_p(0.0, 3) == 1.0 and t_two_sided_p(1.96, 10_000) == pytest.approx(0.05, abs=1e-3)
+    # a = 75, 85 (var 50), b = 50, 60, 40 (var 100): se = sqrt(25 + 33.33), Welch df 2.88 -> t_{.975,2}
+    w = welch([75.0, 85.0], [50.0, 60.0, 40.0])
+    assert w["mean"] == pytest.approx(30.0) and w["df"] == pytest.approx(2.882, abs=1e-3)
+    assert w["half"] == pytest.approx(4.303 * math.sqrt(25 + 100 / 3))
+    assert welch([1.0], [2.0, 3.0])["lo"] is None
+
+
+def test_bootstrap_is_deterministic_and_moves_videos_together(tmp_path):
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.3, 0.7, 200)
+    a, b = _setting(rng, range(3), base), _setting(rng, range(3), base)
+    one, two = paired_answers(a, b, sims=20), paired_answers(a, b, sims=20)
+    assert one["boot"] == two["boot"] and one["fpr"] == two["fpr"]
+    assert one["videos"] == 100 and one["boot"]["mean"] == pytest.approx(sum(one["diffs"]) / 3)
+    diff, count, videos = video_table([(a[0], b[0])])
+    assert count.tolist() == [[2] * 100] and videos.tolist() == [100]  # two questions per video, one cell
+    # without video noise and with equal per-seed differences the bootstrap has no spread
+    same = {s: {"q": Answer("v", "TC", True), "r": Answer("v", "TC", False)} for s in range(3)}
+    flat = paired_answers(same, same, sims=0)
+    assert flat["boot"]["se"] == 0 and flat["boot"]["p"] == 1.0
+
+
+def test_known_null_with_correlated_videos_seed_level_vs_pooled_mcnemar():
+    """Two labels drawn from one distribution (4 seeds each, seed and video effects): the seed-level
+    bootstrap rarely rejects, its FPR estimate is low; the pooled McNemar test rejects far more often."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.7, 400)
+    boot_p, mcnemar = [], []
+    for i in range(20):
+        a, b = _setting(rng, range(4), base), _setting(rng, range(4), base)
+        c = paired_answers(a, b, sims=0, seed=i)
+        boot_p.append(c["boot"]["p"])
+        mcnemar.append(c["q_p"])
+    assert sum(p >= 0.05 for p in boot_p) >= 18  # most nulls pass
+    assert sum(p < 0.05 for p in mcnemar) >= 6  # treating seeds x questions as independent does not
+    assert any(q < 0.05 <= p for p, q in zip(boot_p, mcnemar))  # the same null: McNemar "significant", seeds not
+    f = null_fpr(list(a.values()), list(b.values()), 4, sims=200, rng=np.random.default_rng(1))
+    assert f["sims"] == 200 and f["fpr"] <= 0.10 and f["t_fpr"] <= 0.10 and f["mcnemar_fpr"] > f["fpr"]
+    assert 0 < f["seed_sd"] < 15 and 10 < f["video_sd"] < 30  # measured from the runs (true: 5 and 20 points)
+
+
+def test_real_effect_is_detected():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.6, 400)
+    a, b = _setting(rng, range(5), base), _setting(rng, range(5), base, effect=0.15)
+    c = paired_answers(a, b, sims=50)
+    assert c["boot"]["p"] < 0.05 and c["boot"]["lo"] > 0 and 8 < c["boot"]["mean"] < 22
+    assert c["boot"]["mde"] == pytest.approx((2.776 + 0.941) * c["boot"]["se"])
+    assert c["fpr"]["fpr"] is not None and c["fpr"]["fpr"] <= 0.10
+
+
+def test_fpr_and_test_are_unknown_with_too_few_seeds():
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.3, 0.7, 40)
+    a, b = _setting(rng, range(2), base), _setting(rng, range(2), base)
+    c = paired_answers(a, b)
+    assert c["boot"]["p"] is not None and c["fpr"]["fpr"] is None
+    assert "needs 3+ seeds per setting (A has 2, B has 2)" in c["fpr"]["reason"]
+    one = paired_answers({0: a[0]}, {0: b[0]})
+    assert one["boot"]["p"] is None and one["boot"]["mde"] is None and "2+ common seeds" in one["fpr"]["reason"]
+    bt = paired_answers(a, b, target=3.0)["boot"]  # MDE above the target: the seeds to reach it at this spread
+    assert bt["mde"] > 3.0 and bt["seeds_needed"] == seeds_needed(bt["se"] * math.sqrt(2), 3.0) > 2
+    assert paired_answers(a, b, target=bt["mde"] + 1)["boot"]["seeds_needed"] is None  # MDE below: none needed

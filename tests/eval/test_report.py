@@ -192,3 +192,78 @@ def test_sweeps_by_hand(runs_root, tmp_path):
     assert "| mtl(refined) teacher 70% | 25.0 ± 63.5 | 60.0 ± 24.8 |" in md
     assert "| QA-only (reference) | 45.0 | 45.0 |" in md
     assert "| mtl(refined) beta=0.5 | 60.0 ± 24.8 | 80.0 |" in md
+
+
+def _records_run(root, name, label, seed, order_right, why_right, meta=None):
+    """A run as ``python -m eval run`` writes it, with records.jsonl: 20 order-dependent (TC) questions, the
+    first ``order_right`` right, and 20 Why (CW) questions, the first ``why_right`` right; 2 per video."""
+    d = root / name
+    d.mkdir(parents=True)
+    rows = [{"qid": f"synthetic/val/v{i // 2}/q{i % 2}", "video_id": f"v{i // 2}", "qtype": "TC" if i < 20 else "CW",
+             "gold": 0, "correct": (i < order_right) if i < 20 else (i - 20 < why_right)} for i in range(40)]
+    (d / "records.jsonl").write_text("".join(json.dumps({**r, "prediction": 0 if r["correct"] else 1}) + "\n"
+                                             for r in rows))
+    when, why = 100 * order_right / 20, 100 * why_right / 20
+    (d / "scores.json").write_text(json.dumps({"overall": (when + why) / 2, "per_type": {"When": when, "Why": why},
+                                               "count": 40}))
+    (d / "run.json").write_text(json.dumps({"label": label, "meta": {"seed": seed, **(meta or {})}}))
+
+
+def test_references_null_control_and_reasoning_over_time(tmp_path):
+    """Order-type accuracy (20 TC questions; %) by hand, against Order-invariant (seeds 0-2: 50, 60, 40):
+      QA-only 65, 70, 55 -> paired differences 15, 10, 15: mean 13.33, sd 2.887, half 4.303 * 2.887 / sqrt(3)
+          = 7.172 -> [6.16, 20.51]: reasons over time;
+      MTL(refined) 80, 70, 90 -> 30, 10, 50: mean 30, sd 20, half 49.69 -> [-19.7, 79.7]: not decided, no;
+      MTL(raw) seeds 0, 1 only: 75, 85 -> unpaired (Welch) 80 - 50 = 30, half 4.303 * sqrt(25 + 33.3) = 32.86: no.
+    MTL(refined) beta=0 is QA-only again (a null control)."""
+    root = tmp_path / "runs"
+    for seed, (qa, mtl, inv, raw) in enumerate([(13, 16, 10, 15), (14, 14, 12, 17), (11, 18, 8, None)]):
+        _records_run(root, f"inv_s{seed}", "Order-invariant", seed, inv, 12, {"reference": "order_invariant"})
+        _records_run(root, f"qa_s{seed}", "QA-only", seed, qa, 10)
+        _records_run(root, f"beta0_s{seed}", "MTL(refined) beta=0", seed, qa, 10, {"beta": 0.0})
+        _records_run(root, f"mtl_s{seed}", "MTL(refined)", seed, mtl, 14)
+        if raw is not None:
+            _records_run(root, f"raw_s{seed}", "MTL(raw)", seed, raw, 14)
+    _records_run(root, "text_s0", "Text only", 0, 5, 4, {"reference": "text_only"})
+    _records_run(root, "last_s0", "Last frame only", 0, 7, 9, {"reference": "last_frame"})
+    out = tmp_path / "rep"
+    assert main([str(root), "--out", str(out), "--compare", "QA-only", "MTL(refined)",
+                 "--null", "QA-only", "MTL(refined) beta=0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [g["label"] for g in summary["groups"]][-3:] == ["Text only", "Last frame only", "Order-invariant"]
+    om = summary["order_margin"]
+    assert om["types"] == ["TC", "TN", "TP", "CH", "DC"] and om["reference"] == "Order-invariant"
+    assert om["reference_acc"]["mean"] == pytest.approx(50.0)
+    rows = {r["label"]: r for r in om["rows"]}
+    assert set(rows) == {"QA-only", "MTL(refined) beta=0", "MTL(refined)", "MTL(raw)"}
+    qa = rows["QA-only"]
+    assert qa["margin"] == pytest.approx(40 / 3) and qa["diff"]["paired"] and qa["reasons_over_time"]
+    assert (qa["diff"]["lo"], qa["diff"]["hi"]) == (pytest.approx(40 / 3 - 7.172, abs=1e-3),
+                                                    pytest.approx(40 / 3 + 7.172, abs=1e-3))
+    mtl = rows["MTL(refined)"]
+    assert mtl["margin"] == pytest.approx(30.0) and mtl["diff"]["lo"] == pytest.approx(30 - 49.69, abs=1e-2)
+    assert not mtl["reasons_over_time"]
+    raw = rows["MTL(raw)"]
+    assert not raw["diff"]["paired"] and raw["margin"] == pytest.approx(30.0) and not raw["reasons_over_time"]
+    assert raw["diff"]["lo"] == pytest.approx(30 - 4.303 * (25 + 100 / 3) ** 0.5, abs=1e-3)
+    assert om["references"]["Text only"]["mean"] == pytest.approx(25.0)
+    md = (out / "report.md").read_text()
+    assert "| Order-invariant (reference) | 3 | 55.0 ± 12.4 | 50.0 ± 24.8 | 60.0 ± 0.0 |" in md
+    assert md.index("| MTL(raw) | 2 |") < md.index("| Text only (reference) | 1 |") < md.index("| Order-invariant (ref")
+    assert "## Reasoning over time" in md
+    assert "| QA-only | 3 | 63.3 ± 19.0 | +13.3 | [+6.2, +20.5] | yes | yes |" in md
+    assert "| MTL(refined) | 3 | 80.0 ± 24.8 | +30.0 | [-19.7, +79.7] | yes | no |" in md
+    assert "| MTL(raw) | 2 | 80.0 ± 63.5 | +30.0 | [-2.9, +62.9] | no | no |" in md
+    assert "| Text only (reference) | 1 | 25.0 | - | - | - | - |\n| Last frame only (reference) | 1 | 35.0 |" in md
+    # the null control sits in the comparison table, marked, with the FPR of the test on simulated nulls
+    cmp, null = summary["comparisons"]
+    assert (cmp["role"], null["role"]) == ("comparison", "null")
+    assert null["diffs"] == [0.0, 0.0, 0.0] and null["boot"]["p"] == 1.0
+    assert cmp["fpr"]["sims"] == 200 and cmp["fpr"]["fpr"] is not None
+    null_row = next(x for x in md.splitlines() if x.startswith("| QA-only | MTL(refined) beta=0 | 3 |"))
+    assert "**null control**" in null_row and "simulated nulls" in null_row
+    assert "FPR on nulls" in md and "Secondary, pooled over (seed, question)" in md
+    # another set of order-dependent types: only When-type TC questions count anyway; CW alone -> Why accuracy
+    assert main([str(root), "--out", str(tmp_path / "why"), "--order-types", "CW"]) == 0
+    why = json.loads((tmp_path / "why" / "summary.json").read_text())["order_margin"]
+    assert why["types"] == ["CW"] and why["reference_acc"]["mean"] == pytest.approx(60.0)

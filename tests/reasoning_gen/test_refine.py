@@ -109,3 +109,21 @@ def test_refine_cli(tmp_path, capsys):
     for o, c in zip(out, CASES[:12]):
         assert o["teacher_answer"] == c["answer"] and o["refine"] == "answer-sentences"
         assert all(step in o["refined"] for step in c["keep"])
+    stats = json.loads((tmp_path / "refined.stats.json").read_text())
+    assert stats["teacher_accuracy"] == pytest.approx(correct / len(graded))
+    assert stats["leaks"] == 0 and stats["leak_rate"] == 0.0 and stats["refined"] == 12
+    assert refine_main(["--in", str(tmp_path / "raw.jsonl"), "--out", str(tmp_path / "none.jsonl"), "--strategy",
+                        "none", "--records", str(tmp_path / "records.jsonl"), "--stats", str(tmp_path / "s.json")]) == 0
+    leaky = json.loads((tmp_path / "s.json").read_text())  # raw texts kept: the detector counts them
+    assert leaky["leaks"] == len(graded) and leaky["leak_rate"] == pytest.approx(len(graded) / 12)
+
+
+def test_mid_text_statements_the_audit_flags_are_removed():
+    """A mid-text sentence the leak audit reads as the concluded option goes; its observation stays."""
+    text = "The man walks in. The man is cutting the cake (B). He puts the knife down. So the answer is B."
+    r = refine(text, KITCHEN)
+    assert r.text == "The man walks in. The man is cutting the cake. He puts the knife down."
+    assert audit_leak(r.text, KITCHEN, 1) is None and audit_leak(text, KITCHEN, 1) is not None
+    # a trailing mention of another option than the conclusion is not the answer: it stays
+    other = "The man is next to the fridge (D). So the answer is B."
+    assert refine(other, KITCHEN).text == "The man is next to the fridge (D)."

@@ -4,6 +4,7 @@ frames reaching the LLM, training flags, export, generation and option scoring, 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
 import subprocess
 
@@ -137,17 +138,59 @@ def test_frames_reach_the_llm_and_placeholder_count_is_checked(tok):
 
 
 def test_blind_model_sees_black_frames_only(tok):
-    """model.blind (the text-only ablation): the loss no longer depends on the frames, and equals the
-    same model's loss on black frames."""
+    """model.frame_view=blind (the text-only reference): the loss no longer depends on the frames,
+    and equals the same model's loss on black frames."""
     model = tiny(tok)
-    blind = tiny(tok, blind=True)
+    blind = tiny(tok, frame_view="blind")
     blind.load_state_dict(model.state_dict())
     fa, fb = random_frames(1, seed=1), random_frames(1, seed=2)
     with torch.no_grad():
         la, lb = run(blind, batch_for(blind, tok, fa)), run(blind, batch_for(blind, tok, fb))
         black = run(model, batch_for(model, tok, [torch.zeros_like(fa[0])]))
     assert la["loss"] == lb["loss"] == black["loss"]
-    assert ModelConfig(kind="hf_vlm", hf=ModelConfig().hf, blind=True).problems()[-1][0] == "blind"
+    assert ModelConfig(kind="hf_vlm", hf=ModelConfig().hf, frame_view="blind").problems()[-1][0] == "frame_view"
+
+
+def test_last_and_shuffled_frame_views(tok):
+    """frame_view=last sees only the last frame (the others black); frame_view=shuffled sees the same
+    frames in a fresh order at each forward, so its loss changes between calls but not with the order
+    of its input frames' contents beyond that."""
+    model, last, shuf = tiny(tok), tiny(tok, frame_view="last"), tiny(tok, frame_view="shuffled")
+    last.load_state_dict(model.state_dict())
+    shuf.load_state_dict(model.state_dict())
+    (f,) = random_frames(1, seed=3)
+    only_last = torch.zeros_like(f)
+    only_last[-1] = f[-1]
+    other_early = f.clone()
+    other_early[0] = 255 - other_early[0]
+    with torch.no_grad():
+        assert run(last, batch_for(last, tok, [f]))["loss"] == run(model, batch_for(model, tok, [only_last]))["loss"]
+        assert run(last, batch_for(last, tok, [f]))["loss"] == run(last, batch_for(last, tok, [other_early]))["loss"]
+        torch.manual_seed(0)
+        losses = {float(run(shuf, batch_for(shuf, tok, [f]))["loss"]) for _ in range(6)}
+        orders = {float(run(model, batch_for(model, tok, [f[list(p)]]))["loss"])
+                  for p in itertools.permutations(range(4))}
+    assert len(losses) > 1, "shuffled view gave the same loss at every forward: frames were not re-ordered"
+    assert all(any(abs(x - y) < 1e-5 for y in orders) for x in losses), "shuffled view is not a frame permutation"
+
+
+def test_temporal_position_embedding_tells_frames_apart(tok):
+    """projector.temporal_pos adds one learned vector per frame group: the same frame in slot 0 and
+    slot 3 gives different visual tokens; without it (and without centering) they are the same."""
+    (f,) = random_frames(1, seed=4)
+    still = f[:1].repeat(4, 1, 1, 1)[None]  # one frame shown four times
+    plain = tiny(tok)
+    proj = dataclasses.replace(ModelConfig().projector, temporal_pos=4)
+    video = tiny(tok, projector=proj)
+    with torch.no_grad():
+        vp, vv = plain.encode_frames(still), video.encode_frames(still)
+    n = plain.projector.tokens_per_group
+    assert torch.allclose(vp[0, :n], vp[0, 3 * n:])
+    assert not torch.allclose(vv[0, :n], vv[0, 3 * n:])
+    with pytest.raises(ValueError, match="temporal_pos"):
+        tiny(tok, projector=dataclasses.replace(proj, temporal_pos=2)).encode_frames(still)
+    assert ("projector.temporal_pos" in dict(ModelConfig(projector=dataclasses.replace(proj, temporal_pos=-1))
+                                             .problems()))
 
 
 def test_freeze_and_lora_flags_choose_trainable_params(tok):

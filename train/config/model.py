@@ -123,6 +123,12 @@ class ProjectorConfig:
     """Subtract the clip's mean visual token from each of its tokens, then LayerNorm each token
     (no parameters). A small tower's output is mostly what every clip shares (background, position,
     biases); without this a from-scratch LLM learns to ignore the frames (docs/RESULTS.md)."""
+    temporal_pos: int = 0
+    """Frame groups with a learned temporal position embedding added to their visual tokens (after
+    centering), 0 = none. With it the tokens themselves say which frame they come from (a "video"
+    projector); without it the LLM can tell frames apart only through its own positions (RoPE), which a
+    small LLM barely learns to read (docs/RESULTS.md, "Reasoning over time"). Must be >= the frame
+    groups trained on (num_frames / temporal_stride)."""
     init_from: str | None = None
     """Start from an aligned projector: a stage-1 export folder (its projector.safetensors) or that
     file (task.mode caption, docs/TRAINING.md "Stage-1 alignment"); None = random init."""
@@ -136,6 +142,8 @@ class ProjectorConfig:
             out.append(("temporal_stride", f"must be >= 1, got {self.temporal_stride}"))
         if self.hidden is not None and self.hidden < 1:
             out.append(("hidden", f"must be >= 1 or null, got {self.hidden}"))
+        if self.temporal_pos < 0:
+            out.append(("temporal_pos", f"must be >= 0 (0 = no temporal position embedding), got {self.temporal_pos}"))
         return out
 
 
@@ -190,11 +198,11 @@ class LoraSettings:
 
 
 FAMILY_TRAITS: dict[str, dict[str, Any]] = {
-    "assembled": {"sections": ("vision", "projector", "llm", "lora"), "packing": True, "blind": True},
-    "hf_vlm": {"sections": ("hf", "lora"), "packing": False, "blind": False},
+    "assembled": {"sections": ("vision", "projector", "llm", "lora"), "packing": True, "frame_views": True},
+    "hf_vlm": {"sections": ("hf", "lora"), "packing": False, "frame_views": False},
 }
 """What the config checks need to know of each ``model.kind``: the sections it reads, whether it
-packs sequences (``data.packing``) and supports the black-frames ablation. The families themselves
+packs sequences (``data.packing``) and supports the frame-view ablations (``model.frame_view``). The families themselves
 are registered in ``train.models.registry``."""
 
 
@@ -222,18 +230,22 @@ class ModelConfig:
     """Recompute LLM (and trained vision) layer activations in backward to save memory."""
     loss_chunk_size: int = 1024
     """Tokens per chunk of the fused linear cross-entropy (bounds the [chunk, vocab] logits)."""
-    blind: bool = False
-    """Ablation (assembled models): every frame the model sees is black (the tower runs on zeros), so
-    only the text can inform an answer: the text-only baseline, and the negative control of the
-    convergence test (tests/eval/test_convergence.py)."""
+    frame_view: Literal["all", "blind", "last", "shuffled"] = "all"
+    """What the model sees of its frames, in training and evaluation alike (the reference rows of the
+    study, docs/RESULTS.md): ``all`` the frames in order; ``blind`` every frame black (the tower runs on
+    zeros), so only the text can inform an answer (text-only reference, and the negative control of the
+    convergence test); ``last`` only the last frame (the others black: the last-frame reference);
+    ``shuffled`` the frames in a fresh random order at every forward (the order-invariant reference:
+    what can be answered from the set of frames without their order). Assembled models only."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value of this section and its subsections."""
         out = [] if self.loss_chunk_size >= 1 else [("loss_chunk_size", f"must be >= 1, got {self.loss_chunk_size}")]
         if "hf" in FAMILY_TRAITS[self.kind]["sections"] and not self.hf.path:
             out.append(("hf.path", f"model.kind {self.kind} needs a local model folder"))
-        if self.blind and not FAMILY_TRAITS[self.kind]["blind"]:
-            out.append(("blind", f"the black-frames ablation is for assembled models, not model.kind {self.kind}"))
+        if self.frame_view != "all" and not FAMILY_TRAITS[self.kind]["frame_views"]:
+            out.append(("frame_view", f"frame views other than 'all' are for assembled models, not model.kind "
+                                      f"{self.kind}"))
         for name in FAMILY_TRAITS[self.kind]["sections"]:
             out += [(f"{name}.{f}", m) for f, m in getattr(self, name).problems()]
         return out

@@ -36,7 +36,8 @@ from train.config.parse import load_section
 from train.config.task import TaskConfig
 from train.loss import install_loss_head
 from train.models.base import ModelFamily, VideoModel, resolve_attention
-from train.models.projector import FrameEncoder, Projector, build_vision_tower, load_projector, tower_mean_std
+from train.models.projector import (FrameEncoder, Projector, apply_frame_view, build_vision_tower, load_projector,
+                                    tower_mean_std)
 from train.packing import pack_collate, packed_decoder, packing_attention, register_sdpa_varlen
 from train.tasks import collate
 from train.tokenizer import build_tokenizer, frame_token_id
@@ -95,7 +96,8 @@ def build_assembled(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, device
     install_loss_head(llm, cfg.loss_chunk_size)
     llm_dim = int(llm.config.hidden_size)
     projector = Projector(encoder.hidden_size, llm_dim, encoder.grid, tuple(cfg.projector.pool),
-                          cfg.projector.temporal_stride, cfg.projector.hidden, cfg.projector.center)
+                          cfg.projector.temporal_stride, cfg.projector.hidden, cfg.projector.center,
+                          cfg.projector.temporal_pos)
     if cfg.projector.init_from:
         load_projector(projector, cfg.projector.init_from)
     model = VideoLLM(cfg, encoder, projector, llm, tokenizer, (impl, reason))
@@ -201,9 +203,8 @@ class VideoLLM(VideoModel):
         """
         if pixel_values.dim() != 5:
             raise ValueError(f"pixel_values must be [B, T, 3, H, W], got {tuple(pixel_values.shape)}")
-        if self.config.blind:
-            pixel_values = torch.zeros_like(pixel_values)
         index, unique = unique_adjacent_rows(pixel_values)
+        unique = apply_frame_view(unique, self.config.frame_view)  # per clip: one shuffle for its QA + reasoning rows
         U, T = unique.shape[:2]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_trainable):
             feats = self.vision(unique.flatten(0, 1))  # [U*T, P, Dv]

@@ -77,6 +77,31 @@ def tower_mean_std(kind: str, path: str | None) -> tuple[list[float], list[float
     return DEFAULT_MEAN_STD[kind]
 
 
+FRAME_VIEWS = ("all", "blind", "last", "shuffled")
+
+
+def apply_frame_view(pixel_values: torch.Tensor, view: str) -> torch.Tensor:
+    """What a model with ``model.frame_view = view`` sees of its clips uint8 [B, T, 3, H, W].
+
+    ``all`` unchanged; ``blind`` every frame black; ``last`` every frame but the last black;
+    ``shuffled`` each clip's frames in a fresh random order (torch's global generator, so a new order
+    at every training step and every evaluation batch).
+    """
+    if view == "all":
+        return pixel_values
+    if view == "blind":
+        return torch.zeros_like(pixel_values)
+    if view == "last":
+        out = torch.zeros_like(pixel_values)
+        out[:, -1] = pixel_values[:, -1]
+        return out
+    if view == "shuffled":
+        B, T = pixel_values.shape[:2]
+        order = torch.argsort(torch.rand(B, T), dim=1).to(pixel_values.device)
+        return pixel_values[torch.arange(B, device=pixel_values.device)[:, None], order]
+    raise ValueError(f"model.frame_view must be one of {FRAME_VIEWS}, got {view!r}")
+
+
 class FrameEncoder(nn.Module):
     """uint8 frames -> per-frame patch features of the vision tower.
 
@@ -132,7 +157,8 @@ class Projector(nn.Module):
     """
 
     def __init__(self, vision_dim: int, llm_dim: int, grid: int, pool: tuple[int, int],
-                 temporal_stride: int = 1, hidden: int | None = None, center: bool = False):
+                 temporal_stride: int = 1, hidden: int | None = None, center: bool = False,
+                 temporal_pos: int = 0):
         super().__init__()
         self.center = center
         ph, pw = pool
@@ -144,6 +170,9 @@ class Projector(nn.Module):
         hidden = hidden or llm_dim
         self.fc1 = nn.Linear(vision_dim, hidden)
         self.fc2 = nn.Linear(hidden, llm_dim)
+        # One learned vector per frame group, added to every token of that group (a "video" projector).
+        # Scaled like the centred, LayerNormed tokens (unit variance), so frames differ from the first step.
+        self.temporal_pos = nn.Parameter(torch.randn(temporal_pos, llm_dim) * 0.5) if temporal_pos else None
 
     @property
     def tokens_per_group(self) -> int:
@@ -161,12 +190,19 @@ class Projector(nn.Module):
         if s > 1:
             groups = math.ceil(T / s)
             x = torch.stack([x[:, g * s:(g + 1) * s].mean(dim=1) for g in range(groups)], dim=1)
+        groups = x.shape[1]
         x = x.reshape(B, -1, D).to(self.fc1.weight.dtype)
         out = self.fc2(F.gelu(self.fc1(x)))
         if self.center:
             # What all tokens of a clip share carries no answer; keep only how each token differs.
             out = out - out.mean(dim=1, keepdim=True)
             out = F.layer_norm(out, out.shape[-1:])
+        if self.temporal_pos is not None:
+            if groups > self.temporal_pos.shape[0]:
+                raise ValueError(f"{groups} frame groups, but model.projector.temporal_pos has embeddings for "
+                                 f"{self.temporal_pos.shape[0]}: raise it to >= num_frames / temporal_stride")
+            pos = self.temporal_pos[:groups].repeat_interleave(self.tokens_per_group, dim=0)
+            out = out + pos.to(out.dtype)
         return out
 
 
