@@ -18,7 +18,7 @@ like the settings) are grouped at the bottom of the accuracy table, marked as re
 runs' ``records.jsonl`` the report adds "Reasoning over time": each setting's accuracy on the
 order-dependent question types (``--order-types``) and its margin over the order-invariant row.
 
-``--compare A B`` adds a paired comparison over seeds (eval/compare.py: hierarchical bootstrap,
+``--compare A B`` adds a paired comparison over seeds (eval/compare.py: crossed seed x video test,
 MDE, seeds needed for ``--target`` points, false-positive rate on simulated nulls); ``--null A B``
 adds a null control (a pair whose true difference is 0, e.g. QA-only against beta = 0 MTL) to the
 same table, marked as such.

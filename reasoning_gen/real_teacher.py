@@ -14,7 +14,8 @@ write``) -> ``reasoning_gen generate --backend transformers`` (text only, greedy
 ``refine`` (answer-sentences); then it prints a markdown table and writes ``DIR/real_teacher.json``:
 teacher accuracy overall and per question type against chance, the share of replies with a
 parseable answer, generated tokens/s (``--threads``, 1 by default), the load time, and the
-refinement leak rate. Generation resumes: a rerun with the same ``--out`` skips done questions
+refinement leak rate (refine's audit, and a stricter count of refined texts that still name the
+chosen option by its letter). Generation resumes: a rerun with the same ``--out`` skips done questions
 (tokens/s then covers only the new ones). Library: :func:`run_real_teacher`, :func:`packaged_gguf`.
 """
 
@@ -25,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -104,8 +106,25 @@ def grade(records: list[dict], truth_records: list) -> dict:
 
     everything = [item for items in groups.values() for item in items]
     choices = Counter(LETTERS[r["teacher_answer"]] for r, _ in everything if r.get("teacher_answer") is not None)
+    top = choices.most_common(1)[0][0] if choices else None
+    constant = None if top is None or not everything else \
+        sum(LETTERS[qa.answer] == top for _, qa in everything) / len(everything)
     return {"overall": summary(everything), "per_qtype": {t: summary(groups[t]) for t in sorted(groups)},
-            "choices": dict(sorted(choices.items()))}
+            "choices": dict(sorted(choices.items())), "constant_letter": top, "constant_letter_accuracy": constant}
+
+
+def letter_leaks(records: list[dict]) -> dict:
+    """A stricter look at refined texts than refine's audit: how many still name an option by letter.
+
+    ``chosen_letter``: non-empty refined texts containing ``(X)`` for the teacher's own choice X (e.g. a
+    reply that opened with its choice, "(C) 3", kept after "The answer is (C) 3." was removed);
+    ``any_letter``: non-empty refined texts containing any ``(A)`` .. ``(J)`` (echoed option lists).
+    """
+    texts = [(r.get("refined") or "", r.get("teacher_answer")) for r in records if r.get("status") == "ok"]
+    texts = [(t, a) for t, a in texts if t.strip()]
+    chosen = sum(a is not None and f"({LETTERS[a]})" in t for t, a in texts)
+    anyl = sum(bool(re.search(r"\([A-J]\)", t)) for t, _ in texts)
+    return {"non_empty": len(texts), "chosen_letter": chosen, "any_letter": anyl}
 
 
 def _pct(x: float | None) -> str:
@@ -126,13 +145,16 @@ def format_table(result: dict) -> str:
         f"{_pct(ci[0]) if ci else 'n/a'}-{_pct(ci[1]) if ci else 'n/a'}) vs chance {_pct(o['chance'])} |",
         f"| replies with a parseable answer | {_pct(o['answered'] / o['n'] if o['n'] else None)} "
         f"({o['answered']}/{o['n']}) |",
-        f"| letters chosen | {', '.join(f'{k} {v}' for k, v in g['choices'].items()) or 'none'} |",
+        f"| letters chosen | {', '.join(f'{k} {v}' for k, v in g['choices'].items()) or 'none'} "
+        f"(always {g['constant_letter']}: {_pct(g['constant_letter_accuracy'])}) |",
         f"| load time | {result['load_s']:.1f} s |",
         f"| generated tokens/s ({t['threads']} thread(s), batch {result['settings']['batch_size']}) | "
         f"{t['tokens_per_s']:.2f} ({t['new_tokens']} tokens in {t['generate_s']:.1f} s; "
         f"{t['new_tokens_per_reply']:.1f} per reply, {t['prompt_tokens_per_request']:.0f} prompt tokens) |",
         f"| refinement leak rate | {_pct(leak['leak_rate'])} ({leak['leaks']}/{leak['refined']} refined texts "
         f"still state the chosen option) |",
+        f"| refined texts naming the chosen option by letter | {leak['letters']['chosen_letter']}/"
+        f"{leak['letters']['non_empty']} non-empty (any option letter: {leak['letters']['any_letter']}) |",
         f"| removed sentences per text | {leak['removed_per_text']:.2f}; empty refined texts "
         f"{leak['empty_refined']}/{leak['refined']} |",
         "", "| qtype | n | accuracy | chance | answered |", "|---|---|---|---|---|",
@@ -213,7 +235,8 @@ def run_real_teacher(out: str | Path, videos: int = 30, questions_per_video: int
                                                  "teacher_answered")},
                        "leak_rate": rstats["leaks"] / rstats["refined"] if rstats["refined"] else None,
                        "empty_refined": sum(1 for r in refined if r.get("status") == "ok" and not (r.get("refined")
-                                                                                                    or "").strip())},
+                                                                                                    or "").strip()),
+                       "letters": letter_leaks(refined)},
         "grading": grade(refined, list(read_records(records_path))),
         "paths": {"records": str(records_path), "raw": str(out / "reasoning.raw.jsonl"),
                   "refined": str(out / "reasoning.refined.jsonl"), "json": str(out / "real_teacher.json")},

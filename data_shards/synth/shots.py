@@ -10,7 +10,8 @@ of every shot, and every question below can be answered from exactly those frame
 
   DO  colour of an object at the end           DL  where an object is at the end / appears
   DC  how many colour changes / moves / late objects
-  TC  when (beginning / middle / end / never) an object changes colour, moves, appears, leaves
+  TC  what an object does at the beginning / in the middle / near the end (its other actions are the
+      false options, so the set of frames without their order does not tell them apart)
   TN  what an object did right after an action TP  ... right before an action
   CH  which way an object moved when it left a quadrant
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_shards.synth.questions import DIRS, NEVER, PARTS, QUADS, Draft, choose
+from data_shards.synth.questions import DIRS, PARTS, QUADS, Draft, choose
 from data_shards.synth.render import BACKGROUNDS, COLOURS, PALETTE, SHAPES, _paste, sprite
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
@@ -237,19 +238,24 @@ def _unique(f: ShotFacts, i: int, a: Act) -> bool:
     return sum((b.kind, b.what) == (a.kind, a.what) for b in f.s.acts[i]) == 1
 
 
-def time_questions(f: ShotFacts) -> list[Draft]:
-    """TC: when an action happens (unique actions only), and one 'never' question per video."""
+def current_questions(f: ShotFacts) -> list[Draft]:
+    """TC (NExT-QA's temporal-current kind): what an object does in a given part of the video. Its false
+    options are first what the object does at the OTHER times (so knowing the set of shots without their
+    order does not tell them apart), then actions it never performs."""
     out = []
     for i in range(f.n):
-        for a in filter(lambda a: _unique(f, i, a), f.s.acts[i]):
-            q = f"When does {f.s.name(i)} {f.phrase(a, past=False)}?"
-            out.append(Draft("TC", q, f.part(a.shot), [*PARTS, NEVER], f.track(i, [a.shot - 1, a.shot])))
-    i = int(f.rng.integers(f.n))
-    false = [a for a in f.never(i) if a.kind != "leave" or f.s.quad[-1, i] >= 0]
-    if false:
-        x = f.pick(false)
-        out.append(Draft("TC", f"When does {f.s.name(i)} {f.phrase(x, past=False)}?", NEVER, list(PARTS),
-                         f.track(i)))
+        acts = f.s.acts[i]
+        for a in acts:
+            if sum(f.part(b.shot) == f.part(a.shot) for b in acts) != 1 or not _unique(f, i, a):
+                continue
+            answer = f.phrase(a, past=False)
+            other_times = [f.phrase(b, past=False) for b in acts if b.shot != a.shot]
+            never = [f.phrase(b, past=False) for b in f.never(i)]
+            never = [never[j] for j in f.rng.permutation(len(never))]
+            pool = list(dict.fromkeys(p for p in other_times if p != answer))
+            pool += [p for p in never if p not in pool][:max(0, 4 - len(pool))]
+            out.append(Draft("TC", f"What does {f.s.name(i)} do {f.part(a.shot)}?", answer, pool,
+                             f.track(i, [a.shot - 1, a.shot])))
     return out
 
 
@@ -273,8 +279,8 @@ def order_questions(f: ShotFacts) -> list[Draft]:
     return out
 
 
-BUILDERS = (end_questions, count_questions, time_questions, order_questions)
-_BUILDER_OF = {"DO": end_questions, "DL": end_questions, "DC": count_questions, "TC": time_questions,
+BUILDERS = (end_questions, count_questions, current_questions, order_questions)
+_BUILDER_OF = {"DO": end_questions, "DL": end_questions, "DC": count_questions, "TC": current_questions,
                "TN": order_questions, "TP": order_questions, "CH": order_questions}
 
 

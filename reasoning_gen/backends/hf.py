@@ -33,7 +33,7 @@ import torch
 
 from data_shards.synth.make import shot_caption
 from reasoning_gen.backends.base import Backend, GenRequest, GenResult
-from reasoning_gen.prompts import REASVQA_TEXT_VERSION, Prompt, reasvqa_text_prompt
+from reasoning_gen.prompts import REASVQA_TEXT_VERSION, REASVQA_VERSION, Prompt, reasvqa_text_prompt
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class TransformersBackend(Backend):
         self.batch_size, self.generate_kwargs = batch_size, dict(generate_kwargs or {})
         stem = Path(gguf_file).stem if gguf_file else path.name
         self.name = f"transformers-text:{stem}" if self.text_only else f"transformers:{path.name}"
-        self.reasvqa_prompt_version = REASVQA_TEXT_VERSION if self.text_only else "reasvqa-v1"
+        self.reasvqa_prompt_version = REASVQA_TEXT_VERSION if self.text_only else REASVQA_VERSION
         self.stats = {"calls": 0, "requests": 0, "prompt_tokens": 0, "new_tokens": 0, "generate_s": 0.0}
         self.load_s = time.perf_counter() - t0
         self._stop_ids = self._end_ids()

@@ -58,13 +58,13 @@ def _oracle(qa, shots: list[dict[int, str]]) -> str | None:
     if m:  # follow the named object from its first shot by colour, then by elimination of moves
         track = _track(m.group(1), shots)
         return None if track is None or track[-1] is None else f"in the {QUADS[track[-1][0]]}"
-    m = re.match(r"When does the (\w+) (\w+) turn (\w+)\?", q)
-    if m:  # the shot where the tracked object first shows the new colour -> part of the video
-        track = _track(m.group(1), shots)
-        if track is None:
+    m = re.match(r"What does the (\w+) (\w+) do (.+)\?", q)
+    if m and len(shots) == 4:  # the cut of that part of the video (4 shots: cut k = part + 1): what changed
+        track, k = _track(m.group(1), shots), PARTS.index(m.group(3)) + 1
+        if track is None or track[k - 1] is None or track[k] is None:
             return None
-        ks = [k for k, t in enumerate(track) if t is not None and t[1] == m.group(3)]
-        return "never" if not ks else PARTS[min(2, 3 * (ks[0] - 1) // (len(shots) - 1))]
+        (q0, c0), (q1, c1) = track[k - 1], track[k]
+        return f"move to the {QUADS[q1]}" if q1 != q0 else f"turn {c1}" if c1 != c0 else None
     return None
 
 
@@ -101,7 +101,7 @@ def test_one_frame_per_shot_shows_the_records_state(shots):
 
 
 def test_questions_answerable_from_frames_and_order_matters(shots):
-    right = wrong_after_shuffle = asked = 0
+    right = wrong_after_shuffle = asked = asked_tc = tc_wrong_reversed = 0
     for rec in read_records(shots):
         frames = decode_frames(shots.parent / "videos" / rec.video, SHOTS, None).numpy()
         seen = _read_frames(frames)
@@ -114,9 +114,12 @@ def test_questions_answerable_from_frames_and_order_matters(shots):
             right += got == truth
             shuffled = _oracle(qa, seen[::-1])
             wrong_after_shuffle += shuffled != truth
+            asked_tc += qa.qtype == "TC"
+            tc_wrong_reversed += qa.qtype == "TC" and shuffled != truth
     assert asked >= 10, f"only {asked} questions of the oracle's forms"
     assert right == asked, f"the frame oracle answered {right}/{asked}"
     assert wrong_after_shuffle > 0, "no answer depends on the order of the frames"
+    assert asked_tc >= 5 and tc_wrong_reversed == asked_tc, (asked_tc, tc_wrong_reversed)  # TC needs the order
 
 
 def test_types_and_options(shots):
@@ -127,8 +130,8 @@ def test_types_and_options(shots):
         assert r.meta["kind"] == "shots" and len(r.meta["shot_starts"]) == SHOTS
         for qa in r.qas:
             assert len(set(qa.options)) == len(qa.options) in (4, 5), qa.options
-            if qa.qtype == "TC":
-                assert qa.options[qa.answer] in (*PARTS, "never")
+            if qa.qtype == "TC":  # what it does then; its other actions among the false options
+                assert re.match(r"(turn \w+|move to the .+|appear|disappear)$", qa.options[qa.answer])
             assert qa.extra["reasoning"].endswith(f"{qa.options[qa.answer]}.")
 
 

@@ -200,3 +200,85 @@ def test_fpr_and_test_are_unknown_with_too_few_seeds():
     bt = paired_answers(a, b, target=3.0)["boot"]  # MDE above the target: the seeds to reach it at this spread
     assert bt["mde"] > 3.0 and bt["seeds_needed"] == seeds_needed(bt["se"] * math.sqrt(2), 3.0) > 2
     assert paired_answers(a, b, target=bt["mde"] + 1)["boot"]["seeds_needed"] is None  # MDE below: none needed
+
+
+# --- the crossed design: seed effect + a video effect shared by every seed + residual -----------------------
+
+
+def _crossed_null(rng, n_seeds, nv, base, vid, effect=0.0, seed_sd=0.03, g_sd=0.10, h_sd=0.15):
+    """(seeds, videos) B - A correct answers: a B - A effect per video shared by all seeds (h), per run a
+    seed effect and a (seed x video) effect, then Bernoulli answers."""
+    h = rng.normal(0, h_sd, len(nv))[vid] / 2
+
+    def runs(shift):
+        p = base + shift + rng.normal(0, seed_sd, (n_seeds, 1)) + rng.normal(0, g_sd, (n_seeds, len(nv)))[:, vid]
+        return (rng.random((n_seeds, base.size)) < np.clip(p, 0, 1)).astype(np.int64)
+
+    d = runs(h + effect) - runs(-h)
+    return np.stack([np.bincount(vid, weights=row, minlength=len(nv)) for row in d]).round().astype(np.int64)
+
+
+@pytest.mark.parametrize("n_seeds", [3, 5])
+def test_headline_test_is_calibrated_on_crossed_nulls(n_seeds):
+    from eval.stats import boot_test
+
+    rng = np.random.default_rng(10 + n_seeds)
+    nv = rng.integers(1, 9, 200)
+    vid = np.repeat(np.arange(200), nv)
+    base = rng.uniform(0.3, 0.8, vid.size)
+    count = np.tile(nv, (n_seeds, 1))
+    head = t = 0
+    sims = 400
+    for _ in range(sims):
+        d = _crossed_null(rng, n_seeds, nv, base, vid)
+        bt = boot_test(d, count, 0, rng, p_value=False)
+        head += bt["reject"]
+        per = 100 * d.sum(1) / nv.sum()
+        sd = per.std(ddof=1)
+        t += (t_two_sided_p(per.mean() / (sd / math.sqrt(n_seeds)), n_seeds - 1) if sd > 0 else 1.0) < 0.05
+    assert 0.01 <= head / sims <= 0.09, head / sims
+    assert t / sims > head / sims  # the paired t does not see the video effect shared by the seeds
+
+
+def test_headline_p_matches_its_decision_and_a_ten_point_effect_is_detected():
+    from eval.stats import boot_test
+
+    rng = np.random.default_rng(5)
+    nv = rng.integers(1, 9, 200)
+    vid = np.repeat(np.arange(200), nv)
+    base = rng.uniform(0.3, 0.6, vid.size)
+    count = np.tile(nv, (5, 1))
+    hits = 0
+    for i in range(40):
+        d = _crossed_null(rng, 5, nv, base, vid, effect=0.10)
+        bt = boot_test(d, count, 100 if i < 3 else 0, rng)
+        assert (bt["p"] < 0.05) == bt["reject"] and bt["method"] == "anova"
+        assert bt["lo"] == pytest.approx(bt["mean"] - bt["crit"] * bt["se"])
+        assert bt["se"] ** 2 == pytest.approx(bt["var_seed"] + bt["var_video"])
+        hits += bt["reject"]
+    assert hits >= 32  # most simulations
+
+
+def test_null_fpr_measures_the_shared_video_effect():
+    rng = np.random.default_rng(4)
+    nv = np.full(150, 3)
+    vid = np.repeat(np.arange(150), nv)
+    base = rng.uniform(0.3, 0.7, vid.size)
+    h = rng.normal(0, 0.2, 150)[vid] / 2  # B better on some videos, worse on others, in every seed
+
+    def setting(shift):
+        out = {}
+        for s in range(4):
+            p = base + shift + rng.normal(0, 0.03) + np.repeat(rng.normal(0, 0.1, 150), 3)
+            hit = rng.random(vid.size) < np.clip(p, 0, 1)
+            out[s] = {f"d/val/v{v}/q{i}": Answer(f"v{v}", "TC", bool(x)) for i, (v, x) in enumerate(zip(vid, hit))}
+        return out
+
+    a, b = setting(-h), setting(h)
+    c = paired_answers(a, b, sims=200, reps=200)
+    f = c["fpr"]
+    assert 10 < f["shared_video_sd"] < 30  # true 20 points
+    assert 0.0 <= f["fpr"] <= 0.09 and f["mcnemar_fpr"] > f["fpr"]
+    bt = c["boot"]
+    assert bt["var_video"] > 0 and bt["reps"] == 200 and bt["boot_se"] > 0
+    assert bt["mde"] > 0 and (bt["seeds_needed"] is None or bt["seeds_needed"] > 4)

@@ -167,3 +167,14 @@ def test_smollm2_text_teacher_end_to_end(tmp_path, monkeypatch):
             assert refine(r.text, s["options"]).teacher_answer == answer
     finally:
         backend.close()
+
+
+def test_letter_leaks_counts_refined_texts_that_still_name_the_choice():
+    from reasoning_gen.real_teacher import letter_leaks
+
+    recs = [{"status": "ok", "refined": "(C) 3", "teacher_answer": 2},
+            {"status": "ok", "refined": "(D) turned orange\n(E) turned red", "teacher_answer": 2},
+            {"status": "ok", "refined": "", "teacher_answer": 2},
+            {"status": "ok", "refined": "The circle turns red.", "teacher_answer": None},
+            {"status": "failed", "refined": None, "teacher_answer": None}]
+    assert letter_leaks(recs) == {"non_empty": 3, "chosen_letter": 1, "any_letter": 2}

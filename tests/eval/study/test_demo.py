@@ -22,16 +22,20 @@ from tests.conftest import has_ffmpeg
 
 def test_presets_are_consistent(tmp_path):
     p = presets()
-    assert [r.label for r in p["default"].runs] == ["QA-only", "MTL(refined)", "MTL(raw)"]
-    assert [(r.label, r.seed) for r in p["converge"].runs] == [("QA-only", 0), ("QA-only", 1)]
+    refs = ["Text only", "Last frame only", "Order-invariant"]
+    assert [r.label for r in p["default"].runs] == ["QA-only", "MTL(refined)", *refs]
+    assert [(r.label, r.view) for r in p["default"].runs][2:] == list(zip(refs, ("blind", "last", "shuffled")))
+    assert all(r.mode == "qa" and r.reference for r in p["default"].runs[2:])
+    assert [(r.label, r.seed) for r in p["converge"].runs] == [("QA-only", 0), ("Order-invariant", 0), ("Text only", 0)]
     d = Demo(p["full"], tmp_path)
     full = p["full"].runs
     assert [d.eval_mode(r) for r in full[:3]] == ["loglik"] * 3
     assert [r.label for r in full[:9]] == ["QA-only", "MTL(refined)", "MTL(raw)"] * 3  # whole comparisons first
     assert {d.eval_mode(r) for r in full if r.mode == "stl"} == {"generate"}  # STL generates its reasoning
-    assert [r.label for r in p["smoke"].runs] == ["QA-only", "MTL(refined)"]
+    assert [r.label for r in p["smoke"].runs] == ["QA-only", "MTL(refined)", "Order-invariant"]
     runs = full_runs()
-    assert len(runs) == 3 * (4 + 4 + 4) and len({r.name for r in runs}) == len(runs)
+    assert len(runs) == 3 * (4 + 3 + 4 + 4) and len({r.name for r in runs}) == len(runs)
+    assert sum(r.reference is not None for r in runs) == 9
     for r in runs:
         assert r.teacher in p["full"].teachers, r
         assert (r.mode == "qa") == (r.source == "none"), r
@@ -96,10 +100,18 @@ def test_smoke_demo_end_to_end(tmp_path, capsys):
     report = out / "report"
     md = (report / "report.md").read_text()
     assert "| QA-only | 1 |" in md and "| MTL(refined) | 1 |" in md and "shuffle_frames" in md
+    assert "Order-invariant (reference)" in md and "## Teachers" in md
+    test_md = (report / "test" / "report.md").read_text()  # the test split, scored the same way
+    assert "| QA-only | 1 |" in test_md and "Order-invariant (reference)" in test_md
     for png in ("learning_curves.png", "acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"):
         assert (report / png).read_bytes()[:4] == b"\x89PNG", png
     summary = json.loads((report / "summary.json").read_text())
-    assert [g["label"] for g in summary["groups"]] == ["QA-only", "MTL(refined)"]
+    assert [g["label"] for g in summary["groups"]] == ["QA-only", "MTL(refined)", "Order-invariant"]
+    assert summary["order_margin"]["reference"] == "Order-invariant"
+    assert {r["label"] for r in summary["order_margin"]["rows"]} == {"QA-only", "MTL(refined)"}
+    test_qids = {json.loads(x)["qid"] for x in (out / "eval_test" / "qa_s0" / "records.jsonl").read_text().splitlines()}
+    assert test_qids and not test_qids & {json.loads(x)["qid"] for x in
+                                          (out / "eval" / "qa_s0" / "records.jsonl").read_text().splitlines()}
     val_qids = {json.loads(x)["qid"] for x in (out / "reasoning" / "val_vcot.jsonl").read_text().splitlines()}
     for run in ("qa_s0", "mtl_refined_s0"):
         preds = json.loads((out / "eval" / run / "predictions.json").read_text())
@@ -109,14 +121,16 @@ def test_smoke_demo_end_to_end(tmp_path, capsys):
         ckpt = out / "runs" / run / "checkpoints"
         assert (ckpt / "latest").read_text().strip() == f"global_step{presets()['smoke'].steps}"
     # the paired comparison of the two settings, question by question on the same val questions
-    (cmp,) = summary["comparisons"]
+    (cmp,) = [c for c in summary["comparisons"] if c["role"] == "comparison"]
     assert (cmp["a"], cmp["b"], cmp["questions"], cmp["seeds"]) == ("QA-only", "MTL(refined)", len(val_qids), [0])
     assert "## Paired comparisons" in md
     mtl = json.loads((out / "eval" / "mtl_refined_s0" / "run.json").read_text())["meta"]
     assert mtl["task_mode"] == "mtl" and mtl["reasoning_source"] == "refined" and 0 < mtl["teacher_acc"] < 100
     steps = [json.loads(x)["step"] for x in (out / "demo_log.jsonl").read_text().splitlines()]
     assert steps == ["data", "teacher_t33", "vcot_val", "tokenizer", "stage1", "train_qa_s0", "eval_qa_s0",
-                     "train_mtl_refined_s0", "eval_mtl_refined_s0", "report"]
+                     "train_mtl_refined_s0", "eval_mtl_refined_s0", "train_ref_order_invariant_s0",
+                     "eval_ref_order_invariant_s0", "report"]
+    assert "frame_view: shuffled" in (out / "runs" / "ref_order_invariant_s0" / "config.yaml").read_text()
     # stage 1: caption training on the train videos, exported; every run started from that export
     assert (out / "runs" / "stage1" / "export" / "projector.safetensors").is_file()
     assert "stage1/export" in (out / "runs" / "qa_s0" / "config.yaml").read_text()
