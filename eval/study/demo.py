@@ -202,7 +202,8 @@ class Demo:
                                  sort_keys=True, default=str)
         stamp = out / "study.json"
         if out.exists() and not (resume and stamp.is_file() and stamp.read_text() == fingerprint):
-            for sub in ("data", "shards", "reasoning", "runs", "eval", "report", "demo_log.jsonl", "study.json"):
+            for sub in (".done", "data", "shards", "reasoning", "tokenizer", "runs", "eval", "eval_test", "report",
+                        "demo_log.jsonl", "study.json"):
                 p = out / sub
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)

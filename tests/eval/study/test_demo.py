@@ -85,6 +85,7 @@ def test_restart_keeps_finished_steps_only_for_the_same_study(tmp_path):
     study.steps += 1  # another study: everything of the old one goes
     Demo(study, tmp_path, resume=True)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "demo_log.jsonl").exists()
+    assert not (tmp_path / ".done").exists()  # no step of the old study is taken as done
     with pytest.raises(RuntimeError, match="step failed"):
         d.sh(["python", "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "x.log")
 
