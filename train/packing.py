@@ -103,11 +103,12 @@ def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cf
         dict with pixel_values uint8 [C,T,3,H,W] (distinct clips); clip_index long [E];
         input_ids, attention_mask, labels, task_ids, position_ids, segment_ids long [R,L];
         qids, tasks (list[str], packed order); example_lengths, example_targets (list[int], packed
-        order); n_examples; n_cut_prompts, n_cut_targets (int); packed = True.
+        order); n_examples; n_cut_prompts, n_cut_targets, n_stl_shortened (int, see
+        :func:`train.tasks.encode_examples`); packed = True.
     """
     if not examples:
         raise ValueError("pack_collate got no examples")
-    seqs, n_cut_p, n_cut_t = encode_examples(examples, tokenizer, cfg, layout)
+    seqs, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout)
     bins = first_fit_decreasing([len(p) + len(t) for p, t, _ in seqs], max_tokens_per_row)
     length = max(sum(len(seqs[i][0]) + len(seqs[i][1]) for i in b) for b in bins)
     length = -(-length // pad_to_multiple) * pad_to_multiple
@@ -144,7 +145,8 @@ def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cf
             "qids": [examples[i].qid for i in order], "tasks": [examples[i].task for i in order],
             "example_lengths": [len(seqs[i][0]) + len(seqs[i][1]) for i in order],
             "example_targets": [len(seqs[i][1]) for i in order], "n_examples": len(examples),
-            "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t, "packed": True}
+            "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t, "n_stl_shortened": n_short,
+            "packed": True}
 
 
 def padding_fraction(batch: dict[str, Any]) -> float:

@@ -7,6 +7,11 @@ tokenizes them segment by segment (see :mod:`train.prompts`) into right-padded t
 token belongs to. Tasks produce targets and task ids only: the weights ``alpha / N_qa`` and
 ``beta / N_reason`` and everything else about the loss are in :mod:`train.loss`.
 
+Length limits never cut an answer (:func:`fit_target`): an STL target longer than
+``task.max_target_len`` loses the tail of its reasoning (at a sentence end when possible) and keeps
+its whole answer line (counted: the batch's ``n_stl_shortened``, :func:`target_stats`, one warning);
+a QA answer that cannot fit is an error. Reasoning-task and caption targets are cut at their end.
+
 Placeholder layout: the prompt holds ``layout.num_visual_tokens`` frame placeholder tokens,
 ``layout.tokens_per_group`` per frame group (``temporal_stride`` consecutive frames pooled
 into one group). The layout is the MODEL's (``VideoLLM.frame_layout(num_frames)`` or
@@ -15,6 +20,9 @@ into one group). The layout is the MODEL's (``VideoLLM.frame_layout(num_frames)`
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +35,8 @@ from train.config.model import FrameLayout
 from train.config.task import TaskConfig
 from train.loss import TASK_QA, TASK_REASON
 from train.tokenizer import frame_token_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +56,11 @@ class Example:
     target: str
     captions: list[str | None] | None = field(default=None)
     """vCoT captions per frame gap (T - 1 entries) or None."""
+    answer: str | None = field(default=None)
+    """The answer text ("(B)") of a qa / stl example, which is never cut: the whole target of a
+    qa example, the end of the answer line of an stl target (an over-long stl target loses the
+    tail of its reasoning instead, see :func:`fit_target`). None (reasoning, caption, or examples
+    built by hand): an over-long target is cut at its end."""
 
 
 def reasoning_text(sample: dict, source: str) -> str | None:
@@ -93,14 +108,14 @@ def build_examples(sample: dict, cfg: TaskConfig) -> list[Example]:
         if reasoning is not None:
             target = prompts.STL_TARGET_TEMPLATE.format(reasoning=reasoning, answer=ans)
             out.append(Example(task="stl", task_id=TASK_QA, instruction=prompts.INSTRUCTIONS["stl"],
-                               target=target, **common))
+                               target=target, answer=ans, **common))
         else:
-            out.append(Example(task="qa", task_id=TASK_QA, target=ans,
+            out.append(Example(task="qa", task_id=TASK_QA, target=ans, answer=ans,
                                instruction=prompts.qa_instruction(cfg.answer_format), **common))
     elif cfg.mode in ("qa", "mtl"):
         if answer is not None:
-            out.append(Example(task="qa", task_id=TASK_QA,
-                               target=prompts.answer_text(int(answer), options, cfg.answer_format),
+            ans = prompts.answer_text(int(answer), options, cfg.answer_format)
+            out.append(Example(task="qa", task_id=TASK_QA, target=ans, answer=ans,
                                instruction=prompts.qa_instruction(cfg.answer_format), **common))
         if cfg.mode == "mtl" and reasoning is not None:
             instr = cfg.reasoning_instruction or prompts.INSTRUCTIONS["reasoning"]
@@ -191,6 +206,97 @@ def encode_target(tokenizer: PreTrainedTokenizerBase, target: str, max_len: int 
     return ids + [tokenizer.eos_token_id], cut
 
 
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|\n")
+"""Where a sentence of reasoning text ends: after . ! ? (and closing quotes / brackets) before white
+space, or at a line break."""
+
+TARGET_STATS: dict[str, int] = {"stl_targets": 0, "stl_shortened": 0}
+"""Process-wide counts of :func:`encode_examples`: STL targets encoded, and how many of them were
+longer than ``task.max_target_len`` and had their reasoning shortened (:func:`fit_target`). Read
+with :func:`target_stats`; the per-batch count is the batch's ``n_stl_shortened``."""
+_warned_stl_shortened = False
+
+
+def target_stats() -> dict[str, int]:
+    """A copy of :data:`TARGET_STATS` (what the trainer can log)."""
+    return dict(TARGET_STATS)
+
+
+def reset_target_stats() -> None:
+    """Zero :data:`TARGET_STATS` and re-arm the once-only warning about shortened STL targets."""
+    global _warned_stl_shortened
+    TARGET_STATS.update(stl_targets=0, stl_shortened=0)
+    _warned_stl_shortened = False
+
+
+def _last_fitting(n: int, fits: Callable[[int], bool]) -> int:
+    """The largest i in [0, n) with fits(i), for fits true up to some i and false after (binary
+    search); -1 when none fits."""
+    lo, hi, best = 0, n - 1, -1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def fit_target(ex: Example, n_tokens: Callable[[str], int], max_len: int | None,
+               tokenizer: PreTrainedTokenizerBase) -> tuple[str, bool]:
+    """The target text of ``ex`` to encode under ``max_len`` tokens; never cuts an answer.
+
+    * the target fits, or ``ex.answer`` is None (reasoning, caption): ``ex.target`` unchanged (an
+      over-long one is then cut at its end by the encoder, as before);
+    * an over-long STL target (reasoning + ``"\nAnswer: {answer}"``): the reasoning loses its tail
+      so that the whole answer line fits: the longest prefix ending at a sentence end that fits,
+      else the longest prefix of its tokens that fits, else no reasoning at all;
+    * an over-long QA target (the answer itself): ValueError.
+
+    Args:
+        ex: the example (``ex.answer`` set by :func:`build_examples` for qa / stl).
+        n_tokens: tokens a target text takes, end token included (the encoder's own count, so that
+            any encoder of targets can use this).
+        max_len: ``task.max_target_len`` (None: no limit).
+        tokenizer: decodes token prefixes of the reasoning (the fallback when no sentence fits).
+
+    Returns:
+        (target text, whether the STL reasoning was shortened).
+
+    Raises:
+        ValueError: naming the qid and the lengths, when the answer (STL: the answer line) alone
+            takes more than ``max_len`` tokens.
+    """
+    if max_len is None or ex.answer is None:
+        return ex.target, False
+    n = n_tokens(ex.target)
+    if n <= max_len:
+        return ex.target, False
+    answer_line = prompts.STL_TARGET_TEMPLATE.format(reasoning="", answer=ex.answer)
+    if ex.task != "stl" or not ex.target.endswith(answer_line):
+        raise ValueError(f"{ex.qid}: {ex.task} target {ex.target!r} is {n} tokens (end token included) > "
+                         f"task.max_target_len {max_len}; an answer is never cut (raise task.max_target_len)")
+    n_line = n_tokens(answer_line)
+    if n_line > max_len:
+        raise ValueError(f"{ex.qid}: stl answer line {answer_line.strip()!r} alone is {n_line} tokens (end token "
+                         f"included; with its reasoning {n}) > task.max_target_len {max_len}; an answer is never "
+                         f"cut (raise task.max_target_len)")
+    reasoning = ex.target[: len(ex.target) - len(answer_line)]
+    sentences = [reasoning[:m.end()].rstrip() for m in _SENTENCE_END.finditer(reasoning)]
+    sentences = [t for t in dict.fromkeys(sentences) if t]  # increasing prefixes, without repeats
+    i = _last_fitting(len(sentences), lambda j: n_tokens(sentences[j] + answer_line) <= max_len)
+    if i >= 0:
+        return sentences[i] + answer_line, True
+    ids = tokenizer.encode(reasoning, add_special_tokens=False)
+
+    def prefix(k: int) -> str:  # the first k + 1 tokens of the reasoning, as text
+        text = tokenizer.decode(ids[: k + 1], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return text.rstrip("\ufffd").rstrip()  # no half character or dangling space before the answer line
+
+    k = _last_fitting(len(ids), lambda j: n_tokens(prefix(j) + answer_line) <= max_len)
+    return (prefix(k) if k >= 0 else "") + answer_line, True
+
+
 def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
             layout: FrameLayout, pad_to_multiple: int = 1) -> dict[str, Any]:
     """Tokenize and right-pad examples into a batch.
@@ -212,7 +318,7 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
                         f"ModelConfig.frame_layout(num_frames)), got {type(layout).__name__}")
     if not examples:
         raise ValueError("collate got no examples")
-    rows, n_cut_p, n_cut_t = encode_examples(examples, tokenizer, cfg, layout)
+    rows, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout)
     input_ids, attention_mask, labels, task_ids = pad_rows(rows, tokenizer.pad_token_id, pad_to_multiple)
     try:
         pixel_values = torch.stack([ex.frames for ex in examples])
@@ -220,24 +326,43 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
         raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
     return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
             "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
-            "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
+            "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t,
+            "n_stl_shortened": n_short}
 
 
 def encode_examples(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
-                    layout: FrameLayout) -> tuple[list[tuple[list[int], list[int], int]], int, int]:
-    """(prompt ids, target ids, task id) per example, and how many prompts / targets were cut; the
-    frames of each example are checked against ``layout`` (ValueError naming the qid)."""
-    rows, n_cut_p, n_cut_t = [], 0, 0
+                    layout: FrameLayout) -> tuple[list[tuple[list[int], list[int], int]], int, int, int]:
+    """(prompt ids, target ids, task id) per example, and how many prompts were cut, how many
+    targets lost text (cut at the end, or STL reasoning shortened) and how many of those were STL
+    targets whose reasoning was shortened so that the answer line fits (:func:`fit_target`; also
+    added to :data:`TARGET_STATS`, and the first time this happens a warning is logged). The frames
+    of each example are checked against ``layout`` (ValueError naming the qid; an answer that
+    cannot fit ``cfg.max_target_len`` raises too)."""
+    global _warned_stl_shortened
+    rows, n_cut_p, n_cut_t, n_short = [], 0, 0, 0
+
+    def n_tokens(text: str) -> int:
+        return len(_enc(tokenizer, prompts.TARGET_TEMPLATE.format(target=text))) + 1
+
     for ex in examples:
         if tuple(ex.frames.shape[:1]) != (layout.num_frames,) or ex.frames.dtype != torch.uint8:
             raise ValueError(f"{ex.qid}: frames {tuple(ex.frames.shape)} {ex.frames.dtype}, expected uint8 "
                              f"[{layout.num_frames}, 3, H, W]")
         p, cp = encode_prompt(tokenizer, layout, ex.question, ex.options, ex.instruction, ex.captions,
                               cfg.max_prompt_len, ex.qid)
-        t, ct = encode_target(tokenizer, ex.target, cfg.max_target_len)
-        n_cut_p, n_cut_t = n_cut_p + cp, n_cut_t + ct
+        target, short = fit_target(ex, n_tokens, cfg.max_target_len, tokenizer)
+        t, ct = encode_target(tokenizer, target, cfg.max_target_len)
+        n_cut_p, n_cut_t, n_short = n_cut_p + cp, n_cut_t + (ct or short), n_short + short
+        TARGET_STATS["stl_targets"] += ex.task == "stl"
         rows.append((p, t, ex.task_id))
-    return rows, n_cut_p, n_cut_t
+    TARGET_STATS["stl_shortened"] += n_short
+    if n_short and not _warned_stl_shortened:
+        _warned_stl_shortened = True
+        log.warning("task.max_target_len=%d: %d of %d STL target(s) so far were longer; their reasoning was "
+                    "shortened (tail dropped, at a sentence end when possible) so that the answer line fits. "
+                    "Counted per batch in n_stl_shortened and in train.tasks.target_stats(); warned once.",
+                    cfg.max_target_len, TARGET_STATS["stl_shortened"], TARGET_STATS["stl_targets"])
+    return rows, n_cut_p, n_cut_t, n_short
 
 
 def pad_rows(rows: list[tuple[list[int], list[int], int]], pad_token_id: int, pad_to_multiple: int = 1

@@ -186,3 +186,76 @@ def test_token_weights_give_alpha_mean_qa_plus_beta_mean_reason(tok):
     w = token_weights(full["task_ids"], n_qa, 0, alpha, beta)
     assert torch.isfinite(w).all() and (w[full["task_ids"] == 2] == 0).all()
     assert (w[full["task_ids"] == 0] == 0).all()
+
+
+def _target_text(tok, batch, i):
+    return tok.decode(batch["labels"][i][batch["labels"][i] != -100])
+
+
+def test_long_stl_target_keeps_its_answer_line(tok, caplog):
+    from train.tasks import reset_target_stats, target_stats
+    reset_target_stats()
+    cfg = TaskConfig(mode="stl", max_target_len=96)
+    short = sample("synthetic/train/v0/0")
+    long_s = sample("synthetic/train/v1/0")
+    long_s["reasoning"]["refined"] = " ".join(f"Step {i}: the ball moves to spot {i}." for i in range(20))
+    nosent = sample("synthetic/train/v2/0")
+    nosent["reasoning"]["refined"] = "word " * 200  # no sentence end: shortened by tokens
+    exs = [e for s in (short, long_s, nosent) for e in build_examples(s, cfg)]
+    with caplog.at_level("WARNING", logger="train.tasks"):
+        b = collate(exs, tok, cfg, LAYOUT)
+    # The short target is unchanged.
+    assert _target_text(tok, b, 0) == " The ball is blue.\nAnswer: (B)</s>"
+    # The long one fits, ends with the whole answer line, and lost only whole sentences of its reasoning.
+    for i in (1, 2):
+        n = int((b["labels"][i] != -100).sum())
+        assert n <= 96 and b["labels"][i][b["labels"][i] != -100][-1] == tok.eos_token_id
+        assert _target_text(tok, b, i).endswith("\nAnswer: (B)</s>")
+    text1 = _target_text(tok, b, 1)[1:-len("\nAnswer: (B)</s>")]
+    assert text1.endswith(".") and exs[1].target.startswith(text1) and "Step 1:" in text1
+    assert len(text1) < len(exs[1].target) - len("\nAnswer: (B)")
+    text2 = _target_text(tok, b, 2)[1:-len("\nAnswer: (B)</s>")]
+    assert text2.startswith("word word") and exs[2].target.startswith(text2)
+    assert int((b["labels"][2] != -100).sum()) >= 90  # a token cut uses the budget
+    # Counted per batch and process-wide, warned once.
+    assert b["n_stl_shortened"] == 2 and b["n_cut_targets"] == 2
+    assert target_stats() == {"stl_targets": 3, "stl_shortened": 2}
+    warnings = [r for r in caplog.records if "STL target" in r.getMessage()]
+    assert len(warnings) == 1 and "2 of 3" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train.tasks"):
+        b2 = collate(exs[1:2], tok, cfg, LAYOUT)
+    assert b2["n_stl_shortened"] == 1 and target_stats()["stl_shortened"] == 3
+    assert not [r for r in caplog.records if "STL target" in r.getMessage()]
+    # Nothing over the limit: nothing counted, targets as before.
+    assert collate(exs[:1], tok, cfg, LAYOUT)["n_stl_shortened"] == 0
+    reset_target_stats()
+    assert target_stats() == {"stl_targets": 0, "stl_shortened": 0}
+
+
+def test_packed_stl_targets_keep_the_answer_line_too(tok):
+    from train.packing import pack_collate
+    cfg = TaskConfig(mode="stl", max_target_len=40)
+    s = sample()
+    s["reasoning"]["refined"] = "First the ball is red. Then it turns green. At last it is blue for good."
+    b = pack_collate(build_examples(s, cfg), tok, cfg, LAYOUT, max_tokens_per_row=512)
+    tgt = tok.decode(b["labels"][0][b["labels"][0] != -100])
+    assert b["n_stl_shortened"] == 1 and tgt == " First the ball is red.\nAnswer: (B)</s>"
+
+
+def test_an_answer_is_never_cut(tok):
+    # QA: an answer longer than the budget is an error naming the qid and the lengths.
+    s = sample("synthetic/train/v7/3", options=["red", "a very long blue option text", "green"])
+    cfg = TaskConfig(mode="qa", answer_format="letter_text", max_target_len=10)
+    with pytest.raises(ValueError, match=r"synthetic/train/v7/3: qa target .* is 34 tokens .*max_target_len 10"):
+        collate(build_examples(s, cfg), tok, cfg, LAYOUT)
+    # STL: the same when the answer line alone does not fit.
+    cfg = TaskConfig(mode="stl", answer_format="letter_text", max_target_len=20)
+    with pytest.raises(ValueError, match=r"synthetic/train/v7/3: stl answer line .* is 43 tokens .*max_target_len 20"):
+        collate(build_examples(s, cfg), tok, cfg, LAYOUT)
+    # MTL: the QA answer fits exactly; only the reasoning sequence is cut at its end (no answer in it).
+    cfg = TaskConfig(mode="mtl", max_target_len=5)
+    s = sample()
+    b = collate(build_examples(s, cfg), tok, cfg, LAYOUT)
+    assert _target_text(tok, b, 0) == " (B)</s>" and b["n_cut_targets"] == 1 and b["n_stl_shortened"] == 0
+    assert _target_text(tok, b, 1) == " The</s>"

@@ -30,7 +30,8 @@ class TaskConfig:
     max_prompt_len: int = 1024
     """Maximum prompt tokens (placeholders included); longer questions are cut, counted."""
     max_target_len: int = 256
-    """Maximum target tokens (eos included); longer reasoning is cut, counted."""
+    """Maximum target tokens (eos included); longer reasoning is cut at its end, counted; an STL target
+    loses the tail of its reasoning, never its answer line; an answer that alone does not fit is an error."""
     reasoning_instruction: str | None = None
     """Instruction of the reasoning task; None = ``train.prompts.INSTRUCTIONS["reasoning"]``."""
     use_vcot: bool = False

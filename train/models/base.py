@@ -28,7 +28,7 @@ from train.loss import weighted_lm_loss
 
 LOSS_INPUTS = ("input_ids", "attention_mask", "labels")
 """Batch tensors every family's forward takes (besides ``loss_weight`` and its own keys)."""
-BATCH_META = ("qids", "tasks", "n_cut_prompts", "n_cut_targets", "task_ids", "packed", "n_examples",
+BATCH_META = ("qids", "tasks", "n_cut_prompts", "n_cut_targets", "n_stl_shortened", "task_ids", "packed", "n_examples",
               "example_lengths", "example_targets")
 """Batch keys that describe the batch and are not model inputs."""
 
