@@ -216,6 +216,86 @@ def bare_choice(sentence: str, options: list[str]) -> int | None:
     return i
 
 
+# An option label opening a sentence: "(C)", "[C]", "C)", "C.", "C:", "**C**", "Option C:", "option (C)";
+# "Option C" without punctuation only when nothing but the option follows (see :func:`option_line`).
+_OPTION_LABEL = re.compile(
+    r"^[\s*_`]*(?:(?i:option|choice)\s+)?(?:[\(\[]([A-J])[\)\]]|([A-J])(?:[\)\]:]|\.(?![\w.])|(?=\*\*)))"
+    r"|^[\s*_`]*(?i:option|choice)\s+([A-J])(?![\w'’])")
+# What follows a label when the sentence discusses the option rather than states it: "(C) would need ...".
+_DISCUSS = re.compile(
+    r"(?i:(?:is|are|was|were|would|could|should|can|cannot|can't|does|doesn't|do|don't|did|didn't|seems?|appears?|"
+    r"fits?|matches|match|mentions?|describes?|shows?|needs?|requires?|has|had|have|will|might|may|must|and|or|vs|"
+    r"versus|because|since|as|also|isn't|aren't|wasn't|not|only|if|though|but|nor|says?|refers?|means?)\b)")
+OPTIONS_HEADER = re.compile(r"^[\s#>*_]*(?i:(?:the\s+)?(?:answer\s+)?(?:options?|choices?)(?:\s+are)?)"
+                            r"[\s*_]*:?[\s*_]*$")
+"""An "Options:" header line (above an echoed option list)."""
+
+
+@dataclass
+class OptionLine:
+    """A sentence that is an option as a question lists it: "(C) 3", "C) in the top left", "**B.** ...".
+
+    ``letter`` is the label's letter, ``choice`` its option index (None beyond the options),
+    ``named`` the options the sentence names (the letter's and the one its text starts with, which
+    differ when a model writes "(C) 3" for option "(B) 3"), ``keep`` an observation that follows the
+    option ("(C) The circle turns red." keeps "The circle turns red.").
+    """
+
+    sentence: Sentence
+    letter: str
+    choice: int | None
+    rest: str
+    named: frozenset
+    keep: str = ""
+
+
+def option_line(s: Sentence, options: list[str]) -> OptionLine | None:
+    """``s`` as an option line, or None when it does not open with an option label or discusses the option.
+
+    "(C) 3", "C) in the top left", "C.", "**C** yellow", "Option C: blue" are option lines; "(C) would
+    need a second person", "Option B mentions a cake" and negated sentences ("A) no ball is thrown")
+    are not.
+    """
+    m = _OPTION_LABEL.match(s.text)
+    if not m:
+        return None
+    letter = next(g for g in m.groups() if g)
+    choice = _letter(letter, options)
+    if choice is None and not re.match(r"[\s*_`]*[\(\[]", s.text):
+        return None  # "I." or "J:" beyond the options: only a bracketed letter is surely an option label
+    rest = s.text[m.end():].strip(" \t*_`\"'“”‘’")
+    rest_opt = _option_at(rest, options)
+    if m.group(3) and rest and rest_opt is None and normalize(rest) not in {normalize(o) for o in options}:
+        return None  # "Option B mentions a cake": only "Option B" alone or "Option B (cut the cake)"
+    if rest and (_DISCUSS.match(rest) or rest.rstrip().endswith("?") or _negated(s.text, options)):
+        return None
+    named = {i for i in (choice, rest_opt) if i is not None}
+    keep = ""
+    if rest_opt is not None:  # "B) cut the cake: he holds a knife." -> "He holds a knife."
+        o = options[rest_opt].strip()
+        at = re.search(r"(?i)" + r"\W+".join(re.escape(w) for w in o.split()), rest)
+        tail = re.match(r"\s*[:;,–—-]\s*(.*)$", rest[at.end():]) if at else None
+        if tail and len(tail.group(1).split()) >= 3:
+            keep = tail.group(1)
+    elif re.match(r"[A-Z]", rest) and len(rest.split()) >= 4 and re.search(r"[.!]$", rest):
+        keep = rest  # "(C) The circle turns red in the last shot."
+    if keep:
+        keep = keep.strip().rstrip(".!") + "."
+        keep = keep[0].upper() + keep[1:]
+    return OptionLine(s, letter, choice, rest, frozenset(named), keep)
+
+
+def option_lines(sentences: list[Sentence], options: list[str]) -> tuple[dict[int, OptionLine], bool, bool]:
+    """The option lines among ``sentences`` (by ``id``), whether they form a list (two or more letters),
+    and whether that list is the complete option list, in order, each with its own text."""
+    found = {id(s): ol for s in sentences if (ol := option_line(s, options)) is not None}
+    listing = len({ol.letter for ol in found.values()}) >= 2
+    ols = list(found.values())
+    complete = (listing and len(ols) == len(options)
+                and all(ol.choice == i and normalize(ol.rest) == normalize(options[i]) for i, ol in enumerate(ols)))
+    return found, listing, complete
+
+
 def _split_keep(sentence: str, cue_start: int, cue_end_rest: str) -> str:
     """Reasoning kept from a conclusion sentence: the clause before the cue and a "because" clause."""
     kept = []
@@ -292,23 +372,33 @@ def find_conclusions(text: str, options: list[str], lines: list[Line] | None = N
     lines = split_text(text) if lines is None else lines
     sentences = [s for ln in lines for s in ln.sentences]
     bare = {i: bare_choice(s.text, options) for i, s in enumerate(sentences)}
-    # Several different bare choices form an option list ("A) ...\nB) ..."), unless in bold.
-    listing = len({c for c in bare.values() if c is not None}) >= 2
+    # Option lines with two or more letters are an option list ("A) ...\nB) ...", a model echoing the
+    # question's options): no line of it is a choice, unless one is in bold ("**B. cut the cake**").
+    olines, listing, _ = option_lines(sentences, options)
+    listing = listing or len({c for c in bare.values() if c is not None}) >= 2
+    # An option's text alone on a line ("in the top left") answers; several such lines are a list.
+    alone = {id(s): i for s in sentences
+             if len(lines[s.line].sentences) == 1 and (i := _option_alone(s.text, options)) is not None}
+    alone_list = len(set(alone.values())) >= 2
     out: list[Conclusion] = []
     for i, s in enumerate(sentences):
         last = anywhere or i == len(sentences) - 1
+        listed = listing and (id(s) in olines or bare[i] is not None)
+        if listed and not (bare[i] is not None and s.text.strip().startswith("**")):
+            continue  # a line of an echoed option list states no choice
         found = _explicit(s, options)
-        if found is None and bare[i] is not None and (not listing or s.text.strip().startswith("**")):
+        if found is None and bare[i] is not None:
             found = Conclusion(s, bare[i], "bare")
         if found is None:
             found = _marked(s, options)
-        if found is None and _LABEL_ONLY.match(s.text):
+        if found is None and (_LABEL_ONLY.match(s.text) or _empty_cue(s.text)):
             found = Conclusion(s, None, "label")
         if found is None and not _negated(s.text, options):
             trail = re.search(r"[\(\[]([A-J])[\)\]][\s*_.!]*$", s.text)
             if trail and (last or _MARKERS.match(s.text)) and _letter(trail.group(1), options) is not None:
                 head = s.text[:trail.start()]
-                keep = "" if _MARKERS.match(head) or _option_in(head, options) is not None else head.strip() + "."
+                keep = ("" if not head.strip(_STRIP) or _MARKERS.match(head) or _option_in(head, options) is not None
+                        else head.strip() + ".")
                 found = Conclusion(s, _letter(trail.group(1), options), "trailing", keep)
             elif _MARKERS.match(s.text):
                 after = _MARKERS.sub("", s.text)
@@ -317,8 +407,86 @@ def find_conclusions(text: str, options: list[str], lines: list[Line] | None = N
                     found = Conclusion(s, choice, "bare")
                 elif last and (choice := _option_in(after, options, last=True)) is not None:
                     found = Conclusion(s, choice, "text")
+        if found is None and last and id(s) in alone and not alone_list:
+            found = Conclusion(s, alone[id(s)], "text")
         if found is not None:
             out.append(found)
+    return out
+
+
+def _option_alone(sentence: str, options: list[str]) -> int | None:
+    """The option whose full text is all of ``sentence`` ("Blue.", "in the top left"), longest first."""
+    norm = normalize(sentence)
+    hits = [i for i, o in enumerate(options) if norm and normalize(o) == norm]
+    return hits[0] if hits else None
+
+
+def _empty_cue(sentence: str) -> bool:
+    """An answer cue with nothing after it: "The answer is", "So the final answer is:" (a cut-off reply)."""
+    if sentence.rstrip().endswith("?"):
+        return False
+    ends = [m.end() for m in _CUES_BEFORE.finditer(sentence)]
+    return bool(ends) and not sentence[ends[-1]:].strip(_STRIP + "()[]{}")
+
+
+# Letter forms that name an option wherever they stand: "**C**", "the answer C", "\\boxed{C}".
+_LETTER_FORM = re.compile(r"\*\*\s*[\(\[]?([A-J])[\)\]]?[.):]?\s*\*\*"
+                          r"|\b(?i:answer)\s*(?:[:=–—-]\s*)?[\(\[]?([A-J])[\)\]]?(?![\w'’])"
+                          r"|\\boxed\{\s*[\(\[]?([A-J])[\)\]]?\s*\}")
+
+
+@dataclass
+class Mention:
+    """A sentence that gives an answer away: what the leak audit flags and refinement removes.
+
+    ``named``: the options it names (empty for a bare "Answer:" label); ``kind``: a conclusion kind
+    (see :class:`Conclusion`), ``option-line`` (a lone option line such as "(C) 3"),
+    ``option-list`` (a line of an echoed option list), ``standalone`` (an option's text alone as a
+    sentence: "Blue.", "in the top left") or ``letter`` ("**C**", "answer C" inside a sentence);
+    ``keep``: reasoning inside the sentence that refinement keeps.
+    """
+
+    sentence: Sentence
+    named: frozenset
+    kind: str
+    keep: str = ""
+
+
+def answer_mentions(text: str, options: list[str], lines: list[Line] | None = None) -> list[Mention]:
+    """Every sentence of ``text`` that states or names an option the way an answer does, in text order.
+
+    That is: a conclusion by the rules of :func:`find_conclusions` applied to every sentence
+    (``anywhere``); a sentence that opens with an option label ("(C) 3", "C) in the top left",
+    "C.", "**C** yellow", "Option C: blue"), alone or in an echoed option list; an option's full
+    text standing alone as a sentence or line ("Blue.", "in the top left"); a letter in an answer
+    form inside a sentence ("**C**", "the answer C", "\\boxed{C}"). Not mentions: observations that
+    merely contain an option's words ("In the fourth shot, the circle is yellow in the top left."),
+    discussion of an option ("Option B mentions a cake", "(C) would need a second person") and the
+    complete option list in order, each option with its own text, which names every option alike.
+    """
+    lines = split_text(text) if lines is None else lines
+    sentences = [s for ln in lines for s in ln.sentences]
+    conclusions = {id(c.sentence): c for c in find_conclusions(text, options, lines, anywhere=True)}
+    olines, listing, complete = option_lines(sentences, options)
+    norm_opts = [normalize(o) for o in options]
+    out: list[Mention] = []
+    for s in sentences:
+        c, ol = conclusions.get(id(s)), olines.get(id(s))
+        if ol is not None and complete and c is None:
+            continue
+        if ol is not None:
+            named = set(ol.named) | ({c.choice} if c is not None and c.choice is not None else set())
+            out.append(Mention(s, frozenset(named), "option-list" if listing else "option-line", ol.keep))
+        elif c is not None:
+            out.append(Mention(s, frozenset({c.choice} if c.choice is not None else ()), c.kind, c.keep))
+        elif (norm := normalize(s.text)) and norm in norm_opts:
+            out.append(Mention(s, frozenset(i for i, o in enumerate(norm_opts) if o == norm), "standalone"))
+        elif not _negated(s.text, options) and not s.text.rstrip().endswith("?"):
+            named = {_letter(next(g for g in m.groups() if g), options) for m in _LETTER_FORM.finditer(s.text)
+                     if not (m.group(2) and _option_at(s.text[m.start(2):], options) is not None
+                             and re.match(r"[A-J]\s+[a-z]", s.text[m.start(2):]))}  # "answer A man in red"
+            if named - {None}:
+                out.append(Mention(s, frozenset(named - {None}), "letter"))
     return out
 
 

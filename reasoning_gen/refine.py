@@ -7,7 +7,9 @@ answer. Strategies:
 - ``answer-sentences`` (default): remove every sentence that states a choice (see
   :mod:`reasoning_gen.answers`), mid-text restatements included, and every sentence the leak
   audit would flag for the concluded option; keep the reasoning clause of a mixed sentence
-  ("The man picks up the knife, so the answer is B." -> "The man picks up the knife.").
+  ("The man picks up the knife, so the answer is B." -> "The man picks up the knife."); option lines
+  ("(C) 3", "C) in the top left", a lone reply line or an echoed option list, with an "Options:"
+  header) and an option's text standing alone go too, whatever option they name.
 - ``first-k-steps``: keep the first k steps (list items when the text is a list, else sentences).
 - ``none``: keep the raw text.
 - ``llm`` (optional, needs a backend: ``refine_llm`` / ``generate --refine-strategy llm``): any
@@ -33,7 +35,14 @@ from pathlib import Path
 from data_shards.common.atomic import atomic_write_json
 from data_shards.reasoning_records import read_reasoning_lines, write_jsonl_atomic
 from data_shards.schema import read_records
-from reasoning_gen.answers import extract_answer, find_conclusions, split_text
+from reasoning_gen.answers import (
+    OPTIONS_HEADER,
+    answer_mentions,
+    extract_answer,
+    find_conclusions,
+    option_line,
+    split_text,
+)
 from reasoning_gen.backends.base import GenRequest, call_with_retries
 from reasoning_gen.prompts import refine_llm_prompt
 
@@ -76,29 +85,50 @@ def _tidy(lines: list[str]) -> str:
 
 def _answer_sentences(text: str, options: list[str], answer: int | None) -> tuple[str, list[str]]:
     """Remove the conclusions, and every other sentence the leak audit would flag for ``answer``
-    (e.g. a mid-text "The man cuts the cake (B)."), keeping the reasoning part of mixed sentences."""
+    (e.g. a mid-text "The man cuts the cake (B)."), keeping the reasoning part of mixed sentences.
+
+    Option lines ("(C) 3", a lone reply line or an echoed option list) and an option's text standing
+    alone go whatever option they name: they are answers, not reasoning; an "Options:" header
+    goes with its list. The complete option list, in order, stays (it names every option alike).
+    """
     lines = split_text(text)
-    found = {id(c.sentence) for c in find_conclusions(text, options, lines)}
-    conclusions = {id(c.sentence): c for c in find_conclusions(text, options, lines, anywhere=True)
-                   if id(c.sentence) in found or (answer is not None and c.choice == answer)}
+    found = {id(c.sentence): c for c in find_conclusions(text, options, lines)}
+    drop: dict[int, str] = {}  # id(sentence) -> the reasoning kept from it
+    for m in answer_mentions(text, options, lines):
+        if (id(m.sentence) in found or m.kind in _ALWAYS or answer is None or answer in m.named):
+            drop[id(m.sentence)] = m.keep
+    for sid, c in found.items():  # conclusions the audit does not name (a bare "Answer:" label)
+        drop.setdefault(sid, c.keep)
     removed: list[str] = []
     out: list[str] = []
-    for ln in lines:
+    for n, ln in enumerate(lines):
         if not ln.sentences:
             out.append(text[ln.start:ln.end] if text[ln.start:ln.end].strip() else "")
             continue
+        if (len(ln.sentences) == 1 and OPTIONS_HEADER.match(ln.sentences[0].text)
+                and (nxt := next((x for x in lines[n + 1:] if x.sentences), None)) is not None
+                and id(nxt.sentences[0]) in drop and _is_listed(nxt.sentences[0], options)):
+            removed.append(ln.sentences[0].text)  # "Options:" above an echoed option list that goes
+            continue
         kept: list[str] = []
         for s in ln.sentences:
-            c = conclusions.get(id(s))
-            if c is None:
+            if id(s) not in drop:
                 kept.append(s.text)
                 continue
             removed.append(s.text)
-            if c.keep:
-                kept.append(c.keep)
+            if drop[id(s)]:
+                kept.append(drop[id(s)])
         if kept:
             out.append(ln.marker + " ".join(kept))
     return _tidy(out), removed
+
+
+_ALWAYS = ("option-line", "option-list", "standalone")
+"""Mention kinds refinement removes whichever option they name."""
+
+
+def _is_listed(s, options: list[str]) -> bool:
+    return option_line(s, options) is not None
 
 
 def _first_k(text: str, k: int) -> tuple[str, list[str]]:
@@ -169,12 +199,16 @@ def refine_llm(items: list[tuple[str, str, list[str]]], backend, retries: int = 
 def audit_leak(text: str, options: list[str], choice: int | None) -> str | None:
     """Why a refined ``text`` still gives the answer away, or None when it does not.
 
-    A leak is a sentence that states ``choice`` as a conclusion (with the final-sentence rules
-    applied to every sentence); with ``choice`` None any stated choice counts.
+    A leak is a sentence that names ``choice`` the way an answer does
+    (:func:`reasoning_gen.answers.answer_mentions`): a conclusion (the final-sentence rules applied
+    to every sentence), an option line ("(C) 3", "C) in the top left", "**C** yellow", alone or in
+    an echoed option list), the option's text alone as a sentence or line, or a letter form ("the
+    answer C", "**C**", "\\boxed{C}"). With ``choice`` None any option so named counts. An
+    observation that merely contains the option's words is no leak.
     """
-    for c in find_conclusions(text, options, anywhere=True):
-        if c.choice is not None and (choice is None or c.choice == choice):
-            return f"{c.kind} conclusion: {c.sentence.text[:120]!r}"
+    for m in answer_mentions(text, options):
+        if m.named and (choice is None or choice in m.named):
+            return f"{m.kind} conclusion: {m.sentence.text[:120]!r}"
     return None
 
 

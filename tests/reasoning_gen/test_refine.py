@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -127,3 +128,110 @@ def test_mid_text_statements_the_audit_flags_are_removed():
     # a trailing mention of another option than the conclusion is not the answer: it stays
     other = "The man is next to the fridge (D). So the answer is B."
     assert refine(other, KITCHEN).text == "The man is next to the fridge (D)."
+
+
+# Real replies of SmolLM2-135M-Instruct (the real teacher, /tmp/rt/final/reasoning.raw.jsonl of the
+# run in docs/results/real_teacher.md), shortened, with their questions' options.
+COUNTS = ["4", "3", "0", "1", "2"]
+PLACES = ["in the top right", "in the top left", "in the bottom right", "in the bottom left"]
+MOTIONS = ["it moved down", "it moved up and to the right", "it moved up", "it moved up and to the left",
+           "it moved left"]
+CHANGES = ["turned cyan", "moved to the bottom right", "turned white", "moved to the top right", "turned orange"]
+WHEN = ["at the beginning of the video", "in the middle of the video", "never", "near the end of the video"]
+REAL = [  # (options, raw reply, the teacher's choice, sentences refinement must keep)
+    (COUNTS, "(C) 3\n\nThe answer is (C) 3.", 2, []),
+    (["4", "1", "2", "0", "3"], "(C) 1\n\nThe answer is (A) 1.", 0, []),
+    (PLACES, "(C) in the bottom left", None, []),
+    (COUNTS, "(C) 4", None, []),
+    (["cyan", "yellow", "blue", "orange", "purple"], "(C) Blue", 2, []),
+    (MOTIONS, "(C) it moves up and to the right\n\nThe answer is (C). The purple diamond moved up and to the right.",
+     2, ["The purple diamond moved up and to the right."]),
+    (["turned white", "turned blue", "disappeared", "turned cyan", "turned red"],
+     "(C) turned cyan\n\nThe yellow circle did not turn blue, but the other two yellow circles did turn blue. "
+     "The answer is (C) turned cyan.", 2,
+     ["The yellow circle did not turn blue, but the other two yellow circles did turn blue."]),
+    (["at the beginning of the video", "near the end of the video", "never", "in the middle of the video"],
+     "(C) never\n\nThe answer is (D) in the middle of the video.", 3, []),
+    (["blue", "red", "cyan", "purple", "green"], "(C)\n\nThe answer is (C)\n\nThe answer is (C)\n\nThe answer is", 2, []),
+    # echoed option lists: no choice
+    (CHANGES, "(C) turned white\n(D) turned orange\n(E) turned red", None, []),
+    (["turned green", "turned orange", "moved to the bottom left", "turned blue", "moved to the top left"],
+     "(C) moved to the top left\n(D) turned blue\n(E) turned orange", None, []),
+    (["never", "in the middle of the video", "near the end of the video", "at the beginning of the video"],
+     "(C) near the end of the video\n(D) in the middle of the video\n(A) never\n(B) at the beginning of the video",
+     None, []),
+    (["cyan", "purple", "blue", "green", "white"],
+     "Shot 4: purple circle in the top right.\nQuestion: What colour is the circle at the end of the video?\n"
+     "Options:\n(A) cyan\n(B) purple\n(C)", None,
+     ["Shot 4: purple circle in the top right.", "Question: What colour is the circle at the end of the video?"]),
+]
+
+
+@pytest.mark.parametrize("options,raw,choice,keep", REAL, ids=[f"real{i:02d}" for i in range(len(REAL))])
+def test_real_teacher_replies_are_flagged_then_refined_leak_free(options, raw, choice, keep):
+    assert extract_answer(raw, options) == choice
+    assert audit_leak(raw, options, choice) is not None  # the detector sees the answer before refinement
+    r = refine(raw, options)
+    assert r.teacher_answer == choice and r.removed
+    assert audit_leak(r.text, options, choice) is None, r.text
+    assert audit_leak(r.text, options, None) is None, r.text  # no option named as an answer at all
+    assert r.text == "\n".join(keep), r.text  # every answer line goes, the observations stay
+    assert "Options:" not in r.text and not re.search(r"\([A-J]\)", r.text)
+
+
+def test_old_refinements_of_the_real_teacher_are_leaks():
+    """What the answer-sentences strategy used to leave: the reply's first line naming the choice."""
+    assert audit_leak("(C) 3", COUNTS, 2)  # "3" is option B's text, C is the letter chosen
+    assert audit_leak("(C) turned purple", ["a", "b", "turned purple"], 2)
+    assert audit_leak("(C) it moves up and to the right\n\nThe purple diamond moved up and to the right.", MOTIONS, 2)
+    assert audit_leak("(D) turned orange\n(E) turned red", CHANGES, 3)
+    assert audit_leak("(C) in the bottom left", PLACES, None)  # no choice parsed: any option named counts
+    mixed = "(C) near the end of the video"  # letter C, text of option D: names both
+    assert audit_leak(mixed, WHEN, 2) and audit_leak(mixed, WHEN, 3) and not audit_leak(mixed, WHEN, 0)
+
+
+@pytest.mark.parametrize("text", [
+    "(C) blue", "C) blue", "C. blue", "C", "(C)", "**C**", "**C** blue", "Option C", "Option C: blue", "option (C)",
+    "The answer is C", "Answer: C", "\\boxed{C}", "So the answer C fits.", "Blue.", "blue",
+    "The circle is red.\n(C) blue", "The circle is red. (C) blue", "The circle is red.\nblue",
+])
+def test_detector_flags_every_answer_form(text):
+    opts = ["red", "green", "blue", "yellow"]
+    assert audit_leak(text, opts, 2), text
+    assert audit_leak(text, opts, None), text
+    r = refine(text, opts)
+    assert audit_leak(r.text, opts, 2) is None and audit_leak(r.text, opts, None) is None, (text, r.text)
+    assert r.text in ("", "The circle is red."), r.text
+
+
+@pytest.mark.parametrize("text", [
+    "In the fourth shot, the circle is blue in the top left.",
+    "The circle is blue in the top left.",
+    "Shot 4: blue circle in the top right.",
+    "The blue patch does not suggest (C) at all.",
+    "(C) would need a second shot of the circle.",
+    "Option C mentions a blue circle, which appears in shot 2.",
+    "Is the answer C?",
+])
+def test_observations_and_discussion_are_not_leaks(text):
+    opts = ["red", "green", "blue", "yellow"]
+    assert audit_leak(text, opts, 2) is None and audit_leak(text, opts, None) is None
+    assert refine(text, opts).text == text and extract_answer(text, opts) is None
+
+
+def test_option_lists_state_no_choice_unless_a_conclusion_does():
+    opts = ["red", "green", "blue", "yellow"]
+    echo = "(A) red\n(B) green\n(C) blue"
+    assert extract_answer(echo, opts) is None
+    assert extract_answer("(C) blue\n(D) yellow", opts) is None
+    assert extract_answer("red\ngreen\nblue", opts) is None  # option texts listed, one a line
+    assert extract_answer(echo + "\n\nThe circle is blue at the end. So the answer is (C) blue.", opts) == 2
+    assert extract_answer("The circle is blue at the end.\n(C) blue", opts) == 2  # a single option line answers
+    assert extract_answer("The circle moves to the right.\nin the top left", PLACES) == 1
+    r = refine(echo + "\n\nThe circle is blue at the end. So the answer is (C) blue.", opts)
+    assert r.text == "The circle is blue at the end." and r.teacher_answer == 2
+    # the complete option list, in order, names every option alike: it stays, and is no leak
+    full = "A) red\nB) green\nC) blue\nD) yellow\n\nThe circle is blue at the end. Answer: C"
+    r = refine(full, opts)
+    assert r.text == "A) red\nB) green\nC) blue\nD) yellow\n\nThe circle is blue at the end."
+    assert audit_leak(r.text, opts, 2) is None
