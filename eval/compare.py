@@ -523,7 +523,8 @@ def markdown(comparisons: list[dict[str, Any]]) -> list[str]:
     lines = ["", "## Paired comparisons (B - A, points)", "",
              "The unit is the seed (paired by seed number). B - A: mean of the per-seed differences with the 95% "
              "interval and two-sided p of the crossed seed x video test (SE = per-seed spread / sqrt(seeds) plus "
-             "the video effect shared by all seeds, two-way ANOVA; Cochran-Cox t critical value); MDE: the difference it could detect (alpha 0.05, power 0.8); seeds for "
+             "the video effect shared by all seeds, two-way ANOVA; Cochran-Cox t critical value); "
+             "MDE: the difference it could detect (alpha 0.05, power 0.8); seeds for "
              f"{target:g}: the seeds that would bring an MDE above {target:g} points down to {target:g}; paired t: "
              "mean ± t95 of the per-seed differences. FPR on nulls: the fraction of simulated null comparisons "
              "(same seeds, the measured seed and video variances) on which the test gives p < 0.05 (target <= 5%). "

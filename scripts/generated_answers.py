@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
-    print("| run | questions | letter % | answer text % | letter = text % | DO: last-shot colour in reasoning = gold % |")
+    print("| run | questions | letter % | answer text % | letter = text % "
+          "| DO: last-shot colour in reasoning = gold % |")
     print("|---|---|---|---|---|---|")
     for d in argv:
         try:

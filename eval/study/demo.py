@@ -307,7 +307,8 @@ class Demo:
             f"--data.urls={json.dumps([urls])}", "--data.reasoning=[]", f"--data.num_frames={s.frames}",
             f"--data.frame_size=[{s.frame_size},{s.frame_size}]", "--task.mode=caption", "--task.reasoning_source=none",
             f"--tokenizer.path={self.out / 'tokenizer'}", f"--run.seed={s.stage1_seed}",
-            f"--run.max_steps={s.stage1_steps}", f"--data.micro_batch_size={s.stage1_batch}", "--run.name=stage1", f"--run.output_dir={self.out / 'runs'}",
+            f"--run.max_steps={s.stage1_steps}", f"--data.micro_batch_size={s.stage1_batch}", "--run.name=stage1",
+            f"--run.output_dir={self.out / 'runs'}",
             "--run.overwrite=true", *s.overrides], s.stage1_steps)
         self.sh([sys.executable, "-m", "train", "export", "--checkpoint",
                  str(self.out / "runs" / "stage1" / "checkpoints"), "--out", str(self.stage1_export)],

@@ -36,8 +36,14 @@ from train.config.parse import load_section
 from train.config.task import TaskConfig
 from train.loss import install_loss_head
 from train.models.base import ModelFamily, VideoModel, resolve_attention
-from train.models.projector import (FrameEncoder, Projector, apply_frame_view, build_vision_tower, load_projector,
-                                    tower_mean_std)
+from train.models.projector import (
+    FrameEncoder,
+    Projector,
+    apply_frame_view,
+    build_vision_tower,
+    load_projector,
+    tower_mean_std,
+)
 from train.packing import pack_collate, packed_decoder, packing_attention, register_sdpa_varlen
 from train.tasks import collate
 from train.tokenizer import build_tokenizer, frame_token_id
