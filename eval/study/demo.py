@@ -426,7 +426,7 @@ class Demo:
             st = json.loads((self.out / "reasoning" / f"{name}_refined.stats.json").read_text())
             acc = "n/a" if st.get("teacher_accuracy") is None else f"{100 * st['teacher_accuracy']:.1f}"
             lines.append(f"| {name} | {p_step:g} | {p_slip:g} | {acc} | {st['refined']} | {st['leaks']} "
-                         f"({100 * st['leak_rate']:.1f} %) |")
+                         f"({100 * (st.get('leak_rate') or 0):.1f} %) |")
         return "\n".join(lines) + "\n"
 
     def run_all(self) -> Path:
