@@ -15,6 +15,7 @@ object's final state, which is what the questions were derived from.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 import zlib
@@ -137,13 +138,22 @@ def shot_caption(meta: dict) -> str:
     right. Shot 2: ..." (objects out of view are left out; an empty shot is "nothing")."""
     if meta.get("kind") != "shots":
         raise ValueError(f"shot_caption needs a shot scene's meta (kind 'shots'), got kind {meta.get('kind')!r}")
-    n = len(meta["shot_starts"])
-    parts = []
-    for k in range(n):
-        seen = [f"{o['shots'][k]['colour']} {o['shape']} in the {o['shots'][k]['quad']}"
-                for o in meta["objects"] if o["shots"][k]["quad"]]
-        parts.append(f"Shot {k + 1}: {'; '.join(seen) or 'nothing'}.")
-    return " ".join(parts)
+    return " ".join(f"Shot {k + 1}: {_shot_content(meta, k)}." for k in range(len(meta["shot_starts"])))
+
+
+def _shot_content(meta: dict, k: int) -> str:
+    """What shot ``k`` shows: "white circle in the top right; ..." or "nothing"."""
+    seen = [f"{o['shots'][k]['colour']} {o['shape']} in the {o['shots'][k]['quad']}"
+            for o in meta["objects"] if o["shots"][k]["quad"]]
+    return "; ".join(seen) or "nothing"
+
+
+def frame_caption(meta: dict, k: int) -> str:
+    """The caption of shot ``k`` alone, as an image caption: "A white circle in the top right." """
+    content = _shot_content(meta, k)
+    if content == "nothing":
+        return "An empty frame."
+    return f"{'An' if content[0] in 'aeiou' else 'A'} {content}."
 
 
 def write_caption_records(records_path: str | Path, out_path: str | Path | None = None) -> Path:
@@ -159,6 +169,30 @@ def write_caption_records(records_path: str | Path, out_path: str | Path | None 
                         start=r.start, end=r.end, meta=r.meta)
             for r in read_records(records_path)]
     write_records(caps, out)
+    return out
+
+
+def write_frame_caption_records(records_path: str | Path, out_path: str | Path | None = None,
+                                videos: int | None = None) -> Path:
+    """Image-caption pairs for the stage-1 alignment of an "image" model (the vCoT study): one record per
+    SHOT of the first ``videos`` shot-scene records (all if None), its window ``[start, end]`` that shot's
+    seconds (the shard writer cuts it to its own clip; one frame sampled from it shows the shot), its caption
+    :func:`frame_caption`. Written next to ``records_path`` (default ``frame_captions.jsonl``)."""
+    records_path = Path(records_path)
+    out = Path(out_path) if out_path else records_path.with_name("frame_captions.jsonl")
+    recs = []
+    for r in itertools.islice(read_records(records_path), videos):
+        if r.meta.get("kind") != "shots":
+            raise ValueError(f"{records_path}: video {r.video_id}: frame captions need shot scenes (meta kind "
+                             f"'shots'), got {r.meta.get('kind')!r}")
+        fps, starts = float(r.meta["fps"]), [*r.meta["shot_starts"], r.meta["frame_count"]]
+        for k in range(len(starts) - 1):
+            qa = QA(qid=make_qid(r.dataset, r.split, f"{r.video_id}-shot{k}", "cap0"), question="", options=[],
+                    answer=None, qtype=CAPTION_QTYPE, extra={"caption": frame_caption(r.meta, k)})
+            recs.append(VideoRecord(video_id=f"{r.video_id}-shot{k}", dataset=r.dataset, split=r.split,
+                                    video=r.video, qas=[qa], start=starts[k] / fps, end=starts[k + 1] / fps,
+                                    meta=r.meta))
+    write_records(recs, out)
     return out
 
 

@@ -34,9 +34,10 @@ from pathlib import Path
 
 from data_shards.ingest.writer import main as write_main
 from data_shards.reasoning_records import load_reasoning
-from data_shards.synth.make import make_synthetic, write_caption_records
+from data_shards.synth.make import make_synthetic, write_caption_records, write_frame_caption_records
 from eval.report import main as report_main
 from eval.run import main as run_main
+from eval.study.vcot import vcot_table
 from reasoning_gen.generate import main as generate_main
 from reasoning_gen.merge import main as merge_main
 from reasoning_gen.refine import main as refine_main
@@ -65,6 +66,12 @@ class RunSpec:
     """run.seed."""
     view: str = "all"
     """model.frame_view: ``all``, or a reference row's view (:data:`REFERENCES`)."""
+    align: str = "video"
+    """Which stage-1 model the run starts from: ``video`` (aligned on 4-frame clips, with the projector's
+    temporal position embedding) or ``image`` (aligned on single frames, no temporal position embedding):
+    the vCoT study's two models (:func:`vcot_runs`)."""
+    vcot: bool = False
+    """Transitional captions between the frames (``task.use_vcot``), in training and in evaluation."""
 
     @property
     def reference(self) -> str | None:
@@ -82,6 +89,19 @@ def references(seed: int) -> list[RunSpec]:
     """The three reference rows (QA-only with a frame view) for ``seed``."""
     return [RunSpec(f"ref_{ref}_s{seed}", label, "qa", seed=seed, view=view)
             for view, (ref, label) in REFERENCES.items()]
+
+
+VCOT_LABELS = {("image", False): "Image model", ("image", True): "Image model + vCoT",
+               ("video", False): "QA-only", ("video", True): "QA-only + vCoT"}
+"""(align, vcot) -> label of the vCoT study's four cells; the video model without captions is QA-only."""
+
+
+def vcot_runs(seed: int) -> list[RunSpec]:
+    """The vCoT study's runs for ``seed`` beside QA-only (the video model without captions): the image model
+    with and without transitional captions, the video model with them. All QA-only training."""
+    return [RunSpec(f"vcot_{align}{'_cap' if cap else ''}_s{seed}", VCOT_LABELS[align, cap], "qa", seed=seed,
+                    align=align, vcot=cap)
+            for align, cap in (("image", False), ("image", True), ("video", True))]
 
 
 @dataclass
@@ -143,16 +163,20 @@ def full_runs(seeds: tuple[int, ...] = (0, 1, 2)) -> list[RunSpec]:
     """The four settings, the teacher sweep and the beta sweep over ``seeds`` (shared runs once).
 
     Ordered so that a study cut short still holds whole comparisons: QA-only, MTL(refined) and
-    MTL(raw) of every seed first, then the references, STL, the teacher sweep, the beta sweep."""
+    MTL(raw) of every seed first, then the null control (beta = 0) and the order-invariant reference, the
+    vCoT study (:func:`vcot_runs`), the other references, STL, the teacher sweep, the rest of the beta sweep."""
     four = [_four(s) for s in seeds]
-    runs = [r for f in four for r in f[:3]] + [r for s in seeds for r in references(s)] + [f[3] for f in four]
+    null = {s: RunSpec(f"beta0_s{s}", "MTL(refined) beta=0", "mtl", "refined", beta=0.0, seed=s) for s in seeds}
+    runs = [r for f in four for r in f[:3]] + [r for s in seeds for r in (null[s], references(s)[2])]
+    runs += [r for s in seeds for r in vcot_runs(s)]
+    runs += [r for s in seeds for r in references(s)[:2]] + [f[3] for f in four]
     for s in seeds:
         for t in ("t0", "t67"):  # t33 is MTL(refined) / MTL(raw) above
             for src in ("refined", "raw"):
                 runs.append(RunSpec(f"teacher_{t}_{src}_s{s}", f"MTL({src}) teacher={t}", "mtl", src, teacher=t,
                                     seed=s))
     for s in seeds:
-        for b in (0.0, 0.2, 0.8, 1.0):  # 0.5 is MTL(refined) above; 0 is the null control (= QA-only)
+        for b in (0.2, 0.8, 1.0):  # 0.5 is MTL(refined), 0 the null control (= QA-only), both above
             runs.append(RunSpec(f"beta{b:g}_s{s}", f"MTL(refined) beta={b:g}", "mtl", "refined", beta=b, seed=s))
     return runs
 
@@ -175,8 +199,11 @@ def presets() -> dict[str, Study]:
                        scene="shots", objects=(1, 1), stage1_steps=6, curve_points=2,
                        runs=[*_four(0)[:2], references(0)[2]], probes=("shuffle_frames", "vcot")),
         # QA-only and MTL(refined) with the three reference rows; MTL(raw) and STL (scored by generating
-        # its reasoning, minutes per run here) are in --full
-        "default": Study(**LEARNS, curve_points=2, runs=[*_four(0)[:2], *references(0)]),
+        # its reasoning, minutes per run here) are in --full, the vCoT study in --vcot / --full. To stay
+        # within 15 minutes: only the shuffled-frames probe, no intermediate learning-curve checkpoints
+        # (the demo took 878 s with the shuffled-text and vCoT probes and a learning-curve point, RESULTS.md)
+        "default": Study(**LEARNS, curve_points=1, runs=[*_four(0)[:2], *references(0)],
+                         probes=("shuffle_frames",)),
         # the convergence test (tests/eval/test_convergence.py): QA-only, the order-invariant reference and
         # the black-frames control, at a few minutes
         "converge": Study(**{**LEARNS, "train_videos": 400, "test_videos": 8, "stage1_steps": 300},
@@ -279,59 +306,85 @@ class Demo:
                         "--records", str(self.out / "data" / "train" / "records.jsonl")]) != 0:
             raise RuntimeError(f"refinement failed for teacher {name}")
 
-    def vcot(self) -> None:
-        """vCoT transitional captions for the eval split (the vcot probe interleaves them)."""
+    def vcot(self, split: str = "val") -> None:
+        """vCoT transitional captions of the t33 teacher for ``split`` -> ``reasoning/{split}_vcot.jsonl``
+        (the vcot probe interleaves them; runs with ``vcot`` train and are scored with them)."""
         d = self.out / "reasoning"
-        if generate_main(["--shards", self.shards("val"), "--out", str(d / "gen_val_vcot"), "--backend", "synthetic",
-                          "--prompt", "vcot", "--frames", str(self.study.frames), "--size", "native",
-                          "--workers", "0", "--no-progress"]) != 0:
-            raise RuntimeError("vCoT caption generation failed")
-        if merge_main([str(d / "gen_val_vcot"), "--out", str(d / "val_vcot.jsonl"), "--ok-only"]) != 0:
-            raise RuntimeError("merging vCoT captions failed")
+        p_step, _ = self.study.teachers.get("t33", (0.2, 0.2))
+        if generate_main(["--shards", self.shards(split), "--out", str(d / f"gen_{split}_vcot"), "--backend",
+                          "synthetic", "--opt", f"step_error_rate={p_step}", "--opt", "seed=0", "--prompt", "vcot",
+                          "--frames", str(self.study.frames), "--size", "native", "--workers", "0",
+                          "--no-progress"]) != 0:
+            raise RuntimeError(f"vCoT caption generation failed ({split})")
+        if merge_main([str(d / f"gen_{split}_vcot"), "--out", str(d / f"{split}_vcot.jsonl"), "--ok-only"]) != 0:
+            raise RuntimeError(f"merging vCoT captions failed ({split})")
+
+    def frame_captions(self) -> None:
+        """Single-frame caption shards for the image model's stage 1: every shot of every train video cut to
+        its own clip (the shard writer cuts the record's window) with the caption of that shot alone."""
+        recs = write_frame_caption_records(self.out / "data" / "train" / "records.jsonl")
+        out = self.out / "shards" / "frame_captions" / "frame_captions-%06d.tar"
+        if write_main(["--records", str(recs), "--out", str(out), "--max-count", str(4 * self.study.shard_videos)]):
+            raise RuntimeError("shard writer failed for the image model's frame captions")
 
     def tokenizer(self) -> None:
         """One tokenizer for every run of the study (so that runs differ only in what they train on):
-        a BPE on the train questions, options, stage-1 captions and every teacher's reasoning."""
+        a BPE on the train questions, options, stage-1 captions, every teacher's reasoning and, in a vCoT
+        study, the image model's frame captions and the train split's transitional captions."""
         data = self.out / "data" / "train"
-        records = [str(data / n) for n in ("records.jsonl", "captions.jsonl") if (data / n).is_file()]
+        records = [str(data / n) for n in ("records.jsonl", "captions.jsonl", "frame_captions.jsonl")
+                   if (data / n).is_file()]
         reasoning = [str(f) for f in sorted((self.out / "reasoning").glob("t*_r*.jsonl"))]  # {teacher}_{raw,refined}
+        reasoning += [str(f) for f in [self.out / "reasoning" / "train_vcot.jsonl"] if f.is_file()]
         self.sh([sys.executable, "-m", "train", "tokenizer", "--records", *records, "--reasoning", *reasoning,
                  "--config", str(RECIPE), "--out", str(self.out / "tokenizer")], self.out / "tokenizer.log")
 
-    def stage1(self) -> None:
-        """Stage-1 alignment: caption training on the train videos, then its export (``runs/stage1/export``)."""
+    def stage1(self, align: str = "video") -> None:
+        """Stage-1 alignment, then its export (``runs/stage1/export``): caption training on the train videos'
+        clips (``video``), or, for the vCoT study's image model, on single frames with their shot's caption
+        and no temporal position embedding (``image``: ``runs/stage1_image``)."""
         s = self.study
-        n = len(list((self.out / "shards" / "captions").glob("captions-*.tar")))
-        urls = str(self.out / "shards" / "captions" / f"captions-{{000000..{n - 1:06d}}}.tar")
-        self.torchrun("stage1", [
-            f"--data.urls={json.dumps([urls])}", "--data.reasoning=[]", f"--data.num_frames={s.frames}",
+        name, shards, frames = (("stage1", "captions", s.frames) if align == "video" else
+                                ("stage1_image", "frame_captions", 1))
+        n = len(list((self.out / "shards" / shards).glob(f"{shards}-*.tar")))
+        urls = str(self.out / "shards" / shards / f"{shards}-{{000000..{n - 1:06d}}}.tar")
+        self.torchrun(name, [
+            f"--data.urls={json.dumps([urls])}", "--data.reasoning=[]", f"--data.num_frames={frames}",
             f"--data.frame_size=[{s.frame_size},{s.frame_size}]", "--task.mode=caption", "--task.reasoning_source=none",
             f"--tokenizer.path={self.out / 'tokenizer'}", f"--run.seed={s.stage1_seed}",
-            f"--run.max_steps={s.stage1_steps}", f"--data.micro_batch_size={s.stage1_batch}", "--run.name=stage1",
-            f"--run.output_dir={self.out / 'runs'}",
+            f"--run.max_steps={s.stage1_steps}", f"--data.micro_batch_size={s.stage1_batch}", f"--run.name={name}",
+            f"--run.output_dir={self.out / 'runs'}", *self.align_overrides(align),
             "--run.overwrite=true", *s.overrides], s.stage1_steps)
         self.sh([sys.executable, "-m", "train", "export", "--checkpoint",
-                 str(self.out / "runs" / "stage1" / "checkpoints"), "--out", str(self.stage1_export)],
-                self.out / "runs" / "stage1_export.log")
+                 str(self.out / "runs" / name / "checkpoints"), "--out", str(self.stage1_export(align))],
+                self.out / "runs" / f"{name}_export.log")
 
-    @property
-    def stage1_export(self) -> Path:
-        return self.out / "runs" / "stage1" / "export"
+    def stage1_export(self, align: str = "video") -> Path:
+        return self.out / "runs" / ("stage1" if align == "video" else "stage1_image") / "export"
+
+    @staticmethod
+    def align_overrides(align: str) -> list[str]:
+        """The image model has no temporal position embedding (the recipe's video projector has one)."""
+        return ["--model.projector.temporal_pos=0"] if align == "image" else []
 
     def train(self, run: RunSpec) -> None:
         s = self.study
         reasoning = [] if run.mode == "qa" else [str(self.out / "reasoning" / f"{run.teacher}_refined.jsonl")]
+        reasoning += [str(self.out / "reasoning" / "train_vcot.jsonl")] if run.vcot else []
         overrides = [f"--data.urls={json.dumps([self.shards('train')])}", f"--data.reasoning={json.dumps(reasoning)}",
                      f"--data.num_frames={s.frames}", f"--data.frame_size=[{s.frame_size},{s.frame_size}]",
                      f"--task.mode={run.mode}", f"--task.reasoning_source={run.source}", f"--task.beta={run.beta}",
                      f"--run.seed={run.seed}", f"--run.max_steps={s.steps}", f"--run.name={run.name}",
                      f"--run.output_dir={self.out / 'runs'}", "--run.overwrite=true",
-                     f"--tokenizer.path={self.out / 'tokenizer'}", f"--model.frame_view={run.view}", *s.overrides]
+                     f"--tokenizer.path={self.out / 'tokenizer'}", f"--model.frame_view={run.view}",
+                     f"--task.use_vcot={json.dumps(run.vcot)}", *self.align_overrides(run.align), *s.overrides]
+        if run.vcot:  # three captions between four frames: room for them in the prompt
+            overrides.append("--task.max_prompt_len=512")
         if s.curve_points > 1 and run.reference is None:  # checkpoints for the learning curve (eval step)
             every = s.steps // s.curve_points
             overrides += [f"--checkpoint.interval_steps={every}", f"--checkpoint.keep_latest={s.steps // every + 1}"]
-        if s.stage1_steps:  # start from the stage-1 model: all three parts
-            e = self.stage1_export
+        if s.stage1_steps:  # start from the stage-1 model (of the run's alignment): all three parts
+            e = self.stage1_export(run.align)
             overrides += [f"--model.llm.path={e / 'llm'}", "--model.llm.config=null",
                           f"--model.vision.path={e / 'vision'}", "--model.vision.config=null",
                           f"--model.projector.init_from={e}"]
@@ -366,17 +419,28 @@ class Demo:
         teacher_acc = self.teacher_accuracy(run.teacher) if run.mode != "qa" else None
         meta = [f"teacher={run.teacher}", f"teacher_acc={json.dumps(teacher_acc)}",
                 f"reference={json.dumps(run.reference)}"]
-        for split, out, probes in (("val", self.out / "eval" / run.name, s.probes if run.reference is None else ()),
+        for split, out, probes in (("val", self.out / "eval" / run.name, self.probes(run)),
                                    ("test", self.out / "eval_test" / run.name, ())):
             args = ["--checkpoint", str(self.out / "runs" / run.name / "checkpoints"), "--shards", self.shards(split),
                     "--out", str(out), "--mode", self.eval_mode(run), "--label", run.label,
                     "--threads", "1",  # one busy thread beats two contending ones on a shared 2-core box
                     "--meta", *meta, f"split={split}"]
-            if probes:
-                args += ["--reasoning", str(self.out / "reasoning" / "val_vcot.jsonl"), "--probe", *probes]
+            args += self.captions(run, split, probes) + (["--probe", *probes] if probes else [])
             if run_main(args) != 0:
                 raise RuntimeError(f"evaluation of {run.name} on {split} failed")
         self.curve(run)
+
+    def captions(self, run: RunSpec, split: str, probes: tuple[str, ...] = ()) -> list[str]:
+        """``--reasoning`` with the split's vCoT captions: shown to a vcot run, switched by the vcot probe."""
+        return ["--reasoning", str(self.out / "reasoning" / f"{split}_vcot.jsonl")] if probes or run.vcot else []
+
+    def probes(self, run: RunSpec) -> tuple[str, ...]:
+        """The val probes of ``run``: none for a reference row (its view is the probe); the study's, plus the
+        vcot probe (captions switched) for the runs of a vCoT study (:func:`vcot_runs` and QA-only)."""
+        if run.reference is not None:
+            return ()
+        in_vcot = _has_vcot(self.study) and (run.align == "image" or run.vcot or run.label == "QA-only")
+        return tuple(dict.fromkeys((*self.study.probes, *(("vcot",) if in_vcot else ()))))
 
     def eval_mode(self, run: RunSpec) -> str:
         """STL models answer after their own reasoning: scored by generating it (generate mode), not by
@@ -394,7 +458,8 @@ class Demo:
                 d = out / "curve" / f"step{step}"
                 if run_main(["--checkpoint", str(self.out / "runs" / run.name / "checkpoints"), "--tag",
                              f"global_step{step}", "--shards", self.shards("val"), "--out", str(d), "--mode",
-                             self.eval_mode(run), "--label", run.label, "--threads", "1"]) != 0:
+                             self.eval_mode(run), "--label", run.label, "--threads", "1",
+                             *self.captions(run, "val")]) != 0:
                     raise RuntimeError(f"evaluation of {run.name} at step {step} failed")
                 points.append([step, json.loads((d / "scores.json").read_text())["overall"]])
         points.append([s.steps, final])
@@ -416,6 +481,7 @@ class Demo:
                 raise RuntimeError(f"report failed ({sub})")
             with (out / "report.md").open("a") as f:
                 f.write(self.teacher_table())
+                f.write(vcot_table(self.out / sub, vcot_cells(self.study), ORDER_TYPES))
 
     def teacher_table(self) -> str:
         """The teachers of the study: their rates, accuracy and the refined texts' answer-leak rate (the
@@ -433,10 +499,18 @@ class Demo:
         self.step("data", self.data)
         for name, rates in self.study.teachers.items():
             self.step(f"teacher_{name}", self.teacher, name, rates)
-        self.step("vcot_val", self.vcot)
-        self.step("tokenizer", self.tokenizer)
+        self.step("vcot_val", self.vcot, "val")
+        if any(r.vcot for r in self.study.runs):
+            self.step("vcot_train", self.vcot, "train")
+            self.step("vcot_test", self.vcot, "test")
+        image = self.study.stage1_steps and any(r.align == "image" for r in self.study.runs)
+        if image:
+            self.step("frame_captions", self.frame_captions)
+        self.step("tokenizer", self.tokenizer)  # a study resumed with other runs keeps its tokenizer
         if self.study.stage1_steps:
             self.step("stage1", self.stage1)
+        if image:
+            self.step("stage1_image", self.stage1, "image")
         for run in self.study.runs:
             spec = json.dumps(dataclasses.asdict(run), sort_keys=True)  # a changed spec redoes the run
             self.step(f"train_{run.name}", self.train, run, key=spec)
@@ -454,6 +528,8 @@ def study_pairs(study: Study) -> list[tuple[str, str]]:
     for t in sorted(study.teachers):
         pairs += [(qa, f"{ref} teacher={t}"), (qa, f"{raw} teacher={t}"), (f"{raw} teacher={t}", f"{ref} teacher={t}")]
     pairs += [(qa, r.label) for r in study.runs if r.label.startswith(f"{ref} beta=")]
+    pairs += [(VCOT_LABELS[a, False], VCOT_LABELS[a, True]) for a in ("image", "video")]  # what captions add
+    pairs += [(VCOT_LABELS["image", False], qa)]  # what clip alignment + temporal positions add
     return [p for p in dict.fromkeys(pairs) if p[0] in labels and p[1] in labels]
 
 
@@ -463,6 +539,21 @@ def null_pairs(study: Study) -> list[tuple[str, str]]:
     labels = {r.label for r in study.runs}
     pairs = [("QA-only", "MTL(refined) beta=0")]
     return [p for p in pairs if p[0] in labels and p[1] in labels]
+
+
+def vcot_cells(study: Study) -> dict[tuple[str, bool], dict[int, str]]:
+    """The vCoT study's runs by cell, (align, captions) -> seed -> run name (QA-only is the video model
+    without captions)."""
+    cells: dict[tuple[str, bool], dict[int, str]] = {}
+    for r in study.runs:
+        key = (r.align, r.vcot)
+        if r.mode == "qa" and r.reference is None and r.label == VCOT_LABELS[key]:
+            cells.setdefault(key, {})[r.seed] = r.name
+    return cells
+
+
+def _has_vcot(study: Study) -> bool:
+    return any(r.align == "image" or r.vcot for r in study.runs)
 
 
 def _marker_key(marker: Path) -> str | None:
@@ -490,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), help="shot scenes: objects a video")
     p.add_argument("--qtypes", nargs="+", metavar="QTYPE", help="shot scenes: only these question types")
     p.add_argument("--stage1-steps", type=int, help="stage-1 caption alignment steps (shot scenes; 0 = none)")
+    p.add_argument("--vcot", action="store_true",
+                   help="add the vCoT study's runs (image / video model, with / without transitional captions) "
+                        "beside each seed's QA-only run (--full has them)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="train/evaluate only these runs (names as in runs/)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="extra training override for every run (repeatable; recipe search)")
@@ -519,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"learning-curve points {study.curve_points} must be within 1..steps ({study.steps})")
     if study.stage1_steps and study.scene != "shots":
         p.error("--stage1-steps: stage-1 captions come from shot scenes; use --scene shots")
+    if args.vcot and not args.full:
+        study.runs += [r for q in study.runs if q.label == "QA-only" and q.reference is None for r in vcot_runs(q.seed)]
     if args.only:
         unknown = sorted(set(args.only) - {r.name for r in study.runs})
         if unknown:

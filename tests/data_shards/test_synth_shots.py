@@ -191,3 +191,40 @@ def test_false_steps_imply_the_answer_a_viewer_would_give():
                 assert colour in COLOURS and ex["false_implies"][-1] == want
                 checked += 1
     assert checked > 20 and implied > 100
+
+
+def test_frame_captions_cut_one_shot_each_and_say_what_it_shows(shots, tmp_path):
+    """The vCoT image model's stage-1 data: every shot becomes its own clip (cut by the shard writer); the
+    one frame the loader samples from it shows what its caption says."""
+    import json
+    import tarfile
+
+    from data_shards.ingest.writer import main as write_main
+
+    recs = synth.write_frame_caption_records(shots, videos=3)  # beside the records: the video paths resolve alike
+    rows = [json.loads(x) for x in recs.read_text().splitlines()]
+    assert len(rows) == 3 * SHOTS and len({r["video_id"] for r in rows}) == 3 * SHOTS
+    assert [(r["start"], r["end"]) for r in rows[:SHOTS]] == [(0.0, 0.75), (0.75, 1.5), (1.5, 2.25), (2.25, 3.0)]
+    assert write_main(["--records", str(recs), "--out", str(tmp_path / "sh" / "fc-%06d.tar"), "--max-count", "64"]) == 0
+    checked = 0
+    with tarfile.open(tmp_path / "sh" / "fc-000000.tar") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        for name, m in members.items():
+            if not name.endswith(".json"):
+                continue
+            meta = json.loads(tar.extractfile(m).read())
+            video = tar.extractfile(members[name[:-len(".json")] + ".mp4"]).read()
+            caption = meta["qas"][0]["extra"]["caption"]
+            k = int(meta["video_id"].rsplit("shot", 1)[1])
+            assert meta["meta"]["clip"] == [k * 0.75, (k + 1) * 0.75]  # cut to the shot's window
+            (seen,) = _read_frames(decode_frames(video, 1, None).numpy())
+            want = {QUADS.index(o["shots"][k]["quad"]): o["shots"][k]["colour"]
+                    for o in meta["meta"]["objects"] if o["shots"][k]["quad"] is not None}
+            assert seen == want, f"{meta['video_id']}: the frame shows {seen}, the shot is {want}"
+            for q, colour in want.items():
+                assert f"{colour} " in caption and QUADS[q] in caption, (caption, want)
+            checked += 1
+    assert checked == 3 * SHOTS
+    with pytest.raises(ValueError, match="frame captions need shot scenes"):
+        motion = synth.make_synthetic(tmp_path / "motion", videos=1, seed=0, width=32, height=32, duration=1.0)
+        synth.write_frame_caption_records(motion)

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from eval.study.demo import Demo, full_runs, presets
+from eval.study.demo import Demo, full_runs, presets, vcot_cells
 from tests.conftest import has_ffmpeg
 
 
@@ -33,8 +33,20 @@ def test_presets_are_consistent(tmp_path):
     assert [r.label for r in full[:9]] == ["QA-only", "MTL(refined)", "MTL(raw)"] * 3  # whole comparisons first
     assert {d.eval_mode(r) for r in full if r.mode == "stl"} == {"generate"}  # STL generates its reasoning
     assert [r.label for r in p["smoke"].runs] == ["QA-only", "MTL(refined)", "Order-invariant"]
+    assert [r.label for r in full[9:15]] == ["MTL(refined) beta=0", "Order-invariant"] * 3  # the null, the reference
     runs = full_runs()
-    assert len(runs) == 3 * (4 + 3 + 4 + 4) and len({r.name for r in runs}) == len(runs)
+    assert len(runs) == 3 * (4 + 3 + 4 + 4 + 3) and len({r.name for r in runs}) == len(runs)
+    # the vCoT study: per seed the image model without / with captions and the video model with them (the
+    # video model without captions is QA-only); only those runs start from the image alignment
+    cells = vcot_cells(p["full"])
+    assert {k: sorted(v) for k, v in cells.items()} == {k: [0, 1, 2] for k in
+                                                         (("image", False), ("image", True), ("video", False),
+                                                          ("video", True))}
+    assert cells["video", False][1] == "qa_s1"
+    assert sum(r.align == "image" for r in runs) == 6 and sum(r.vcot for r in runs) == 6
+    assert d.probes(full[0]) == ("shuffle_frames", "vcot") and d.probes(full[1]) == ("shuffle_frames",)
+    assert d.probes(next(r for r in full if r.reference)) == ()
+    assert Demo(p["default"], tmp_path / "default").probes(p["default"].runs[0]) == p["default"].probes
     assert sum(r.reference is not None for r in runs) == 9
     for r in runs:
         assert r.teacher in p["full"].teachers, r
@@ -195,3 +207,45 @@ def test_demo_only_names_unknown_runs(capsys):
         demo_main(["--only", "qa_s9", "--scene", "shots"])
     assert e.value.code == 2
     assert "unknown runs ['qa_s9']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_ffmpeg(), reason="needs the ffmpeg CLI")
+def test_vcot_study_end_to_end(tmp_path):
+    """The vCoT study at smoke size: an image model (stage 1 on single-frame clips, no temporal position
+    embedding) and the video model, each trained and scored without and with transitional captions; the
+    report's vCoT table holds the four cells, the gains and the interaction."""
+    import yaml
+
+    from eval.study.demo import main
+
+    out = tmp_path / "demo_out"
+    runs = ["qa_s0", "vcot_image_s0", "vcot_image_cap_s0", "vcot_video_cap_s0"]
+    assert main(["--smoke", "--vcot", "--only", *runs, "--out", str(out)]) == 0
+    steps = [json.loads(x)["step"] for x in (out / "demo_log.jsonl").read_text().splitlines()]
+    assert steps[:8] == ["data", "teacher_t33", "vcot_val", "vcot_train", "vcot_test", "frame_captions", "tokenizer",
+                         "stage1"] and steps[8] == "stage1_image"
+    image_stage1 = yaml.safe_load((out / "runs" / "stage1_image" / "config.yaml").read_text())
+    assert image_stage1["data"]["num_frames"] == 1 and image_stage1["model"]["projector"]["temporal_pos"] == 0
+    assert image_stage1["task"]["mode"] == "caption" and "frame_captions" in image_stage1["data"]["urls"][0]
+    for run, align, cap in (("qa_s0", "stage1", False), ("vcot_image_s0", "stage1_image", False),
+                            ("vcot_image_cap_s0", "stage1_image", True), ("vcot_video_cap_s0", "stage1", True)):
+        cfg = yaml.safe_load((out / "runs" / run / "config.yaml").read_text())
+        assert cfg["model"]["projector"]["init_from"] == str(out / "runs" / align / "export"), run
+        assert (cfg["model"]["projector"]["temporal_pos"] == 0) == (align == "stage1_image"), run
+        assert cfg["task"]["use_vcot"] == cap and cfg["task"]["mode"] == "qa", run
+        for split, sub in (("val", "eval"), ("test", "eval_test")):
+            info = json.loads((out / sub / run / "run.json").read_text())
+            # a captioned run is scored with the captions of its split; the vcot probe switches them
+            assert info["options"]["use_vcot"] == cap, (run, split)
+            n = info["n_questions"]
+            assert info["questions_with_captions"].get("plain", 0) == (n if cap else 0), (run, split, info)
+        assert (out / "eval" / run / "probes" / "vcot" / "records.jsonl").is_file(), run
+    md = (out / "report" / "report.md").read_text()
+    assert "## vCoT: image vs video model" in md and "gain(image) - gain(video)" in md
+    assert "| image (single frames, no temporal position) |" in md and "| video (clips) |" in md
+    test_md = (out / "report" / "test" / "report.md").read_text()
+    assert "## vCoT: image vs video model" in test_md
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
+    assert {("Image model", "Image model + vCoT"), ("QA-only", "QA-only + vCoT"), ("Image model", "QA-only")} <= pairs
