@@ -415,7 +415,6 @@ class Demo:
     def evaluate(self, run: RunSpec) -> None:
         """The run on val (with the probes and the learning curve) -> ``eval/<run>``, and on test (plain)
         -> ``eval_test/<run>``. Reference rows skip the probes and the curve (their view is the probe)."""
-        s = self.study
         teacher_acc = self.teacher_accuracy(run.teacher) if run.mode != "qa" else None
         meta = [f"teacher={run.teacher}", f"teacher_acc={json.dumps(teacher_acc)}",
                 f"reference={json.dumps(run.reference)}"]
@@ -575,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="override the preset's optimizer steps per run")
     p.add_argument("--train-videos", type=int, help="override the preset's synthetic train videos")
     p.add_argument("--val-videos", type=int, help="override the preset's synthetic val videos")
+    p.add_argument("--test-videos", type=int, help="override the preset's synthetic test videos")
     p.add_argument("--seeds", type=int, help="--full: number of seeds (default 3)")
     p.add_argument("--seed", type=int, help="not --full: stage 1's seed; every run's seed is moved by it (default 0)")
     p.add_argument("--scene", choices=("motion", "shots"), help="synthetic scene kind (default: the preset's)")
@@ -589,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra training override for every run (repeatable; recipe search)")
     args = p.parse_args(argv)
     study = presets()["full" if args.full else "smoke" if args.smoke else "converge" if args.converge else "default"]
-    for name in ("steps", "train_videos", "val_videos"):
+    for name in ("steps", "train_videos", "val_videos", "test_videos"):
         if getattr(args, name):
             setattr(study, name, getattr(args, name))
     if args.full and args.seeds:
