@@ -1,13 +1,17 @@
 """Packaging for the VideoQA reasoning training stack.
 
-torch is deliberately a loose range: on a GPU machine the user's CUDA build of torch must be
-kept, and on a CPU machine `constraints-cpu.txt` (used by scripts/setup_cpu.sh) pins the local
-CPU wheel so that no dependency can upgrade it.
+torch and torchcodec are bounded to the pair this project is tested with: torchcodec is built against one
+torch minor release (0.13 pairs with torch 2.13), and the torchcodec wheels on PyPI from 0.14 on need
+CUDA 13 libraries even next to a CPU torch (`import torchcodec` fails with libnvrtc.so.13). The torch
+range keeps a user's own build (CPU or CUDA) of 2.13.x; on a CPU machine `constraints-cpu.txt` (used
+by scripts/setup_cpu.sh) pins the local CPU wheel and every other package to the tested versions.
+`tests/test_clean_install.py` installs the wheel into a fresh venv with only torch pinned, on the newest
+releases the resolver picks.
 """
 
 from setuptools import find_packages, setup
 
-PACKAGES = ["data_shards", "kernels", "reasoning_gen", "train", "eval"]
+PACKAGES = ["data_shards", "vqa_kernels", "reasoning_gen", "train", "eval"]
 
 setup(
     name="videoqa-reasoning",
@@ -17,8 +21,8 @@ setup(
     # subpackages too (data_shards.ingest.converters, reasoning_gen.backends): a non-editable install needs them
     packages=find_packages(include=PACKAGES + [f"{p}.*" for p in PACKAGES]),
     install_requires=[
-        "torch>=2.4",
-        "torchcodec>=0.13",
+        "torch>=2.13,<2.14",
+        "torchcodec>=0.13,<0.14",
         "triton>=3.0; platform_system == 'Linux'",
         "deepspeed>=0.16",
         "transformers>=4.50",

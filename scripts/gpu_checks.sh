@@ -48,8 +48,8 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
 step pytest_gpu 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_gpu.py
 # 2. The targets at (16k tokens, H 4096, V 151,936) bf16: CE full vs copy bandwidth and
 #    vs Liger; FLCE peak memory vs eager and speed vs Liger.
-step bench_ce 150 python3 -m kernels.bench --kernels ce --shapes 16384x4096x151936 --csv "$OUT/kernels.csv"
-step bench_flce 180 python3 -m kernels.bench --kernels flce --shapes 16384x4096x151936 --csv "$OUT/kernels.csv"
+step bench_ce 150 python3 -m vqa_kernels.bench --kernels ce --shapes 16384x4096x151936 --csv "$OUT/kernels.csv"
+step bench_flce 180 python3 -m vqa_kernels.bench --kernels flce --shapes 16384x4096x151936 --csv "$OUT/kernels.csv"
 # 3. The trainer on a ~1B configuration (MFU target >= 45 %), when its packages are importable.
 if python3 -c "import deepspeed, webdataset, torchcodec" 2>/dev/null; then
   shards=$OUT/shards

@@ -1,4 +1,4 @@
-"""The repository's layout and packaging; our top-level ``kernels`` next to transformers."""
+"""The repository's layout and packaging; no top-level module of ours shadows another distribution's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = ["train", "kernels", "data_shards", "reasoning_gen", "eval"]
+PACKAGES = ["train", "vqa_kernels", "data_shards", "reasoning_gen", "eval"]
 
 
 def test_layout_and_imports():
@@ -29,19 +29,29 @@ def test_installed_as_distribution():
     assert not top or set(PACKAGES) <= set(top), top
 
 
-def test_transformers_does_not_take_our_kernels_for_the_hub_package():
-    """transformers looks for a package named `kernels` (Hugging Face's kernel hub). It finds our
-    tree and reads our distribution's version; it must judge it not viable, so that it never
-    calls `kernels.get_kernel` on us. Runs in a fresh interpreter so caches start empty."""
+def test_no_module_of_ours_shadows_another_distribution():
+    """None of our top-level names is a standard-library module or a module any other installed
+    distribution ships (``importlib.metadata.packages_distributions``): our Triton package was called
+    ``kernels`` until transformers 5.25 started to require Hugging Face's ``kernels``, which ours then
+    overwrote on install and shadowed from the repository root (docs/DESIGN.md, "Import names")."""
+    owners = importlib.metadata.packages_distributions()
+    for pkg in PACKAGES:
+        assert pkg not in sys.stdlib_module_names, pkg
+        others = sorted(set(owners.get(pkg, [])) - {"videoqa-reasoning"})
+        assert not others, f"our top-level {pkg!r} is also shipped by {others}"
+    assert not (REPO / "kernels").exists(), "a top-level kernels/ would shadow Hugging Face's `kernels` package"
+
+
+def test_transformers_from_the_repository_root():
+    """From the repository root (the first entry of sys.path), ``kernels`` is not ours: transformers sees
+    Hugging Face's package or none, builds a model, runs it and generates. A fresh interpreter, so caches
+    start empty."""
     code = r"""
+import importlib.util, pathlib
+spec = importlib.util.find_spec("kernels")
+assert spec is None or not str(spec.origin or "").startswith(%r), f"kernels resolves into this tree: {spec}"
 import torch
-from transformers.utils import import_utils as iu
 from transformers import LlamaConfig, LlamaForCausalLM
-assert not iu.is_kernels_available(), "transformers thinks our `kernels` is the HF kernels package"
-from packaging import version
-ours = version.parse(__import__("importlib.metadata").metadata.version("videoqa-reasoning"))
-lo, hi = version.parse(iu.KERNELS_MIN_VERSION), version.parse(iu.KERNELS_MAX_VERSION)
-assert not (lo <= ours < hi), f"project version {ours} falls in HF kernels' range [{lo}, {hi})"
 cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
 model = LlamaForCausalLM(cfg).eval()
@@ -51,21 +61,21 @@ with torch.no_grad():
 assert out.logits.shape == (2, 11, 97) and torch.isfinite(out.loss)
 gen = model.generate(ids[:, :4], max_new_tokens=3, do_sample=False)
 assert gen.shape == (2, 7)
-import kernels
-assert kernels.__file__.startswith(%r)
+import vqa_kernels
+assert vqa_kernels.__file__.startswith(%r)
 print("ok", model.config._attn_implementation)
-""" % str(REPO)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+""" % (str(REPO), str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("ok")
 
 
-@pytest.mark.parametrize("pkg", ["data_shards", "reasoning_gen", "kernels", "eval"])
+@pytest.mark.parametrize("pkg", ["data_shards", "reasoning_gen", "vqa_kernels", "eval"])
 def test_package_boundaries(pkg):
     """DESIGN.md: data_shards / reasoning_gen / kernels never import train; kernels imports
     nothing of the project; eval imports only train's loading function."""
     forbidden = {"data_shards": ["train"], "reasoning_gen": ["train"],
-                 "kernels": ["train", "data_shards", "reasoning_gen", "eval"], "eval": []}[pkg]
+                 "vqa_kernels": ["train", "data_shards", "reasoning_gen", "eval"], "eval": []}[pkg]
     for path in (REPO / pkg).rglob("*.py"):
         text = path.read_text()
         for other in forbidden:

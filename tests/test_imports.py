@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("data_shards", "reasoning_gen", "kernels", "train", "eval")
+PACKAGES = ("data_shards", "reasoning_gen", "vqa_kernels", "train", "eval")
 # which project packages each package may import (DESIGN.md "Packages")
 ALLOWED = {
-    "kernels": set(),
+    "vqa_kernels": set(),
     "data_shards": set(),
     "reasoning_gen": {"data_shards"},
-    "train": {"data_shards", "kernels"},
+    "train": {"data_shards", "vqa_kernels"},
     "eval": {"data_shards", "reasoning_gen", "train"},
 }
 

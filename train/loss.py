@@ -9,7 +9,7 @@ order a step uses them:
    reasoning targets, 0 elsewhere (:mod:`train.tasks` only marks which task a target token is).
 3. :func:`weighted_lm_loss`: the model's last hidden states, shifted by one and reduced to the
    target rows, through the fused linear + weighted cross-entropy head
-   (``kernels.LinearWeightedCrossEntropy``, which never materialises [tokens, vocab] logits):
+   (``vqa_kernels.LinearWeightedCrossEntropy``, which never materialises [tokens, vocab] logits):
    ``sum_i w_i * CE_i``. Summed over micro-batches and ranks this is exactly the objective.
 4. :func:`backward_scale`: DeepSpeed divides each micro-batch loss by the accumulation steps and
    averages gradients over data-parallel ranks; backpropagating ``loss * gas * world_size`` undoes
@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels import LinearWeightedCrossEntropy
 from train.dist import all_reduce_sum
+from vqa_kernels import LinearWeightedCrossEntropy
 
 IGNORE_INDEX = -100
 TASK_NONE, TASK_QA, TASK_REASON = 0, 1, 2

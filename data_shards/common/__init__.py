@@ -4,5 +4,5 @@ command dispatcher (:mod:`.cli`).
 
 It lives inside ``data_shards`` because the top-level layout is fixed and ``data_shards`` is the
 lowest of the project's packages (it imports none of the others); nothing in ``common`` imports
-anything of the project outside ``common``. ``kernels`` imports nothing of the project at all.
+anything of the project outside ``common``. ``vqa_kernels`` imports nothing of the project at all.
 """

@@ -3,8 +3,8 @@
 The Triton kernels run on CPU under the Triton interpreter.  TRITON_INTERPRET=1 is set only for
 the duration of each test that asks for it (monkeypatch), never for the whole pytest process, so
 the other packages' tests keep the fast chunked-torch path.  That works whatever imported triton
-first: ``kernels._backend.kernel_for`` decorates our kernels in the mode a call needs, and the
-kernels use no interpreter-sensitive triton library function (see kernels/cross_entropy.py).
+first: ``vqa_kernels._backend.kernel_for`` decorates our kernels in the mode a call needs, and the
+kernels use no interpreter-sensitive triton library function (see vqa_kernels/cross_entropy.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+import vqa_kernels
 
 # Tolerance per dtype for values and gradients compared with the fp32 eager reference.  bf16
 # logits/gradients carry 8 bits of mantissa (~4e-3 relative); sums over rows add a little more.
@@ -32,7 +32,7 @@ def device_for(backend_name: str) -> str:
 
 @pytest.fixture(params=BACKENDS)
 def backend_device(request, monkeypatch) -> tuple[str, str]:
-    """(expected kernels.backend() name, device) with TRITON_INTERPRET set to match."""
+    """(expected vqa_kernels.backend() name, device) with TRITON_INTERPRET set to match."""
     name = request.param
     dev = device_for(name)
     if name == "triton" and dev == "cpu":
@@ -41,7 +41,7 @@ def backend_device(request, monkeypatch) -> tuple[str, str]:
     else:
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         expected = "triton" if dev == "cuda" else "torch-chunked"
-    assert kernels.backend(dev) == expected, f"backend for {dev} is {kernels.backend(dev)}"
+    assert vqa_kernels.backend(dev) == expected, f"backend for {dev} is {vqa_kernels.backend(dev)}"
     return expected, dev
 
 

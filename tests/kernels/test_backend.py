@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels import _backend
-from kernels.attention import select_attention
+import vqa_kernels
+from vqa_kernels import _backend
+from vqa_kernels.attention import select_attention
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,13 +23,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_backend_choice_is_logged_once(monkeypatch, caplog):
     monkeypatch.setattr(_backend, "_logged", set())
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with caplog.at_level(logging.INFO, logger="kernels"):
-        assert kernels.backend("cpu") == "torch-chunked"
-        assert kernels.backend("cpu") == "torch-chunked"
+    with caplog.at_level(logging.INFO, logger="vqa_kernels"):
+        assert vqa_kernels.backend("cpu") == "torch-chunked"
+        assert vqa_kernels.backend("cpu") == "torch-chunked"
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-        assert kernels.backend("cpu") == "triton-interpret"
-        assert kernels.backend(torch.device("cpu")) == "triton-interpret"
-    messages = [r.getMessage() for r in caplog.records if r.name == "kernels"]
+        assert vqa_kernels.backend("cpu") == "triton-interpret"
+        assert vqa_kernels.backend(torch.device("cpu")) == "triton-interpret"
+    messages = [r.getMessage() for r in caplog.records if r.name == "vqa_kernels"]
     assert messages == [
         "kernels backend: torch-chunked (CPU tensors without TRITON_INTERPRET=1)",
         f"kernels backend: triton-interpret (CPU tensors with TRITON_INTERPRET=1 "
@@ -41,16 +41,16 @@ def test_backend_choice_is_logged_once(monkeypatch, caplog):
 SCRIPT = """
 import os, sys, torch
 {pre}
-import kernels
-from kernels.reference import weighted_cross_entropy_eager
+import vqa_kernels
+from vqa_kernels.reference import weighted_cross_entropy_eager
 os.environ["TRITON_INTERPRET"] = "1"
 import triton.language as tl
 print("stdlib", type(tl.standard.sum).__name__)
-assert kernels.backend("cpu") == "triton-interpret"
+assert vqa_kernels.backend("cpu") == "triton-interpret"
 torch.manual_seed(0)
 x = torch.randn(6, 300, requires_grad=True)
 y = torch.randint(0, 300, (6,)); w = torch.rand(6)
-loss = kernels.weighted_cross_entropy(x, y, w); loss.backward()
+loss = vqa_kernels.weighted_cross_entropy(x, y, w); loss.backward()
 x2 = x.detach().clone().requires_grad_(True)
 ref = weighted_cross_entropy_eager(x2, y, w); ref.backward()
 torch.testing.assert_close(loss, ref); torch.testing.assert_close(x.grad, x2.grad)
@@ -118,22 +118,22 @@ def _importable(name: str) -> bool:
 
 
 def test_one_autograd_function_per_op_whatever_the_backend(backend_device):
-    """Both backends run the same autograd Function (kernels.autograd); only their RowOps differ."""
+    """Both backends run the same autograd Function (vqa_kernels.autograd); only their RowOps differ."""
     _, dev = backend_device
     x = torch.randn(3, 7, device=dev, requires_grad=True)
     y, w = torch.tensor([1, 2, -100], device=dev), torch.ones(3, device=dev)
-    assert type(kernels.weighted_cross_entropy(x, y, w).grad_fn).__name__ == "WeightedCrossEntropyFunctionBackward"
+    assert type(vqa_kernels.weighted_cross_entropy(x, y, w).grad_fn).__name__ == "WeightedCrossEntropyFunctionBackward"
     h = torch.randn(3, 4, device=dev, requires_grad=True)
     lm = torch.randn(7, 4, device=dev, requires_grad=True)
-    loss = kernels.fused_linear_weighted_cross_entropy(h, lm, y, w)
+    loss = vqa_kernels.fused_linear_weighted_cross_entropy(h, lm, y, w)
     assert type(loss.grad_fn).__name__ == "FusedLinearWeightedCrossEntropyFunctionBackward"
 
 
 def test_autograd_functions_are_defined_once():
-    """No backend keeps its own copy of a Function body: every torch.autograd.Function of kernels/
-    lives in kernels/autograd.py."""
+    """No backend keeps its own copy of a Function body: every torch.autograd.Function of vqa_kernels/
+    lives in vqa_kernels/autograd.py."""
     found = []
-    for path in sorted((REPO / "kernels").glob("*.py")):
+    for path in sorted((REPO / "vqa_kernels").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("autograd.Function")
                                                       for b in node.bases):

@@ -1,4 +1,4 @@
-"""kernels.bench end to end on CPU: tiny shapes, the Triton provider under the interpreter."""
+"""vqa_kernels.bench end to end on CPU: tiny shapes, the Triton provider under the interpreter."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from kernels import bench
+from vqa_kernels import bench
 
 
 def _rows(path):

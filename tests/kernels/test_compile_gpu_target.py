@@ -10,8 +10,8 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import cross_entropy  # noqa: E402
-from kernels._backend import kernel_for  # noqa: E402
+from vqa_kernels import cross_entropy  # noqa: E402
+from vqa_kernels._backend import kernel_for  # noqa: E402
 
 if type(triton.language.standard.sum).__name__ != "JITFunction":
     pytest.skip("triton was imported with TRITON_INTERPRET=1: this process cannot compile",

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import weighted_cross_entropy
-from kernels.reference import ce_rows_torch, scale_rows_torch, weighted_cross_entropy_eager
 from tests.conftest import assert_close_report
 from tests.kernels.conftest import TOL, make_rows, poisoned
+from vqa_kernels import weighted_cross_entropy
+from vqa_kernels.reference import ce_rows_torch, scale_rows_torch, weighted_cross_entropy_eager
 
 
 def torch_formula(logits, target, weight, *, ignore_index=-100, z_loss=0.0, label_smoothing=0.0):
@@ -168,7 +168,7 @@ def test_bad_inputs_name_the_problem(backend_device):
 # ---- host level: the row functions themselves, with NaN-poisoned output buffers ----
 
 def _row_functions(device):
-    from kernels.cross_entropy import _backward, _forward
+    from vqa_kernels.cross_entropy import _backward, _forward
 
     return [("triton", _forward, _backward), ("torch", ce_rows_torch, scale_rows_torch)]
 

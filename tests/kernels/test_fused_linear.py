@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import fused_linear_weighted_cross_entropy
-from kernels.reference import fused_linear_weighted_cross_entropy_eager
 from tests.conftest import assert_close_report
 from tests.kernels.conftest import TOL
+from vqa_kernels import fused_linear_weighted_cross_entropy
+from vqa_kernels.reference import fused_linear_weighted_cross_entropy_eager
 
 # bf16 gradients of lm_weight sum over all rows: one more rounding than the per-row ones.
 FLCE_TOL = {torch.float32: {"rtol": 1e-4, "atol": 1e-5}, torch.bfloat16: {"rtol": 3e-2, "atol": 3e-2}}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import fused_linear_weighted_cross_entropy, weighted_cross_entropy
-from kernels.attention import select_attention
-from kernels.reference import ce_rows_torch, fused_linear_weighted_cross_entropy_eager, weighted_cross_entropy_eager
 from tests.conftest import assert_close_report
 from tests.kernels.conftest import TOL
+from vqa_kernels import fused_linear_weighted_cross_entropy, weighted_cross_entropy
+from vqa_kernels.attention import select_attention
+from vqa_kernels.reference import ce_rows_torch, fused_linear_weighted_cross_entropy_eager, weighted_cross_entropy_eager
 
 pytestmark = pytest.mark.gpu
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernels import LinearWeightedCrossEntropy, fused_linear_weighted_cross_entropy
-from kernels.reference import fused_linear_weighted_cross_entropy_eager
 from tests.conftest import assert_close_report
+from vqa_kernels import LinearWeightedCrossEntropy, fused_linear_weighted_cross_entropy
+from vqa_kernels.reference import fused_linear_weighted_cross_entropy_eager
 
 TOL32 = {"rtol": 1e-4, "atol": 1e-5}
 

@@ -26,7 +26,7 @@ VOCAB, HIDDEN, TOKENS, WORLD, LR = 61, 12, 10, 2, 0.5
 class TinyLM(torch.nn.Module):
     def __init__(self, reduction: str):
         super().__init__()
-        from kernels import LinearWeightedCrossEntropy
+        from vqa_kernels import LinearWeightedCrossEntropy
 
         self.emb = torch.nn.Embedding(VOCAB, HIDDEN)
         self.head = LinearWeightedCrossEntropy(HIDDEN, VOCAB, bias=True, reduction=reduction,
@@ -62,7 +62,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
 
-    from kernels import _backend as kernels_backend
+    from vqa_kernels import _backend as kernels_backend
 
     deepspeed.init_distributed(dist_backend="gloo")
     results = {}

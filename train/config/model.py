@@ -224,7 +224,7 @@ class ModelConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA on the LLM."""
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
-    """Attention backend; auto = kernels.attention.select_attention (flash-attn on a GPU if
+    """Attention backend; auto = vqa_kernels.attention.select_attention (flash-attn on a GPU if
     importable, else SDPA). The choice is logged and kept in VideoLLM.attention_report."""
     gradient_checkpointing: bool = False
     """Recompute LLM (and trained vision) layer activations in backward to save memory."""

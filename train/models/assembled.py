@@ -8,7 +8,7 @@ Data path of :meth:`VideoLLM.forward`::
       --LLM decoder (llm.get_decoder(), flash-attn or SDPA)--> hidden [B,L,D]
       --shift by one, keep target positions--> [N,D] --LinearWeightedCrossEntropy--> sum_i w_i CE_i
 
-The LLM's ``lm_head`` IS the loss module (``kernels.LinearWeightedCrossEntropy``): under ZeRO-3
+The LLM's ``lm_head`` IS the loss module (``vqa_kernels.LinearWeightedCrossEntropy``): under ZeRO-3
 a parameter is gathered only inside the forward of the module that owns it, and the HF
 state-dict key stays ``lm_head.weight``, so ``save_pretrained`` of the LLM loads back with
 ``AutoModelForCausalLM.from_pretrained``. The module shares the head's Parameter, so tied

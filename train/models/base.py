@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels.attention import select_attention
 from train.config.model import FrameLayout, ModelConfig
 from train.config.task import TaskConfig
 from train.loss import weighted_lm_loss
+from vqa_kernels.attention import select_attention
 
 LOSS_INPUTS = ("input_ids", "attention_mask", "labels")
 """Batch tensors every family's forward takes (besides ``loss_weight`` and its own keys)."""
@@ -34,7 +34,7 @@ BATCH_META = ("qids", "tasks", "n_cut_prompts", "n_cut_targets", "n_stl_shortene
 
 
 def resolve_attention(requested: str, device: torch.device | str | None = None) -> tuple[str, str]:
-    """(HF attn_implementation, reason) for a requested backend ("auto" asks kernels.attention)."""
+    """(HF attn_implementation, reason) for a requested backend ("auto" asks vqa_kernels.attention)."""
     if requested != "auto":
         return requested, f"set in the config (model.attn_implementation={requested})"
     return select_attention(torch.device(device) if device is not None else

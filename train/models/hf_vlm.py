@@ -11,7 +11,7 @@ ReasVQA loss exactly like the assembled model:
         M-RoPE, decoder)--> hidden [B, L, D]
       --shift by one, keep target rows--> [N, D] --lm_head = LinearWeightedCrossEntropy--> sum_i w_i CE_i
 
-The LM head is replaced by ``kernels.LinearWeightedCrossEntropy`` sharing the head's Parameter
+The LM head is replaced by ``vqa_kernels.LinearWeightedCrossEntropy`` sharing the head's Parameter
 (``train.loss.install_loss_head``): under ZeRO-3 the weight is gathered inside the head's own
 forward, the state-dict key stays ``lm_head.weight`` (``save_pretrained`` -> the same class
 loads it back) and called without targets it returns logits, so the VLM's own ``forward`` and

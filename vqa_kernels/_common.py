@@ -65,10 +65,10 @@ class FLCEOptions:
 class RowOps:
     """The host functions of one backend of the row-wise weighted CE.
 
-    The autograd Functions of ``kernels.autograd`` are shared by all backends and call only these
-    two; a backend is one instance, chosen once per call by ``kernels.functional``:
-    ``kernels.cross_entropy.TRITON_ROWS`` (Triton kernels, compiled or interpreted) or
-    ``kernels.reference.TORCH_ROWS`` (chunked PyTorch).
+    The autograd Functions of ``vqa_kernels.autograd`` are shared by all backends and call only these
+    two; a backend is one instance, chosen once per call by ``vqa_kernels.functional``:
+    ``vqa_kernels.cross_entropy.TRITON_ROWS`` (Triton kernels, compiled or interpreted) or
+    ``vqa_kernels.reference.TORCH_ROWS`` (chunked PyTorch).
 
     Attributes:
         name: the backend's name, for messages ("triton", "torch-chunked").

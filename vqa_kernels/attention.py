@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-logger = logging.getLogger("kernels.attention")
+logger = logging.getLogger("vqa_kernels.attention")
 
 FLASH_ATTENTION_2 = "flash_attention_2"
 SDPA = "sdpa"

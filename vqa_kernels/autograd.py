@@ -1,14 +1,14 @@
 """The autograd Functions of the weighted CE ops, one per op, shared by every backend.
 
-A backend is a :class:`kernels._common.RowOps`: the host functions that compute the row-wise
-weighted CE (and its gradient) and scale a stored gradient.  ``kernels.functional`` chooses it once
-per call (``kernels.cross_entropy.TRITON_ROWS`` or ``kernels.reference.TORCH_ROWS``) and passes it
+A backend is a :class:`vqa_kernels._common.RowOps`: the host functions that compute the row-wise
+weighted CE (and its gradient) and scale a stored gradient.  ``vqa_kernels.functional`` chooses it once
+per call (``vqa_kernels.cross_entropy.TRITON_ROWS`` or ``vqa_kernels.reference.TORCH_ROWS``) and passes it
 to ``apply``; the Functions below never branch on the backend.
 
 - :class:`WeightedCrossEntropyFunction`: logits [N, V] -> loss; gradient made in forward, scaled
   in backward.
 - :class:`FusedLinearWeightedCrossEntropyFunction`: hidden [N, H] and the LM head -> loss, through
-  the chunk driver of ``kernels.fused_linear_cross_entropy`` (never O(N x V) memory).
+  the chunk driver of ``vqa_kernels.fused_linear_cross_entropy`` (never O(N x V) memory).
 
 This module imports no triton.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import fused_linear_cross_entropy as flce
-from kernels._common import CEOptions, FLCEOptions, RowOps
+from vqa_kernels import fused_linear_cross_entropy as flce
+from vqa_kernels._common import CEOptions, FLCEOptions, RowOps
 
 
 class WeightedCrossEntropyFunction(torch.autograd.Function):
@@ -68,7 +68,7 @@ class FusedLinearWeightedCrossEntropyFunction(torch.autograd.Function):
     opts: FLCEOptions, ops: RowOps)`` returns a 0-dim fp32 loss ("sum") or [N] fp32 ("none").
     ``weight`` is a constant (no gradient).  With reduction "sum" the gradients are made in forward
     and backward scales them in place, so backward may run once per forward.  With "none" backward
-    recomputes the chunks with weights w_i * grad_output_i (see ``kernels.fused_linear_cross_entropy``).
+    recomputes the chunks with weights w_i * grad_output_i (see ``vqa_kernels.fused_linear_cross_entropy``).
     """
 
     @staticmethod

@@ -1,8 +1,8 @@
 """Benchmark of the weighted CE and fused linear CE kernels against named baselines.
 
-    python -m kernels.bench                                  # GPU: small -> (16k, 4096, 151936) bf16
-    python -m kernels.bench --shapes 16384x4096x151936 --kernels ce --modes full
-    TRITON_INTERPRET=1 python -m kernels.bench               # CPU: tiny shapes, functional check
+    python -m vqa_kernels.bench                                  # GPU: small -> (16k, 4096, 151936) bf16
+    python -m vqa_kernels.bench --shapes 16384x4096x151936 --kernels ce --modes full
+    TRITON_INTERPRET=1 python -m vqa_kernels.bench               # CPU: tiny shapes, functional check
 
 Providers: ours-triton (the Triton path, interpreted on CPU), ours-triton-inplace (CE with the
 gradient written into the logits, Liger's memory behaviour), ours-triton-bf16acc (FLCE with the
@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from kernels import _backend
-from kernels._common import CEOptions, FLCEOptions
-from kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
-from kernels.reference import (
+from vqa_kernels import _backend
+from vqa_kernels._common import CEOptions, FLCEOptions
+from vqa_kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
+from vqa_kernels.reference import (
     fused_linear_weighted_cross_entropy_chunked,
     fused_linear_weighted_cross_entropy_eager,
     weighted_cross_entropy_chunked,
@@ -87,14 +87,14 @@ def available_providers() -> list[str]:
 
 
 def _ours_ce(inplace: bool):
-    from kernels.cross_entropy import TRITON_ROWS  # triton may be missing: only the Triton providers need it
+    from vqa_kernels.cross_entropy import TRITON_ROWS  # triton may be missing: only the Triton providers need it
 
     opts = CEOptions(inplace=inplace)
     return lambda x, y, w: WeightedCrossEntropyFunction.apply(x, y, w, opts, TRITON_ROWS)
 
 
 def _ours_flce(chunk_size: int | None, accum_dtype: torch.dtype | None = None):
-    from kernels.cross_entropy import TRITON_ROWS  # triton may be missing: only the Triton providers need it
+    from vqa_kernels.cross_entropy import TRITON_ROWS  # triton may be missing: only the Triton providers need it
 
     opts = FLCEOptions(chunk_size=chunk_size, accum_dtype=accum_dtype)
     return lambda h, lm, y, w: FusedLinearWeightedCrossEntropyFunction.apply(h, lm, None, y, w, opts,
@@ -225,7 +225,7 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kernels"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "vqa_kernels"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -308,7 +308,7 @@ def append_csv(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: benchmark the kernels, print a table, append the rows to the CSV."""
-    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vqa_kernels.bench", description=__doc__.split("\n")[0])
     p.add_argument("--kernels", default="ce,flce", help="comma list of ce, flce")
     p.add_argument("--providers", default=None, help=f"comma list of {', '.join(PROVIDERS)} "
                    "(default: all available; torch-compile is skipped on CPU unless named)")

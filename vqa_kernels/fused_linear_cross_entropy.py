@@ -1,7 +1,7 @@
 """Fused linear + weighted cross-entropy: logits never exist for more than one chunk of tokens.
 
 For hidden [N, H], lm_weight [V, H] (and bias [V]) the loss is the weighted CE of
-``kernels.cross_entropy`` applied to logits = hidden @ lm_weight.T + bias, computed chunk by chunk:
+``vqa_kernels.cross_entropy`` applied to logits = hidden @ lm_weight.T + bias, computed chunk by chunk:
 
 1. rows that are ignored or have weight 0 are dropped up front (one ``nonzero``): in VideoQA
    batches most tokens are prompt and video tokens, so only target tokens pay for the vocab;
@@ -20,10 +20,10 @@ Peak extra memory: one chunk of logits (C x V, ``CHUNK_LOGITS_BYTES`` by default
 at most that size, and the gradients (grad_hidden [N, H], the [V, H] accumulator) - never O(N x V).
 
 The row CE is passed in as ``ce_rows`` (the ``forward`` of a backend's ``RowOps``:
-``kernels.cross_entropy._forward`` or ``kernels.reference.ce_rows_torch``); this module itself
+``vqa_kernels.cross_entropy._forward`` or ``vqa_kernels.reference.ce_rows_torch``); this module itself
 imports no triton.  The GEMMs are torch's (cuBLAS on GPU), so the Triton part of this op is the row
 kernel.  The autograd Function around :func:`_forward` is
-``kernels.autograd.FusedLinearWeightedCrossEntropyFunction``.
+``vqa_kernels.autograd.FusedLinearWeightedCrossEntropyFunction``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels._common import FLCEOptions, default_chunk_size
+from vqa_kernels._common import FLCEOptions, default_chunk_size
 
 
 def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, max_temp_elems: int) -> None:
@@ -60,7 +60,7 @@ def _forward(
         hidden: [N, H] fp32/bf16/fp16; lm_weight: [V, H] same dtype; bias: [V] or None.
         target: [N] int64 (validated); weight: [N] fp32, already multiplied by grad_output when
             called from backward.
-        ce_rows: row CE with the signature of ``kernels.cross_entropy._forward``.
+        ce_rows: row CE with the signature of ``vqa_kernels.cross_entropy._forward``.
         need: (grad of hidden, grad of lm_weight, grad of bias) wanted.
 
     Returns:

@@ -2,9 +2,9 @@
 
 Public API (contract 6)::
 
-    from kernels import weighted_cross_entropy, fused_linear_weighted_cross_entropy
-    from kernels import LinearWeightedCrossEntropy, backend
-    from kernels.attention import select_attention
+    from vqa_kernels import weighted_cross_entropy, fused_linear_weighted_cross_entropy
+    from vqa_kernels import LinearWeightedCrossEntropy, backend
+    from vqa_kernels.attention import select_attention
 
 ``backend(device)`` says which implementation a call on that device runs ("triton",
 "triton-interpret" or "torch-chunked"); the choice is logged once.  Read in this order:
@@ -16,9 +16,9 @@ chunk driver), ``autograd.py`` (one autograd Function per op, shared by both bac
 Imports nothing of the project but itself (and no triton until a call needs it).
 """
 
-from kernels._backend import backend
-from kernels.functional import fused_linear_weighted_cross_entropy, weighted_cross_entropy
-from kernels.module import LinearWeightedCrossEntropy
+from vqa_kernels._backend import backend
+from vqa_kernels.functional import fused_linear_weighted_cross_entropy, weighted_cross_entropy
+from vqa_kernels.module import LinearWeightedCrossEntropy
 
 __all__ = [
     "LinearWeightedCrossEntropy",

@@ -4,10 +4,10 @@ The choice depends on the device of the inputs and on the environment at CALL ti
 
 - CUDA tensor and triton importable -> ``"triton"`` (compiled kernels);
 - CPU tensor, ``TRITON_INTERPRET=1`` and triton importable -> ``"triton-interpret"`` (slow; tests);
-- anything else -> ``"torch-chunked"`` (the pure-PyTorch chunked path of ``kernels.reference``).
+- anything else -> ``"torch-chunked"`` (the pure-PyTorch chunked path of ``vqa_kernels.reference``).
 
-Every distinct choice is logged once (``logging`` logger ``"kernels"``) and can be queried with
-``kernels.backend(device)``.
+Every distinct choice is logged once (``logging`` logger ``"vqa_kernels"``) and can be queried with
+``vqa_kernels.backend(device)``.
 
 Triton decides between compiling and interpreting a ``@triton.jit`` function when it is DECORATED
 (it reads ``TRITON_INTERPRET`` then).  So that the choice above does not depend on import order
@@ -15,7 +15,7 @@ Triton decides between compiling and interpreting a ``@triton.jit`` function whe
 ``TRITON_INTERPRET=1``), :func:`kernel_for` re-decorates the raw Python function of a kernel in the
 mode a call needs and caches both variants.  For the same reason our kernels call no ``@jit``
 function of triton's standard library (``tl.max``, ``tl.sum``, ``tl.zeros`` are decorated when
-triton is imported) and no ``@jit`` helper of their own: see ``kernels/cross_entropy.py``.
+triton is imported) and no ``@jit`` helper of their own: see ``vqa_kernels/cross_entropy.py``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import threading
 
 import torch
 
-logger = logging.getLogger("kernels")
+logger = logging.getLogger("vqa_kernels")
 
 TRITON = "triton"
 TRITON_INTERPRET = "triton-interpret"

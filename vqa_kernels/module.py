@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from kernels.functional import fused_linear_weighted_cross_entropy
+from vqa_kernels.functional import fused_linear_weighted_cross_entropy
 
 
 class LinearWeightedCrossEntropy(nn.Module):
@@ -32,7 +32,7 @@ class LinearWeightedCrossEntropy(nn.Module):
         vocab_size: V.
         bias: whether the head has a bias.
         ignore_index, reduction, z_loss, label_smoothing, chunk_size, accum_dtype: defaults of the
-            loss (see ``kernels.fused_linear_weighted_cross_entropy``).
+            loss (see ``vqa_kernels.fused_linear_weighted_cross_entropy``).
         device, dtype: of the parameters.
     """
 

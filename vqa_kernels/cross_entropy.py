@@ -17,8 +17,8 @@ logits dtype.  Row offsets are int64 so that N * V beyond 2**31 elements is safe
 
 Layers: ``_weighted_ce_fwd_kernel`` / ``_scale_rows_kernel`` (Triton), ``_forward`` / ``_backward``
 (host: checks and launches), bundled as ``TRITON_ROWS`` (a ``RowOps``).  The autograd Functions are
-``kernels.autograd``'s, shared with the torch path (``kernels.reference.TORCH_ROWS``), which has
-the same host signatures.  The public, dispatching entry point is ``kernels.weighted_cross_entropy``.
+``vqa_kernels.autograd``'s, shared with the torch path (``vqa_kernels.reference.TORCH_ROWS``), which has
+the same host signatures.  The public, dispatching entry point is ``vqa_kernels.weighted_cross_entropy``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._backend import TRITON, kernel_for
-from kernels._common import RowOps
+from vqa_kernels._backend import TRITON, kernel_for
+from vqa_kernels._common import RowOps
 
 # Largest block of vocab columns one program holds at once (fp32 values in registers); bigger rows
-# are walked in blocks.  Untuned: the GPU benchmark (kernels/bench.py) is where to tune it.
+# are walked in blocks.  Untuned: the GPU benchmark (vqa_kernels/bench.py) is where to tune it.
 MAX_BLOCK_V = 32768
 # Programs per SM for the persistent forward grid (rows are strided over the programs).
 PROGRAMS_PER_SM = 1
@@ -55,7 +55,7 @@ if _MAX_COMBINE is None or _SUM_COMBINE is None:  # other triton versions: corre
 
 
 # One function, no @triton.jit helpers: a helper would keep the mode it was decorated in at import,
-# and an interpreted kernel cannot call a compiled helper (see kernels._backend.kernel_for).
+# and an interpreted kernel cannot call a compiled helper (see vqa_kernels._backend.kernel_for).
 @triton.jit
 def _weighted_ce_fwd_kernel(
     x_ptr, x_stride, g_ptr, g_stride, target_ptr, weight_ptr, loss_ptr, lse_ptr,
@@ -254,5 +254,5 @@ def _backward(grad: torch.Tensor, scale: torch.Tensor, *, out: torch.Tensor | No
     return out
 
 
-# This backend for the autograd Functions of kernels.autograd (shared with the torch path).
+# This backend for the autograd Functions of vqa_kernels.autograd (shared with the torch path).
 TRITON_ROWS = RowOps(name=TRITON, forward=_forward, backward=_backward)

@@ -1,8 +1,8 @@
-"""Public functions: check the inputs, pick the backend once (kernels._backend), run the op.
+"""Public functions: check the inputs, pick the backend once (vqa_kernels._backend), run the op.
 
-Each op has one autograd Function (``kernels.autograd``) for every backend; the backend is the
-``RowOps`` it is given: ``TRITON_ROWS`` (``kernels.cross_entropy``) or ``TORCH_ROWS``
-(``kernels.reference``).  The Triton module is imported only when a call needs it, so CPU training
+Each op has one autograd Function (``vqa_kernels.autograd``) for every backend; the backend is the
+``RowOps`` it is given: ``TRITON_ROWS`` (``vqa_kernels.cross_entropy``) or ``TORCH_ROWS``
+(``vqa_kernels.reference``).  The Triton module is imported only when a call needs it, so CPU training
 without triton (or on a machine whose triton cannot compile) runs the chunked torch path.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _backend
-from kernels._common import (
+from vqa_kernels import _backend
+from vqa_kernels._common import (
     CEOptions,
     FLCEOptions,
     RowOps,
@@ -20,15 +20,15 @@ from kernels._common import (
     check_options,
     check_rows,
 )
-from kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
-from kernels.reference import TORCH_ROWS
+from vqa_kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
+from vqa_kernels.reference import TORCH_ROWS
 
 
 def _row_ops(device: torch.device) -> RowOps:
     """The backend for tensors on ``device`` now: ``TORCH_ROWS`` or ``TRITON_ROWS`` (see ``_backend``)."""
     if _backend.backend(device) == _backend.TORCH_CHUNKED:
         return TORCH_ROWS
-    from kernels.cross_entropy import TRITON_ROWS  # imports triton: only once a call needs it
+    from vqa_kernels.cross_entropy import TRITON_ROWS  # imports triton: only once a call needs it
 
     return TRITON_ROWS
 
@@ -99,7 +99,7 @@ def fused_linear_weighted_cross_entropy(
     Same loss as :func:`weighted_cross_entropy` on those logits; gradients for hidden, lm_weight
     and bias.  Peak extra memory is one chunk of logits (chunk_size x V) plus the gradients.
     Reduction "none" recomputes the chunks in backward (exact for any per-row grad_output; see
-    ``kernels.fused_linear_cross_entropy``).
+    ``vqa_kernels.fused_linear_cross_entropy``).
 
     Args:
         hidden: [N, H] fp32/bf16/fp16.

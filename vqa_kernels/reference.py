@@ -1,6 +1,6 @@
 """Pure-PyTorch references for the weighted cross-entropy kernels.
 
-Two kinds, with the loss defined in ``kernels.cross_entropy`` (weight_i * (CE_i + z * lse_i**2),
+Two kinds, with the loss defined in ``vqa_kernels.cross_entropy`` (weight_i * (CE_i + z * lse_i**2),
 label smoothing as in F.cross_entropy, 0 for rows with ``ignore_index``):
 
 - eager (``*_eager``): plain autograd on fp32 logits; the fused linear one materializes the whole
@@ -11,17 +11,17 @@ label smoothing as in F.cross_entropy, 0 for rows with ``ignore_index``):
   This is what the public functions run on CPU without ``TRITON_INTERPRET=1``.
 
 ``ce_rows_torch`` / ``scale_rows_torch`` have the signatures of the Triton host functions
-``kernels.cross_entropy._forward`` / ``_backward``; bundled as ``TORCH_ROWS`` (a ``RowOps``) they
-are the torch backend of the autograd Functions of ``kernels.autograd``, which both paths share.
+``vqa_kernels.cross_entropy._forward`` / ``_backward``; bundled as ``TORCH_ROWS`` (a ``RowOps``) they
+are the torch backend of the autograd Functions of ``vqa_kernels.autograd``, which both paths share.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels._backend import TORCH_CHUNKED
-from kernels._common import CEOptions, FLCEOptions, RowOps
-from kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
+from vqa_kernels._backend import TORCH_CHUNKED
+from vqa_kernels._common import CEOptions, FLCEOptions, RowOps
+from vqa_kernels.autograd import FusedLinearWeightedCrossEntropyFunction, WeightedCrossEntropyFunction
 
 # Rows per block of the chunked row CE: bounds its fp32 temporaries to about 64 MiB each.
 _BLOCK_ELEMS = 2**24
@@ -69,7 +69,7 @@ def ce_rows_torch(
     label_smoothing: float = 0.0, z_loss: float = 0.0, grad: torch.Tensor | None = None,
     block_v: int | None = None, out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch twin of ``kernels.cross_entropy._forward`` (same arguments and results).
+    """Torch twin of ``vqa_kernels.cross_entropy._forward`` (same arguments and results).
 
     Args:
         logits: [N, V] float; target: [N] int64 (validated); weight: [N] float.
@@ -114,7 +114,7 @@ def ce_rows_torch(
 
 
 def scale_rows_torch(grad: torch.Tensor, scale: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Torch twin of ``kernels.cross_entropy._backward``: out = grad * scale (per row if [N])."""
+    """Torch twin of ``vqa_kernels.cross_entropy._backward``: out = grad * scale (per row if [N])."""
     out = torch.empty_like(grad) if out is None else out
     scale = scale.to(device=grad.device, dtype=torch.float32)
     per_row = scale.dim() == 1
@@ -127,7 +127,7 @@ def scale_rows_torch(grad: torch.Tensor, scale: torch.Tensor, *, out: torch.Tens
     return out
 
 
-# The torch backend for the autograd Functions of kernels.autograd (shared with the Triton path).
+# The torch backend for the autograd Functions of vqa_kernels.autograd (shared with the Triton path).
 TORCH_ROWS = RowOps(name=TORCH_CHUNKED, forward=ce_rows_torch, backward=scale_rows_torch)
 
 
