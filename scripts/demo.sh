@@ -8,6 +8,5 @@
 #                                   -> demo_out/full/report/ (hours here; --only RUN... picks runs)
 #   bash scripts/demo.sh --smoke    the minutes-long CI version
 set -euo pipefail
-bash "$(dirname "$0")/setup_cpu.sh"
-cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" -m eval demo "$@"
+source "$(dirname "$0")/setup_cpu.sh"   # sets PY (a .venv on an externally managed Python) and cd's to the repo
+exec "$PY" -m eval demo "$@"

@@ -2,11 +2,10 @@
 # The README's test command: set up (scripts/setup_cpu.sh), then run the test suite on CPU.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for the quick subset.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup_cpu.sh
+source "$(dirname "$0")/setup_cpu.sh"   # sets PY (a .venv on an externally managed Python) and cd's to the repo
 # DeepSpeed JIT-builds a communication op on first use (~1 min): keep it in a cache directory.
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 export TOKENIZERS_PARALLELISM=false
 # every child process (torchrun ranks, spawned workers) prints its Python stacks if a signal kills it
 export PYTHONFAULTHANDLER=1
-exec python3 -m pytest "$@"
+exec "$PY" -m pytest "$@"
