@@ -35,7 +35,10 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "gpu": ["flash-attn>=2.6"],
+        # flash-attn builds from source against the installed CUDA torch: it needs the CUDA compiler (nvcc of
+        # the CUDA version torch was built with) and `pip install --no-build-isolation`; without it attention
+        # falls back to PyTorch SDPA (the trainer logs which ran). peft: the LoRA recipes.
+        "gpu": ["flash-attn>=2.6", "peft>=0.12"],
         "lora": ["peft>=0.12"],
         "vllm": ["vllm"],
         "report": ["matplotlib>=3.7", "tensorboard>=2.14"],
