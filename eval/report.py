@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,19 @@ def summarize(runs: list[Run], kind: str = "t95") -> dict[str, Any]:
                   "per_type": r.scores["per_type"], "count": r.scores.get("count"),
                   "probes": {n: p.get("overall") for n, p in r.probes.items()}, "curve": r.curve} for r in runs],
     }
+
+
+def _relative_paths(summary: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The runs' paths relative to the report's folder, so that a report moved or committed together with
+    its runs names no directory of the machine that made it."""
+    def rel(p: str) -> str:
+        return os.path.relpath(Path(p).resolve(), out.resolve())
+
+    for g in summary["groups"]:
+        g["runs"] = [rel(p) for p in g["runs"]]
+    for r in summary["runs"]:
+        r["path"] = rel(r["path"])
+    return summary
 
 
 def _common_meta(members: list[Run]) -> dict[str, Any]:
@@ -394,7 +408,7 @@ def write_report(runs: list[Run], out: str | Path, kind: str = "t95", pairs: lis
     None}`` (cells: :func:`eval.stats.interval`), or None when no run has a records.jsonl."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(runs, kind)
+    summary = _relative_paths(summarize(runs, kind), out)
     summary["sweeps"] = sweeps(summary)
     cache: dict[Path, Answers] = {}
     summary["comparisons"] = compare_groups(runs, pairs or [], target, nulls, cache)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# The real annotation excerpts live in ../shared/fixtures; a copy under tests/fixtures is used
-# when the checkout stands alone (CI on a fresh clone).
-_FIXTURE_DIRS = [REPO / "tests" / "fixtures" / "annotations", REPO.parent / "shared" / "fixtures" / "annotations"]
+# Small real excerpts of public annotation files, committed under tests/fixtures (nothing outside the
+# repository is read).
+_FIXTURE_DIRS = [REPO / "tests" / "fixtures" / "annotations"]
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ Hand computation (t_{0.975,2} = 4.303, t_{0.975,1} = 12.706):
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -106,6 +107,10 @@ def test_cli_writes_markdown_json_and_pngs(runs_root, tmp_path, capsys):
         assert f"![{name}]({name})" in md
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interval"] == "t95" and len(summary["runs"]) == 6
+    # paths relative to the report's folder: a committed report names no directory of the machine that made it
+    paths = [r["path"] for r in summary["runs"]] + [p for g in summary["groups"] for p in g["runs"]]
+    assert all(not os.path.isabs(p) and (out / p / "run.json").is_file() for p in paths), paths
+    assert str(tmp_path) not in md and str(tmp_path) not in (out / "summary.json").read_text()
     assert summary["plots"]["learning_curves.png"].startswith("skipped: no run has a learning curve")
     assert {k: v for k, v in summary["plots"].items() if k != "learning_curves.png"} == dict.fromkeys(
         ("acc_per_type.png", "acc_vs_beta.png", "acc_vs_teacher.png"), "written")
