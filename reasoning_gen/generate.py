@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tarfile
 import time
@@ -238,6 +239,28 @@ def _pending_shards(urls: list[str], done: set[str], stats: JobStats) -> tuple[l
     return pending, (None if unknown else total), unknown
 
 
+def place_backend(name: str, opts: dict, local_rank: int, env: dict) -> dict:
+    """Where this rank's teacher runs, across the GPUs of a node.
+
+    ``transformers``: one rank per GPU (torchrun --nproc_per_node GPUS, or one srun task per GPU); each rank gets
+    ``local_rank`` and loads its model onto ``cuda:LOCAL_RANK`` (:func:`reasoning_gen.backends.hf.resolve_device`).
+    ``vllm``: ONE process per node: vLLM's own ``tensor_parallel_size`` workers take the node's GPUs, so a
+    second rank on the node is refused (it would load a second engine onto the same GPUs). The work is
+    still split over ranks (nodes) by shard, as for every backend."""
+    opts = dict(opts)
+    if name == "transformers":
+        opts.setdefault("local_rank", local_rank)
+    elif name == "vllm":
+        per_node = re.match(r"\d+", env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or "1")
+        local_world = int(per_node.group()) if per_node else 1  # SLURM may write "2(x3)"
+        if local_rank > 0 or local_world > 1:
+            raise ValueError(f"the vllm backend runs one process per node (its tensor_parallel_size="
+                             f"{opts.get('tensor_parallel_size', 1)} workers use the node's GPUs); this node "
+                             f"starts {max(local_world, local_rank + 1)}: launch with --nproc_per_node 1 "
+                             "(or one srun task per node)")
+    return opts
+
+
 def run_generation(cfg: GenerateConfig, backend: Backend, rank: int, world_size: int, log=print) -> dict:
     """Generate this rank's records; returns the counters (plus the loader's as ``loader_*``)."""
     if cfg.prompt not in ("reasvqa", "vcot"):
@@ -349,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         if not opts.get("base_url") or not opts.get("model"):
             p.error("the openai backend needs --base-url and --model")
     info = world_info_from_env()
+    try:
+        opts = place_backend(args.backend, opts, info.local_rank, os.environ)
+    except ValueError as e:
+        p.error(str(e))
     truth = None
     if args.records:
         truth = {qid: answer for qid, (_, answer) in load_truth(args.records).items()}

@@ -114,9 +114,19 @@ def pick_frames_as(processor, frames_as: str) -> str:
     return frames_as
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
+    """The device of this generation rank: ``auto`` (or None) is ``cuda:LOCAL_RANK`` where CUDA is
+    available (one rank per GPU, as torchrun / srun start them; a rank without its own GPU is an error,
+    not a second model on GPU 0), else the CPU; ``cuda`` alone means this rank's GPU too."""
+    if device in (None, "auto", "cuda") and (device == "cuda" or torch.cuda.is_available()):
+        n = torch.cuda.device_count()
+        if not 0 <= local_rank < n:
+            raise ValueError(f"generation rank with LOCAL_RANK {local_rank} has no GPU of its own ({n} visible): "
+                             "start at most one rank per GPU (torchrun --nproc_per_node <= GPUs)")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cpu")
     return torch.device(device)
 
 
@@ -125,7 +135,8 @@ class TransformersBackend(Backend):
 
     Args:
         model: local directory with the model, its processor and a chat template.
-        device: ``cuda``, ``cpu``, ``cuda:1`` ... or None/``auto``.
+        device: ``cuda``, ``cpu``, ``cuda:1`` ... or None/``auto`` (:func:`resolve_device`: this rank's GPU).
+        local_rank: this process's rank on its node (``LOCAL_RANK``; the generate CLI passes it).
         dtype: ``auto`` (the checkpoint's), ``bfloat16``, ``float16`` or ``float32``.
         max_new_tokens: generation length limit.
         temperature: 0 for greedy decoding, else sampling with this temperature and ``top_p``.
@@ -150,7 +161,7 @@ class TransformersBackend(Backend):
                  temperature: float = 0.0, top_p: float = 1.0, frames_as: str = "auto", batch_size: int | None = None,
                  attn_implementation: str | None = None, trust_remote_code: bool = False,
                  generate_kwargs: dict | None = None, text_only: bool | None = None, gguf_file: str | None = None,
-                 descriptions: str | list[str] | None = None):
+                 descriptions: str | list[str] | None = None, local_rank: int = 0):
         # transformers takes seconds to import: only when this backend is built, not for synthetic / openai
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
@@ -183,7 +194,7 @@ class TransformersBackend(Backend):
         self.tokenizer.padding_side = "left"  # generation appends on the right
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, local_rank)
         kwargs = dict(load)
         if dtype != "auto":
             kwargs["dtype"] = getattr(torch, dtype)

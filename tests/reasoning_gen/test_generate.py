@@ -143,3 +143,41 @@ def test_bad_arguments(synthetic_shards, tmp_path):
     with pytest.raises(TypeError, match="backend 'synthetic': bad options"):
         _gen(synthetic_shards, tmp_path / "y", "--opt", "temperature=3")
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+def test_ranks_split_the_work_and_each_takes_its_own_device(synthetic_shards, tmp_path, monkeypatch):
+    """Two ranks of one node (the environment torchrun gives them): disjoint shares of the questions that
+    together are all of them; the transformers backend gets each rank's LOCAL_RANK (its GPU, resolve_device), the vllm
+    backend refuses a second process on a node (its tensor-parallel workers take the node's GPUs)."""
+    from reasoning_gen.backends.hf import resolve_device
+    from reasoning_gen.generate import place_backend
+
+    shares = []
+    for rank in (0, 1):
+        for k, v in {"RANK": rank, "WORLD_SIZE": 2, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": 2}.items():
+            monkeypatch.setenv(k, str(v))
+        assert _gen(synthetic_shards, tmp_path / "two") == 0
+        shares.append({r["qid"] for r in _lines(tmp_path / "two" / f"val.rank{rank:05d}.jsonl")})
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k)
+    assert _gen(synthetic_shards, tmp_path / "one") == 0
+    everything = {r["qid"] for r in _lines(tmp_path / "one" / "val.rank00000.jsonl")}
+    assert shares[0] and shares[1] and not shares[0] & shares[1] and shares[0] | shares[1] == everything
+
+    assert place_backend("transformers", {"model": "m"}, 3, {})["local_rank"] == 3
+    assert place_backend("transformers", {"local_rank": 0}, 3, {})["local_rank"] == 0  # an explicit option wins
+    assert place_backend("vllm", {"tensor_parallel_size": 8}, 0, {"LOCAL_WORLD_SIZE": "1"}) == {"tensor_parallel_size": 8}
+    for local_rank, env in ((1, {}), (0, {"LOCAL_WORLD_SIZE": "8"}), (0, {"SLURM_NTASKS_PER_NODE": "2(x4)"})):
+        with pytest.raises(ValueError, match="one process per node"):
+            place_backend("vllm", {"tensor_parallel_size": 8}, local_rank, env)
+    import torch
+
+    if not torch.cuda.is_available():  # on CPU: auto is the CPU, and asking for this rank's GPU is an error
+        assert resolve_device("auto", 1).type == "cpu"
+        with pytest.raises(ValueError, match="LOCAL_RANK 1 has no GPU of its own"):
+            resolve_device("cuda", 1)
+    else:
+        n = torch.cuda.device_count()
+        assert resolve_device("auto", n - 1) == torch.device("cuda", n - 1)
+        with pytest.raises(ValueError, match="no GPU of its own"):
+            resolve_device("auto", n)
