@@ -6,7 +6,7 @@
 #
 #   bash scripts/gpu_checks.sh            # writes logs and CSV rows under ${OUT:-gpu_out}/
 #
-# Needs: python3 with CUDA torch, triton and pytest (the device image has them). Optional:
+# Needs: python3 with CUDA torch, triton and pytest (the device image has them). Optional (VLLM_MODEL: step 5):
 #   - liger-kernel, for the Liger baseline: pure Python, so fetch it here and carry it, e.g.
 #       python3 -m pip download --no-deps -d .whl liger-kernel     (then carry .whl and set WHEELS=.whl)
 #   - deepspeed + webdataset + torchcodec + FFmpeg, for `train.bench` on configs/bench_1b_gpu.yaml;
@@ -67,5 +67,15 @@ if python3 -c "import deepspeed, webdataset, torchcodec" 2>/dev/null; then
     --data.max_tokens_per_row=2048
 else
   echo "== train_bench: skipped (deepspeed, webdataset or torchcodec not importable here)" | tee "$OUT/train_bench.log"
+fi
+# 5. The vLLM teacher (issue 25), when vllm is importable and VLLM_MODEL names a small local video/image-text
+#    model folder (nothing is downloaded): one process, tensor_parallel_size 1, the synthetic shards of step 3.
+if [ -n "${VLLM_MODEL:-}" ] && [ -d "$OUT/shards" ] && python3 -c "import vllm" 2>/dev/null; then
+  step vllm_teacher 240 python3 -m reasoning_gen generate --shards "$OUT/shards/train-{000000..000003}.tar" \
+    --backend vllm --model "$VLLM_MODEL" --opt tensor_parallel_size=1 --opt max_new_tokens=64 \
+    --records "$OUT/synth/records.jsonl" --out "$OUT/vllm_teacher" --no-progress
+else
+  echo "== vllm_teacher: skipped (needs vllm importable, VLLM_MODEL=<local model folder> and step 3's shards)" \
+    | tee "$OUT/vllm_teacher.log"
 fi
 exit $status
