@@ -12,17 +12,15 @@ any problem, else 0.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
 
-from webdataset.shardlists import expand_urls
-
 from data_shards.ingest.video_io import VIDEO_EXTS
 from data_shards.schema import SchemaError, validate_record
+from data_shards.stream.loader import expand_urls
 
 _COUNTS = ("samples", "videos", "questions", "video_bytes", "bytes")
 
@@ -32,12 +30,7 @@ def expand_shards(patterns: list[str] | str) -> list[str]:
 
     A pattern that matches no file is kept as is, so that it is reported as missing.
     """
-    out: list[str] = []
-    for pat in [patterns] if isinstance(patterns, str) else patterns:
-        for url in expand_urls(pat):
-            hits = sorted(glob.glob(url)) if any(c in url for c in "*?[") else []
-            out.extend(hits or [url])
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(expand_urls(patterns)))
 
 
 def inspect_tar(path: str) -> dict:

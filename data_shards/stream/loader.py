@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import itertools
 import json
 import logging
@@ -62,11 +63,17 @@ log = logging.getLogger("data_shards.stream.loader")
 
 
 def expand_urls(urls: str | list[str]) -> list[str]:
-    """Brace-expand a pattern (``::`` separates several) or each entry of a list."""
+    """Brace-expand a pattern (``::`` separates several) or each entry of a list, then glob local ones
+    (``/data/shards/nextqa_train-*.tar``: the shards the writer made, however many ``--max-size`` gave),
+    sorted. A glob that matches no file is kept as is, so that it is reported as missing."""
     items = [urls] if isinstance(urls, str) else list(urls)
     out: list[str] = []
     for item in items:
-        out.extend(u for u in wds_expand(item) if u)
+        for u in wds_expand(item):
+            if u and any(c in u for c in "*?[") and ":" not in u.split("/", 1)[0]:  # a local path, not a URL
+                out.extend(sorted(glob.glob(u)) or [u])
+            elif u:
+                out.append(u)
     return out
 
 

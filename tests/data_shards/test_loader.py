@@ -304,3 +304,19 @@ def test_decoder_threads_are_chosen_per_machine(monkeypatch):
     assert auto_decode_threads(4, local_ranks=8, cores=16) == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert auto_decode_threads(2, cores=16) == 3
+
+
+def test_expand_urls_globs_local_shards_in_order(tmp_path):
+    """A recipe names the writer's shards by a glob (their count depends on --max-size), never a hard-coded
+    range; a glob matching nothing stays as given so that it is reported as missing."""
+    from data_shards.stream.loader import expand_urls
+
+    for i in (2, 0, 10, 1):
+        (tmp_path / f"nextqa_train-{i:06d}.tar").write_bytes(b"")
+    (tmp_path / "nextqa_val-000000.tar").write_bytes(b"")
+    got = expand_urls(str(tmp_path / "nextqa_train-*.tar"))
+    assert got == [str(tmp_path / f"nextqa_train-{i:06d}.tar") for i in (0, 1, 2, 10)]
+    assert expand_urls([str(tmp_path / "nextqa_val-*.tar"), str(tmp_path / "x-{000000..000001}.tar")]) == [
+        str(tmp_path / "nextqa_val-000000.tar"), str(tmp_path / "x-000000.tar"), str(tmp_path / "x-000001.tar")]
+    assert expand_urls(str(tmp_path / "none-*.tar")) == [str(tmp_path / "none-*.tar")]
+    assert expand_urls("pipe:curl -s https://host/shard-[ab].tar") == ["pipe:curl -s https://host/shard-[ab].tar"]
