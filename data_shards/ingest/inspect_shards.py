@@ -18,9 +18,11 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+from webdataset.shardlists import expand_urls
+
+from data_shards.common.urls import glob_local
 from data_shards.ingest.video_io import VIDEO_EXTS
 from data_shards.schema import SchemaError, validate_record
-from data_shards.stream.loader import expand_urls
 
 _COUNTS = ("samples", "videos", "questions", "video_bytes", "bytes")
 
@@ -30,7 +32,9 @@ def expand_shards(patterns: list[str] | str) -> list[str]:
 
     A pattern that matches no file is kept as is, so that it is reported as missing.
     """
-    return list(dict.fromkeys(expand_urls(patterns)))
+    out = [f for pat in ([patterns] if isinstance(patterns, str) else patterns) for u in expand_urls(pat)
+           for f in glob_local(u)]
+    return list(dict.fromkeys(out))
 
 
 def inspect_tar(path: str) -> dict:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import glob
 import itertools
 import json
 import logging
@@ -44,6 +43,7 @@ from webdataset.filters import map as wds_map
 from webdataset.shardlists import expand_urls as wds_expand
 
 from data_shards.common.distenv import usable_cores, world_info_from_env
+from data_shards.common.urls import glob_local
 from data_shards.reasoning_records import load_reasoning
 from data_shards.stream.pipeline import (
     FAILURES,
@@ -69,11 +69,7 @@ def expand_urls(urls: str | list[str]) -> list[str]:
     items = [urls] if isinstance(urls, str) else list(urls)
     out: list[str] = []
     for item in items:
-        for u in wds_expand(item):
-            if u and any(c in u for c in "*?[") and ":" not in u.split("/", 1)[0]:  # a local path, not a URL
-                out.extend(sorted(glob.glob(u)) or [u])
-            elif u:
-                out.append(u)
+        out.extend(f for u in wds_expand(item) if u for f in glob_local(u))
     return out
 
 
