@@ -6,7 +6,8 @@
 * :func:`resume_plan`: compares the checkpoint's saved config and rank count with this job's,
   BEFORE DeepSpeed loads anything. The policy (docs/TRAINING.md, "Resuming with changed settings"):
 
-  - refused (one line, exit 2): anything under ``model`` (shapes and names of the weights), the
+  - refused (one line, exit 2): anything under ``model`` (shapes and names of the weights) or
+    ``tokenizer`` (another vocabulary changes what every embedding row and target id means), the
     world size (ZeRO-3 shards), ``deepspeed.zero_stage`` / ``precision`` (checkpoint layout),
     ``data.micro_batch_size`` / ``deepspeed.gradient_accumulation_steps`` (the saved data position
     counts batches of the old size), ``optim.name`` / ``optim.impl`` (the optimizer state);
@@ -36,6 +37,7 @@ from train.engine import lr_factor, param_groups
 
 REFUSED = {
     "model": "the weights' shapes and names come from it",
+    "tokenizer": "the token ids of the embedding rows and of the targets come from it",
     "deepspeed.zero_stage": "the checkpoint's layout depends on it",
     "deepspeed.precision": "the checkpoint's layout depends on it",
     "data.micro_batch_size": "the saved data position counts batches of the old size",

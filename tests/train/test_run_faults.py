@@ -121,6 +121,12 @@ def test_resume_with_another_model_or_world_size_is_one_line_before_deepspeed(sh
     # the settings are compared before the rank count, so one process shows each refusal
     (proc,) = _direct_ranks([*args, "--model.llm.config.hidden_size=64"], world=1)
     _one_line_error(proc, "model.llm.config.hidden_size", "64", "128", f"global_step{BASE_STEPS}")
+    # another vocabulary: another size (a shape mismatch inside DeepSpeed before) or the same size from
+    # another corpus (a silent resume whose loss jumped before)
+    (proc,) = _direct_ranks([*args, "--tokenizer.vocab_size=320"], world=1)
+    _one_line_error(proc, "tokenizer.vocab_size", "320", "token ids")
+    (proc,) = _direct_ranks([*args, "--tokenizer.corpus_videos=3"], world=1)
+    _one_line_error(proc, "tokenizer.corpus_videos", "token ids")
     (proc,) = _direct_ranks([*args, "--deepspeed.gradient_accumulation_steps=1"], world=1)
     _one_line_error(proc, "deepspeed.gradient_accumulation_steps", "data position")
     (single,) = _direct_ranks(args, world=1)
