@@ -31,6 +31,11 @@ def test_jsonl_and_webvid_csv_become_caption_entries(tmp_path):
     (rec,) = list(read_records(out))
     assert (rec.dataset, rec.video, rec.qas[0].qid) == ("webvid", "123.mp4", "webvid/train/123/cap0")
     assert rec.qas[0].extra["caption"] == "Aerial shot of a lake"
+    # the same file with a UTF-8 byte-order mark (as spreadsheet exports write it) reads the same
+    bom = tmp_path / "webvid_bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    assert [r.to_json() for r in convert("captions", bom, "train")] == \
+        [r.to_json() for r in convert("captions", csv_path, "train")]
 
 
 def test_bad_caption_input_names_file_line_and_field(tmp_path):

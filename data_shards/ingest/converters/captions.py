@@ -54,7 +54,7 @@ def read_caption_rows(path: str | Path, split: str, dataset: str = "captions") -
             rows.append(_row(dataset, split, source, video, video_id, text, k, start, end))
 
     if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM (spreadsheet exports) is not a header
             reader = csv.DictReader(f)
             cols = set(reader.fieldnames or [])
             cap_col = "caption" if "caption" in cols else "name" if "name" in cols else None
@@ -67,7 +67,7 @@ def read_caption_rows(path: str | Path, split: str, dataset: str = "captions") -
                 video = r.get("video") or f"{vid}.mp4"
                 add(f"{path}:{line}", video, vid, r[cap_col], r.get("start"), r.get("end"))
         return rows
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for line, text in enumerate(f, 1):
             if not text.strip():
                 continue
