@@ -384,7 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                          retries=args.retries, retry_failed=args.retry_failed, rephrase=args.rephrase,
                          refine_strategy=args.refine_strategy, refine_k=args.k, truth=truth,
                          progress=not args.no_progress and info.rank == 0)
-    backend = build_backend(args.backend, **opts)
+    try:
+        backend = build_backend(args.backend, **opts)
+    except (ValueError, FileNotFoundError) as e:  # a bad option, a missing model, a rank without its GPU
+        print(f"error: rank {info.rank}: backend {args.backend!r}: {e}", file=sys.stderr)
+        return 2
     try:
         stats = run_generation(cfg, backend, info.rank, info.world_size)
     except BackendUnavailable as e:  # records written before it stay (appended and fsynced per batch)

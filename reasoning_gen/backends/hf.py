@@ -166,6 +166,7 @@ class TransformersBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
         t0 = time.perf_counter()
+        self.device = resolve_device(device, local_rank)  # first: a rank without its GPU stops before any load
         path = Path(model)
         if path.suffix == ".gguf" and path.is_file():
             if gguf_file and gguf_file != path.name:
@@ -194,7 +195,6 @@ class TransformersBackend(Backend):
         self.tokenizer.padding_side = "left"  # generation appends on the right
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = resolve_device(device, local_rank)
         kwargs = dict(load)
         if dtype != "auto":
             kwargs["dtype"] = getattr(torch, dtype)

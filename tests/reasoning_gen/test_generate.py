@@ -145,7 +145,7 @@ def test_bad_arguments(synthetic_shards, tmp_path):
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
 
 
-def test_ranks_split_the_work_and_each_takes_its_own_device(synthetic_shards, tmp_path, monkeypatch):
+def test_ranks_split_the_work_and_each_takes_its_own_device(synthetic_shards, tmp_path, monkeypatch, capsys):
     """Two ranks of one node (the environment torchrun gives them): disjoint shares of the questions that
     together are all of them; the transformers backend gets each rank's LOCAL_RANK (its GPU, resolve_device), the vllm
     backend refuses a second process on a node (its tensor-parallel workers take the node's GPUs)."""
@@ -176,6 +176,12 @@ def test_ranks_split_the_work_and_each_takes_its_own_device(synthetic_shards, tm
         assert resolve_device("auto", 1).type == "cpu"
         with pytest.raises(ValueError, match="LOCAL_RANK 1 has no GPU of its own"):
             resolve_device("cuda", 1)
+        # the CLI says so in one line (exit 2) before the model loads: the model folder does not even exist
+        for k, v in {"RANK": 1, "WORLD_SIZE": 2, "LOCAL_RANK": 1}.items():
+            monkeypatch.setenv(k, str(v))
+        assert _gen(synthetic_shards, tmp_path / "nogpu", "--backend", "transformers", "--model",
+                    str(tmp_path / "no-model"), "--opt", "device=cuda") == 2
+        assert "LOCAL_RANK 1 has no GPU of its own" in capsys.readouterr().err
     else:
         n = torch.cuda.device_count()
         assert resolve_device("auto", n - 1) == torch.device("cuda", n - 1)
