@@ -159,6 +159,24 @@ def _counts_from_sizes(urls: list[str]) -> tuple[int, int] | None:
     return videos, questions
 
 
+def check_reasoning_texts(reasoning: dict[str, dict], source: str, files: list[str]) -> str | None:
+    """The ReasVQA records of ``data.reasoning`` must hold ``source`` text (``raw`` / ``refined``): an empty
+    one reaches training as a question without reasoning, so MTL / STL silently train QA only. Raises
+    DataError when more than half are empty; returns a warning line when some are, else None."""
+    if source not in ("raw", "refined"):
+        return None
+    recs = [r for r in reasoning.values() if not str(r.get("prompt_version", "")).startswith("vcot")]
+    empty = sum(not (isinstance(r.get(source), str) and r[source].strip()) for r in recs)
+    if not recs or not empty:
+        return None
+    what = (f"data.reasoning {files}: {empty} of {len(recs)} ok records have no {source!r} text (empty teacher "
+            "replies?); those questions train without reasoning")
+    if 2 * empty > len(recs):
+        raise DataError(f"{what}: most of them, so task.mode would in effect be qa. Regenerate them "
+                        "(reasoning_gen generate --retry-failed after removing them) or train with task.mode=qa")
+    return what
+
+
 def corpus_texts(urls: list[str], max_videos: int, reasoning: dict[str, dict] | None = None) -> list[str]:
     """Texts (questions, options, reasoning) of the first ``max_videos`` records, for a BPE."""
 

@@ -28,7 +28,7 @@ from data_shards.stream.loader import build_loader
 from train import checkpoint as ckpt
 from train import runguard
 from train.config import TrainConfig, config_to_dict, save_config
-from train.datastream import BatchStream, corpus_texts, epoch_batches_for, preflight
+from train.datastream import BatchStream, check_reasoning_texts, corpus_texts, epoch_batches_for, preflight
 from train.dist import ParallelDims, all_reduce_sum, barrier, device, init_distributed
 from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
 from train.metrics import MetricsLogger, Throughput
@@ -63,6 +63,10 @@ class Trainer:
         self.reasoning = None
         if cfg.data.reasoning:
             self.reasoning = load_reasoning(cfg.data.reasoning)
+            if cfg.task.mode in ("mtl", "stl"):
+                warning = check_reasoning_texts(self.reasoning, cfg.task.reasoning_source, list(cfg.data.reasoning))
+                if warning and self.dims.is_main:
+                    log.warning("%s", warning)
         runguard.check_run_folder(cfg, resume)
         self.resume_from = ckpt.resolve_resume(resume, cfg.checkpoint_dir)
         if resume is not None and self.resume_from is None and self.dims.is_main:

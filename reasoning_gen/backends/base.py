@@ -65,14 +65,22 @@ class Backend:
         """Free the model / connections."""
 
 
+def _no_empty(results: list[GenResult]) -> list[GenResult]:
+    """An empty or whitespace-only reply is a failure, whatever the backend: an "ok" record without text
+    would reach training as a question without reasoning, and MTL would silently become QA-only."""
+    return [GenResult(None, "empty reply from the teacher (no text)", r.attempts)
+            if r.error is None and (r.text is None or not r.text.strip()) else r for r in results]
+
+
 def call_with_retries(backend: Backend, requests: list[GenRequest], retries: int) -> list[GenResult]:
-    """``backend.generate`` and up to ``retries`` more calls for the requests that failed."""
-    results = backend.generate(requests)
+    """``backend.generate`` and up to ``retries`` more calls for the requests that failed (an empty reply
+    is a failure)."""
+    results = _no_empty(backend.generate(requests))
     for _ in range(retries):
         bad = [i for i, r in enumerate(results) if not r.ok]
         if not bad:
             break
-        again = backend.generate([requests[i] for i in bad])
+        again = _no_empty(backend.generate([requests[i] for i in bad]))
         for i, r in zip(bad, again):
             r.attempts += results[i].attempts
             results[i] = r

@@ -151,6 +151,8 @@ class OpenAIBackend(Backend):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if not isinstance(content, str):
             raise RuntimeError(f"reply content is {type(content).__name__}, not text: {raw[:200]!r}")
+        if not content.strip():  # a failed attempt like an error: retried, counted by the circuit breaker
+            raise _Retryable(f"empty reply (no text in the message content): {raw[:200]!r}")
         return content
 
     def _count(self, key: str, n: int = 1) -> None:

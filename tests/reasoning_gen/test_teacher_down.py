@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 class FlakyTeacher:
     """Answers ``ok_first`` requests with a reasoning, then every request with ``status``."""
 
-    def __init__(self, ok_first: int, status: int = 500):
-        self.ok_first, self.status, self.seen = ok_first, status, 0
+    def __init__(self, ok_first: int, status: int = 500, reply: str | None = None):
+        """``reply``: after ``ok_first``, answer 200 with this content (e.g. "" or whitespace) instead of an error."""
+        self.ok_first, self.status, self.seen, self.reply = ok_first, status, 0, reply
         lock, outer = threading.Lock(), self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,10 +39,12 @@ class FlakyTeacher:
                 with lock:
                     outer.seen += 1
                     ok = outer.seen <= outer.ok_first
-                obj = ({"choices": [{"message": {"role": "assistant", "content": "The ball rolls left. Answer: A."}}]}
-                       if ok else {"error": "scripted"})
+                empty = not ok and outer.reply is not None
+                content = outer.reply if empty else "The ball rolls left. Answer: A."
+                obj = {"choices": [{"message": {"role": "assistant", "content": content}}]} if ok or empty \
+                    else {"error": "scripted"}
                 data = json.dumps(obj).encode()
-                self.send_response(200 if ok else outer.status)
+                self.send_response(200 if ok or empty else outer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -100,6 +103,26 @@ def test_a_teacher_that_starts_failing_stops_the_job_with_exit_3_and_keeps_what_
     ok = [r for r in _lines(tmp_path / "out") if r["status"] == "ok"]
     assert len(ok) == 8 and all(r["raw"].startswith("The ball rolls left") for r in ok)
     assert server.seen < 8 + 40, f"{server.seen} requests: the breaker should have stopped them"
+
+
+def test_a_teacher_that_answers_empty_text_is_failing_not_ok(synthetic_shards, tmp_path):
+    """HTTP 200 with an empty (or whitespace) message is a failed attempt: retried, counted by the circuit
+    breaker, never an "ok" record without text; merge keeps only the real answers."""
+    server = FlakyTeacher(ok_first=4, reply="  \n")
+    try:
+        proc, _ = _generate(synthetic_shards["pattern"], tmp_path / "out", server.url)
+    finally:
+        server.close()
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    (err,) = _errors(proc)
+    assert "circuit breaker open" in err and "empty reply" in err
+    recs = _lines(tmp_path / "out")
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert len(ok) == 4 and all(r["raw"].strip() for r in ok)  # the 4 real answers; no ok record without text
+    merged = subprocess.run([sys.executable, "-m", "reasoning_gen", "merge", str(tmp_path / "out"), "--out",
+                             str(tmp_path / "m.jsonl"), "--ok-only"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert merged.returncode == 0 and len((tmp_path / "m.jsonl").read_text().splitlines()) == 4
 
 
 @pytest.mark.slow

@@ -134,6 +134,28 @@ def test_resume_with_another_model_or_world_size_is_one_line_before_deepspeed(sh
     assert stamp == {p: p.stat().st_mtime_ns for p in (base_run / "checkpoints").rglob("*") if p.is_file()}
 
 
+def test_mtl_on_mostly_empty_reasoning_is_refused_in_one_line(shards, tmp_path):
+    """Reasoning files whose ok records hold no text (a teacher that answered "") would make MTL train QA
+    only without a word: refused in one line before any process group; a few empty ones are a warning."""
+    from data_shards.reasoning_records import make_record
+    from data_shards.schema import read_records
+
+    qids = [qa.qid for rec in read_records(Path(shards).parents[1] / "synth" / "records.jsonl") for qa in rec.qas]
+    for name, n_empty in (("mostly_empty", len(qids) - 2), ("few_empty", 2)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(make_record(q, "t", "reasvqa-v1", raw="x", refined="" if i < n_empty else
+                                                       "The ball rolls left.")) + "\n" for i, q in enumerate(qids)))
+        args = _args(shards, tmp_path / "runs" / name, **{"task.mode": "mtl", "task.reasoning_source": "refined",
+                                                        "data.reasoning": json.dumps([str(path)]), "run.max_steps": 2,
+                                                        "checkpoint.interval_steps": 0})
+        (proc,) = _direct_ranks(args, world=1)
+        if name == "mostly_empty":
+            _one_line_error(proc, f"{n_empty} of {len(qids)} ok records have no 'refined' text", "task.mode=qa")
+        else:
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert f"2 of {len(qids)} ok records have no 'refined' text" in proc.stderr
+
+
 def test_resume_applies_a_new_lr_and_a_longer_run_keeps_the_cosine_horizon(shards, base_run, tmp_path):
     """lr 3e-3 -> 1e-3 and max_steps 4 -> 6 on resume: the logged lr follows the new lr, and the
     cosine keeps its 4-step horizon (min_lr_ratio after it) instead of climbing back up."""
