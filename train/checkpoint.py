@@ -5,7 +5,7 @@ Layout of ``{checkpoint dir}``::
     global_step{N}/                    DeepSpeed's files: every rank writes its own shards
         zero_pp_rank_{r}_mp_rank_00_model_states.pt   (+ client_state of rank r: RNG, data position)
         ..._optim_states.pt
-        train_config.yaml  ds_config.json  complete.json   (rank 0, after all ranks finished)
+        train_config.yaml  ds_config.json  data.json  complete.json   (rank 0, after all ranks finished)
     latest                             the newest COMPLETE tag (what zero_to_fp32 also reads)
     tokenizer/                         the run's tokenizer (for export)
     zero_to_fp32.py                    DeepSpeed's consolidation script (copied by DeepSpeed)
@@ -96,8 +96,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+DATA_STATE = "data.json"
+"""The data a checkpoint's position counts batches of: ``{"shards": [...], "epoch_batches": n}``."""
+
+
 def save(engine: Any, ckpt_dir: str | Path, step: int, client_state: dict, cfg: TrainConfig,
-         ds_config: dict, keep_latest: int, is_main: bool) -> Path:
+         ds_config: dict, keep_latest: int, is_main: bool, data_state: dict | None = None) -> Path:
     """Save a DeepSpeed checkpoint for ``step`` on every rank, mark it complete, rotate.
 
     Args:
@@ -106,6 +110,8 @@ def save(engine: Any, ckpt_dir: str | Path, step: int, client_state: dict, cfg: 
         step: optimizer steps done.
         client_state: this rank's trainer state (step, samples, data position, RNG, config).
         cfg, ds_config: written next to the shards (rank 0).
+        data_state: the expanded shard list and batches per epoch the data position refers to
+            (:data:`DATA_STATE`, rank 0; a resume on other data starts that data from its beginning).
         keep_latest: complete checkpoints to keep.
         is_main: rank 0 writes the metadata, "latest" and deletes old checkpoints.
 
@@ -122,6 +128,8 @@ def save(engine: Any, ckpt_dir: str | Path, step: int, client_state: dict, cfg: 
     if is_main:
         save_config(cfg, path / "train_config.yaml")
         atomic_write_text(path / "ds_config.json", json.dumps(ds_config, indent=2))
+        if data_state is not None:
+            atomic_write_text(path / DATA_STATE, json.dumps(data_state))
         world = client_state.get("world_size")
         atomic_write_text(path / COMPLETE, json.dumps({"step": step, "time": time.time(), "world_size": world}))
         atomic_write_text(ckpt_dir / "latest", tag)

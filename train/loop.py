@@ -71,8 +71,11 @@ class Trainer:
         self.resume_from = ckpt.resolve_resume(resume, cfg.checkpoint_dir)
         if resume is not None and self.resume_from is None and self.dims.is_main:
             log.info("--resume %s: no complete checkpoint in %s, starting from step 0", resume, cfg.checkpoint_dir)
+        self.restart_data = False
         if self.resume_from is not None:  # refused changes stop here, before DeepSpeed reads a byte
-            plan = runguard.resume_plan(cfg, self.resume_from[0] / self.resume_from[1], self.dims.world_size)
+            plan = runguard.resume_plan(cfg, self.resume_from[0] / self.resume_from[1], self.dims.world_size,
+                                        self.data_state())
+            self.restart_data = plan.data_restart is not None
             if plan.warning() and self.dims.is_main:
                 log.warning("%s", plan.warning())
         # --- distributed setup
@@ -158,6 +161,8 @@ class Trainer:
         if self.is_main:
             log.info("resumed from %s at step %d (%d samples, data position %s); next lr %.3g", load_dir / tag,
                      self.step, self.samples, state.get("data"), lr)
+        if self.restart_data:  # other data than the checkpoint's (resume_plan said so): from its beginning
+            return {"epoch": 0, "batch": 0}
         return dict(state.get("data") or {"epoch": 0, "batch": 0})
 
     # ------------------------------------------------------------------ steps
@@ -193,9 +198,13 @@ class Trainer:
         return {"step": self.step, "samples": self.samples, "data": self.stream.position(), "rng": ckpt.rng_state(),
                 "world_size": self.dims.world_size, "config": config_to_dict(self.cfg)}
 
+    def data_state(self) -> dict:
+        """The data the position counts batches of: the expanded shard list and the batches per epoch."""
+        return {"shards": list(self.data_summary.urls), "epoch_batches": self.epoch_batches}
+
     def save(self) -> Path:
         return ckpt.save(self.engine, self.cfg.checkpoint_dir, self.step, self.client_state(), self.cfg,
-                         self.ds_config, self.cfg.checkpoint.keep_latest, self.is_main)
+                         self.ds_config, self.cfg.checkpoint.keep_latest, self.is_main, self.data_state())
 
     def train(self) -> dict:
         """Train up to ``run.max_steps``; returns a summary (rank-local, global numbers).

@@ -16,6 +16,8 @@
     and ``run.max_steps``. A longer ``run.max_steps`` keeps the cosine schedule's horizon
     (``optim.schedule_steps`` is pinned to the saved one), so the lr never rises again; pass
     ``--optim.schedule_steps=N`` to re-plan the decay;
+  - the data (the checkpoint's ``data.json``: expanded shard list, batches per epoch) changed: the saved
+    position counts batches of the old data, so the new data starts from its beginning (epoch 0);
   - every other changed field is used as given and listed in the same warning.
 * :func:`apply_optim_settings`: after the load, writes the applied settings into the optimizer's
   param groups and the scheduler (DeepSpeed restores the saved ones).
@@ -32,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from train.checkpoint import DATA_STATE
 from train.config import ConfigError, TrainConfig, config_to_dict
 from train.engine import lr_factor, param_groups
 
@@ -114,11 +117,13 @@ class ResumePlan:
     """``key old -> new`` of the applied settings."""
     as_given: list[str] = field(default_factory=list)
     """Other changed fields, used as given."""
+    data_restart: str | None = None
+    """Why the data position is not used (the shards or the batches per epoch changed), or None."""
 
     def warning(self) -> str | None:
-        if not (self.applied or self.as_given):
+        if not (self.applied or self.as_given or self.data_restart):
             return None
-        parts = []
+        parts = [self.data_restart] if self.data_restart else []
         if self.applied:
             parts.append("applying the changed optimizer / schedule settings: " + ", ".join(self.applied))
         if self.as_given:
@@ -148,8 +153,13 @@ def saved_world_size(tag_dir: Path) -> int | None:
     return max(ranks) + 1 if ranks else None
 
 
-def resume_plan(cfg: TrainConfig, tag_dir: Path, world_size: int) -> ResumePlan:
+def resume_plan(cfg: TrainConfig, tag_dir: Path, world_size: int, data_state: dict | None = None) -> ResumePlan:
     """Check a resume against the checkpoint in ``tag_dir``; may pin ``cfg.optim.schedule_steps``.
+
+    ``data_state``: this job's expanded shard list and batches per epoch (as the checkpoint's
+    ``data.json``). When they differ from the checkpoint's, the saved data position (epoch, batch)
+    counts batches of data this job does not have: the new data starts from its beginning (epoch 0),
+    the model, optimizer, step and schedule continue, and the warning says so.
 
     Raises:
         ConfigError: a refused change (one line naming the field, the old and the new value).
@@ -176,7 +186,28 @@ def resume_plan(cfg: TrainConfig, tag_dir: Path, world_size: int) -> ResumePlan:
                               f"{why}; resume with the checkpoint's value or start a new run")
         (plan.applied if key in APPLIED else plan.as_given).append(f"{key} {a!r} -> {b!r}")
     _check_world(tag_dir, world_size)
+    plan.data_restart = _data_restart(tag_dir, data_state)
     return plan
+
+
+def _data_restart(tag_dir: Path, data_state: dict | None) -> str | None:
+    saved_path = tag_dir / DATA_STATE
+    if data_state is None or not saved_path.is_file():
+        return None
+    saved = json.loads(saved_path.read_text())
+    old, new = saved.get("shards") or [], data_state.get("shards") or []
+    what = []
+    if old != new:
+        gone, added = len(set(old) - set(new)), len(set(new) - set(old))
+        what.append(f"shards {len(old)} -> {len(new)} ({gone} gone, {added} new"
+                    + (", same files in another order" if not gone and not added else "") + ")")
+    if saved.get("epoch_batches") != data_state.get("epoch_batches"):
+        what.append(f"batches per epoch {saved.get('epoch_batches')} -> {data_state.get('epoch_batches')}")
+    if not what:
+        return None
+    return (f"the data changed since checkpoint {tag_dir} ({'; '.join(what)}): its saved position counts "
+            "batches of the old data, so the new data starts from its beginning (epoch 0); model, optimizer, "
+            "step and schedule continue")
 
 
 def _check_world(tag_dir: Path, world_size: int) -> None:

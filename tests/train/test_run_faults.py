@@ -134,6 +134,23 @@ def test_resume_with_another_model_or_world_size_is_one_line_before_deepspeed(sh
     assert stamp == {p: p.stat().st_mtime_ns for p in (base_run / "checkpoints").rglob("*") if p.is_file()}
 
 
+def test_resume_on_other_data_starts_that_data_from_its_beginning(shards, base_run, tmp_path):
+    """A requeue after the shards changed (here: half of them): the saved position counts batches of the old
+    data, so the new data starts at epoch 0 (said in the warning, decided before DeepSpeed loads); the model,
+    optimizer and step continue. It used to fail after DeepSpeed loaded: "epoch 0 has only 3 batches,
+    cannot skip 6"."""
+    run_dir = _copy(base_run, tmp_path)
+    half = shards.replace("{000000..000003}", "{000000..000001}")
+    assert half != shards
+    proc = run_torchrun(2, *_args(half, run_dir, **{"run.max_steps": BASE_STEPS + 2}), "--resume", "latest")
+    _ok(proc)
+    assert "the data changed since checkpoint" in proc.stderr and "4 -> 2 (2 gone, 0 new)" in proc.stderr
+    assert "starts from its beginning (epoch 0)" in proc.stderr
+    assert [r["step"] for r in _records(run_dir)][-2:] == [BASE_STEPS + 1, BASE_STEPS + 2]
+    saved = json.loads((run_dir / "checkpoints" / f"global_step{BASE_STEPS + 2}" / "data.json").read_text())
+    assert len(saved["shards"]) == 2
+
+
 def test_mtl_on_mostly_empty_reasoning_is_refused_in_one_line(shards, tmp_path):
     """Reasoning files whose ok records hold no text (a teacher that answered "") would make MTL train QA
     only without a word: refused in one line before any process group; a few empty ones are a warning."""
