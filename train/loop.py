@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -292,11 +293,16 @@ class PreemptionFlag:
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    LAUNCHER_GONE = "the exit of torchrun"
+    """A rank whose torchrun exited (a signal it does not forward, such as SIGUSR1, kills it alone)
+    is re-parented: it stops like a signalled one instead of training on without a launcher."""
 
     def __init__(self) -> None:
         self.name: str | None = None
         self._got: str | None = None
         self._old: dict = {}
+        # only under torchrun (its agent is our parent); a plain run's parent shell may go away (nohup)
+        self._ppid = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else None
 
     def __enter__(self) -> PreemptionFlag:
         for sig in self.SIGNALS:
@@ -310,9 +316,12 @@ class PreemptionFlag:
         self._got = signal.Signals(signum).name
 
     def agreed(self) -> bool:
-        """True on every rank once any rank got a signal (a collective: call it on all ranks)."""
-        names = [sig.name for sig in self.SIGNALS]
-        got = all_reduce_sum([float(self._got == n) for n in names])  # which signal reached some rank
+        """True on every rank once any rank got a signal or lost its launcher (a collective: call it on
+        all ranks)."""
+        if self._got is None and self._ppid is not None and os.getppid() != self._ppid:
+            self._got = self.LAUNCHER_GONE
+        names = [sig.name for sig in self.SIGNALS] + [self.LAUNCHER_GONE]
+        got = all_reduce_sum([float(self._got == n) for n in names])  # which stop reached some rank
         if any(got):
             self.name = "/".join(n for n, c in zip(names, got) if c)
         return self.name is not None

@@ -284,3 +284,39 @@ def test_sigterm_to_torchrun_reaches_both_ranks_and_each_saves_before_leaving(sh
     assert (run_dir / "checkpoints" / "latest").read_text() == tag.name, stderr[-4000:]
     assert json.loads((tag / "complete.json").read_text())["world_size"] == 2
     assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= {p.name for p in tag.iterdir()}
+
+
+def test_sigusr1_to_torchrun_alone_still_stops_both_ranks_with_a_save(shards, tmp_path):
+    """torchrun does not forward SIGUSR1 and dies of it; its ranks, re-parented, notice at the next step,
+    save the same step and leave instead of training on without a launcher."""
+    run_dir = tmp_path / "runs" / "usr1"
+    args = _args(shards, run_dir, **{"run.max_steps": 200, "checkpoint.interval_steps": 0})
+    log = tmp_path / "usr1.log"  # a file, not a pipe: the ranks outlive the launcher that read its pipe
+    with log.open("w") as out:
+        proc = subprocess.Popen(torchrun_cmd(2, *args), cwd=REPO, env=env_for_launch(), stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        ranks = []
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 1:
+                break
+            time.sleep(0.1)
+        ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if "-m" in c.cmdline()]
+        assert len(ranks) >= 2, [c.cmdline() for c in ranks]
+        proc.send_signal(signal.SIGUSR1)  # to torchrun only
+        proc.wait(timeout=60)
+        gone, alive = psutil.wait_procs(ranks, timeout=120)
+        assert not alive, f"ranks still running after their launcher died: {[p.pid for p in alive]}"
+    finally:
+        kill_tree(proc.pid)
+        for c in ranks:
+            if c.is_running():
+                c.kill()
+    stopped = max(r["step"] for r in _records(run_dir))
+    assert stopped < 200
+    tag = run_dir / "checkpoints" / f"global_step{stopped}"
+    assert (run_dir / "checkpoints" / "latest").read_text() == tag.name
+    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= {p.name for p in tag.iterdir()}
+    assert f"preempted by the exit of torchrun at step {stopped}" in log.read_text(), log.read_text()[-3000:]
