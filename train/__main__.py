@@ -18,6 +18,7 @@ import argparse
 import faulthandler
 import logging
 import os
+import signal
 import sys
 
 from data_shards.common.cli import dispatch
@@ -34,6 +35,29 @@ COMMANDS = {
 """Commands besides training (``python -m train --config C`` trains)."""
 
 
+class _StartupStop(BaseException):
+    """SIGTERM / SIGUSR1 before the training loop (which handles them itself: save, then leave)."""
+
+
+def _raise_startup_stop(signum: int, frame: object) -> None:
+    raise _StartupStop(signal.Signals(signum).name)
+
+
+def _stop_on_signals_during_startup() -> dict:
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        try:
+            previous[sig] = signal.signal(sig, _raise_startup_stop)
+        except ValueError:  # not the main thread (an embedding application): no handler
+            pass
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def _train(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m train", description="Train the video LLM (DeepSpeed ZeRO-3).",
                                 epilog="Any --section.field=value overrides that field of the config. Other commands: "
@@ -47,6 +71,7 @@ def _train(argv: list[str]) -> int:
     if args.help_config:
         print("\n".join(describe()))
         return 0
+    previous = _stop_on_signals_during_startup()
     try:
         if args.config is None:
             raise ConfigError("config: --config is required (e.g. --config configs/tiny_cpu.yaml)")
@@ -58,6 +83,12 @@ def _train(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except _StartupStop as e:  # SLURM's warning before the loop: nothing trained yet, so nothing to save
+        print(f"stopped by {e} during start-up, before the first step: nothing new to save; rerun the same "
+              "command (with --resume latest) to continue", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        _restore_signals(previous)
     try:
         summary = trainer.train()
     except NonFiniteError as e:  # raised on every rank at the same step: leave together

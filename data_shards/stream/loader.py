@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -60,6 +61,15 @@ from data_shards.stream.pipeline import (
 from data_shards.stream.settings import LoaderConfig
 
 log = logging.getLogger("data_shards.stream.loader")
+
+
+def _worker_ignores_preemption(worker_id: int) -> None:
+    """A loader worker ignores SIGTERM / SIGUSR1. SLURM signals every process of a job step, workers
+    included: a worker that died of it would make the rank fail with "DataLoader worker ... killed by
+    signal" instead of saving. The rank handles the signal (it saves, then ends its loader, which stops
+    the workers)."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def expand_urls(urls: str | list[str]) -> list[str]:
@@ -176,7 +186,8 @@ class VideoQALoader:
         self.source.epoch = epoch  # workers copy the pipeline (and this value) when they start
         kwargs: dict[str, Any] = {}
         if cfg.num_workers > 0:
-            kwargs = {"prefetch_factor": cfg.prefetch_factor, "timeout": cfg.timeout_s}
+            kwargs = {"prefetch_factor": cfg.prefetch_factor, "timeout": cfg.timeout_s,
+                      "worker_init_fn": _worker_ignores_preemption}
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=cfg.num_workers,
                                              collate_fn=_identity, **kwargs)
         iterator = iter(loader)

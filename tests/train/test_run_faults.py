@@ -320,3 +320,60 @@ def test_sigusr1_to_torchrun_alone_still_stops_both_ranks_with_a_save(shards, tm
     assert (run_dir / "checkpoints" / "latest").read_text() == tag.name
     assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= {p.name for p in tag.iterdir()}
     assert f"preempted by the exit of torchrun at step {stopped}" in log.read_text(), log.read_text()[-3000:]
+
+
+def test_sigterm_to_every_process_with_loader_workers_saves_and_leaves(shards, tmp_path):
+    """SLURM signals every process of a job step: torchrun, the ranks and their DataLoader workers. The
+    workers ignore it (the ranks own preemption), so the ranks save the same step and leave with exit 0,
+    instead of failing with "DataLoader worker ... killed by signal: Terminated" and no checkpoint."""
+    run_dir = tmp_path / "runs" / "all"
+    args = _args(shards, run_dir, **{"run.max_steps": 200, "checkpoint.interval_steps": 0, "data.num_workers": 1})
+    log = tmp_path / "all.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(torchrun_cmd(2, *args), cwd=REPO, env=env_for_launch(), stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 1:
+                break
+            time.sleep(0.1)
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        assert len(family) >= 5, [p.cmdline()[:4] for p in family]  # torchrun, 2 ranks, their workers
+        for p in family:
+            p.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        kill_tree(proc.pid)
+    text = log.read_text()
+    assert "killed by signal" not in text, text[-3000:]
+    stopped = max(r["step"] for r in _records(run_dir))
+    assert stopped < 200 and "preempted by SIGTERM" in text, text[-3000:]
+    tag = run_dir / "checkpoints" / f"global_step{stopped}"
+    assert (run_dir / "checkpoints" / "latest").read_text() == tag.name, text[-3000:]
+    assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= {p.name for p in tag.iterdir()}
+
+
+def test_sigterm_during_start_up_is_a_clean_exit_that_says_so(shards, tmp_path):
+    """A signal before the training loop (model build, DeepSpeed start) used to kill the rank silently:
+    now it leaves with exit 0 and one line saying nothing was trained yet."""
+    args = _args(shards, tmp_path / "runs" / "early", **{"run.max_steps": 200})
+    env = {**env_for_launch(), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    log = tmp_path / "early.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and "attention:" not in log.read_text():
+            time.sleep(0.05)  # the model is being built: start-up, before the loop
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert "stopped by SIGTERM during start-up" in text or "preempted by SIGTERM" in text, text[-3000:]
