@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+MAX_FRAMES = 2048
+"""Frames a clip at most (long-video recipes sample hundreds; 100,000 is a typo that decodes gigabytes)."""
+
 @dataclass
 class LoaderConfig:
     """What to read and how to batch it; one loader per rank.
@@ -58,6 +61,9 @@ class LoaderConfig:
         for name in ("num_frames", "micro_batch_size", "prefetch_factor"):
             if getattr(self, name) < 1:
                 out.append((name, f"must be >= 1, got {getattr(self, name)}"))
+        if self.num_frames > MAX_FRAMES:
+            out.append(("num_frames", f"{self.num_frames} frames a clip is over the limit of {MAX_FRAMES} (decoding "
+                                      "them would take minutes and gigabytes before training fails)"))
         if self.frame_size is not None and (len(self.frame_size) != 2 or min(self.frame_size) < 1):
             out.append(("frame_size", f"must be [height, width] > 0, got {self.frame_size}"))
         for name in ("num_workers", "shuffle_buffer", "timeout_s", "log_every_s"):

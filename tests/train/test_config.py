@@ -145,6 +145,16 @@ def test_non_finite_numbers_are_rejected(override, needle):
      "not a multiple of the number of attention heads"),
     (["--model.vision.config.num_attention_heads=3"], "model.vision.config.num_attention_heads: 3 heads do not divide"),
     (["--model.llm.config.model_type=lama"], "unknown model type 'lama' (did you mean 'llama'?)"),
+    # values transformers stores but cannot build a model from (issue 26 item 8): they crashed after
+    # DeepSpeed started
+    (["--model.llm.config.hidden_act=gleu"], "model.llm.config.hidden_act: unknown activation 'gleu'"),
+    (["--model.llm.config.hidden_size=-128"], "model.llm.config.hidden_size"),
+    (["--model.vision.config.patch_size=0"], "model.vision.config.patch_size"),
+    (["--model.llm.config.rope_scaling={type: foo, factor: 2.0}"], "unknown RoPE type 'foo'"),
+    (["--model.llm.config.rms_norm_eps=.nan"], "model.llm.config.rms_norm_eps: must be a finite number"),
+    (["--deepspeed.extra={zero_optimization: {reduce_bucket_size: .inf}}"],
+     "deepspeed.extra.zero_optimization.reduce_bucket_size: must be a finite number"),
+    (["--data.num_frames=100000"], "data.num_frames"),
 ])
 def test_nested_hf_config_typos_and_bad_values_are_one_line(overrides, needle):
     with pytest.raises(ConfigError) as err:

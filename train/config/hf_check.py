@@ -48,12 +48,44 @@ def check_hf_config(cls: type, kwargs: dict[str, Any], key: str) -> list[tuple[s
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean '{key}.{close[0]}'?)" if close else ""
             out.append((f"{key}.{name}", f"unknown key for {cls.__name__}{hint}"))
+    out += _value_problems(obj, kwargs, key)
     heads, width = getattr(obj, "num_attention_heads", None), getattr(obj, "hidden_size", None)
     if isinstance(heads, int) and isinstance(width, int) and heads > 0 and width % heads:
         out.append((f"{key}.num_attention_heads", f"{heads} heads do not divide hidden_size {width}"))
     kv = getattr(obj, "num_key_value_heads", None)
     if isinstance(kv, int) and isinstance(heads, int) and kv > 0 and heads % kv:
         out.append((f"{key}.num_key_value_heads", f"{kv} key/value heads do not divide {heads} attention heads"))
+    return out
+
+
+POSITIVE = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "vocab_size", "max_position_embeddings", "patch_size", "image_size", "num_channels")
+"""Sizes that must be > 0: transformers stores a negative or zero one and fails only when the model is built."""
+
+
+def _value_problems(obj: Any, kwargs: dict[str, Any], key: str) -> list[tuple[str, str]]:
+    """Values transformers accepts in the config but cannot build a model from: sizes <= 0, an unknown
+    activation, an unknown RoPE scaling type."""
+    from transformers.activations import ACT2FN
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    out = []
+    for name in POSITIVE:
+        v = kwargs.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v <= 0:
+            out.append((f"{key}.{name}", f"must be > 0, got {v}"))
+    for name in ("hidden_act", "hidden_activation"):
+        v = kwargs.get(name)
+        if isinstance(v, str) and v not in ACT2FN:
+            close = difflib.get_close_matches(v, sorted(ACT2FN), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            out.append((f"{key}.{name}", f"unknown activation {v!r}{hint}"))
+    for name in ("rope_scaling", "rope_parameters"):
+        v = kwargs.get(name)
+        kind = (v.get("rope_type") or v.get("type")) if isinstance(v, dict) else None
+        known = {"default", *ROPE_INIT_FUNCTIONS}
+        if kind is not None and kind not in known:
+            out.append((f"{key}.{name}", f"unknown RoPE type {kind!r}; known: {', '.join(sorted(known))}"))
     return out
 
 

@@ -56,16 +56,19 @@ def _coerce(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f"config: {key}: must not be null")
-        errors = []
+        errors: list[ConfigError] = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key, from_cli)
             except ConfigError as e:
-                errors.append(str(e))
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"config: {key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
+                errors.append(e)
+        # a value of the right kind with a bad part (a nan inside a mapping) says what is bad in it
+        specific = [e for e in errors if ": expected " not in str(e)]
+        if len(errors) == 1 or specific:
+            raise (specific or errors)[0]
+        raise ConfigError(f"config: {key}: {value!r} is not a {' or '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if not any(value == c and type(value) is type(c) for c in choices):  # true is not stage 1
@@ -82,6 +85,7 @@ def _coerce(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config: {key}: expected a mapping, got {value!r}")
+        _check_finite(value, key)  # free-form dicts (model.llm.config, deepspeed.extra): no nan / inf inside
         return value
     return _coerce_scalar(value, tp, key, from_cli)
 
@@ -119,6 +123,17 @@ def _coerce_scalar(value: Any, tp: Any, key: str, from_cli: bool) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"config: {key}: expected {_type_name(tp)}, got {value!r}")
     return value
+
+
+def _check_finite(value: Any, key: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config: {key}: must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]")
 
 
 def _hints(cls: type) -> dict[str, Any]:
