@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 MAX_FRAMES = 2048
 """Frames a clip at most (long-video recipes sample hundreds; 100,000 is a typo that decodes gigabytes)."""
 
