@@ -7,6 +7,7 @@ from dataclasses import dataclass
 MAX_FRAMES = 2048
 """Frames a clip at most (long-video recipes sample hundreds; 100,000 is a typo that decodes gigabytes)."""
 
+
 @dataclass
 class LoaderConfig:
     """What to read and how to batch it; one loader per rank.
