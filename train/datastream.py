@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_shards.common.urls import unfinished_writes
 from data_shards.stream.loader import expand_urls
 from train.config import DataConfig
 from train.tokenizer import corpus_from_samples
@@ -112,6 +113,10 @@ def preflight(cfg: DataConfig, count_questions: bool = False) -> DataSummary:
     for u in urls:
         if _is_local(u) and not _local_path(u).is_file():
             raise DataError(f"data.urls: shard not found: {u}")
+        if _is_local(u) and _local_path(u).stat().st_size == 0:
+            raise DataError(f"data.urls: shard {u} is empty (0 bytes): an interrupted write or copy")
+    for problem in unfinished_writes(urls)[:1]:
+        raise DataError(f"data.urls: {problem}")
     for pattern in cfg.reasoning:
         if not any(ch in pattern for ch in "*?[") and not Path(pattern).exists():
             raise DataError(f"data.reasoning: file not found: {pattern}")

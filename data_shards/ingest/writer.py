@@ -40,12 +40,14 @@ import os
 import re
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from webdataset import TarWriter
 
 from data_shards.common.atomic import atomic_write_json
+from data_shards.common.urls import writing_marker
 from data_shards.ingest.probe import probe_video
 from data_shards.ingest.transcode import TranscodeConfig, Transcoder, add_arguments, config_from_args
 from data_shards.ingest.video_io import VIDEO_EXTS, VideoError, cut_clip
@@ -313,6 +315,7 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
     """
     records = list(read_records(records_path))
     keys = assign_keys(records, str(records_path))
+    marker = _begin(pattern, log)
     sink = ShardSink(pattern, max_count, max_size)
     finder = VideoFinder(videos_dir, video_map)
     skipped: list[dict] = []
@@ -350,7 +353,11 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
     if tc is not None:
         summary["transcode"] = {"videos": tc.done, "cpu_s": round(tc.cpu_s, 3)}
     sizes = Path(pattern % 0).parent / "sizes.json"
-    write_sizes(sizes, summary, pattern)
+    try:
+        write_sizes(sizes, summary, pattern)
+    except OSError as e:  # the shards are there, the index is not: say which file (the marker stays)
+        raise OSError(e.errno, f"{os.strerror(e.errno) if e.errno else e} while writing {sizes} "
+                               f"(the {len(done)} shard(s) are written; rerun the write)") from None
     summary["sizes"] = str(sizes)
     fam, names = _family(pattern), {s.name for s in done}
     stale = sorted(p for p in sizes.parent.iterdir() if fam.match(p.name) and p.name not in names)
@@ -362,7 +369,25 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
     elif stale:
         log(f"warning: nothing written; {len(stale)} older shard(s) of this pattern are left as they were "
             f"(first {stale[0]}) and are not in sizes.json")
+    marker.unlink(missing_ok=True)  # finished: readers may use the folder again
     return summary
+
+
+def _begin(pattern: str, log) -> Path:
+    """Mark the folder as being written (readers refuse its shards until the marker is gone) and remove
+    the ``.tar.tmp`` files an interrupted write of this pattern left."""
+    out = Path(pattern % 0).parent
+    out.mkdir(parents=True, exist_ok=True)
+    marker = writing_marker(pattern)
+    fam = _family(pattern)
+    atomic_write_json(marker, {"pattern": Path(pattern).name, "regex": fam.pattern, "pid": os.getpid(),
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    leftovers = sorted(p for p in out.iterdir() if p.name.endswith(".tmp") and fam.match(p.name[:-len(".tmp")]))
+    for p in leftovers:
+        p.unlink()
+    if leftovers:
+        log(f"removed {len(leftovers)} unfinished shard file(s) of an interrupted write (first {leftovers[0]})")
+    return marker
 
 
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE}

@@ -44,7 +44,7 @@ from webdataset.filters import map as wds_map
 from webdataset.shardlists import expand_urls as wds_expand
 
 from data_shards.common.distenv import usable_cores, world_info_from_env
-from data_shards.common.urls import glob_local
+from data_shards.common.urls import glob_local, unfinished_writes
 from data_shards.reasoning_records import load_reasoning
 from data_shards.stream.pipeline import (
     FAILURES,
@@ -255,6 +255,8 @@ def build_loader(cfg: LoaderConfig, rank: int | None = None, world_size: int | N
     urls = expand_urls(cfg.urls)
     if not urls:
         raise ValueError(f"LoaderConfig.urls {cfg.urls!r} expands to no shard URL")
+    for problem in unfinished_writes(urls)[:1]:
+        raise ValueError(problem)
     for name, problem in cfg.problems():
         raise ValueError(f"LoaderConfig.{name} {problem}")
     if cfg.resample and cfg.epoch_batches is None:

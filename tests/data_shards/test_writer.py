@@ -159,8 +159,9 @@ def test_a_crash_leaves_no_half_shard_under_a_final_name(synth7, tmp_path):
     out = tmp_path / "o"
     with pytest.raises(RuntimeError, match="simulated crash"):
         writer.write_shards(records, synth7.parent / "videos", str(out / "t-%06d.tar"), max_count=2, log=crash)
-    # Shard 0 (2 samples) was complete and stays; shard 1 was open and is gone, tmp file included.
-    assert sorted(p.name for p in out.iterdir()) == ["t-000000.tar"]
+    # Shard 0 (2 samples) was complete and stays; shard 1 was open and is gone, tmp file included; the
+    # folder stays marked as an unfinished write
+    assert sorted(p.name for p in out.iterdir()) == [".t-%06d.tar.writing", "t-000000.tar"]
     assert len(_members(out / "t-000000.tar")) == 4
 
 
@@ -182,7 +183,7 @@ def test_a_full_disk_stops_the_writer_instead_of_skipping_every_video(synth7, tm
     with pytest.raises(OSError, match="No space left"):
         writer.write_shards(synth7, synth7.parent / "videos", str(out / "t-%06d.tar"), max_count=2,
                             log=lambda *a, **k: None)
-    assert sorted(p.name for p in out.iterdir()) == ["t-000000.tar"]  # the finished shard stays
+    assert sorted(p.name for p in out.iterdir()) == [".t-%06d.tar.writing", "t-000000.tar"]  # the shard stays
     assert len(_members(out / "t-000000.tar")) == 4
 
 
@@ -205,3 +206,48 @@ def test_inspect_reports_broken_shards_without_crashing(synth7, tmp_path, capsys
 
     assert dispatch(["inspect", str(tmp_path / "t-{000000..000000}.tar")]) == 0
     assert "total" in capsys.readouterr().out
+
+
+def test_a_killed_rewrite_is_refused_by_every_reader_until_a_write_finishes(synth7, tmp_path):
+    """kill -9 of a second `data_shards write` into the same folder after its first shard: shard 0 is new,
+    the others old, sizes.json old. Readers (training preflight, the loader of eval / generation) refuse
+    the folder in one line naming the marker; the next write removes the leftovers and the marker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from data_shards.stream.loader import LoaderConfig, build_loader
+    from tests.conftest import REPO
+    from train.config.sections import DataConfig
+    from train.datastream import DataError, preflight
+
+    out = tmp_path / "o"
+    pattern = str(out / "t-%06d.tar")
+    writer.write_shards(synth7, synth7.parent / "videos", pattern, max_count=1, log=lambda *a, **k: None)
+    assert len(list(out.glob("t-*.tar"))) == 7 and not list(out.glob(".*.writing"))
+    # a slow second write (one sample a shard, each video re-encoded): killed once its shard 1 exists
+    cmd = [sys.executable, "-m", "data_shards", "write", "--records", str(synth7), "--out", pattern, "--max-count",
+           "1", "--transcode", "--tc-jobs", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = out / "t-000000.tar"
+    before = first.stat().st_mtime_ns
+    deadline = time.time() + 120
+    while time.time() < deadline and first.stat().st_mtime_ns == before:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert first.stat().st_mtime_ns != before, "the second write never replaced shard 0"
+    marker = out / ".t-%06d.tar.writing"
+    assert marker.is_file()
+    urls = f"{out}/t-{{000000..000006}}.tar"
+    with pytest.raises(DataError, match="shard write that has not finished") as e:
+        preflight(DataConfig(urls=[urls]))
+    assert str(marker) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="shard write that has not finished"):
+        build_loader(LoaderConfig(urls=urls), rank=0, world_size=1)
+    writer.write_shards(synth7, synth7.parent / "videos", pattern, max_count=1, log=lambda *a, **k: None)
+    assert not marker.exists() and not list(out.glob("*.tmp"))
+    assert preflight(DataConfig(urls=[urls])).videos == 7
