@@ -374,15 +374,17 @@ def write_shards(records_path: str | Path, videos_dir: str | Path, pattern: str,
 
 
 def _begin(pattern: str, log) -> Path:
-    """Mark the folder as being written (readers refuse its shards until the marker is gone) and remove
-    the ``.tar.tmp`` files an interrupted write of this pattern left."""
+    """Mark the folder as being written (readers refuse its shards until the marker is gone); if an
+    interrupted write of this pattern left its marker, remove the ``.tar.tmp`` files it left too."""
     out = Path(pattern % 0).parent
     out.mkdir(parents=True, exist_ok=True)
     marker = writing_marker(pattern)
     fam = _family(pattern)
+    interrupted = marker.exists()
     atomic_write_json(marker, {"pattern": Path(pattern).name, "regex": fam.pattern, "pid": os.getpid(),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    leftovers = sorted(p for p in out.iterdir() if p.name.endswith(".tmp") and fam.match(p.name[:-len(".tmp")]))
+    leftovers = sorted(p for p in out.iterdir() if interrupted and p.name.endswith(".tmp")
+                       and fam.match(p.name[:-len(".tmp")]))
     for p in leftovers:
         p.unlink()
     if leftovers:
