@@ -12,7 +12,9 @@ sent and ``generate`` raises :class:`BackendUnavailable`, so the job stops in se
 minute instead of walking every remaining question through its retry schedule.
 
 ``timeout_s`` bounds every socket operation (connect, each read), i.e. a server that sends
-nothing for ``timeout_s`` seconds; it is not a bound on the total time of a streamed reply.
+nothing for ``timeout_s`` seconds. ``deadline_s`` bounds the whole attempt (connect, request, the
+complete reply): a watchdog shuts the socket down when it passes, so a server that trickles a byte
+now and then cannot hold a request, and the job, forever.
 """
 
 from __future__ import annotations
@@ -75,15 +77,18 @@ class OpenAIBackend(Backend):
         max_tokens, temperature: generation settings; extra_body: more JSON fields to send.
         seed: seed of the jitter (reproducible waits in tests).
         max_consecutive_failures: failed attempts in a row that open the circuit breaker (0 = never).
+        deadline_s: wall-clock limit of one attempt, the whole reply included (default ``2 * timeout_s``).
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
                  timeout_s: float = 120.0, max_retries: int = 5, backoff_s: float = 1.0,
                  backoff_max_s: float = 60.0, max_retry_after_s: float = 300.0, image_format: str = "jpeg",
                  jpeg_quality: int = 90, max_tokens: int = 1024, temperature: float = 0.0,
-                 extra_body: dict | None = None, seed: int | None = None, max_consecutive_failures: int = 10):
-        if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0:
-            raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout_s > 0 are required")
+                 extra_body: dict | None = None, seed: int | None = None, max_consecutive_failures: int = 10,
+                 deadline_s: float | None = None):
+        if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0 or (deadline_s is not None and deadline_s <= 0):
+            raise ValueError("max_concurrency >= 1, max_retries >= 0, timeout_s > 0 and deadline_s > 0 are required")
+        self.deadline_s = 2 * timeout_s if deadline_s is None else deadline_s
         url = base_url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model, self.api_key = model, api_key
@@ -116,29 +121,41 @@ class OpenAIBackend(Backend):
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        watch = _Deadline(self.deadline_s)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+            with _opener(watch).open(request, timeout=self.timeout_s) as resp:
                 raw = resp.read()
-        except urllib.error.HTTPError as e:
+        except Exception as e:  # noqa: BLE001 - mapped to retryable / final below
+            if watch.fired:  # whatever the shut-down socket raised: this attempt ran out of time
+                self._count("timeouts")
+                raise _Retryable(f"no complete reply within the {self.deadline_s:g}s deadline") from None
+            self._raise_mapped(e)
+        finally:
+            watch.cancel()
+        return self._text(raw)
+
+    def _raise_mapped(self, e: Exception) -> None:
+        """Transient failures as :class:`_Retryable`, other HTTP errors as RuntimeError (not retried)."""
+        if isinstance(e, urllib.error.HTTPError):
             detail = e.read()[:300].decode("utf-8", "replace") if e.fp else ""
             msg = f"HTTP {e.code} {e.reason}: {detail}".strip()
             if e.code in RETRY_STATUS or e.code >= 500:
                 self._count(f"http_{e.code}")
                 raise _Retryable(msg, parse_retry_after(e.headers.get("Retry-After") if e.headers else None)) from None
             raise RuntimeError(msg) from None
-        except TimeoutError as e:
+        if isinstance(e, TimeoutError):
             self._count("timeouts")
             raise _Retryable(f"timeout after {self.timeout_s}s ({e})") from None
-        except urllib.error.URLError as e:
+        if isinstance(e, urllib.error.URLError):
             if isinstance(e.reason, (TimeoutError, socket.timeout)):
                 self._count("timeouts")
                 raise _Retryable(f"timeout after {self.timeout_s}s ({e.reason})") from None
             self._count("connection_errors")
             raise _Retryable(f"connection error: {e.reason}") from None
-        except (ConnectionError, http.client.HTTPException) as e:
+        if isinstance(e, (ConnectionError, http.client.HTTPException)):
             self._count("connection_errors")
             raise _Retryable(f"connection error: {type(e).__name__}: {e}") from None
-        return self._text(raw)
+        raise e
 
     @staticmethod
     def _text(raw: bytes) -> str:
@@ -214,3 +231,62 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class _Deadline:
+    """Shuts the attempt's socket down when ``seconds`` have passed: a read blocked in it then fails at
+    once (the socket timeout only bounds each single read)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.sock: socket.socket | None = None
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self.sock = sock
+            if self.fired:  # connected after the deadline
+                _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            if self.sock is not None:
+                _shut(self.sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def _opener(watch: _Deadline) -> urllib.request.OpenerDirector:
+    """A urllib opener whose connections hand their socket to ``watch`` once connected."""
+
+    class _HTTP(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.attach(self.sock)
+
+    class _HTTPS(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.attach(self.sock)
+
+    class _HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(_HTTP, req)
+
+    class _HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(_HTTPS, req, context=self._context)
+
+    return urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)

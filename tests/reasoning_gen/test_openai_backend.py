@@ -101,6 +101,55 @@ def test_connection_refused_is_retried_then_failed():
     assert not r.ok and r.attempts == 3 and "connection error" in r.error
 
 
+def test_a_trickling_server_cannot_hold_a_request_past_its_deadline():
+    """A server that answers a byte every 0.3 s never trips the per-read timeout (1 s); the attempt's
+    wall-clock deadline (2 s) ends it, and the retry too (it used to take the reply's 5 minutes)."""
+    import socket
+    import threading
+
+    stop = threading.Event()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def trickle(conn):
+        with conn:
+            conn.recv(1 << 20)  # the request
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    backend = build_backend("openai", base_url=f"http://127.0.0.1:{port}/v1", model="teacher-x", max_retries=1,
+                            backoff_s=0.01, timeout_s=1, deadline_s=2, max_tokens=64)
+    t0 = time.monotonic()
+    try:
+        (r,) = backend.generate(_requests(["x"]))
+    finally:
+        backend.close()
+        stop.set()
+        srv.close()
+    took = time.monotonic() - t0
+    assert not r.ok and r.attempts == 2 and "2s deadline" in r.error, r
+    assert took < 10, took
+
+
 def test_parse_retry_after():
     assert parse_retry_after("2.5") == 2.5
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
