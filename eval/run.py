@@ -379,7 +379,7 @@ def _run(args: argparse.Namespace) -> int:
         dist.init_process_group("gloo")  # env:// (MASTER_ADDR/PORT from torchrun)
     t0 = time.time()
     results, stats, ctx = collectively(lambda: _evaluate_rank(args, rank, ws), "evaluation", ws)
-    gathered = _gather((results, stats), rank, ws)
+    gathered = _gather((results, stats, ctx.pop("skipped_shards")), rank, ws)
     # the other ranks wait here until rank 0 has written everything (or failed)
     write = (lambda: _merge_and_write(args, gathered, ctx, ws, t0)) if rank == 0 else (lambda: None)
     collectively(write, "writing", ws)
@@ -414,13 +414,15 @@ def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, 
     loader = build_loader(lcfg, rank=rank if split else 0, world_size=ws if split else 1, reasoning=reasoning)
     results = evaluate_loader(model, tokenizer, loader, opts, list(args.probe),
                               share=None if split else (rank, ws), log_every=20 if rank == 0 else 0)
-    return results, loader.stats(), {"meta": meta, "frames": frames, "size": size, "opts": opts}
+    return results, loader.stats(), {"meta": meta, "frames": frames, "size": size, "opts": opts,
+                                     "skipped_shards": loader.skipped_shards()}
 
 
 def _merge_and_write(args: argparse.Namespace, gathered: list, ctx: dict, ws: int, t0: float) -> None:
     """Rank 0: merge every rank's results; write predictions, scores, records and run.json."""
-    merged = {k: [r for res, _ in gathered for r in res[k]] for k in gathered[0][0]}
-    stats = dict(sum((Counter(s) for _, s in gathered), Counter()))
+    merged = {k: [r for res, _, _ in gathered for r in res[k]] for k in gathered[0][0]}
+    stats = dict(sum((Counter(s) for _, s, _ in gathered), Counter()))
+    skipped_shards = dict(sum((Counter(n) for _, _, n in gathered), Counter()))
     dataset = merged["plain"][0]["dataset"] if merged["plain"] else None
     annotations = None
     if args.annotations is not None:
@@ -430,7 +432,8 @@ def _merge_and_write(args: argparse.Namespace, gathered: list, ctx: dict, ws: in
     info = {"version": VERSION, "label": args.label or default_label(meta), "checkpoint": str(args.checkpoint),
             "tag": args.tag, "shards": args.shards, "mode": args.mode, "frames": ctx["frames"],
             "frame_size": list(ctx["size"]), "world_size": ws, "probe_seed": args.seed, "options": vars(opts),
-            "meta": meta, "loader_stats": stats, "elapsed_s": round(time.time() - t0, 1),
+            "meta": meta, "loader_stats": stats, "skipped_shards": skipped_shards,
+            "elapsed_s": round(time.time() - t0, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     info = write_outputs(args.out, merged, info, annotations)
     _print_summary(args.out, info)
@@ -454,4 +457,6 @@ def _print_summary(out: Path, info: dict[str, Any]) -> None:
     if skipped:
         print(f"WARNING: the loader skipped {skipped}: those questions are not in these scores "
               f"(pass --annotations to count them as missing)")
+    for shard, n in info.get("skipped_shards", {}).items():  # every one, whatever the warnings' rate limit showed
+        print(f"WARNING: shard skipped: {shard} ({n}x)")
     print(f"written: {out}/{{predictions.json,scores.json,records.jsonl,run.json}}")

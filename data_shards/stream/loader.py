@@ -51,6 +51,7 @@ from data_shards.stream.pipeline import (
     CountDecoded,
     Progress,
     SeededShuffle,
+    ShardSkips,
     ShardSource,
     SharedCounters,
     SkipHandler,
@@ -142,7 +143,8 @@ class VideoQALoader:
         self.counters = SharedCounters(cfg.num_workers)
         self._has_reasoning = reasoning is not None
         self._epoch = 0
-        handler = SkipHandler(self.counters, cfg.log_every_s)
+        self.shard_skips = ShardSkips(cfg.num_workers, urls)
+        self.handler = handler = SkipHandler(self.counters, cfg.log_every_s, self.shard_skips)
         progress = Progress()
         repeat = cfg.epoch_batches is not None
         self.source = ShardSource(urls, rank, world_size, seed=cfg.seed, shuffle=cfg.shuffle_shards, repeat=repeat,
@@ -183,6 +185,7 @@ class VideoQALoader:
         cfg = self.cfg
         epoch = self._epoch
         self._epoch += 1
+        self.handler.new_pass()  # (workers copy the handler when they start: each pass starts afresh)
         self.source.epoch = epoch  # workers copy the pipeline (and this value) when they start
         kwargs: dict[str, Any] = {}
         if cfg.num_workers > 0:
@@ -219,8 +222,14 @@ class VideoQALoader:
         stats = self.stats()
         skipped = {k: stats[k] for k in FAILURES if stats[k]}
         if skipped:
-            log.warning("rank %d epoch %d: %d batches; skipped so far: %s", self.rank, epoch, batches,
-                        ", ".join(f"{v} {k}" for k, v in skipped.items()))
+            named = self.skipped_shards()  # every one, whatever the rate limit of the skip warnings let through
+            log.warning("rank %d epoch %d: %d batches; skipped so far: %s%s", self.rank, epoch, batches,
+                        ", ".join(f"{v} {k}" for k, v in skipped.items()),
+                        "; shards skipped: " + ", ".join(f"{u} ({n}x)" for u, n in named.items()) if named else "")
+
+    def skipped_shards(self) -> dict[str, int]:
+        """{shard URL: times skipped whole (missing or a broken tar)}, cumulative over epochs."""
+        return self.shard_skips.named()
 
     def stats(self) -> dict[str, int]:
         """Counters summed over the main process and all workers, cumulative over epochs.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import tarfile
 import time
 import zlib
@@ -79,6 +80,32 @@ class SharedCounters:
         return {name: int(v) for name, v in zip(self.names, sums)}
 
 
+SHARD_LEVEL = ("missing_shard", "corrupt_tar")
+"""Skips of a whole shard (or the rest of it): counted once per shard and pass, and named per shard."""
+
+
+class ShardSkips:
+    """Per-shard counts of shard-level skips, written by the workers, read by the main process: a
+    ``[num_workers + 1, len(urls)]`` int64 tensor in shared memory (as :class:`SharedCounters`)."""
+
+    def __init__(self, num_workers: int, urls: list[str]):
+        self.urls = list(urls)
+        self._index = {u: i for i, u in enumerate(self.urls)}
+        self.table = torch.zeros(max(num_workers, 0) + 1, max(len(urls), 1), dtype=torch.int64).share_memory_()
+
+    def add(self, url: str | None) -> None:
+        i = self._index.get(url) if url is not None else None
+        if i is None:
+            return
+        info = torch.utils.data.get_worker_info()
+        self.table[self.table.shape[0] - 1 if info is None else info.id, i] += 1
+
+    def named(self) -> dict[str, int]:
+        """{shard URL: times skipped} for every shard skipped at least once (cumulative over passes)."""
+        sums = self.table.sum(dim=0).tolist()
+        return {u: int(n) for u, n in zip(self.urls, sums) if n}
+
+
 class IncompleteSample(ValueError):
     """A tar sample without its ``.json`` record or without the video member it names."""
 
@@ -89,9 +116,13 @@ def _pipe_of(exn: BaseException):
 
 
 def _url_of(exn: BaseException) -> str | None:
-    """webdataset appends the shard URL to ``exn.args``; the last string-like arg is it."""
+    """webdataset appends the shard URL to ``exn.args``; the last string-like arg is it. Its first report
+    of a broken tar carries it only inside the message (``@ <_io.BufferedReader name='PATH'>``)."""
     strings = [a for a in exn.args[1:] if isinstance(a, str)]
-    return strings[-1] if strings else None
+    if strings:
+        return strings[-1]
+    m = re.search(r"name='([^']+)'", str(exn.args[0])) if exn.args else None
+    return m.group(1) if m else None
 
 
 def classify(exn: BaseException) -> tuple[str, str] | None:
@@ -132,17 +163,30 @@ class SkipHandler:
             next line says how many were not logged in between.
     """
 
-    def __init__(self, counters: SharedCounters, log_every_s: float = 30.0):
+    def __init__(self, counters: SharedCounters, log_every_s: float = 30.0, shards: ShardSkips | None = None):
         self.counters = counters
         self.log_every_s = log_every_s
+        self.shards = shards
         self._last: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
+        self._seen: set[tuple[str, str | None]] = set()
+
+    def new_pass(self) -> None:
+        """A new pass over the shards: a shard skipped again counts again (workers start each pass afresh)."""
+        self._seen.clear()
 
     def __call__(self, exn: BaseException) -> bool:
         found = classify(exn)
         if found is None:
             raise exn
         category, message = found
+        if category in SHARD_LEVEL:  # webdataset may report one broken tar twice: count the shard once
+            key = (category, _url_of(exn))
+            if key in self._seen:
+                return True
+            self._seen.add(key)
+            if self.shards is not None:
+                self.shards.add(key[1])
         self.counters.add(category)
         now = time.monotonic()
         if now - self._last.get(category, -1e18) >= self.log_every_s:

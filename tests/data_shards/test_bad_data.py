@@ -122,3 +122,25 @@ def test_every_skip_warning_of_the_loader_names_the_shard_file(tmp_path, caplog)
     assert len(skips) >= 5 and stats["bad_record"] == 1 and stats["corrupt_video"] == 1, (skips, stats)
     for msg in skips:
         assert any(str(p) in msg for p in bad), msg
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_skipped_shard_is_counted_once_and_named_despite_the_rate_limit(tmp_path, caplog, workers):
+    """Two truncated shards and a missing one among good ones, with the default rate limit of the skip
+    warnings (one a category every 30 s): corrupt_tar counts 2 (webdataset reports a truncated tar twice),
+    and the epoch report names all three shards, whichever warning lines the limit let through."""
+    paths, _ = make_shards(tmp_path, [2, 2, 2, 2])
+    for name, src in (("trunc_a.tar", paths[0]), ("trunc_b.tar", paths[1])):
+        whole = src.read_bytes()
+        (tmp_path / name).write_bytes(whole[: len(whole) // 2])
+    bad = [tmp_path / "trunc_a.tar", tmp_path / "trunc_b.tar", tmp_path / "gone.tar"]
+    cfg = LoaderConfig(urls=[str(p) for p in bad + paths[2:]], num_frames=2, frame_size=(24, 32), micro_batch_size=2,
+                       num_workers=workers, shuffle_shards=False, shuffle_buffer=0)
+    caplog.set_level(logging.WARNING, logger="data_shards.stream.loader")
+    loader = build_loader(cfg, 0, 1)
+    assert sum(len(b) for b in loader) >= 4
+    stats = loader.stats()
+    assert stats["corrupt_tar"] == 2 and stats["missing_shard"] == 1, stats
+    assert loader.skipped_shards() == {str(p): 1 for p in bad}
+    report = [r.getMessage() for r in caplog.records if "shards skipped:" in r.getMessage()]
+    assert report and all(str(p) in report[-1] for p in bad), report

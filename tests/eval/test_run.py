@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,25 @@ def test_bad_input_is_one_clear_line(world, tmp_path, capsys):
     assert "pass --reasoning" in capsys.readouterr().err
     assert main(args + ["--probe", "vcot", "--reasoning", str(world["vcot"]), "--frames", "3"]) == 1
     assert "reasoning field 'vcot' has 3 captions; 3 frames need 2" in capsys.readouterr().err
+
+
+def test_every_skipped_shard_is_named_in_the_summary(world, tmp_path, capsys):
+    """Three broken shards beside the good ones (two truncated, one missing): the skip warnings are
+    rate-limited, but run.json and the printed summary name every one of them, each counted once."""
+    root = world["root"] / "shards"
+    bad = [tmp_path / "trunc_a.tar", tmp_path / "trunc_b.tar", tmp_path / "gone.tar"]
+    for path, src in zip(bad[:2], sorted(root.glob("val-*.tar"))):
+        with tarfile.open(src) as tf:
+            last = tf.getmembers()[-1]
+        path.write_bytes(src.read_bytes()[: last.offset_data + last.size // 2])  # inside its last member
+    shards = "::".join([*map(str, bad), world["shards"]])
+    assert main(["--checkpoint", str(world["export"]), "--shards", shards, "--out", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    info = _read(tmp_path / "o", "run.json")
+    assert info["skipped_shards"] == {str(p): 1 for p in bad}
+    assert info["loader_stats"]["corrupt_tar"] == 2 and info["loader_stats"]["missing_shard"] == 1
+    for p in bad:
+        assert f"shard skipped: {p} (1x)" in printed
 
 
 @pytest.mark.slow
