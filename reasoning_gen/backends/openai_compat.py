@@ -77,18 +77,21 @@ class OpenAIBackend(Backend):
         max_tokens, temperature: generation settings; extra_body: more JSON fields to send.
         seed: seed of the jitter (reproducible waits in tests).
         max_consecutive_failures: failed attempts in a row that open the circuit breaker (0 = never).
-        deadline_s: wall-clock limit of one attempt, the whole reply included (default ``2 * timeout_s``).
+        deadline_s: wall-clock limit of one attempt, the whole reply included (default ``1.5 * timeout_s``).
+            With the defaults (60 s without a byte, 90 s in all, the breaker at 8 = the concurrency) a server
+            that stays silent stops the job after about a minute, one that trickles after about 90 s; a
+            teacher whose replies take longer needs larger values (``--opt timeout_s=... deadline_s=...``).
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, max_concurrency: int = 8,
-                 timeout_s: float = 120.0, max_retries: int = 5, backoff_s: float = 1.0,
+                 timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0,
                  backoff_max_s: float = 60.0, max_retry_after_s: float = 300.0, image_format: str = "jpeg",
                  jpeg_quality: int = 90, max_tokens: int = 1024, temperature: float = 0.0,
-                 extra_body: dict | None = None, seed: int | None = None, max_consecutive_failures: int = 10,
+                 extra_body: dict | None = None, seed: int | None = None, max_consecutive_failures: int = 8,
                  deadline_s: float | None = None):
         if max_concurrency < 1 or max_retries < 0 or timeout_s <= 0 or (deadline_s is not None and deadline_s <= 0):
             raise ValueError("max_concurrency >= 1, max_retries >= 0, timeout_s > 0 and deadline_s > 0 are required")
-        self.deadline_s = 2 * timeout_s if deadline_s is None else deadline_s
+        self.deadline_s = 1.5 * timeout_s if deadline_s is None else deadline_s
         url = base_url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/chat/completions"
         self.model, self.api_key = model, api_key
