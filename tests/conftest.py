@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,17 @@ def has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+_START = time.monotonic()
+
+
+def pytest_runtest_setup(item):
+    """With ``TEST_TIME_BUDGET_S`` set (``.ci/run`` sets it so that CI stays under 30 minutes), a slow test
+    that would start after the budget is spent is skipped, and says so, instead of overrunning CI."""
+    budget = os.environ.get("TEST_TIME_BUDGET_S")
+    if budget and "slow" in item.keywords and time.monotonic() - _START > float(budget):
+        pytest.skip(f"slow test over the test-time budget (TEST_TIME_BUDGET_S={budget} s spent)")
 
 
 def pytest_collection_modifyitems(config, items):
