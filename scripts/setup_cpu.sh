@@ -54,7 +54,7 @@ else
 fi
 
 # The distribution's metadata, not `import data_shards` (which works from the repo root uninstalled).
-if ! $PY -c "import importlib.metadata as m; m.version('videoqa-reasoning'); import torchcodec, deepspeed, webdataset, transformers, pytest, av" >/dev/null 2>&1 \
+if ! $PY -c "import importlib.metadata as m; m.version('videoqa-reasoning'); import torchcodec, deepspeed, webdataset, transformers, pytest, pytest_timeout, av" >/dev/null 2>&1 \
    || [ "${FORCE_INSTALL:-0}" = 1 ]; then
   echo "[setup] pip install -e '.[dev]' with $constraints"
   $PY -m pip install -q -c "$constraints" -e ".[dev]"

@@ -48,6 +48,16 @@ def has_cuda() -> bool:
 _START = time.monotonic()
 
 
+def pytest_sessionstart(session):
+    """Free the /dev/shm files that DeepSpeed runs from before train.dist.release_shm_workspace left (~69 MB
+    per rank per run; enough of them exhaust the machine's memory and stall everything after)."""
+    from train.dist import sweep_stale_shm_workspaces
+
+    removed = sweep_stale_shm_workspaces()
+    if removed:
+        print(f"removed {len(removed)} stale DeepSpeed shm workspaces from /dev/shm")
+
+
 def pytest_runtest_setup(item):
     """With ``TEST_TIME_BUDGET_S`` set (``.ci/run`` sets it so that CI stays under 30 minutes), a slow test
     that would start after the budget is spent is skipped, and says so, instead of overrunning CI."""

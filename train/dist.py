@@ -114,7 +114,75 @@ def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=name, auto_mpi_discovery=False, rank=dims.rank,
                                    world_size=dims.world_size)
+        if accel.device_name() == "cpu":
+            release_shm_workspace(dims.rank)
     return name
+
+
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "deepspeed_allreduce_buffer"
+
+
+def shm_workspace_path(rank: int, env: dict | None = None) -> str:
+    """The shared-memory file DeepSpeed's CPU comm op creates for ``rank`` (deepspeed/ops/csrc/cpu/comm/shm.cpp:
+    ``deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank}``, ~69 MB)."""
+    env = os.environ if env is None else env
+    return (f"{SHM_DIR}/{SHM_PREFIX}_{os.getuid()}_{env.get('MASTER_ADDR', '')}_"
+            f"{env.get('MASTER_PORT', '')}_{rank}")
+
+
+def release_shm_workspace(rank: int) -> bool:
+    """Unlink this rank's DeepSpeed shm workspace once every local rank has mapped it.
+
+    DeepSpeed 0.19.8's CPU comm op creates one ~69 MB file per rank in /dev/shm when all ranks are
+    on one node and never unlinks it: each run left its files behind, tmpfs counts them as RAM, and
+    a test suite of ~150 such runs filled a 24 GiB machine until compiles and jobs stalled. By the
+    time ``deepspeed.init_distributed`` returns on every rank, each rank has opened all the others'
+    files (shm_initialize loops until it can), so after a barrier the names can go: the mappings
+    stay valid and the kernel frees the memory when the last process exits, however it exits.
+
+    Returns True when a file was removed.
+    """
+    barrier()
+    try:
+        os.unlink(shm_workspace_path(rank))
+        return True
+    except FileNotFoundError:  # the op was not built or not used (ranks on several nodes)
+        return False
+
+
+def sweep_stale_shm_workspaces(shm_dir: str = SHM_DIR) -> list[str]:
+    """Remove this user's DeepSpeed shm workspaces that no running process maps (left by runs that
+    predate ``release_shm_workspace`` or were killed inside ``init_distributed``).
+
+    Returns the removed file names.
+    """
+    prefix = f"{SHM_PREFIX}_{os.getuid()}_"
+    try:
+        names = [n for n in os.listdir(shm_dir) if n.startswith(prefix)]
+    except FileNotFoundError:
+        return []
+    if not names:
+        return []
+    mapped: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+                mapped.update(line.rsplit("/", 1)[-1].split(" (deleted)")[0].strip() for line in f if prefix in line)
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    removed = []
+    for name in names:
+        if name in mapped:
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def device() -> torch.device:

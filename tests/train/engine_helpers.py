@@ -98,3 +98,13 @@ def losses(run_dir: Path) -> dict[int, float]:
     from train.metrics import read_metrics
 
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")}
+
+
+def shm_workspaces() -> set[str]:
+    """This user's DeepSpeed CPU-comm shm files in /dev/shm (each run used to leave one per rank)."""
+    import os
+
+    from train.dist import SHM_DIR, SHM_PREFIX
+
+    prefix = f"{SHM_PREFIX}_{os.getuid()}_"
+    return {n for n in os.listdir(SHM_DIR) if n.startswith(prefix)}

@@ -28,6 +28,7 @@ from tests.train.engine_helpers import (
     losses,
     make_shards,
     run_torchrun,
+    shm_workspaces,
     tiny_overrides,
     torchrun_cmd,
 )
@@ -98,7 +99,10 @@ def shards(tmp_path_factory) -> str:
 def golden_run(shards, tmp_path_factory) -> Path:
     """The tiny recipe, uninterrupted, 8 steps (checkpoints at 4 and 8): the golden run."""
     run_dir = tmp_path_factory.mktemp("runs") / "golden"
+    before = shm_workspaces()
     _check(run_torchrun(2, "--config", str(TINY), *tiny_overrides(shards, run_dir)))
+    # DeepSpeed's CPU comm op leaves a ~69 MB /dev/shm file per rank unless train.dist unlinks it
+    assert shm_workspaces() <= before, f"the run left shared memory behind: {sorted(shm_workspaces() - before)}"
     return run_dir
 
 
@@ -137,6 +141,7 @@ def test_sigkill_after_checkpoint_then_resume_latest_continues_exactly(shards, g
     """
     run_dir = tmp_path / "runs" / "killed"
     args = ["--config", str(TINY), *tiny_overrides(shards, run_dir)]
+    shm_before = shm_workspaces()
     proc = subprocess.Popen(torchrun_cmd(2, *args), cwd=REPO, env=env_for_launch(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     latest = run_dir / "checkpoints" / "latest"
@@ -153,6 +158,7 @@ def test_sigkill_after_checkpoint_then_resume_latest_continues_exactly(shards, g
         kill_tree(proc.pid)
         proc.wait(timeout=60)
     assert latest.read_text() == f"global_step{CKPT_EVERY}"
+    assert shm_workspaces() <= shm_before, "a SIGKILLed run left DeepSpeed's shared memory behind"
     before = losses(run_dir)
     assert max(before) < GOLDEN_STEPS, "the killed run got to the end"
 

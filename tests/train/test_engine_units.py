@@ -176,3 +176,31 @@ def test_epoch_batches_equal_on_every_rank():
         epoch_batches_for(data, DataSummary(["pipe:cat a.tar"], False, None, None), world_size=2)
     fixed = load_config(TINY, ["--data.epoch_batches=5"]).data
     assert epoch_batches_for(fixed, counted, world_size=2) == 5
+
+
+def test_sweep_removes_only_unmapped_deepspeed_shm_workspaces(tmp_path):
+    """Stale DeepSpeed shm files go; one a live process maps and another user's stay."""
+    import os
+    import subprocess
+    import sys
+
+    from train.dist import SHM_PREFIX, shm_workspace_path, sweep_stale_shm_workspaces
+
+    mine = f"{SHM_PREFIX}_{os.getuid()}_"
+    stale, live, other = tmp_path / f"{mine}127.0.0.1_1_0", tmp_path / f"{mine}127.0.0.1_2_0", \
+        tmp_path / f"{SHM_PREFIX}_{os.getuid() + 1}_127.0.0.1_3_0"
+    for f in (stale, live, other):
+        f.write_bytes(b"\0" * 4096)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import mmap, sys\nf = open(sys.argv[1], 'r+b')\nm = mmap.mmap(f.fileno(), 4096)\n"
+        "print('mapped', flush=True)\nsys.stdin.read()"), str(live)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        assert sweep_stale_shm_workspaces(str(tmp_path)) == [stale.name]
+        assert not stale.exists() and live.exists() and other.exists()
+    finally:
+        holder.communicate("", timeout=30)
+    assert sweep_stale_shm_workspaces(str(tmp_path)) == [live.name]
+    env = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    assert shm_workspace_path(3, env) == f"/dev/shm/{mine}10.0.0.1_29500_3"
