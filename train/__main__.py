@@ -1,9 +1,10 @@
-"""``python -m train``: train (default), ``export`` a checkpoint, or ``bench`` throughput.
+"""``python -m train``: train (default), ``export`` a checkpoint, ``bench`` throughput, or ``plan`` memory and time.
 
     python -m train --config configs/tiny_cpu.yaml [--resume latest] [--section.field=value ...]
     python -m train export --checkpoint RUN/checkpoints [--tag global_step100] --out EXPORT
     python -m train bench --config configs/tiny_cpu.yaml --steps 20     (= python -m train.bench)
     python -m train tokenizer --records R.jsonl [--reasoning F.jsonl] --config C.yaml --out DIR
+    python -m train plan --config C.yaml --nodes 4 --gpus-per-node 8 --gpu h100 [--mfu 0.4]
     python -m train --help-config                                        (every field, with its doc)
 
 Works under torchrun, the deepspeed launcher and SLURM srun (see docs/TRAINING.md). Config and
@@ -31,6 +32,7 @@ COMMANDS = {
     "export": ("train.export", "consolidate a ZeRO-3 checkpoint into a from_pretrained-able folder"),
     "tokenizer": ("train.tokenizer", "train the BPE on records and reasoning files"),
     "bench": ("train.bench.cli", "throughput: ours vs a bare PyTorch loop, or padded vs packed"),
+    "plan": ("train.plan", "per-GPU memory, FLOPs and step time of a recipe on N nodes x G GPUs (no GPU needed)"),
 }
 """Commands besides training (``python -m train --config C`` trains)."""
 
