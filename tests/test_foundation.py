@@ -101,3 +101,22 @@ def test_gpu_check_script_parses_and_refuses_without_a_gpu(tmp_path):
     proc = subprocess.run(["bash", script], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OUT=str(tmp_path / "out")))
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr, proc.stderr
+
+
+def test_check_steps_stay_inside_their_budget(tmp_path):
+    """scripts/steps.sh (the time boxes of gpu_checks.sh): a step is cut at what is left of the budget, and
+    a step with too little budget left is skipped and logged, so the call ends within its budget."""
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (f"OUT={out} STEPS_BUDGET_S=6 STEPS_MIN_S=2; source {REPO / 'scripts' / 'steps.sh'}\n"
+              "step quick 100 sleep 1\nstep long 100 sleep 30\nstep late 100 true\nexit $status\n")
+    t = time.monotonic()
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t
+    assert proc.returncode == 1 and took < 9, (proc.returncode, took, proc.stdout, proc.stderr)
+    rows = [line.split(",") for line in (out / "steps.csv").read_text().splitlines()[1:]]
+    assert [(r[0], r[3]) for r in rows] == [("quick", "0"), ("long", "124"), ("late", "skipped")], rows
+    assert int(rows[1][1]) <= 5, f"the long step was not cut to the budget left: {rows[1]}"
+    assert "skipped" in (out / "late.log").read_text()
