@@ -4,9 +4,8 @@
 #
 # Each step runs under `timeout` with the smaller of its own limit and what is left of the budget, logs to
 # $OUT/NAME.log and its time and exit code to $OUT/steps.csv. A step with under STEPS_MIN_S (20) s of the
-# budget left is not started: it
-# is logged as skipped, so the call ends inside the budget instead of being killed part-way. Any failed or
-# skipped step makes $status 1.
+# budget left is not started but logged as skipped, so the call ends inside the budget instead of being
+# killed part-way. Any failed or skipped step makes $status 1.
 : "${OUT:?OUT must name the output folder}"
 STEPS_BUDGET_S=${STEPS_BUDGET_S:-570}
 STEPS_START=${STEPS_START:-0}  # bash's SECONDS counts from the script's start
