@@ -32,7 +32,15 @@ if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
+# the device tool copies the working tree without .git: pass VQA_COMMIT=<sha> there (the CSV rows carry it)
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo "${VQA_COMMIT:-unknown}")" | tee -a "$OUT/gpu.txt"
+# what later steps (and issues) may rely on: flash-attn, FFmpeg's libraries for torchcodec, the trainer's packages
+python3 - <<'PY' 2>&1 | tee -a "$OUT/gpu.txt"
+import ctypes.util, importlib.util
+for mod in ("flash_attn", "liger_kernel", "deepspeed", "webdataset", "torchcodec", "transformers"):
+    print(f"{mod}: {'importable' if importlib.util.find_spec(mod) else 'missing'}")
+print("libavcodec:", ctypes.util.find_library("avcodec") or "missing")
+PY
 
 # every step is time-boxed so that the whole call ends within GPU_CHECKS_BUDGET_S (default 570 s: one
 # device command may run 10 minutes); steps left without budget are logged as skipped (exit 1)
@@ -41,10 +49,14 @@ source scripts/steps.sh
 
 # 1. Numerics of the compiled kernels (CUDA tests are skipped on CPU machines): multi-block
 #    rows, int64 offsets past 2**31 elements, the fused op at a real vocabulary.
-step pytest_gpu 180 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_gpu.py
+step pytest_gpu 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_gpu.py
 # 2. The issue's targets at (16k tokens, H 4096, V 151,936) bf16: CE full vs copy bandwidth and
 #    vs Liger; FLCE peak memory vs eager and speed vs Liger.
 step bench_ce 150 python3 -m vqa_kernels.bench --kernels ce --shapes 16384x4096x151936 --csv "$OUT/kernels.csv"
+# 2b. The forward kernel's register spills (issue 24): the same CE at every BLOCK_V the fix could choose,
+#     at V = 32000 (one block at 32768: spills in the compile report) and V = 151936 (the blocked loop).
+step bench_ce_blocks 90 python3 -m vqa_kernels.bench --kernels ce --providers ours-triton --modes forward,full \
+  --block-v 4096,8192,16384,32768 --shapes 16384x4096x32000,16384x4096x151936 --csv "$OUT/kernels.csv"
 step bench_flce 180 python3 -m vqa_kernels.bench --kernels flce --shapes 16384x4096x151936 --csv "$OUT/kernels.csv"
 # 3. The trainer on a ~1B configuration (MFU target >= 45 %), when its packages are importable.
 if python3 -c "import deepspeed, webdataset, torchcodec" 2>/dev/null; then

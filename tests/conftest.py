@@ -51,8 +51,12 @@ _START = time.monotonic()
 def pytest_sessionstart(session):
     """Free the /dev/shm files that DeepSpeed runs from before train.dist.release_shm_workspace left (~69 MB
     per rank per run; enough of them exhaust the machine's memory and stall everything after)."""
-    from train.dist import sweep_stale_shm_workspaces
-
+    try:
+        from train.dist import sweep_stale_shm_workspaces
+    except ModuleNotFoundError as e:  # a GPU image without DeepSpeed (the kernel tests run there): no files
+        if e.name != "deepspeed":
+            raise
+        return
     removed = sweep_stale_shm_workspaces()
     if removed:
         print(f"removed {len(removed)} stale DeepSpeed shm workspaces from /dev/shm")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import os
 import platform
 import statistics
 import subprocess
@@ -86,10 +87,10 @@ def available_providers() -> list[str]:
     return [p for p in PROVIDERS if p != "liger" or _liger() is not None]
 
 
-def _ours_ce(inplace: bool):
+def _ours_ce(inplace: bool, block_v: int | None = None):
     from vqa_kernels.cross_entropy import TRITON_ROWS  # triton may be missing: only the Triton providers need it
 
-    opts = CEOptions(inplace=inplace)
+    opts = CEOptions(inplace=inplace, block_v=block_v)
     return lambda x, y, w: WeightedCrossEntropyFunction.apply(x, y, w, opts, TRITON_ROWS)
 
 
@@ -106,6 +107,10 @@ def loss_fn(kernel: str, provider: str, chunk_size: int | None = None) -> Callab
 
     ``chunk_size`` applies to our fused linear CE (Triton and chunked torch).
     """
+    if provider.startswith("ours-triton-bv"):  # a BLOCK_V override of our CE kernel (tuning: --block-v)
+        if kernel != "ce":
+            raise ValueError(f"{provider}: block overrides apply to the CE kernel only")
+        return _ours_ce(inplace=False, block_v=int(provider.removeprefix("ours-triton-bv")))
     if provider.startswith("ours-triton"):
         if kernel == "flce":
             return _ours_flce(chunk_size, torch.bfloat16 if provider.endswith("bf16acc") else None)
@@ -228,8 +233,10 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "vqa_kernels"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (sha or "unknown") + ("-dirty" if dirty else "")
+        sha, dirty = "", ""
+    if not sha:  # a copy of the tree without .git (a lent GPU machine): the caller may name the commit
+        return os.environ.get("VQA_COMMIT", "unknown")
+    return sha + ("-dirty" if dirty else "")
 
 
 def case_rows(kernel, shape, dtype, device, providers, modes, reps, meta, chunk_size=None) -> list[dict]:
@@ -238,8 +245,9 @@ def case_rows(kernel, shape, dtype, device, providers, modes, reps, meta, chunk_
     elem = torch.finfo(dtype).bits // 8
     results = {}
     for provider in providers:
-        if (kernel, provider) in (("flce", "ours-triton-inplace"), ("ce", "ours-triton-bf16acc")):
-            continue  # FLCE is always in place on its private chunks; CE has no accumulator
+        if (kernel, provider) in (("flce", "ours-triton-inplace"), ("ce", "ours-triton-bf16acc")) or (
+                kernel == "flce" and provider.startswith("ours-triton-bv")):
+            continue  # FLCE is always in place on its private chunks; CE has no accumulator; blocks: CE only
         try:
             results[provider] = bench_case(kernel, provider, shape, dtype, device, reps, chunk_size)
         except Exception as exc:  # OOM of the eager baseline at big shapes, a Liger API change ...
@@ -318,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     p.add_argument("--reps", type=int, default=5, help="timed runs per case on CPU")
     p.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of our FLCE (default: auto)")
-    p.add_argument("--csv", type=Path, default=CSV_PATH, help="CSV to append to ('' to skip)")
+    p.add_argument("--block-v", default="", help="comma list of BLOCK_V overrides (powers of two) for our CE "
+                   "kernel, each run as provider ours-triton-bvN beside the automatic choice (tuning)")
+    p.add_argument("--csv", default=str(CSV_PATH), help="CSV to append to ('' to skip)")
     p.add_argument("--device", default=None, help="default cuda when available, else cpu")
     args = p.parse_args(argv)
 
@@ -339,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
             providers.remove("liger")
     else:
         providers = [q for q in available_providers() if on_gpu or q != "torch-compile"]
+    for b in filter(None, args.block_v.split(",")):
+        if not b.isdigit() or int(b) & (int(b) - 1) or int(b) == 0:
+            p.error(f"--block-v: {b!r} is not a power of two")
+        providers.append(f"ours-triton-bv{int(b)}")
     shapes = parse_shapes(args.shapes or (GPU_SHAPES if on_gpu else CPU_SHAPES))
     ours = "triton" if on_gpu else "triton-interpret"
     note = "" if on_gpu else "CPU run: functional check, not a performance number"
@@ -353,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += case_rows(kernel, shape, dtype, device, providers, modes, args.reps, meta,
                               args.chunk_size)
     print_table(rows)
-    if str(args.csv):
-        append_csv(rows, args.csv)
+    if args.csv:
+        append_csv(rows, Path(args.csv))
         print(f"appended {len(rows)} rows to {args.csv}")
     return 0
 

@@ -35,6 +35,31 @@ def test_gpu_ce_multi_block_vocab(dtype, monkeypatch):
     assert_close_report(leaf.grad, ref_leaf.grad, **TOL[dtype], name="grad")
 
 
+@pytest.mark.parametrize("block_v", [None, 8192, 16384, 32768], ids=lambda b: f"bv{b}")
+def test_gpu_ce_block_choices(block_v, monkeypatch):
+    """Every BLOCK_V the launcher or a tuning override can pick at V = 32000 (one block at 32768, the
+    blocked loop below it) gives the eager loss and gradient, with label smoothing and z-loss."""
+    from vqa_kernels._common import CEOptions
+    from vqa_kernels.autograd import WeightedCrossEntropyFunction
+    from vqa_kernels.cross_entropy import TRITON_ROWS
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    n, v = 512, 32000
+    logits = (torch.randn(n, v, device="cuda") * 3).bfloat16()
+    target = torch.randint(0, v, (n,), device="cuda")
+    target[::7] = -100
+    weight = torch.rand(n, device="cuda")
+    leaf = logits.clone().requires_grad_(True)
+    opts = CEOptions(z_loss=1e-4, label_smoothing=0.1, block_v=block_v)
+    loss = WeightedCrossEntropyFunction.apply(leaf, target, weight, opts, TRITON_ROWS)
+    loss.backward()
+    ref_leaf = logits.float().requires_grad_(True)
+    ref = weighted_cross_entropy_eager(ref_leaf, target, weight, z_loss=1e-4, label_smoothing=0.1)
+    ref.backward()
+    assert_close_report(loss, ref, rtol=1e-3, atol=1e-2, name="loss")
+    assert_close_report(leaf.grad, ref_leaf.grad, **TOL[torch.bfloat16], name="grad")
+
+
 def test_gpu_ce_int64_offsets():
     """N * V > 2**31: rows past the int32 range must be read and written at the right place."""
     n, v = 17000, 131000
