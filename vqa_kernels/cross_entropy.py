@@ -154,13 +154,15 @@ def _scale_rows_kernel(
     tl.store(out_ptr + row * out_stride + cols, (g * s).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_options(n_cols: int, device: torch.device, block_v: int | None) -> tuple[int, int, bool]:
-    """(BLOCK_V, num_warps, ONE_BLOCK) for a row length; ``block_v`` overrides (tests, tuning)."""
+def _launch_options(n_cols: int, device: torch.device, block_v: int | None,
+                    num_warps: int | None = None) -> tuple[int, int, bool]:
+    """(BLOCK_V, num_warps, ONE_BLOCK) for a row length; ``block_v`` / ``num_warps`` override (tests, tuning)."""
     full = triton.next_power_of_2(n_cols)
     block = min(full, MAX_BLOCK_V) if block_v is None else block_v
     if block & (block - 1):
         raise ValueError(f"block_v must be a power of two, got {block}")
-    num_warps = 32 if block >= 16384 else 16 if block >= 4096 else 8 if block >= 1024 else 4
+    if num_warps is None:
+        num_warps = 32 if block >= 16384 else 16 if block >= 4096 else 8 if block >= 1024 else 4
     return block, num_warps, block >= n_cols
 
 
@@ -185,6 +187,7 @@ def _forward(
     grad: torch.Tensor | None = None,
     block_v: int | None = None,
     max_programs: int | None = None,
+    num_warps: int | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row weighted loss and lse; writes the gradient into ``grad`` when given.
@@ -195,7 +198,7 @@ def _forward(
         weight: [N] float per-row weights.
         grad: None (no gradient) or [N, V] with last dim contiguous, any float dtype; may be
             ``logits`` itself (the gradient then overwrites the logits).
-        block_v, max_programs: launch overrides for tests and tuning.
+        block_v, max_programs, num_warps: launch overrides for tests and tuning (scripts/ce_tune.py).
         out: optional (loss, lse) [N] fp32 buffers to write into (every element is written).
 
     Returns:
@@ -214,7 +217,7 @@ def _forward(
     loss, lse = out
     if n_rows == 0:
         return loss, lse
-    block, num_warps, one_block = _launch_options(n_cols, logits.device, block_v)
+    block, num_warps, one_block = _launch_options(n_cols, logits.device, block_v, num_warps)
     kernel = kernel_for(_weighted_ce_fwd_kernel, interpret=logits.device.type != "cuda")
     g = grad if grad is not None else logits  # unused pointer when WRITE_GRAD is off
     kernel[(_n_programs(n_rows, logits.device, max_programs),)](

@@ -34,17 +34,30 @@ import torch
 
 from vqa_kernels._common import FLCEOptions, default_chunk_size
 
+# Whether torch.addmm(..., out_dtype=fp32) (a bf16/fp16 GEMM accumulating into an fp32 matrix in its
+# epilogue; CUDA only) works here; None until first tried.
+_ADDMM_OUT_DTYPE: dict[str, bool] = {}
 
-def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, max_temp_elems: int) -> None:
+
+def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, max_temp_elems: int,
+                   fused: bool = True) -> None:
     """acc += a @ b for acc [V, H], a [V, C], b [C, H].
 
-    Same dtypes: one addmm_.  fp32 acc with bf16/fp16 operands: the product is made in the operand
-    dtype (fp32 accumulation inside the GEMM) in slices of V rows so that the temporary stays under
-    ``max_temp_elems`` elements, and added to the fp32 accumulator.
+    Same dtypes: one addmm_.  fp32 acc with bf16/fp16 operands on CUDA: one GEMM that reads and writes
+    the fp32 accumulator in its epilogue (``torch.addmm(out_dtype=fp32)``), where this torch has it.
+    Otherwise the product is made in the operand dtype (fp32 accumulation inside the GEMM) in slices of
+    V rows so that the temporary stays under ``max_temp_elems`` elements, and added to the accumulator.
     """
     if acc.dtype == a.dtype:
         acc.addmm_(a, b)
         return
+    if fused and acc.is_cuda and _ADDMM_OUT_DTYPE.get(str(a.dtype), True):
+        try:
+            torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            _ADDMM_OUT_DTYPE[str(a.dtype)] = True
+            return
+        except (RuntimeError, TypeError):  # an older torch / backend without the dtype overload
+            _ADDMM_OUT_DTYPE[str(a.dtype)] = False
     step = max(1, max_temp_elems // max(1, b.shape[1]))
     for v0 in range(0, a.shape[0], step):
         acc[v0:v0 + step] += a[v0:v0 + step] @ b
