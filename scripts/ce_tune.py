@@ -1,15 +1,17 @@
 """Launch-parameter sweep of the weighted CE forward kernel on a CUDA GPU (issue 24: the register spills,
 and the gap to copy bandwidth).
 
-    python3 scripts/ce_tune.py --csv $OUT/ce_tune.csv      # ~2 minutes on an H200
+    python3 scripts/ce_tune.py --csv $OUT/ce_tune.csv      # ~1 minute on an H200
 
 For each shape (bf16 logits, 1/8 of the rows ignored as prompts give, random weights) it times the
 training forward (``cross_entropy._forward`` with a separate gradient buffer: loss, lse and the gradient
-in one launch) for every BLOCK_V x num_warps x grid: ``pps`` programs per SM of the persistent grid, or
-``row`` = one program per row (Liger's grid). Each configuration's loss and gradient are checked against
-the automatic choice's (the loss to 1e-5 relative, the gradient to one bf16 ulp) before it is timed; a
-copy of the logits (read + write, 2 N V bytes) is timed in the same run as the bandwidth reference.
-Printed last: the best configurations per shape, and the automatic one.
+in one launch, one program per row) for every BLOCK_V x num_warps.  The sweep at commit 6d5d49f also
+varied the grid (a persistent grid of 1-8 programs per SM against one program per row); one program per
+row won at every shape (docs/BENCHMARKS.md), and the persistent option is gone since.  Each
+configuration's loss and gradient are checked against the automatic choice's (the loss to 1e-5
+relative, the gradient to one bf16 ulp) before it is timed; a copy of the logits (read + write, 2 N V
+bytes) is timed in the same run as the bandwidth reference.  Printed last: the best configurations per
+shape, and the automatic one.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def inputs(n: int, v: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch
     return logits, target, weight
 
 
-def sweep_shape(n: int, v: int, args: argparse.Namespace, sms: int, dev: str) -> list[dict]:
+def sweep_shape(n: int, v: int, args: argparse.Namespace, dev: str) -> list[dict]:
     """Every configuration at one shape, checked and timed; the automatic choice first."""
     logits, target, weight = inputs(n, v, seed=n + v)
     grad = torch.empty_like(logits)
@@ -48,19 +50,17 @@ def sweep_shape(n: int, v: int, args: argparse.Namespace, sms: int, dev: str) ->
     auto = triton.testing.do_bench(lambda: ce._forward(logits, target, weight, grad=grad), return_mode="median")
     a_block, a_warps, _ = ce._launch_options(v, logits.device, None)
     print(f"{dev} N={n} V={v}: copy {copy:.3f} ms; auto (block {a_block}, {a_warps} warps, "
-          f"{ce.PROGRAMS_PER_SM}/SM) {auto:.3f} ms = {copy / auto:.2f} of copy", flush=True)
-    rows = [dict(device=dev, n=n, v=v, block_v="auto", num_warps=a_warps, grid=f"{ce.PROGRAMS_PER_SM}/SM",
+          f"one per row) {auto:.3f} ms = {copy / auto:.2f} of copy", flush=True)
+    rows = [dict(device=dev, n=n, v=v, block_v="auto", num_warps=a_warps, grid="row",
                  ms=round(auto, 4), copy_ms=round(copy, 4), vs_copy=round(copy / auto, 3), check="ref")]
-    for block, warps, pps in itertools.product(
-            [int(b) for b in args.blocks.split(",")], [int(w) for w in args.warps.split(",")], args.pps.split(",")):
+    for block, warps in itertools.product(
+            [int(b) for b in args.blocks.split(",")], [int(w) for w in args.warps.split(",")]):
         if block > triton.next_power_of_2(v) or block // (32 * warps) < 1:
             continue
-        progs = n if pps == "row" else sms * int(pps)
-        row = dict(device=dev, n=n, v=v, block_v=block, num_warps=warps, grid="row" if pps == "row" else f"{pps}/SM",
-                   copy_ms=round(copy, 4))
+        row = dict(device=dev, n=n, v=v, block_v=block, num_warps=warps, grid="row", copy_ms=round(copy, 4))
 
-        def run(block=block, warps=warps, progs=progs):
-            return ce._forward(logits, target, weight, grad=grad, block_v=block, max_programs=progs, num_warps=warps)
+        def run(block=block, warps=warps):
+            return ce._forward(logits, target, weight, grad=grad, block_v=block, num_warps=warps)
         try:
             grad.fill_(float("nan"))
             loss, _ = run()
@@ -102,18 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default="16384x32000,16384x128256,16384x151936", help="NxV list")
     p.add_argument("--blocks", default="4096,8192,16384,32768")
     p.add_argument("--warps", default="4,8,16,32")
-    p.add_argument("--pps", default="1,2,4,8,row", help="programs per SM, or 'row' (one per row)")
     p.add_argument("--csv", default="")
     p.add_argument("--accumulate", action="store_true", help="also time the FLCE fp32 accumulation both ways")
     args = p.parse_args(argv)
     if args.accumulate:
         accumulate_probe()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     dev = torch.cuda.get_device_name(0)
     rows = []
     for shape in args.shapes.split(","):
         n, v = (int(x) for x in shape.lower().split("x"))
-        rows += sweep_shape(n, v, args, sms, dev)
+        rows += sweep_shape(n, v, args, dev)
         torch.cuda.empty_cache()
     if args.csv:
         with open(args.csv, "w", newline="") as f:

@@ -8,8 +8,11 @@ z = the z-loss coefficient and lse_i = logsumexp(x_i):
     dloss_i / dx_i[j] = w_i * ((1 + 2 z lse_i) * softmax(x_i)[j] - eps / V - (1 - eps) [j == y_i])
 
 The forward kernel reads each row with an online softmax (running max and sum, one read) and, when
-asked, writes the gradient above during the same launch (a second read of the row, which a GPU
-mostly serves from L2 because the grid is persistent: about one program per SM walks the rows).
+asked, writes the gradient above during the same launch (a second read of the row; rows up to
+MAX_BLOCK_V columns are held in registers and read once).  The grid is one program of 4 warps per row
+with 4096-column blocks: measured on an H200 (docs/BENCHMARKS.md, scripts/ce_tune.py), that beat a
+persistent grid of one 32-warp program per SM with 32768-column blocks by 1.2x at V = 151936 and spills
+no registers.
 Backward only scales that gradient by grad_output (a scalar for reduction="sum", one value per row
 for reduction="none").  Rows that are ignored or have weight 0 are not read at all: loss 0 and a
 zero gradient row.  All arithmetic is fp32 whatever the input dtype; the gradient is stored in the
@@ -31,10 +34,10 @@ from vqa_kernels._backend import TRITON, kernel_for
 from vqa_kernels._common import RowOps
 
 # Largest block of vocab columns one program holds at once (fp32 values in registers); bigger rows
-# are walked in blocks.  Untuned: the GPU benchmark (vqa_kernels/bench.py) is where to tune it.
-MAX_BLOCK_V = 32768
-# Programs per SM for the persistent forward grid (rows are strided over the programs).
-PROGRAMS_PER_SM = 1
+# are walked in blocks.  Tuned on an H200 (scripts/ce_tune.py, 16384 bf16 rows, 81 configurations per
+# vocabulary): 4096 columns, 4 warps, one program per row was the fastest at V = 128256 and 151936 and
+# within 6 % of the fastest at V = 32000.
+MAX_BLOCK_V = 4096
 
 # Reductions go through tl.reduce with triton's own combine functions instead of tl.max / tl.sum:
 # those are @jit functions of triton's standard library, compiled or interpreted according to
@@ -59,79 +62,76 @@ if _MAX_COMBINE is None or _SUM_COMBINE is None:  # other triton versions: corre
 @triton.jit
 def _weighted_ce_fwd_kernel(
     x_ptr, x_stride, g_ptr, g_stride, target_ptr, weight_ptr, loss_ptr, lse_ptr,
-    n_rows, n_cols, ignore_index, label_smoothing, z_loss,
+    n_cols, ignore_index, label_smoothing, z_loss,
     SMOOTHING: tl.constexpr, Z_LOSS: tl.constexpr, WRITE_GRAD: tl.constexpr,
     ONE_BLOCK: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """Loss, lse and (WRITE_GRAD) the gradient of rows pid, pid + n_programs, ...
+    """Loss, lse and (WRITE_GRAD) the gradient of row ``program_id(0)`` (one program per row).
 
     x: [n_rows, n_cols] fp32/bf16/fp16 (last dim contiguous); g: same shape, may alias x;
     target: [n_rows] int64; weight: [n_rows] fp32; loss, lse: [n_rows] fp32 (outputs).
     ONE_BLOCK: the whole row fits in BLOCK_V columns, so it is read once and kept in registers.
     """
-    # int64 row index (the loop variable takes the type of its start): row * stride overflows
-    # int32 beyond 2**31 elements.
-    pid = tl.program_id(0).to(tl.int64)
-    n_programs = tl.num_programs(0)
+    # int64 row index: row * stride overflows int32 beyond 2**31 elements.
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_V)
-    for row in tl.range(pid, n_rows, n_programs):
-        x_row = x_ptr + row * x_stride
-        g_row = g_ptr + row * g_stride
-        y = tl.load(target_ptr + row)
-        w = tl.load(weight_ptr + row).to(tl.float32)
-        if (y != ignore_index) & (w != 0.0):
-            # Pass 1: online softmax statistics (running max m, running sum d of exp(x - m)).
+    x_row = x_ptr + row * x_stride
+    g_row = g_ptr + row * g_stride
+    y = tl.load(target_ptr + row)
+    w = tl.load(weight_ptr + row).to(tl.float32)
+    if (y != ignore_index) & (w != 0.0):
+        # Pass 1: online softmax statistics (running max m, running sum d of exp(x - m)).
+        if ONE_BLOCK:
+            mask = cols < n_cols
+            x = tl.load(x_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            m = tl.reduce(x, 0, _MAX_COMBINE)
+            d = tl.reduce(tl.exp(x - m), 0, _SUM_COMBINE)
+            x_sum = tl.reduce(tl.where(mask, x, 0.0), 0, _SUM_COMBINE)
+        else:
+            m = float("-inf")
+            d = 0.0
+            x_sum = 0.0
+            for start in tl.range(0, n_cols, BLOCK_V):
+                mask = start + cols < n_cols
+                xb = tl.load(x_row + start + cols, mask=mask, other=float("-inf")).to(tl.float32)
+                m_new = tl.maximum(m, tl.reduce(xb, 0, _MAX_COMBINE))
+                d = d * tl.exp(m - m_new) + tl.reduce(tl.exp(xb - m_new), 0, _SUM_COMBINE)
+                m = m_new
+                if SMOOTHING:
+                    x_sum += tl.reduce(tl.where(mask, xb, 0.0), 0, _SUM_COMBINE)
+        lse = m + tl.log(d)
+        x_y = tl.load(x_row + y).to(tl.float32)  # before pass 2 may overwrite it (g == x)
+        ce = lse - x_y
+        if SMOOTHING:
+            ce = (1.0 - label_smoothing) * ce + label_smoothing * (lse - x_sum / n_cols)
+        if Z_LOSS:
+            ce += z_loss * lse * lse
+        tl.store(loss_ptr + row, w * ce)
+        tl.store(lse_ptr + row, lse)
+        if WRITE_GRAD:
+            # Pass 2: d loss / d x = w * ((1 + 2 z lse) p - eps / V - (1 - eps) [j == y]).
+            p_scale = w
+            if Z_LOSS:
+                p_scale = w * (1.0 + 2.0 * z_loss * lse)
+            floor = w * label_smoothing / n_cols
+            hit = w * (1.0 - label_smoothing)
             if ONE_BLOCK:
-                mask = cols < n_cols
-                x = tl.load(x_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-                m = tl.reduce(x, 0, _MAX_COMBINE)
-                d = tl.reduce(tl.exp(x - m), 0, _SUM_COMBINE)
-                x_sum = tl.reduce(tl.where(mask, x, 0.0), 0, _SUM_COMBINE)
+                grad = p_scale * tl.exp(x - lse) - floor - tl.where(cols == y, hit, 0.0)
+                tl.store(g_row + cols, grad.to(g_ptr.dtype.element_ty), mask=mask)
             else:
-                m = float("-inf")
-                d = 0.0
-                x_sum = 0.0
                 for start in tl.range(0, n_cols, BLOCK_V):
                     mask = start + cols < n_cols
-                    xb = tl.load(x_row + start + cols, mask=mask, other=float("-inf")).to(tl.float32)
-                    m_new = tl.maximum(m, tl.reduce(xb, 0, _MAX_COMBINE))
-                    d = d * tl.exp(m - m_new) + tl.reduce(tl.exp(xb - m_new), 0, _SUM_COMBINE)
-                    m = m_new
-                    if SMOOTHING:
-                        x_sum += tl.reduce(tl.where(mask, xb, 0.0), 0, _SUM_COMBINE)
-            lse = m + tl.log(d)
-            x_y = tl.load(x_row + y).to(tl.float32)  # before pass 2 may overwrite it (g == x)
-            ce = lse - x_y
-            if SMOOTHING:
-                ce = (1.0 - label_smoothing) * ce + label_smoothing * (lse - x_sum / n_cols)
-            if Z_LOSS:
-                ce += z_loss * lse * lse
-            tl.store(loss_ptr + row, w * ce)
-            tl.store(lse_ptr + row, lse)
-            if WRITE_GRAD:
-                # Pass 2: d loss / d x = w * ((1 + 2 z lse) p - eps / V - (1 - eps) [j == y]).
-                p_scale = w
-                if Z_LOSS:
-                    p_scale = w * (1.0 + 2.0 * z_loss * lse)
-                floor = w * label_smoothing / n_cols
-                hit = w * (1.0 - label_smoothing)
-                if ONE_BLOCK:
-                    grad = p_scale * tl.exp(x - lse) - floor - tl.where(cols == y, hit, 0.0)
-                    tl.store(g_row + cols, grad.to(g_ptr.dtype.element_ty), mask=mask)
-                else:
-                    for start in tl.range(0, n_cols, BLOCK_V):
-                        mask = start + cols < n_cols
-                        xb = tl.load(x_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-                        grad = p_scale * tl.exp(xb - lse) - floor
-                        grad -= tl.where(start + cols == y, hit, 0.0)
-                        tl.store(g_row + start + cols, grad.to(g_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(loss_ptr + row, 0.0)
-            tl.store(lse_ptr + row, 0.0)
-            if WRITE_GRAD:
-                for start in tl.range(0, n_cols, BLOCK_V):
-                    zeros = tl.full([BLOCK_V], 0.0, g_ptr.dtype.element_ty)
-                    tl.store(g_row + start + cols, zeros, mask=start + cols < n_cols)
+                    xb = tl.load(x_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+                    grad = p_scale * tl.exp(xb - lse) - floor
+                    grad -= tl.where(start + cols == y, hit, 0.0)
+                    tl.store(g_row + start + cols, grad.to(g_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(loss_ptr + row, 0.0)
+        tl.store(lse_ptr + row, 0.0)
+        if WRITE_GRAD:
+            for start in tl.range(0, n_cols, BLOCK_V):
+                zeros = tl.full([BLOCK_V], 0.0, g_ptr.dtype.element_ty)
+                tl.store(g_row + start + cols, zeros, mask=start + cols < n_cols)
 
 
 @triton.jit
@@ -161,19 +161,9 @@ def _launch_options(n_cols: int, device: torch.device, block_v: int | None,
     block = min(full, MAX_BLOCK_V) if block_v is None else block_v
     if block & (block - 1):
         raise ValueError(f"block_v must be a power of two, got {block}")
-    if num_warps is None:
-        num_warps = 32 if block >= 16384 else 16 if block >= 4096 else 8 if block >= 1024 else 4
+    if num_warps is None:  # the automatic blocks are <= MAX_BLOCK_V: 4 warps; larger ones are overrides
+        num_warps = 4 if block <= 4096 else 16 if block <= 16384 else 32
     return block, num_warps, block >= n_cols
-
-
-def _n_programs(n_rows: int, device: torch.device, max_programs: int | None) -> int:
-    if max_programs is None:
-        if device.type == "cuda":
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            max_programs = sms * PROGRAMS_PER_SM
-        else:
-            max_programs = n_rows  # the interpreter runs programs one after the other anyway
-    return max(1, min(n_rows, max_programs))
 
 
 def _forward(
@@ -186,7 +176,6 @@ def _forward(
     z_loss: float = 0.0,
     grad: torch.Tensor | None = None,
     block_v: int | None = None,
-    max_programs: int | None = None,
     num_warps: int | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +187,7 @@ def _forward(
         weight: [N] float per-row weights.
         grad: None (no gradient) or [N, V] with last dim contiguous, any float dtype; may be
             ``logits`` itself (the gradient then overwrites the logits).
-        block_v, max_programs, num_warps: launch overrides for tests and tuning (scripts/ce_tune.py).
+        block_v, num_warps: launch overrides for tests and tuning (scripts/ce_tune.py).
         out: optional (loss, lse) [N] fp32 buffers to write into (every element is written).
 
     Returns:
@@ -220,9 +209,9 @@ def _forward(
     block, num_warps, one_block = _launch_options(n_cols, logits.device, block_v, num_warps)
     kernel = kernel_for(_weighted_ce_fwd_kernel, interpret=logits.device.type != "cuda")
     g = grad if grad is not None else logits  # unused pointer when WRITE_GRAD is off
-    kernel[(_n_programs(n_rows, logits.device, max_programs),)](
+    kernel[(n_rows,)](  # one program per row
         logits, logits.stride(0), g, g.stride(0), target, weight, loss, lse,
-        n_rows, n_cols, ignore_index, float(label_smoothing), float(z_loss),
+        n_cols, ignore_index, float(label_smoothing), float(z_loss),
         SMOOTHING=label_smoothing > 0, Z_LOSS=z_loss > 0, WRITE_GRAD=grad is not None,
         ONE_BLOCK=one_block, BLOCK_V=block, num_warps=num_warps,
     )
