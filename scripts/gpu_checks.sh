@@ -6,6 +6,7 @@
 # repository root:
 #
 #   bash scripts/gpu_checks.sh            # writes logs and CSV rows under ${OUT:-gpu_out}/
+#   VQA_COMMIT=$(git rev-parse --short HEAD) WHEELS=.whl bash scripts/gpu_checks.sh   # on the device tool
 #
 # Needs: python3 with CUDA torch, triton and pytest (the device image has them). Optional (VLLM_MODEL: step 5):
 #   - liger-kernel, for the Liger baseline: pure Python, so fetch it here and carry it, e.g.
@@ -32,8 +33,9 @@ if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-# the device tool copies the working tree without .git: pass VQA_COMMIT=<sha> there (the CSV rows carry it)
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo "${VQA_COMMIT:-unknown}")" | tee -a "$OUT/gpu.txt"
+# the device tool's copy carries the last landed .git with this tree as uncommitted changes: pass
+# VQA_COMMIT=<sha> there (the CSV rows carry it instead of git's answer)
+echo "commit ${VQA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}" | tee -a "$OUT/gpu.txt"
 # what later steps (and issues) may rely on: flash-attn, FFmpeg's libraries for torchcodec, the trainer's packages
 python3 - <<'PY' 2>&1 | tee -a "$OUT/gpu.txt"
 import ctypes.util, importlib.util

@@ -39,7 +39,10 @@ class WeightedCrossEntropyFunction(torch.autograd.Function):
                 # The logits are overwritten: bump their version so that autograd raises if anything
                 # else saved them for its own backward (instead of silently using gradients).
                 torch.autograd.graph.increment_version(logits)
-                grad = logits
+                # A detached alias, not the input itself: autograd copies a gradient that *is* the leaf
+                # before storing it in .grad (measured on an H200: a 4.7 GB copy, 2.4 ms at 16k x 151936
+                # bf16), while an alias it can steal.
+                grad = logits.detach()
             else:
                 grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
         loss, _ = ops.forward(logits, target, weight, ignore_index=opts.ignore_index,

@@ -226,6 +226,10 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
+    """The commit measured: VQA_COMMIT when set (a copied tree, such as a lent GPU machine's, may carry an
+    unrelated .git), else git's HEAD with -dirty for uncommitted kernel changes."""
+    if os.environ.get("VQA_COMMIT"):
+        return os.environ["VQA_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
@@ -234,9 +238,7 @@ def git_commit() -> str:
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", ""
-    if not sha:  # a copy of the tree without .git (a lent GPU machine): the caller may name the commit
-        return os.environ.get("VQA_COMMIT", "unknown")
-    return sha + ("-dirty" if dirty else "")
+    return (sha or "unknown") + ("-dirty" if dirty else "")
 
 
 def case_rows(kernel, shape, dtype, device, providers, modes, reps, meta, chunk_size=None) -> list[dict]:
