@@ -56,6 +56,8 @@ def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, max_temp
             torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
             _ADDMM_OUT_DTYPE[str(a.dtype)] = True
             return
+        except torch.OutOfMemoryError:
+            raise
         except (RuntimeError, TypeError):  # an older torch / backend without the dtype overload
             _ADDMM_OUT_DTYPE[str(a.dtype)] = False
     step = max(1, max_temp_elems // max(1, b.shape[1]))
