@@ -166,7 +166,18 @@ def refine(text: str, options: list[str], strategy: str = "answer-sentences", k:
         if k < 1:
             raise ValueError(f"first-k-steps needs k >= 1, got {k}")
         return Refined(*_first_k(text, k), answer)
-    return Refined(*_answer_sentences(text, options, answer), answer)
+    kept, removed = _answer_sentences(text, options, answer)
+    # What counts as an answer depends on context: a truncated reply's last "(C" is one more line of an
+    # echoed option list in the raw text, but a bare conclusion once the list is gone (seen with
+    # SmolLM2). Refine the result again while the audit still flags it (a fixpoint, a few rounds).
+    for _ in range(3):
+        if audit_leak(kept, options, answer) is None:
+            break
+        again, more = _answer_sentences(kept, options, answer)
+        if again == kept:
+            break
+        kept, removed = again, removed + more
+    return Refined(kept, removed, answer)
 
 
 def refine_llm(items: list[tuple[str, str, list[str]]], backend, retries: int = 1

@@ -164,6 +164,13 @@ REAL = [  # (options, raw reply, the teacher's choice, sentences refinement must
      "Shot 4: purple circle in the top right.\nQuestion: What colour is the circle at the end of the video?\n"
      "Options:\n(A) cyan\n(B) purple\n(C)", None,
      ["Shot 4: purple circle in the top right.", "Question: What colour is the circle at the end of the video?"]),
+    # cut off at max_new_tokens (batch 16, 2026-12-04): the last "(C" is a list line in the raw text, a bare
+    # conclusion once the list is gone; refinement runs again until the audit is clean
+    (["it moved down and to the right", "it moved down and to the left", "it moved up and to the right",
+      "it moved left", "it moved right"],
+     "(C) it moved up and to the right\n(D) it moved left\n(E) it moved right\n(A) it moved down and to the right\n"
+     "(B) it moved down and to the left\n(C) it moved up and to the right\n(D) it moved left\n(E) it moved right\n"
+     "(D) it moved up and to the right\n(E) it moved up and to the left\n(C", None, []),
 ]
 
 
