@@ -9,7 +9,8 @@
 
 Works under torchrun, the deepspeed launcher and SLURM srun (see docs/TRAINING.md). Config and
 data errors, a run dir that holds another run and a refused resume are one line on stderr (exit 2),
-printed before DeepSpeed starts; a run stopped by non-finite losses exits 3; a preempted run
+printed before DeepSpeed starts; a run stopped by non-finite losses exits 3; a rank that cannot reach
+MASTER_ADDR:MASTER_PORT within deepspeed.master_timeout_s (120 s) says where it looked and exits 4; a preempted run
 (SIGTERM / SIGUSR1) saves a checkpoint on every rank and exits 0.
 """
 
@@ -26,6 +27,7 @@ from data_shards.common.cli import dispatch
 from data_shards.common.distenv import exit_process, shutdown, world_info_from_env
 from train.config import ConfigError, describe, load_config, split_overrides
 from train.datastream import DataError
+from train.dist import MasterUnreachable
 from train.loop import NonFiniteError, Trainer
 
 COMMANDS = {
@@ -85,6 +87,9 @@ def _train(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except MasterUnreachable as e:  # before any process group: this rank leaves alone, saying where it looked
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 4
     except _StartupStop as e:  # SLURM's warning before the loop: nothing trained yet, so nothing to save
         print(f"stopped by {e} during start-up, before the first step: nothing new to save; rerun the same "
               "command (with --resume latest) to continue", file=sys.stderr, flush=True)

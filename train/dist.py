@@ -9,6 +9,8 @@ parallelism only, ZeRO shards over all ranks).
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
 
 import deepspeed
@@ -90,18 +92,86 @@ def local_world_size(dims: ParallelDims, env: dict | None = None) -> int:
     return dims.world_size if dims.launcher in ("none", "torchrun") else 1
 
 
-def init_distributed(dims: ParallelDims, backend: str = "auto") -> str:
+class MasterUnreachable(RuntimeError):
+    """This rank could not open a TCP connection to MASTER_ADDR:MASTER_PORT within the timeout."""
+
+
+def _hosts_the_store(dims: ParallelDims, env: dict) -> bool:
+    """Whether this process will serve the rendezvous store itself (rank 0, unless torchrun's agent
+    already serves it: TORCHELASTIC_USE_AGENT_STORE), so there is nothing to connect to yet."""
+    return dims.rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true"
+
+
+def wait_for_master(dims: ParallelDims, timeout_s: float, env: dict | None = None) -> float:
+    """Try to open a TCP connection to MASTER_ADDR:MASTER_PORT until it succeeds or ``timeout_s`` passes.
+
+    torch's store client retries a refused or unanswered connection for the whole process-group
+    timeout (30 minutes) without a word, so a master address that resolves to the wrong host (two
+    nodes sharing a hostname, a wrong interface) looks like a hang. A refused connection is retried
+    (the master may not be listening yet); a connection that is neither accepted nor refused waits at
+    most what is left of the timeout. Returns the seconds it took.
+
+    Raises:
+        MasterUnreachable: naming the address and port, where they came from, and the interface
+            variables that choose the address the ranks talk over.
+    """
+    env = os.environ if env is None else env
+    addr, port = env.get("MASTER_ADDR", ""), int(env.get("MASTER_PORT", "0") or 0)
+    start = time.monotonic()
+    if _hosts_the_store(dims, env) or dims.world_size == 1:
+        return 0.0
+    last: OSError | None = None
+    while (left := timeout_s - (time.monotonic() - start)) > 0:
+        try:
+            with socket.create_connection((addr, port), timeout=min(max(left, 0.1), 10.0)):
+                return time.monotonic() - start
+        except OSError as e:  # refused, unreachable, timed out, or the name does not resolve
+            last = e
+            time.sleep(min(0.5, max(timeout_s - (time.monotonic() - start), 0.0)))
+    ifnames = ", ".join(f"{k}={env[k]!r}" for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME") if env.get(k))
+    raise MasterUnreachable(
+        f"rank {dims.rank} of {dims.world_size} ({dims.launcher}) could not reach the master at {addr}:{port} "
+        f"within {timeout_s:g} s (last error: {type(last).__name__}: {last}). The address and port come from "
+        f"MASTER_ADDR={addr!r} and MASTER_PORT={port} (set by the launcher, or exported); the interface the ranks "
+        f"talk over from GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME ({ifnames or 'neither is set'}). Check that "
+        f"{addr} resolves to the master node's address as seen from this node, and that the port is open; "
+        f"the wait is deepspeed.master_timeout_s or VQA_MASTER_TIMEOUT_S.")
+
+
+def master_timeout(configured: float, env: dict | None = None) -> float:
+    """The master-reachability timeout: VQA_MASTER_TIMEOUT_S when set, else the configured value."""
+    env = os.environ if env is None else env
+    value = env.get("VQA_MASTER_TIMEOUT_S")
+    if value is None:
+        return configured
+    try:
+        out = float(value)
+    except ValueError:
+        raise ValueError(f"VQA_MASTER_TIMEOUT_S={value!r} is not a number of seconds") from None
+    if out <= 0:
+        raise ValueError(f"VQA_MASTER_TIMEOUT_S={value!r} must be > 0")
+    return out
+
+
+def init_distributed(dims: ParallelDims, backend: str = "auto", master_timeout_s: float = 120.0) -> str:
     """Create the default process group through DeepSpeed and pick this rank's device.
 
     Args:
         dims: the checked layout.
         backend: "auto" (DeepSpeed's accelerator default: nccl on CUDA, gloo on CPU without
             oneCCL), or "nccl" / "gloo" / "ccl".
+        master_timeout_s: how long to try reaching MASTER_ADDR:MASTER_PORT first
+            (:func:`wait_for_master`; VQA_MASTER_TIMEOUT_S overrides it).
 
     Returns:
         The backend in use.
+
+    Raises:
+        MasterUnreachable: the master could not be reached in time (the message says where and why).
     """
     export_torch_env(dims)
+    if not dist.is_initialized():
+        wait_for_master(dims, master_timeout(master_timeout_s))
     accel = get_accelerator()
     if accel.device_name() != "cpu":
         accel.set_device(dims.local_rank)

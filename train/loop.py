@@ -84,7 +84,7 @@ class Trainer:
             torch.set_num_threads(cfg.run.num_threads)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.backend = init_distributed(self.dims, cfg.deepspeed.backend)
+        self.backend = init_distributed(self.dims, cfg.deepspeed.backend, cfg.deepspeed.master_timeout_s)
         self.device = device()
         self.ds_config = deepspeed_config(cfg, self.dims)
         self.is_main = self.dims.is_main

@@ -160,6 +160,10 @@ class DeepSpeedSection:
     """ZeRO-3: gathered parameter elements kept alive at once per rank."""
     backend: Literal["auto", "nccl", "gloo", "ccl"] = "auto"
     """torch.distributed backend; auto = DeepSpeed's accelerator default (gloo on CPU w/o oneCCL)."""
+    master_timeout_s: float = 120.0
+    """Seconds a rank keeps trying to reach the master (MASTER_ADDR:MASTER_PORT) before it exits with a
+    message naming the address, the port and the variables that set them (instead of hanging until
+    the 30-minute collective timeout). The environment variable VQA_MASTER_TIMEOUT_S overrides it."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Raw DeepSpeed config entries merged last (escape hatch, e.g. {"comms_logger": {...}})."""
 
@@ -167,6 +171,8 @@ class DeepSpeedSection:
         out = []
         if self.gradient_accumulation_steps < 1:
             out.append(("gradient_accumulation_steps", f"must be >= 1, got {self.gradient_accumulation_steps}"))
+        if self.master_timeout_s <= 0:
+            out.append(("master_timeout_s", f"must be > 0, got {self.master_timeout_s}"))
         if "nvme" in (self.offload_optimizer, self.offload_param) and not self.nvme_path:
             out.append(("nvme_path", "required when an offload device is nvme"))
         if self.offload_param != "none" and self.zero_stage != 3:
