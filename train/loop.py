@@ -148,8 +148,11 @@ class Trainer:
 
     def _loader(self) -> Any:
         # the data section IS the loader's config; only what the trainer resolved is replaced
+        # quarantined videos (decode timeouts) are listed in the run folder, shared by every rank and kept
+        # across resumes, unless the config names another file
+        quarantine = self.cfg.data.quarantine_file or str(self.cfg.run_dir / "decode_quarantine.jsonl")
         lcfg = dataclasses.replace(self.cfg.data, urls=list(self.data_summary.urls), seed=self.cfg.data_seed,
-                                   epoch_batches=self.epoch_batches)
+                                   epoch_batches=self.epoch_batches, quarantine_file=quarantine)
         return build_loader(lcfg, self.dims.rank, self.dims.world_size, self.reasoning)
 
     def _resume(self, load_dir: Path, tag: str) -> dict:

@@ -16,7 +16,9 @@ anti-aliasing) so a full-resolution RGB frame is never materialised as a tensor.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,6 +40,38 @@ class DecodeError(RuntimeError):
     def __init__(self, source: str, message: str):
         self.source = source
         super().__init__(f"{source}: {message}")
+
+
+class DecodeTimeout(DecodeError):
+    """Decoding one video took longer than its time limit (a stalled input, a pathological file)."""
+
+
+def decode_frames_within(timeout_s: float, source: bytes | str | Path, num_frames: int, *args: Any,
+                         name: str | None = None, **kwargs: Any) -> torch.Tensor:
+    """:func:`decode_frames` with a time limit: :class:`DecodeTimeout` after ``timeout_s`` seconds.
+
+    The decode runs in a daemon thread (torchcodec releases the GIL inside FFmpeg, so the caller's
+    thread wakes at the deadline). A decoder blocked in FFmpeg cannot be interrupted: the thread is
+    abandoned and ends when its input does (a stalled pipe when its writer closes it, a slow file when
+    it is done). Callers quarantine such a source so that it is not tried again.
+    """
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(decode_frames(source, num_frames, *args, name=name, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+            result.append(e)
+
+    worker = threading.Thread(target=run, name="decode-watchdog", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise DecodeTimeout(_source_name(source, name), f"decoding took longer than {timeout_s:g} s "
+                            "(data.decode_timeout_s); the decoder is abandoned")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
 
 
 def segment_times(num_frames: int, start: float, end: float) -> list[float]:
@@ -103,7 +137,7 @@ def decode_frames(
     _check_args(src, num_frames, size, start, end)
     if isinstance(source, Path):
         source = str(source)
-    if isinstance(source, str) and not Path(source).is_file():
+    if isinstance(source, str) and (not Path(source).exists() or Path(source).is_dir()):  # a FIFO is fine
         raise FileNotFoundError(f"{src}: video file not found")
     if isinstance(source, (bytearray, memoryview)):
         source = bytes(source)

@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import itertools
 import json
@@ -33,6 +34,7 @@ import logging
 import math
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -50,6 +52,7 @@ from data_shards.stream.pipeline import (
     FAILURES,
     CountDecoded,
     Progress,
+    Quarantine,
     SeededShuffle,
     ShardSkips,
     ShardSource,
@@ -125,6 +128,15 @@ def _identity(batch):
     return batch
 
 
+
+def _remove_own_file(path: str, owner_pid: int) -> None:
+    """atexit: remove a temporary file, in the process that made it only (forked workers inherit atexit)."""
+    if os.getpid() == owner_pid:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
 class VideoQALoader:
     """Iterable over batches (``list[dict]`` question samples); one ``for`` loop = one epoch.
 
@@ -153,8 +165,14 @@ class VideoQALoader:
 
         # Stages are objects and partials of module-level functions, not closures, so that the
         # pipeline also pickles for workers started with "spawn".
+        if cfg.quarantine_file is None:  # made in the main process, so every worker appends to the same file
+            fd, path = tempfile.mkstemp(prefix="decode_quarantine_", suffix=".jsonl")
+            os.close(fd)
+            atexit.register(_remove_own_file, path, os.getpid())
+        self.quarantine = Quarantine(cfg.quarantine_file or path)
         decode = functools.partial(decode_video, num_frames=cfg.num_frames, size=size, decode=cfg.decode,
-                                   num_threads=self.decode_threads, counters=self.counters)
+                                   num_threads=self.decode_threads, counters=self.counters,
+                                   timeout_s=cfg.decode_timeout_s, quarantine=self.quarantine)
         stages: list[Any] = [self.source, TarSamples(handler, progress)]
         if cfg.shuffle_buffer > 1:
             stages.append(SeededShuffle(cfg.shuffle_buffer, self.source))
@@ -226,6 +244,11 @@ class VideoQALoader:
             log.warning("rank %d epoch %d: %d batches; skipped so far: %s%s", self.rank, epoch, batches,
                         ", ".join(f"{v} {k}" for k, v in skipped.items()),
                         "; shards skipped: " + ", ".join(f"{u} ({n}x)" for u, n in named.items()) if named else "")
+
+    def quarantined(self) -> list[tuple[str, str]]:
+        """(shard URL, sample key) of every video quarantined after a decode timeout (all ranks that share
+        ``quarantine_file``; this loader's own ones otherwise)."""
+        return self.quarantine.entries()
 
     def skipped_shards(self) -> dict[str, int]:
         """{shard URL: times skipped whole (missing or a broken tar)}, cumulative over epochs."""

@@ -27,6 +27,7 @@ import tarfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,12 +38,14 @@ from webdataset.gopen import Pipe
 from webdataset.tariterators import tarfile_samples
 
 from data_shards.schema import SchemaError, validate_record
-from data_shards.stream.frames import DecodeError, decode_frames
+from data_shards.stream.frames import DecodeError, DecodeTimeout, decode_frames, decode_frames_within
 
 log = logging.getLogger("data_shards.stream.loader")
 
-FAILURES = ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record", "incomplete_sample")
-"""Skip categories: every skipped shard or sample is counted in exactly one of these."""
+FAILURES = ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record", "incomplete_sample", "decode_timeout",
+            "quarantined")
+"""Skip categories: every skipped shard or sample is counted in exactly one of these (decode_timeout: a video
+whose decoding passed ``decode_timeout_s``; quarantined: a later encounter of such a video, not decoded again)."""
 PROGRESS = ("shards", "videos", "questions", "batches", "epochs", "reasoning_joined", "reasoning_missing")
 """shards: shard URLs handed to the tar reader; videos: videos decoded (workers); questions,
 batches, epochs: what the loader yielded (main process); reasoning_*: yielded questions with /
@@ -110,6 +113,52 @@ class IncompleteSample(ValueError):
     """A tar sample without its ``.json`` record or without the video member it names."""
 
 
+class QuarantinedSample(ValueError):
+    """A sample whose video timed out in an earlier decode: skipped without decoding it again."""
+
+
+class Quarantine:
+    """Samples whose decoding timed out, shared by the DataLoader workers and kept across epochs: one JSON line
+    ``{"url", "key", "reason"}`` per sample in a file that every worker appends to (single small writes in
+    append mode) and re-reads when it has grown."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._size = -1
+        self._keys: set[tuple[str, str]] = set()
+
+    def _refresh(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size == self._size:
+            return
+        keys = set()
+        if size:
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    item = json.loads(line)
+                    keys.add((item["url"], item["key"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line being written by another worker right now: read next time
+        self._keys, self._size = keys, size
+
+    def __contains__(self, sample: tuple[str, str]) -> bool:
+        self._refresh()
+        return sample in self._keys
+
+    def add(self, url: str, key: str, reason: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"url": url, "key": key, "reason": reason}) + "\n")
+
+    def entries(self) -> list[tuple[str, str]]:
+        """(shard URL, sample key) of every quarantined sample, in the order they were added."""
+        self._refresh()
+        return sorted(self._keys)
+
+
 def _pipe_of(exn: BaseException):
     """The webdataset ``Pipe`` stream attached to an exception's args, if any."""
     return next((a for a in exn.args if isinstance(a, Pipe)), None)
@@ -142,6 +191,10 @@ def classify(exn: BaseException) -> tuple[str, str] | None:
         return "missing_shard", f"shard not found{where}: {exn.filename or first}"
     if isinstance(exn, OSError) and ": exit " in first:
         return "missing_shard", f"shard command failed{where}: {first}"
+    if isinstance(exn, DecodeTimeout):
+        return "decode_timeout", str(exn)
+    if isinstance(exn, QuarantinedSample):
+        return "quarantined", first
     if isinstance(exn, DecodeError):
         return "corrupt_video", str(exn)
     if isinstance(exn, IncompleteSample):
@@ -344,16 +397,22 @@ class TarSamples:
 
 
 def decode_video(sample: dict[str, Any], *, num_frames: int, size: tuple[int, int] | None, decode: bool,
-                 num_threads: int, counters: SharedCounters) -> dict[str, Any]:
+                 num_threads: int, counters: SharedCounters, timeout_s: float = 0.0,
+                 quarantine: Quarantine | None = None) -> dict[str, Any]:
     """One tar sample (``{key}.json`` + ``{key}.{ext}``) -> ``{"record", "frames", "__key__", "__url__"}``.
 
-    ``frames`` is uint8 ``[T, 3, H, W]`` (None when ``decode`` is False).
+    ``frames`` is uint8 ``[T, 3, H, W]`` (None when ``decode`` is False). With ``timeout_s`` > 0 the decode
+    has that long (:func:`~data_shards.stream.frames.decode_frames_within`); a sample that takes longer is
+    added to ``quarantine``, and a quarantined sample is refused before its video is touched.
 
     Raises:
-        IncompleteSample, SchemaError / JSONDecodeError, DecodeError: all naming the shard and key.
+        IncompleteSample, SchemaError / JSONDecodeError, DecodeError (DecodeTimeout among them),
+        QuarantinedSample: all naming the shard and key.
     """
     key, url = sample.get("__key__"), sample.get("__url__")
     where = f"{url}: sample {key}"
+    if quarantine is not None and (str(url), str(key)) in quarantine:
+        raise QuarantinedSample(f"{where}: quarantined after a decode timeout ({quarantine.path}); not decoded again")
     if "json" not in sample:
         members = sorted(k for k in sample if not k.startswith("__"))
         raise IncompleteSample(f"{where}: no {key}.json record (members: {members})")
@@ -370,7 +429,15 @@ def decode_video(sample: dict[str, Any], *, num_frames: int, size: tuple[int, in
     if ext not in sample:
         raise IncompleteSample(f"{where}: no video member {member} next to its record")
     frames = None
-    if decode:
+    if decode and timeout_s > 0:
+        try:
+            frames = decode_frames_within(timeout_s, sample[ext], num_frames, size, record["start"], record["end"],
+                                          name=f"{url}:{member}", num_threads=num_threads)
+        except DecodeTimeout as e:
+            if quarantine is not None:
+                quarantine.add(str(url), str(key), str(e))
+            raise
+    elif decode:
         frames = decode_frames(sample[ext], num_frames, size, record["start"], record["end"],
                                name=f"{url}:{member}", num_threads=num_threads)
     counters.add("videos")

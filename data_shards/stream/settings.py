@@ -52,6 +52,14 @@ class LoaderConfig:
     """Batches each worker prepares ahead."""
     timeout_s: float = 0.0
     """Fail if a worker gives no batch for this long (0: wait forever)."""
+    decode_timeout_s: float = 60.0
+    """Seconds one video may take to decode (0: no limit). A video that takes longer is skipped, named in a
+    warning, counted (``decode_timeout``) and quarantined: later epochs skip it without decoding it again
+    (``quarantined``). A hung decoder thread is abandoned, not killed (FFmpeg cannot be interrupted)."""
+    quarantine_file: str | None = None
+    """Where the quarantined samples are listed (one JSON line each: shard URL, key, reason); None: a
+    temporary file for the loader's life (training: ``decode_quarantine.jsonl`` in the run folder, shared by
+    the ranks and kept across resumes)."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value (shard expansion is checked when the loader is built)."""
@@ -66,7 +74,7 @@ class LoaderConfig:
                                       "them would take minutes and gigabytes before training fails)"))
         if self.frame_size is not None and (len(self.frame_size) != 2 or min(self.frame_size) < 1):
             out.append(("frame_size", f"must be [height, width] > 0, got {self.frame_size}"))
-        for name in ("num_workers", "shuffle_buffer", "timeout_s", "log_every_s"):
+        for name in ("num_workers", "shuffle_buffer", "timeout_s", "log_every_s", "decode_timeout_s"):
             if getattr(self, name) < 0:
                 out.append((name, f"must be >= 0, got {getattr(self, name)}"))
         if self.epoch_batches is not None and self.epoch_batches < 1:
