@@ -3,6 +3,11 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"` for the quick subset.
 set -euo pipefail
 source "$(dirname "$0")/setup_cpu.sh"   # sets PY (a .venv on an externally managed Python) and cd's to the repo
+# the multi-node tests make two hosts with network namespaces (root only; without root they skip and say why)
+if [ "$(id -u)" -eq 0 ]; then
+  command -v ip >/dev/null 2>&1 || apt_install iproute2
+  command -v unshare >/dev/null 2>&1 || apt_install util-linux
+fi
 # DeepSpeed JIT-builds a communication op on first use (~1 min): keep it in a cache directory.
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
 export TOKENIZERS_PARALLELISM=false

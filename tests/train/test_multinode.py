@@ -1,0 +1,130 @@
+"""Multi-node training on two real hosts made on this machine (issue 22, parts 1-2).
+
+Two network namespaces joined by a veth pair, each with its own address and hostname (``tests/train/hosts.py``),
+sharing the file system as cluster nodes share NFS. ``torchrun --nnodes 2 --nproc_per_node 2`` with c10d
+rendezvous at host A's address is started once on each host, as on a cluster; torchrun hands the ranks
+MASTER_ADDR = host A's hostname, which each host resolves through its own /etc/hosts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.train.engine_helpers import REPO, TINY, env_for_launch, free_port, make_shards, run_torchrun, tiny_overrides
+from tests.train.hosts import Host, cannot_make_hosts, two_hosts
+from train.metrics import read_metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.multinode,
+              pytest.mark.skipif(cannot_make_hosts() is not None, reason=str(cannot_make_hosts()))]
+STEPS, EVERY = 8, 4
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    with two_hosts() as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    return make_shards(tmp_path_factory.mktemp("multinode_shards"))
+
+
+def torchrun_on_hosts_cmd(hosts: tuple[Host, Host], nproc: int, args: list[str]) -> list[list[str]]:
+    """The same torchrun command for both hosts (c10d rendezvous at host A), as a user types it on each node."""
+    port, rdzv = free_port(), f"job{free_port()}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", str(nproc),
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{hosts[0].addr}:{port}", "--rdzv_id", rdzv,
+           "-m", "train", *args]
+    return [h.command(cmd) for h in hosts]
+
+
+def start_on_hosts(hosts: tuple[Host, Host], nproc: int, args: list[str]) -> list[subprocess.Popen]:
+    return [subprocess.Popen(c, cwd=REPO, env=env_for_launch(), text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE) for c in torchrun_on_hosts_cmd(hosts, nproc, args)]
+
+
+def torchrun_on_hosts(hosts: tuple[Host, Host], nproc: int, args: list[str], timeout: float = 300,
+                      ) -> list[subprocess.CompletedProcess]:
+    out = []
+    for p in start_on_hosts(hosts, nproc, args):
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, stderr = p.communicate()
+        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    return out
+
+
+def kill_host(host: Host) -> list[str]:
+    """SIGKILL every process on ``host`` (torchrun, its ranks, their loader workers): the node is gone."""
+    pids = subprocess.run(["ip", "netns", "pids", host.netns], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        subprocess.run(["kill", "-9", pid], capture_output=True)
+    return pids
+
+
+def _ok(procs: list[subprocess.CompletedProcess]) -> None:
+    for host, p in zip("AB", procs):
+        assert p.returncode == 0, f"host {host}: exit {p.returncode}\n{p.stderr[-5000:]}"
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
+
+
+def test_two_hosts_train_like_one_host_write_one_checkpoint_and_resume_on_both(hosts, shards, tmp_path):
+    """8 steps on 2 hosts x 2 ranks, killed on both hosts after the step-4 checkpoint and resumed with
+    ``--resume latest`` on both, give the losses of 8 uninterrupted steps on 1 host x 4 ranks; every rank's
+    ZeRO shards land in one checkpoint on the shared file system."""
+    ref_dir, run_dir = tmp_path / "runs" / "one_host", tmp_path / "runs" / "two_hosts"
+    ref = run_torchrun(4, "--config", str(TINY), *tiny_overrides(shards, ref_dir, **{"run.max_steps": STEPS,
+                                                                                       "checkpoint.interval_steps": EVERY}))
+    assert ref.returncode == 0, ref.stderr[-5000:]
+
+    args = ["--config", str(TINY), *tiny_overrides(shards, run_dir, **{"run.max_steps": STEPS,
+                                                                       "checkpoint.interval_steps": EVERY})]
+    ckpt = run_dir / "checkpoints"
+    running = start_on_hosts(hosts, 2, args)
+    try:  # the whole job is killed (both hosts, no clean-up) once the step-4 checkpoint is complete
+        deadline = time.time() + 240
+        while time.time() < deadline and all(p.poll() is None for p in running):
+            if (ckpt / "latest").is_file() and (ckpt / "latest").read_text() == f"global_step{EVERY}":
+                break
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in running), "a host's job ended before it could be killed:\n" + "\n".join(
+            p.stderr.read()[-3000:] for p in running if p.poll() is not None)
+        assert all(kill_host(h) for h in hosts)
+    finally:
+        for h in hosts:
+            kill_host(h)
+        for p in running:
+            p.communicate(timeout=60)
+    assert (ckpt / "latest").read_text() == f"global_step{EVERY}"
+    shards_written = sorted(p.name for p in (ckpt / f"global_step{EVERY}").glob("*optim_states.pt"))
+    assert len(shards_written) == 4, shards_written  # ranks 0-3: two from each host
+    assert max(losses(run_dir)) < STEPS, "the killed job got to the end"
+
+    procs = torchrun_on_hosts(hosts, 2, [*args, "--resume", "latest"])
+    _ok(procs)
+    got, want = losses(run_dir), losses(ref_dir)
+    assert sorted(got) == list(range(1, STEPS + 1)) == sorted(want)
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-7), (step, got, want)
+    assert (ckpt / "latest").read_text() == f"global_step{STEPS}"
+    assert "trained 8 steps" in "".join(p.stdout for p in procs)  # rank 0 reports, on whichever host it ran
+
+    # another world size (2 hosts x 1 rank) is refused in one line on every rank, before DeepSpeed
+    stamp = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
+    refused = torchrun_on_hosts(hosts, 1, [*args, f"--run.max_steps={STEPS + 4}", "--resume", "latest"])
+    for host, p in zip("AB", refused):
+        assert p.returncode != 0, f"host {host} resumed a 4-rank checkpoint on 2 ranks"
+        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
+        assert errors and all("written by 4 ranks" in e and "this job has 2" in e for e in errors), p.stderr[-4000:]
+        assert "Traceback" not in p.stderr.split("error: ")[0], p.stderr[-4000:]
+    assert stamp == {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
