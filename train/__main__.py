@@ -10,7 +10,8 @@
 Works under torchrun, the deepspeed launcher and SLURM srun (see docs/TRAINING.md). Config and
 data errors, a run dir that holds another run and a refused resume are one line on stderr (exit 2),
 printed before DeepSpeed starts; a run stopped by non-finite losses exits 3; a rank that cannot reach
-MASTER_ADDR:MASTER_PORT within deepspeed.master_timeout_s (120 s) says where it looked and exits 4; a preempted run
+MASTER_ADDR:MASTER_PORT within deepspeed.master_timeout_s (120 s) says where it looked and exits 4; a rank
+whose peers are gone (a node lost) names the lost ranks and their hosts and exits 5; a preempted run
 (SIGTERM / SIGUSR1) saves a checkpoint on every rank and exits 0.
 """
 
@@ -27,7 +28,7 @@ from data_shards.common.cli import dispatch
 from data_shards.common.distenv import exit_process, shutdown, world_info_from_env
 from train.config import ConfigError, describe, load_config, split_overrides
 from train.datastream import DataError
-from train.dist import MasterUnreachable
+from train.dist import MasterUnreachable, is_comm_failure, lost_ranks_report
 from train.loop import NonFiniteError, Trainer
 
 COMMANDS = {
@@ -102,6 +103,16 @@ def _train(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         shutdown()
         return 3
+    except Exception as e:
+        if not is_comm_failure(e):
+            raise
+        # a peer is gone (a node lost, a rank killed): say which, and leave without touching the broken group
+        latest = cfg.run_dir / "checkpoints" / "latest"
+        last = latest.read_text().strip() if latest.is_file() else "none yet"
+        report = lost_ranks_report(trainer.dims, trainer.ranks, e, trainer.heartbeat)
+        print(f"error: rank {trainer.dims.rank}: {report}; the last complete checkpoint is {last}: start the job "
+              "again on every node with --resume latest", file=sys.stderr, flush=True)
+        return 5
     if trainer.is_main:
         loss = "-" if summary["loss"] is None else f"{summary['loss']:.4f}"  # None: nothing left to train
         how = f"preempted by {summary['preempted']}, resume with --resume latest; " if summary["preempted"] else ""

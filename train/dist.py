@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import deepspeed
 import torch
@@ -151,6 +153,103 @@ def master_timeout(configured: float, env: dict | None = None) -> float:
     if out <= 0:
         raise ValueError(f"VQA_MASTER_TIMEOUT_S={value!r} must be > 0")
     return out
+
+
+def rank_table(dims: ParallelDims) -> list[dict]:
+    """``[{"rank", "host", "pid"}, ...]`` of every rank, gathered once after the process group exists
+    (saved as ``hosts.json`` in the run folder; it names the ranks a lost node took with it)."""
+    me = {"rank": dims.rank, "host": socket.gethostname(), "pid": os.getpid()}
+    if not dist.is_initialized() or dims.world_size == 1:
+        return [me]
+    table: list[dict | None] = [None] * dims.world_size
+    dist.all_gather_object(table, me)
+    return [t for t in table if t is not None]
+
+
+COMM_FAILURES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
+                 "NCCL communicator was aborted", "Socket Timeout")
+"""Parts of the messages gloo / NCCL raise when a peer rank is gone."""
+
+
+def is_comm_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because a peer went away (not a bug of ours)."""
+    return isinstance(exc, getattr(dist, "DistNetworkError", ())) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in COMM_FAILURES))
+
+
+class Heartbeat:
+    """Every rank counts up a key in the rendezvous store (MASTER_ADDR:MASTER_PORT) every ``interval_s`` from a
+    thread of its own, so that after a failed collective a rank can tell the lost ranks (their count stopped)
+    from the ones that are still there but blocked in the same broken collective (their count goes on).
+
+    torchrun's agent serves that store, so it outlives the ranks of every node but the master's; under other
+    launchers rank 0 serves it. One small store write per rank and interval.
+    """
+
+    def __init__(self, dims: ParallelDims, interval_s: float = 2.0, env: dict | None = None):
+        env = os.environ if env is None else env
+        self.dims, self.interval_s = dims, interval_s
+        self.addr, self.port = env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "0") or 0)
+        run = f"{env.get('TORCHELASTIC_RUN_ID', 'run')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.prefix = f"vqa_heartbeat/{run}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="rank-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _client(self, timeout_s: float) -> dist.TCPStore:
+        return dist.TCPStore(self.addr, self.port, is_master=False, timeout=timedelta(seconds=timeout_s),
+                             wait_for_workers=False)
+
+    def _beat(self) -> None:
+        try:
+            store = self._client(30.0)
+            while not self._stop.is_set():
+                store.add(f"{self.prefix}/{self.dims.rank}", 1)
+                self._stop.wait(self.interval_s)
+        except Exception:  # noqa: BLE001 - the store is gone: the census will say so
+            return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def silent_ranks(self, window_s: float | None = None) -> list[int]:
+        """The ranks whose count did not move in ``window_s`` (default 3 intervals). Raises if the store is gone."""
+        window_s = 3 * self.interval_s if window_s is None else window_s
+        store = self._client(max(window_s, 5.0))
+        keys = [f"{self.prefix}/{r}" for r in range(self.dims.world_size)]
+        before = [store.add(k, 0) for k in keys]
+        time.sleep(window_s)
+        after = [store.add(k, 0) for k in keys]
+        return [r for r, (a, b) in enumerate(zip(before, after)) if a == b]
+
+
+def lost_ranks_report(dims: ParallelDims, table: list[dict], exc: BaseException, heartbeat: Heartbeat | None,
+                      env: dict | None = None) -> str:
+    """After a failed collective, one line for the user: which ranks are gone and on which hosts.
+
+    The lost ranks are those whose :class:`Heartbeat` stopped; if the store itself does not answer, the
+    master's node is the lost one.
+    """
+    env = os.environ if env is None else env
+    addr, port = env.get("MASTER_ADDR", "?"), env.get("MASTER_PORT", "?")
+    hosts = {t["rank"]: t["host"] for t in table}
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if heartbeat is None:
+        return f"a collective failed (a peer rank is gone; no heartbeat to say which): {first}"
+    try:
+        lost = heartbeat.silent_ranks()
+    except Exception as e:  # noqa: BLE001 - the store's host is gone too: that is the answer
+        on_master = sorted(r for r, h in hosts.items() if h == hosts.get(0))
+        return (f"lost the master's node {hosts.get(0, addr)} (ranks {', '.join(map(str, on_master))}; its "
+                f"rendezvous store {addr}:{port} does not answer: {type(e).__name__}) after a collective failed: "
+                f"{first}")
+    if not lost:
+        return f"a collective failed but every rank's heartbeat goes on: {first}"
+    by_host: dict[str, list[int]] = {}
+    for r in lost:
+        by_host.setdefault(hosts.get(r, "?"), []).append(r)
+    where = "; ".join(f"ranks {', '.join(map(str, rs))} on host {h}" for h, rs in by_host.items())
+    return f"lost {where} (their heartbeat stopped; a collective failed: {first})"
 
 
 def init_distributed(dims: ParallelDims, backend: str = "auto", master_timeout_s: float = 120.0) -> str:

@@ -30,7 +30,7 @@ from train import checkpoint as ckpt
 from train import runguard
 from train.config import TrainConfig, config_to_dict, save_config
 from train.datastream import BatchStream, check_reasoning_texts, corpus_texts, epoch_batches_for, preflight
-from train.dist import ParallelDims, all_reduce_sum, barrier, device, init_distributed
+from train.dist import Heartbeat, ParallelDims, all_reduce_sum, barrier, device, init_distributed, rank_table
 from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
 from train.metrics import MetricsLogger, Throughput
 from train.models import build_model, load_tokenizer
@@ -97,6 +97,10 @@ class Trainer:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, cfg.run_dir / "config.yaml")
             atomic_write_text(cfg.run_dir / "ds_config.json", json.dumps(self.ds_config, indent=2))
+        self.ranks = rank_table(self.dims)  # which host runs which rank: names the ranks a lost node takes along
+        self.heartbeat = Heartbeat(self.dims) if self.dims.world_size > 1 else None
+        if self.is_main:
+            atomic_write_text(cfg.run_dir / "hosts.json", json.dumps(self.ranks, indent=1))
         self.tokenizer = self._tokenizer()
         self.model, self.engine = self._model_and_engine()
         self.step, self.samples, position = 0, 0, {"epoch": 0, "batch": 0}

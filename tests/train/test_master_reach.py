@@ -1,4 +1,5 @@
-"""A rank that cannot reach the master fails fast and says where it looked (issue 22, part 4).
+"""A rank that cannot reach the master fails fast and says where it looked (issue 22, part 4); after a failed
+collective, the heartbeat census names the lost ranks (part 5; the two-host run is tests/train/test_multinode.py).
 
 Real sockets throughout: a listening master, a port nobody listens on (refused), a master whose accept
 queue is full (connections neither accepted nor refused: what a wrong host behind a firewall looks
@@ -107,3 +108,40 @@ def test_train_on_a_host_that_cannot_reach_the_master_exits_4_in_one_line(tmp_pa
         assert needle in errors[0], errors[0]
     assert took < 4 + 90, took  # the timeout plus imports and config checks, not the 30-minute default
     assert not (run_dir / "checkpoints").exists()
+
+
+def test_the_heartbeat_tells_lost_ranks_from_blocked_ones():
+    """Two ranks' heartbeats on a real store; rank 1's stops (its process would be gone): the census names
+    rank 1 and its host, and the master's node when the store itself is gone."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from train.dist import Heartbeat, lost_ranks_report
+
+    port = free_port()
+    server = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=10), wait_for_workers=False)
+    env = _env(port, TORCHELASTIC_RUN_ID="t1")
+    beats = [Heartbeat(_dims(rank=r), interval_s=0.2, env=env) for r in (0, 1)]
+    time.sleep(0.5)
+    beats[1].stop()
+    table = [{"rank": 0, "host": "node-a", "pid": 1}, {"rank": 1, "host": "node-b", "pid": 2}]
+    err = RuntimeError("Connection closed by peer [10.0.0.2]:1234")
+    line = lost_ranks_report(_dims(rank=0), table, err, beats[0], env)
+    assert line.startswith("lost ranks 1 on host node-b (their heartbeat stopped; a collective failed: Connection "
+                           "closed by peer"), line
+    beats[0].stop()
+    del server  # the store's host is gone
+    time.sleep(0.3)
+    line = lost_ranks_report(_dims(rank=1), table, err, beats[0], env)
+    assert line.startswith("lost the master's node node-a (ranks 0; its rendezvous store"), line
+
+
+def test_only_a_lost_peer_counts_as_a_communication_failure():
+    from train.dist import is_comm_failure
+
+    assert is_comm_failure(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [10.77.1.2]:23256: Connection "
+                                        "reset by peer. This is typically caused by a remote worker"))
+    assert is_comm_failure(RuntimeError("[pair.cc:553] Connection closed by peer [10.77.1.1]:57764"))
+    assert not is_comm_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x2)"))
+    assert not is_comm_failure(ValueError("Connection closed by peer"))  # only errors the collectives raise

@@ -1,4 +1,4 @@
-"""Multi-node training on two real hosts made on this machine (issue 22, parts 1-2).
+"""Multi-node training on two real hosts made on this machine (issue 22, parts 1, 2 and 5).
 
 Two network namespaces joined by a veth pair, each with its own address and hostname (``tests/train/hosts.py``),
 sharing the file system as cluster nodes share NFS. ``torchrun --nnodes 2 --nproc_per_node 2`` with c10d
@@ -8,6 +8,7 @@ MASTER_ADDR = host A's hostname, which each host resolves through its own /etc/h
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -78,10 +79,12 @@ def losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
 
 
-def test_two_hosts_train_like_one_host_write_one_checkpoint_and_resume_on_both(hosts, shards, tmp_path):
-    """8 steps on 2 hosts x 2 ranks, killed on both hosts after the step-4 checkpoint and resumed with
-    ``--resume latest`` on both, give the losses of 8 uninterrupted steps on 1 host x 4 ranks; every rank's
-    ZeRO shards land in one checkpoint on the shared file system."""
+def test_two_hosts_train_like_one_host_survive_a_lost_node_and_resume_on_both(hosts, shards, tmp_path):
+    """8 steps on 2 hosts x 2 ranks. After the step-4 checkpoint the host without rank 0 is lost (every process
+    on it SIGKILLed): the other host's ranks exit non-zero within 2 minutes, each with one line naming the lost
+    ranks and their host and the checkpoint to resume from. ``--resume latest`` on both hosts then gives the
+    losses of 8 uninterrupted steps on 1 host x 4 ranks; every rank's ZeRO shards land in one checkpoint on
+    the shared file system."""
     ref_dir, run_dir = tmp_path / "runs" / "one_host", tmp_path / "runs" / "two_hosts"
     ref = run_torchrun(4, "--config", str(TINY), *tiny_overrides(shards, ref_dir, **{"run.max_steps": STEPS,
                                                                                        "checkpoint.interval_steps": EVERY}))
@@ -91,7 +94,7 @@ def test_two_hosts_train_like_one_host_write_one_checkpoint_and_resume_on_both(h
                                                                        "checkpoint.interval_steps": EVERY})]
     ckpt = run_dir / "checkpoints"
     running = start_on_hosts(hosts, 2, args)
-    try:  # the whole job is killed (both hosts, no clean-up) once the step-4 checkpoint is complete
+    try:  # node loss: every process on the host without rank 0 is killed once the step-4 checkpoint is complete
         deadline = time.time() + 240
         while time.time() < deadline and all(p.poll() is None for p in running):
             if (ckpt / "latest").is_file() and (ckpt / "latest").read_text() == f"global_step{EVERY}":
@@ -99,16 +102,30 @@ def test_two_hosts_train_like_one_host_write_one_checkpoint_and_resume_on_both(h
             time.sleep(0.05)
         assert all(p.poll() is None for p in running), "a host's job ended before it could be killed:\n" + "\n".join(
             p.stderr.read()[-3000:] for p in running if p.poll() is not None)
-        assert all(kill_host(h) for h in hosts)
+        table = json.loads((run_dir / "hosts.json").read_text())
+        master = next(t["host"] for t in table if t["rank"] == 0)
+        lost_i = next(i for i, h in enumerate(hosts) if h.name != master)
+        lost_ranks = sorted(t["rank"] for t in table if t["host"] == hosts[lost_i].name)
+        assert len(lost_ranks) == 2 and {t["host"] for t in table} == {h.name for h in hosts}, table
+        assert kill_host(hosts[lost_i])
+        killed_at = time.time()
+        survivor = running[1 - lost_i]
+        _, stderr = survivor.communicate(timeout=150)
+        took = time.time() - killed_at
     finally:
         for h in hosts:
             kill_host(h)
         for p in running:
             p.communicate(timeout=60)
+    assert survivor.returncode != 0 and took < 120, (survivor.returncode, took)
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error: rank ")]
+    want = f"lost ranks {', '.join(map(str, lost_ranks))} on host {hosts[lost_i].name}"
+    assert lines and all(want in ln and f"global_step{EVERY}" in ln and "--resume latest" in ln for ln in lines), (
+        want, stderr[-4000:])
     assert (ckpt / "latest").read_text() == f"global_step{EVERY}"
     shards_written = sorted(p.name for p in (ckpt / f"global_step{EVERY}").glob("*optim_states.pt"))
     assert len(shards_written) == 4, shards_written  # ranks 0-3: two from each host
-    assert max(losses(run_dir)) < STEPS, "the killed job got to the end"
+    assert max(losses(run_dir)) < STEPS, "the broken job got to the end"
 
     procs = torchrun_on_hosts(hosts, 2, [*args, "--resume", "latest"])
     _ok(procs)
