@@ -7,6 +7,9 @@ source "$(dirname "$0")/setup_cpu.sh"   # sets PY (a .venv on an externally mana
 if [ "$(id -u)" -eq 0 ]; then
   command -v ip >/dev/null 2>&1 || apt_install iproute2
   command -v unshare >/dev/null 2>&1 || apt_install util-linux
+  # ... and the DeepSpeed launcher over ssh between them (an sshd per host, pdsh)
+  { [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1 && command -v pdsh >/dev/null 2>&1; } ||
+    apt_install openssh-server openssh-client pdsh
 fi
 # DeepSpeed JIT-builds a communication op on first use (~1 min): keep it in a cache directory.
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}

@@ -155,10 +155,17 @@ def master_timeout(configured: float, env: dict | None = None) -> float:
     return out
 
 
+LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR",
+                    "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "HF_HOME", "PYTHONPATH")
+"""Environment variables a multi-node launch must carry to every rank (recorded per rank in ``hosts.json``)."""
+
+
 def rank_table(dims: ParallelDims) -> list[dict]:
-    """``[{"rank", "host", "pid"}, ...]`` of every rank, gathered once after the process group exists
-    (saved as ``hosts.json`` in the run folder; it names the ranks a lost node took with it)."""
-    me = {"rank": dims.rank, "host": socket.gethostname(), "pid": os.getpid()}
+    """``[{"rank", "host", "pid", "env"}, ...]`` of every rank, gathered once after the process group exists
+    (saved as ``hosts.json`` in the run folder): it names the ranks a lost node took with it, and shows which
+    of :data:`LAUNCH_VARIABLES` reached which rank (the DeepSpeed launcher forwards few by itself)."""
+    me = {"rank": dims.rank, "host": socket.gethostname(), "pid": os.getpid(),
+          "env": {k: os.environ[k] for k in LAUNCH_VARIABLES if k in os.environ}}
     if not dist.is_initialized() or dims.world_size == 1:
         return [me]
     table: list[dict | None] = [None] * dims.world_size

@@ -17,6 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+IFNAME = "vqnet0"
+"""The name of the link between the hosts on each host (for GLOO_SOCKET_IFNAME)."""
+
 
 @dataclass(frozen=True)
 class Host:
@@ -65,11 +68,12 @@ def two_hosts(tag: str | None = None) -> Iterator[tuple[Host, Host]]:
             etc.mkdir(parents=True, exist_ok=True)
             (etc / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"{x.addr} {x.name}\n" for x in hosts))
         _run("ip", "link", "add", links[0], "type", "veth", "peer", "name", links[1])
-        for h, link in zip(hosts, links):
+        for h, link in zip(hosts, links):  # inside each host the link is IFNAME, as cluster nodes name theirs alike
             _run("ip", "link", "set", link, "netns", h.netns)
-            _run("ip", "-n", h.netns, "addr", "add", f"{h.addr}/24", "dev", link)
+            _run("ip", "-n", h.netns, "link", "set", link, "name", IFNAME)
+            _run("ip", "-n", h.netns, "addr", "add", f"{h.addr}/24", "dev", IFNAME)
             _run("ip", "-n", h.netns, "link", "set", "lo", "up")
-            _run("ip", "-n", h.netns, "link", "set", link, "up")
+            _run("ip", "-n", h.netns, "link", "set", IFNAME, "up")
         yield hosts
     finally:
         for h in made:  # deleting a namespace deletes its end of the veth pair, and with it the pair
@@ -78,3 +82,39 @@ def two_hosts(tag: str | None = None) -> Iterator[tuple[Host, Host]]:
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", h.netns], capture_output=True)
             shutil.rmtree(Path("/etc/netns") / h.netns, ignore_errors=True)
+
+
+@contextmanager
+def sshd_on(hosts: tuple[Host, ...], workdir: Path) -> Iterator[list[str]]:
+    """An sshd on port 22 of every host that lets root in with a key made here (nothing outside ``workdir`` is
+    changed); yields the ssh options that use it (for ``PDSH_SSH_ARGS_APPEND``). Needs openssh-server."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    key, hostkey = workdir / "id_ed25519", workdir / "ssh_host_ed25519_key"
+    for k in (key, hostkey):
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k))
+    (workdir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
+    daemons = []
+    try:
+        for h in hosts:
+            cfg = workdir / f"sshd_{h.netns}.conf"
+            cfg.write_text(f"Port 22\nListenAddress {h.addr}\nHostKey {hostkey}\nAuthorizedKeysFile {workdir}/authorized_keys\n"
+                           "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                           f"UsePAM no\nStrictModes no\nPidFile {workdir}/sshd_{h.netns}.pid\n")
+            daemons.append(subprocess.Popen(h.command([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)]),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        opts = ["-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        yield opts
+    finally:
+        for d in daemons:
+            d.kill()
+            d.communicate(timeout=10)
+
+
+def cannot_ssh() -> str | None:
+    """Why the ssh tests cannot run here, or None."""
+    for tool in ("sshd", "ssh", "ssh-keygen", "pdsh"):
+        if shutil.which(tool) is None and not (tool == "sshd" and Path("/usr/sbin/sshd").exists()):
+            return f"needs {tool} (apt-get install openssh-server openssh-client pdsh)"
+    return None

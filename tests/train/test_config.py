@@ -175,3 +175,16 @@ def test_nested_config_typo_stops_python_m_train_before_anything_starts(tmp_path
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "model.llm.config.hiden_size" in errors[0], proc.stderr[-3000:]
     assert not any(tmp_path.iterdir())
+
+
+def test_a_field_given_in_a_row_with_other_values_is_a_shell_expansion_and_refused():
+    """`--data.urls=shards/train-{000000..000003}.tar` unquoted becomes four words in any shell (a remote one
+    too: pdsh under the DeepSpeed launcher); taking the last silently trained on one shard of four."""
+    from train.config import split_overrides
+
+    expanded = [f"--data.urls=shards/train-{i:06d}.tar" for i in range(4)]
+    with pytest.raises(ConfigError, match=r"--data.urls given 4 times in a row \(shards/train-000000.tar, .*quote it"):
+        split_overrides([*expanded, "--run.max_steps=3"])
+    # a later override of the same field still wins when it is not an expansion
+    assert split_overrides(["--run.max_steps=1", "--optim.lr=0.1", "--run.max_steps=2"])[-1] == "--run.max_steps=2"
+    assert split_overrides(["--run.max_steps=2", "--run.max_steps=2"]) == ["--run.max_steps=2"] * 2

@@ -1,4 +1,4 @@
-"""Multi-node training on two real hosts made on this machine (issue 22, parts 1, 2 and 5).
+"""Multi-node training on two real hosts made on this machine (issue 22, parts 1, 2, 3 and 5).
 
 Two network namespaces joined by a veth pair, each with its own address and hostname (``tests/train/hosts.py``),
 sharing the file system as cluster nodes share NFS. ``torchrun --nnodes 2 --nproc_per_node 2`` with c10d
@@ -9,14 +9,25 @@ MASTER_ADDR = host A's hostname, which each host resolves through its own /etc/h
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.train.engine_helpers import REPO, TINY, env_for_launch, free_port, make_shards, run_torchrun, tiny_overrides
-from tests.train.hosts import Host, cannot_make_hosts, two_hosts
+from tests.train.engine_helpers import (
+    GOLDEN,
+    REPO,
+    TINY,
+    env_for_launch,
+    free_port,
+    make_shards,
+    run_torchrun,
+    tiny_overrides,
+)
+from tests.train.hosts import IFNAME, Host, cannot_make_hosts, cannot_ssh, sshd_on, two_hosts
 from train.metrics import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode,
@@ -79,16 +90,23 @@ def losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
 
 
-def test_two_hosts_train_like_one_host_survive_a_lost_node_and_resume_on_both(hosts, shards, tmp_path):
+@pytest.fixture(scope="module")
+def one_host_run(shards, tmp_path_factory) -> Path:
+    """The reference: 8 steps of the tiny recipe on 1 host x 4 ranks."""
+    ref_dir = tmp_path_factory.mktemp("runs") / "one_host"
+    ref = run_torchrun(4, "--config", str(TINY), *tiny_overrides(shards, ref_dir, **{"run.max_steps": STEPS,
+                                                                                       "checkpoint.interval_steps": EVERY}))
+    assert ref.returncode == 0, ref.stderr[-5000:]
+    return ref_dir
+
+
+def test_two_hosts_train_like_one_host_survive_a_lost_node_and_resume_on_both(hosts, shards, one_host_run, tmp_path):
     """8 steps on 2 hosts x 2 ranks. After the step-4 checkpoint the host without rank 0 is lost (every process
     on it SIGKILLed): the other host's ranks exit non-zero within 2 minutes, each with one line naming the lost
     ranks and their host and the checkpoint to resume from. ``--resume latest`` on both hosts then gives the
     losses of 8 uninterrupted steps on 1 host x 4 ranks; every rank's ZeRO shards land in one checkpoint on
     the shared file system."""
-    ref_dir, run_dir = tmp_path / "runs" / "one_host", tmp_path / "runs" / "two_hosts"
-    ref = run_torchrun(4, "--config", str(TINY), *tiny_overrides(shards, ref_dir, **{"run.max_steps": STEPS,
-                                                                                       "checkpoint.interval_steps": EVERY}))
-    assert ref.returncode == 0, ref.stderr[-5000:]
+    ref_dir, run_dir = one_host_run, tmp_path / "runs" / "two_hosts"
 
     args = ["--config", str(TINY), *tiny_overrides(shards, run_dir, **{"run.max_steps": STEPS,
                                                                        "checkpoint.interval_steps": EVERY})]
@@ -145,3 +163,40 @@ def test_two_hosts_train_like_one_host_survive_a_lost_node_and_resume_on_both(ho
         assert errors and all("written by 4 ranks" in e and "this job has 2" in e for e in errors), p.stderr[-4000:]
         assert "Traceback" not in p.stderr.split("error: ")[0], p.stderr[-4000:]
     assert stamp == {p: p.stat().st_mtime_ns for p in ckpt.rglob("*") if p.is_file()}
+
+
+@pytest.mark.skipif(cannot_ssh() is not None, reason=str(cannot_ssh()))
+def test_the_deepspeed_launcher_over_ssh_with_a_hostfile(hosts, shards, tmp_path):
+    """``deepspeed --hostfile H --master_addr A ...`` on host A, as docs/TRAINING.md says: pdsh over ssh (an
+    sshd on each host, a key made here) starts one rank on each host; the first 4 losses are the golden 2-rank
+    run's, and the variables the docs tell users to put in ``.deepspeed_env`` reach both ranks (``hosts.json``),
+    while the launcher's own environment lacks them."""
+    work, run_dir = tmp_path / "launch", tmp_path / "runs" / "ds_launcher"
+    work.mkdir()
+    (work / "hostfile").write_text(f"{hosts[0].name} slots=1\n{hosts[1].name} slots=1\n")
+    ext = env_for_launch()["TORCH_EXTENSIONS_DIR"]
+    wanted = {"TORCH_EXTENSIONS_DIR": ext, "GLOO_SOCKET_IFNAME": IFNAME, "OMP_NUM_THREADS": "1",
+              "TOKENIZERS_PARALLELISM": "false"}
+    (work / ".deepspeed_env").write_text("".join(f"{k}={v}\n" for k, v in wanted.items()))
+    launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    with sshd_on(hosts, tmp_path / "ssh") as ssh_opts:
+        env = {k: v for k, v in env_for_launch().items() if k not in wanted}  # only .deepspeed_env can carry them
+        env["PDSH_SSH_ARGS_APPEND"] = " ".join(ssh_opts)
+        # pdsh hands the arguments to a remote shell: the brace pattern is quoted once more, as the docs say
+        overrides = [f"'{o}'" if o.startswith("--data.urls=") else o
+                     for o in tiny_overrides(shards, run_dir, **{"run.max_steps": EVERY})]
+        cmd = [launcher, "--hostfile", "hostfile", "--master_addr", hosts[0].name, "--master_port", str(free_port()),
+               "--no_ssh_check", "--module", "train", "--config", str(TINY), *overrides]
+        proc = subprocess.run(hosts[0].command(cmd), cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    got, golden = losses(run_dir), json.loads(GOLDEN.read_text())
+    assert sorted(got) == list(range(1, EVERY + 1))
+    for step in got:
+        assert got[step] == pytest.approx(golden["losses"][step - 1], rel=golden["tolerance"]["rtol"],
+                                          abs=golden["tolerance"]["atol"]), (step, got, golden["losses"])
+    table = json.loads((run_dir / "hosts.json").read_text())
+    assert sorted(t["rank"] for t in table) == [0, 1]
+    assert sorted(t["host"] for t in table) == sorted(h.name for h in hosts), table
+    for t in table:
+        assert {k: t["env"].get(k) for k in wanted} == wanted, t
+        assert t["env"]["MASTER_ADDR"] == hosts[0].name, t

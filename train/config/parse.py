@@ -286,4 +286,15 @@ def split_overrides(rest: list[str]) -> list[str]:
             item, i = f"{item}={rest[i + 1]}", i + 1
         out.append(item)
         i += 1
+    # A later override of a field wins, but the same field given in a row with different values is what a shell
+    # makes of a brace pattern or glob (a remote shell too: pdsh under the DeepSpeed launcher): refuse it.
+    for j in range(1, len(out)):
+        key, value = out[j].split("=", 1)
+        prev_key, prev_value = out[j - 1].split("=", 1)
+        if key == prev_key and value != prev_value:
+            run = [o.split("=", 1)[1] for o in out if o.split("=", 1)[0] == key]
+            raise ConfigError(
+                f"config: {key} given {len(run)} times in a row ({', '.join(run[:4])}{', ...' if len(run) > 4 else ''})"
+                " - a shell expanded a brace pattern or glob: quote it, once more for every remote shell it crosses "
+                f"(pdsh under the DeepSpeed launcher: \"'{key}=shards/train-{{000000..000003}}.tar'\")")
     return out
