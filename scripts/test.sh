@@ -10,6 +10,9 @@ if [ "$(id -u)" -eq 0 ]; then
   # ... and the DeepSpeed launcher over ssh between them (an sshd per host, pdsh)
   { [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1 && command -v pdsh >/dev/null 2>&1; } ||
     apt_install openssh-server openssh-client pdsh
+  # ... and a throwaway SLURM cluster on them (slurmctld, a slurmd per host, munge)
+  { command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 && command -v sbatch >/dev/null 2>&1 &&
+    command -v munged >/dev/null 2>&1; } || apt_install slurmctld slurmd slurm-client munge
 fi
 # DeepSpeed JIT-builds a communication op on first use (~1 min): keep it in a cache directory.
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}

@@ -12,6 +12,8 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,3 +120,105 @@ def cannot_ssh() -> str | None:
         if shutil.which(tool) is None and not (tool == "sshd" and Path("/usr/sbin/sshd").exists()):
             return f"needs {tool} (apt-get install openssh-server openssh-client pdsh)"
     return None
+
+
+def cannot_slurm() -> str | None:
+    """Why the SLURM test cannot run here, or None."""
+    for tool in ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "munged"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            return f"needs {tool} (apt-get install slurmctld slurmd slurm-client munge)"
+    return None
+
+
+# ip netns exec mounts a fresh /sys without the cgroup hierarchies, and slurmd 22.05 will not start without its
+# cgroup plugin: mount the machine's v1 controllers again inside the host's own mount namespace.
+_CGROUPS = ("mount -t tmpfs cgroup_root /sys/fs/cgroup && for c in cpuset memory freezer devices cpu cpuacct pids; "
+            "do mkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c || true; done")
+
+
+@dataclass
+class Slurm:
+    """A throwaway SLURM cluster: slurmctld on host A, one slurmd per host, one munged, all under ``workdir``."""
+
+    hosts: tuple[Host, ...]
+    workdir: Path
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "SLURM_CONF": str(self.workdir / "slurm.conf")}
+
+    def run(self, *argv: str, env: dict | None = None, cwd: str | Path | None = None) -> str:
+        """A SLURM command on host A (where the controller listens); returns its stdout."""
+        proc = subprocess.run(self.hosts[0].command(list(argv)), capture_output=True, text=True,
+                              env={**self.env, **(env or {})}, cwd=cwd, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+        return proc.stdout
+
+
+@contextmanager
+def slurm_cluster(hosts: tuple[Host, ...], workdir: Path) -> Iterator[Slurm]:
+    """Start munged, slurmctld (host A) and a slurmd per host from a configuration made here; stop them after."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    # slurmstepd puts UNIX sockets in the spool directory and munged its socket: keep those paths short
+    # (sun_path holds 108 bytes; pytest's tmp paths are longer)
+    short = Path(tempfile.mkdtemp(prefix="vqasl-"))
+    for sub in ("state", *(f"spool/{h.name}" for h in hosts)):
+        (short / sub).mkdir(parents=True, exist_ok=True)
+    key = workdir / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    nodes = "".join(f"NodeName={h.name} NodeAddr={h.addr} CPUs={os.cpu_count() or 2} State=UNKNOWN\n" for h in hosts)
+    (workdir / "slurm.conf").write_text(
+        f"ClusterName=vqatest\nSlurmctldHost={hosts[0].name}({hosts[0].addr})\nSlurmUser=root\nSlurmdUser=root\n"
+        f"AuthType=auth/munge\nAuthInfo=socket={short}/munge.socket\nCredType=cred/munge\n"
+        f"StateSaveLocation={short}/state\nSlurmdSpoolDir={short}/spool/%n\n"
+        f"SlurmctldPidFile={workdir}/slurmctld.pid\nSlurmdPidFile={workdir}/slurmd.%n.pid\n"
+        f"SlurmctldLogFile={workdir}/slurmctld.log\nSlurmdLogFile={workdir}/slurmd.%n.log\n"
+        "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n"
+        "SelectType=select/cons_tres\nSelectTypeParameters=CR_CPU\nReturnToService=2\nMpiDefault=none\n"
+        "SwitchType=switch/none\nKillWait=60\nMinJobAge=600\n" + nodes +
+        "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n")
+    (workdir / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupAutomount=no\nConstrainCores=no\n"
+                                         "ConstrainRAMSpace=no\nConstrainDevices=no\n")
+    cluster = Slurm(hosts, workdir)
+    env = cluster.env
+    daemons = []
+    try:
+        daemons.append(subprocess.Popen(
+            ["munged", "-F", f"--key-file={key}", f"--socket={short}/munge.socket", f"--pid-file={workdir}/munged.pid",
+             f"--log-file={workdir}/munged.log", f"--seed-file={workdir}/munged.seed", "-f"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for _ in range(50):
+            if (short / "munge.socket").exists():
+                break
+            time.sleep(0.1)
+        daemons.append(subprocess.Popen(hosts[0].command(["slurmctld", "-D", "-c", "-i"]), env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for h in hosts:
+            cmd = ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c",
+                   f"hostname {h.name} && {_CGROUPS} && exec slurmd -D -N {h.name}"]
+            daemons.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.time() + 60
+        while True:
+            try:
+                idle = cluster.run("sinfo", "-h", "-o", "%t %D").split()
+            except RuntimeError:
+                idle = []
+            if idle[:2] == ["idle", str(len(hosts))]:
+                break
+            if time.time() > deadline:
+                logs = {p.name: p.read_text()[-1500:] for p in workdir.glob("*.log")}
+                raise RuntimeError(f"the SLURM cluster did not come up (sinfo: {idle}); logs: {logs}")
+            time.sleep(0.5)
+        yield cluster
+    finally:
+        for d in reversed(daemons):
+            d.terminate()
+        for d in reversed(daemons):
+            try:
+                d.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait(timeout=15)
+        shutil.rmtree(short, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Multi-node training on two real hosts made on this machine (issue 22, parts 1, 2, 3 and 5).
+"""Multi-node training on two real hosts made on this machine (issue 22, parts 1, 2, 3, 5 and 6).
 
 Two network namespaces joined by a veth pair, each with its own address and hostname (``tests/train/hosts.py``),
 sharing the file system as cluster nodes share NFS. ``torchrun --nnodes 2 --nproc_per_node 2`` with c10d
@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,16 @@ from tests.train.engine_helpers import (
     run_torchrun,
     tiny_overrides,
 )
-from tests.train.hosts import IFNAME, Host, cannot_make_hosts, cannot_ssh, sshd_on, two_hosts
+from tests.train.hosts import (
+    IFNAME,
+    Host,
+    cannot_make_hosts,
+    cannot_slurm,
+    cannot_ssh,
+    slurm_cluster,
+    sshd_on,
+    two_hosts,
+)
 from train.metrics import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode,
@@ -200,3 +210,66 @@ def test_the_deepspeed_launcher_over_ssh_with_a_hostfile(hosts, shards, tmp_path
     for t in table:
         assert {k: t["env"].get(k) for k in wanted} == wanted, t
         assert t["env"]["MASTER_ADDR"] == hosts[0].name, t
+
+
+def _wait(what: str, check, timeout: float, every: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@contextmanager
+def _diagnose(slurm, out: Path):
+    """On a failure inside, add what SLURM and the job said."""
+    try:
+        yield
+    except AssertionError as e:
+        try:
+            queue = slurm.run("squeue", "-o", "%i %T %r %N")
+        except RuntimeError as q:
+            queue = str(q)
+        ctld = (slurm.workdir / "slurmctld.log").read_text()[-2000:] if (slurm.workdir / "slurmctld.log").exists() else ""
+        job = out.read_text()[-3000:] if out.exists() else "(no job output)"
+        raise AssertionError(f"{e}\nsqueue:\n{queue}\njob output:\n{job}\nslurmctld:\n{ctld}") from None
+
+
+@pytest.mark.skipif(cannot_slurm() is not None, reason=str(cannot_slurm()))
+def test_slurm_sbatch_on_two_nodes_survives_a_requeue_and_ends_like_an_uninterrupted_run(hosts, shards, tmp_path):
+    """A throwaway SLURM cluster (munged, slurmctld on host A, one slurmd per host). ``sbatch
+    scripts/slurm_train.sbatch`` runs the tiny recipe on both nodes (one torchrun per node, one rank each).
+    ``scontrol requeue`` preempts it mid-run: every rank saves on SLURM's SIGTERM, the job is requeued,
+    resumes from that checkpoint and ends with the golden (uninterrupted, 2-rank) losses."""
+    run_dir, out = tmp_path / "runs" / "slurm", tmp_path / "job.out"
+    with slurm_cluster(hosts, tmp_path / "slurm") as slurm, _diagnose(slurm, out):
+        env = {**env_for_launch(), "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1"}
+        submitted = slurm.run(
+            "sbatch", "--nodes=2", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={out}", "--open-mode=append",
+            str(REPO / "scripts" / "slurm_train.sbatch"), str(TINY),
+            *tiny_overrides(shards, run_dir, **{"checkpoint.interval_steps": EVERY}), env=env, cwd=REPO)
+        job = submitted.split()[-1]
+        metrics = run_dir / "metrics.jsonl"
+        _wait("the job's second step", lambda: metrics.is_file() and len(losses(run_dir)) >= 2, 240)
+        slurm.run("scontrol", "requeue", job)
+        # a requeued job waits ~2 minutes (BeginTime) before it is eligible again: make it eligible now
+        _wait("the requeued job to be pending", lambda: "PENDING" in slurm.run("squeue", "-h", "-j", job, "-o", "%T"), 120)
+        slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        _wait("the job to finish", lambda: not slurm.run("squeue", "-h", "-j", job, "-o", "%T").strip(), 300, every=2)
+        info = slurm.run("scontrol", "show", "job", job)
+    log = out.read_text()
+    assert "Restarts=1" in info and "JobState=COMPLETED" in info, info
+    saved = [ln for ln in log.splitlines() if "preempted by SIGTERM" in ln]
+    assert saved and "checkpoint saved" in saved[0], log[-4000:]
+    resumed = [ln for ln in log.splitlines() if "resumed from" in ln]
+    assert resumed and "global_step" in resumed[0], log[-4000:]
+    assert "trained 8 steps" in log, log[-4000:]
+    got, golden = losses(run_dir), json.loads(GOLDEN.read_text())
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in got:
+        assert got[step] == pytest.approx(golden["losses"][step - 1], rel=golden["tolerance"]["rtol"],
+                                          abs=golden["tolerance"]["atol"]), (step, got, golden["losses"])
+    table = json.loads((run_dir / "hosts.json").read_text())
+    assert sorted(t["host"] for t in table) == sorted(h.name for h in hosts), table
