@@ -128,7 +128,6 @@ def _identity(batch):
     return batch
 
 
-
 def _remove_own_file(path: str, owner_pid: int) -> None:
     """atexit: remove a temporary file, in the process that made it only (forked workers inherit atexit)."""
     if os.getpid() == owner_pid:
@@ -136,6 +135,7 @@ def _remove_own_file(path: str, owner_pid: int) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
 
 class VideoQALoader:
     """Iterable over batches (``list[dict]`` question samples); one ``for`` loop = one epoch.

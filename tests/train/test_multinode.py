@@ -245,7 +245,10 @@ def test_slurm_sbatch_on_two_nodes_survives_a_requeue_and_ends_like_an_uninterru
     resumes from that checkpoint and ends with the golden (uninterrupted, 2-rank) losses."""
     run_dir, out = tmp_path / "runs" / "slurm", tmp_path / "job.out"
     with slurm_cluster(hosts, tmp_path / "slurm") as slurm, _diagnose(slurm, out):
-        env = {**env_for_launch(), "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1"}
+        # a MASTER_ADDR / MASTER_PORT left in the submitting shell (sbatch exports it): the script must ignore them
+        # (it used them, and both nodes waited for a rendezvous at 127.0.0.1)
+        env = {**env_for_launch(), "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": "29511"}
         submitted = slurm.run(
             "sbatch", "--nodes=2", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={out}", "--open-mode=append",
             str(REPO / "scripts" / "slurm_train.sbatch"), str(TINY),
