@@ -13,10 +13,10 @@ if [ "$(id -u)" -eq 0 ]; then
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
   command -v pdsh >/dev/null 2>&1 || missing+=(pdsh)
-  command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
-  command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
+  [ -x /usr/sbin/slurmctld ] || command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
+  [ -x /usr/sbin/slurmd ] || command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
   command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
-  command -v munged >/dev/null 2>&1 || missing+=(munge)
+  [ -x /usr/sbin/munged ] || command -v munged >/dev/null 2>&1 || missing+=(munge)
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 fi
 # DeepSpeed JIT-builds a communication op on first use (~1 min): keep it in a cache directory.
