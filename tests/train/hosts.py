@@ -122,6 +122,11 @@ def cannot_ssh() -> str | None:
     return None
 
 
+def _sbin(tool: str) -> str:
+    """A daemon's path: from PATH, else /usr/sbin (not on every user's PATH)."""
+    return shutil.which(tool) or f"/usr/sbin/{tool}"
+
+
 def cannot_slurm() -> str | None:
     """Why the SLURM test cannot run here, or None."""
     for tool in ("slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "munged"):
@@ -186,18 +191,18 @@ def slurm_cluster(hosts: tuple[Host, ...], workdir: Path) -> Iterator[Slurm]:
     daemons = []
     try:
         daemons.append(subprocess.Popen(
-            ["munged", "-F", f"--key-file={key}", f"--socket={short}/munge.socket", f"--pid-file={workdir}/munged.pid",
+            [_sbin("munged"), "-F", f"--key-file={key}", f"--socket={short}/munge.socket", f"--pid-file={workdir}/munged.pid",
              f"--log-file={workdir}/munged.log", f"--seed-file={workdir}/munged.seed", "-f"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for _ in range(50):
             if (short / "munge.socket").exists():
                 break
             time.sleep(0.1)
-        daemons.append(subprocess.Popen(hosts[0].command(["slurmctld", "-D", "-c", "-i"]), env=env,
+        daemons.append(subprocess.Popen(hosts[0].command([_sbin("slurmctld"), "-D", "-c", "-i"]), env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for h in hosts:
             cmd = ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c",
-                   f"hostname {h.name} && {_CGROUPS} && exec slurmd -D -N {h.name}"]
+                   f"hostname {h.name} && {_CGROUPS} && exec {_sbin('slurmd')} -D -N {h.name}"]
             daemons.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.time() + 60
         while True:
