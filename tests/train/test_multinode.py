@@ -100,6 +100,16 @@ def losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r}
 
 
+def assert_golden_losses(run_dir: Path, steps: int) -> None:
+    """Steps 1..``steps`` of the run are the golden 2-rank run's, within the golden file's tolerance."""
+    got, golden = losses(run_dir), json.loads(GOLDEN.read_text())
+    assert sorted(got) == list(range(1, steps + 1)), sorted(got)
+    tol = golden["tolerance"]
+    for step in got:
+        assert got[step] == pytest.approx(golden["losses"][step - 1], rel=tol["rtol"], abs=tol["atol"]), (
+            step, got, golden["losses"])
+
+
 @pytest.fixture(scope="module")
 def one_host_run(shards, tmp_path_factory) -> Path:
     """The reference: 8 steps of the tiny recipe on 1 host x 4 ranks."""
@@ -199,11 +209,7 @@ def test_the_deepspeed_launcher_over_ssh_with_a_hostfile(hosts, shards, tmp_path
                "--no_ssh_check", "--module", "train", "--config", str(TINY), *overrides]
         proc = subprocess.run(hosts[0].command(cmd), cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    got, golden = losses(run_dir), json.loads(GOLDEN.read_text())
-    assert sorted(got) == list(range(1, EVERY + 1))
-    for step in got:
-        assert got[step] == pytest.approx(golden["losses"][step - 1], rel=golden["tolerance"]["rtol"],
-                                          abs=golden["tolerance"]["atol"]), (step, got, golden["losses"])
+    assert_golden_losses(run_dir, EVERY)
     table = json.loads((run_dir / "hosts.json").read_text())
     assert sorted(t["rank"] for t in table) == [0, 1]
     assert sorted(t["host"] for t in table) == sorted(h.name for h in hosts), table
@@ -269,10 +275,6 @@ def test_slurm_sbatch_on_two_nodes_survives_a_requeue_and_ends_like_an_uninterru
     resumed = [ln for ln in log.splitlines() if "resumed from" in ln]
     assert resumed and "global_step" in resumed[0], log[-4000:]
     assert "trained 8 steps" in log, log[-4000:]
-    got, golden = losses(run_dir), json.loads(GOLDEN.read_text())
-    assert sorted(got) == list(range(1, STEPS + 1))
-    for step in got:
-        assert got[step] == pytest.approx(golden["losses"][step - 1], rel=golden["tolerance"]["rtol"],
-                                          abs=golden["tolerance"]["atol"]), (step, got, golden["losses"])
+    assert_golden_losses(run_dir, STEPS)
     table = json.loads((run_dir / "hosts.json").read_text())
     assert sorted(t["host"] for t in table) == sorted(h.name for h in hosts), table
