@@ -87,6 +87,53 @@ def distinct_clips(frames: list[torch.Tensor]) -> tuple[list[int], list[torch.Te
     return index, clips
 
 
+def pack_rows(seqs: list[tuple[list[int], list[int], int]], max_tokens_per_row: int, pad_token_id: int,
+              pad_to_multiple: int = 1) -> tuple[dict[str, Any], list[int]]:
+    """Place tokenized sequences into rows (first-fit decreasing) and right-pad each row.
+
+    Args:
+        seqs: (prompt ids, target ids, task id) per sequence.
+        max_tokens_per_row: row capacity; every sequence must fit (ValueError naming the field).
+        pad_token_id: the id of the padding tail.
+        pad_to_multiple: round the row length up to a multiple of this.
+
+    Returns:
+        (tensors, order). tensors: input_ids, attention_mask, labels, task_ids, position_ids (restarting
+        per sequence and at the padding tail), segment_ids (1, 2, ... per sequence, 0 = padding), long
+        [R, L]; example_lengths, example_targets (list[int], packed order). order: the index into
+        ``seqs`` of each packed sequence, row-major.
+    """
+    bins = first_fit_decreasing([len(p) + len(t) for p, t, _ in seqs], max_tokens_per_row)
+    length = max(sum(len(seqs[i][0]) + len(seqs[i][1]) for i in b) for b in bins)
+    length = -(-length // pad_to_multiple) * pad_to_multiple
+    R = len(bins)
+    input_ids = torch.full((R, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((R, length), dtype=torch.long)
+    labels = torch.full((R, length), -100, dtype=torch.long)
+    task_ids = torch.zeros((R, length), dtype=torch.long)
+    position_ids = torch.zeros((R, length), dtype=torch.long)
+    segment_ids = torch.zeros((R, length), dtype=torch.long)
+    order = [i for b in bins for i in b]
+    for r, b in enumerate(bins):
+        start = 0
+        for s, i in enumerate(b, start=1):
+            p, t, tid = seqs[i]
+            n = len(p) + len(t)
+            sl = slice(start, start + n)
+            input_ids[r, sl] = torch.tensor(p + t)
+            attention_mask[r, sl] = 1
+            labels[r, start + len(p):start + n] = torch.tensor(t)
+            task_ids[r, start + len(p):start + n] = tid
+            position_ids[r, sl] = torch.arange(n)
+            segment_ids[r, sl] = s
+            start += n
+        position_ids[r, start:] = torch.arange(length - start)  # the padding tail: its own segment 0
+    return ({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "task_ids": task_ids,
+             "position_ids": position_ids, "segment_ids": segment_ids,
+             "example_lengths": [len(seqs[i][0]) + len(seqs[i][1]) for i in order],
+             "example_targets": [len(seqs[i][1]) for i in order]}, order)
+
+
 def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
                  layout: FrameLayout, max_tokens_per_row: int, pad_to_multiple: int = 1) -> dict[str, Any]:
     """Tokenize examples and pack them into rows (first-fit decreasing), right-padding each row.
@@ -109,43 +156,15 @@ def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cf
     if not examples:
         raise ValueError("pack_collate got no examples")
     seqs, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout)
-    bins = first_fit_decreasing([len(p) + len(t) for p, t, _ in seqs], max_tokens_per_row)
-    length = max(sum(len(seqs[i][0]) + len(seqs[i][1]) for i in b) for b in bins)
-    length = -(-length // pad_to_multiple) * pad_to_multiple
-    R = len(bins)
-    input_ids = torch.full((R, length), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((R, length), dtype=torch.long)
-    labels = torch.full((R, length), -100, dtype=torch.long)
-    task_ids = torch.zeros((R, length), dtype=torch.long)
-    position_ids = torch.zeros((R, length), dtype=torch.long)
-    segment_ids = torch.zeros((R, length), dtype=torch.long)
-    order = [i for b in bins for i in b]  # packed (row-major) order of the examples
-    for r, b in enumerate(bins):
-        start = 0
-        for s, i in enumerate(b, start=1):
-            p, t, tid = seqs[i]
-            n = len(p) + len(t)
-            sl = slice(start, start + n)
-            input_ids[r, sl] = torch.tensor(p + t)
-            attention_mask[r, sl] = 1
-            labels[r, start + len(p):start + n] = torch.tensor(t)
-            task_ids[r, start + len(p):start + n] = tid
-            position_ids[r, sl] = torch.arange(n)
-            segment_ids[r, sl] = s
-            start += n
-        position_ids[r, start:] = torch.arange(length - start)  # the padding tail: its own segment 0
+    rows, order = pack_rows(seqs, max_tokens_per_row, tokenizer.pad_token_id, pad_to_multiple)
     clip_of, clips = distinct_clips([examples[i].frames for i in order])
     try:
         pixel_values = torch.stack(clips)
     except RuntimeError as e:
         raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
-    return {"pixel_values": pixel_values, "clip_index": torch.tensor(clip_of, dtype=torch.long),
-            "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "task_ids": task_ids,
-            "position_ids": position_ids, "segment_ids": segment_ids,
+    return {"pixel_values": pixel_values, "clip_index": torch.tensor(clip_of, dtype=torch.long), **rows,
             "qids": [examples[i].qid for i in order], "tasks": [examples[i].task for i in order],
-            "example_lengths": [len(seqs[i][0]) + len(seqs[i][1]) for i in order],
-            "example_targets": [len(seqs[i][1]) for i in order], "n_examples": len(examples),
-            "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t, "n_stl_shortened": n_short,
+            "n_examples": len(examples), "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t, "n_stl_shortened": n_short,
             "packed": True}
 
 

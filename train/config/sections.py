@@ -48,14 +48,16 @@ class DataConfig(LoaderConfig):
     into rows of up to max_tokens_per_row tokens (first-fit decreasing) instead of one right-padded
     row each; positions restart per sequence and attention never crosses sequences (flash-attn
     varlen on CUDA when importable, else SDPA with a block-diagonal causal mask; the trainer logs
-    which). Same loss and gradients as unpacked. model.kind assembled only (not hf_vlm)."""
+    which). Same loss and gradients as unpacked. model.kind hf_vlm too: one video per example, Qwen's
+    3-D M-RoPE positions from the model's own get_rope_index per example (train.models.hf_vlm)."""
     max_tokens_per_row: int | None = None
     """Row capacity of data.packing in tokens; None = task.max_prompt_len + task.max_target_len
     (the longest sequence a task builds, the smallest value allowed)."""
     packing_sdpa: Literal["per_sequence", "mask"] = "per_sequence"
     """How packed rows run when the LLM's attention is SDPA (CPU, or no flash-attn): per_sequence =
     one causal SDPA call per packed sequence (no masked work); mask = one call per row with a
-    block-diagonal causal mask (computes all L x L scores of a row). flash-attn ignores it (varlen)."""
+    block-diagonal causal mask (computes all L x L scores of a row). flash-attn ignores it (varlen);
+    model.kind hf_vlm always runs the mask on SDPA."""
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
@@ -334,8 +336,7 @@ def cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
                     "frozen tower its input needs no grad and DeepSpeed never re-gathers a leaf's weights for "
                     "backward (the step fails with a size-0 tensor)"))
     if cfg.data.packing and not FAMILY_TRAITS[m.kind]["packing"]:
-        out.append(("data.packing", f"packing is implemented for model.kind assembled only; model.kind {m.kind} "
-                    "(its own processor, mRoPE / video grids) trains unpacked: set data.packing false"))
+        out.append(("data.packing", f"packing is not implemented for model.kind {m.kind}: set data.packing false"))
     longest = cfg.task.max_prompt_len + cfg.task.max_target_len
     if cfg.data.max_tokens_per_row is not None and cfg.data.max_tokens_per_row < longest:
         out.append(("data.max_tokens_per_row", f"{cfg.data.max_tokens_per_row} cannot hold the longest sequence "

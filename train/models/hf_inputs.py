@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from train import prompts
+from train.packing import pack_rows
 from train.tasks import pad_rows
 
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
@@ -294,9 +295,10 @@ class VideoChatProcessor:
         """Concatenate per-video tensors along dim 0 (patch rows / videos, as the model takes them)."""
         return {k: torch.cat([v[k] for v in videos]) for k in videos[0]}
 
-    def collate(self, examples: list, max_prompt_len: int, max_target_len: int) -> dict[str, Any]:
-        """Examples -> right-padded batch, the keys of :func:`train.tasks.collate` plus ``vision``
-        (the family's video tensors and ``mm_token_type_ids`` [B, L])."""
+    def _encode(self, examples: list, max_prompt_len: int, max_target_len: int
+                ) -> tuple[list[tuple[list[int], list[int], int]], list[dict], int, int]:
+        """(prompt ids, target ids, task id) and the video tensors of each example; questions and
+        targets cut to fit (counted)."""
         if not examples:
             raise ValueError("collate got no examples")
         rows, videos, n_cut_p, n_cut_t = [], [], 0, 0
@@ -312,13 +314,41 @@ class VideoChatProcessor:
             n_cut_p, n_cut_t = n_cut_p + cp, n_cut_t + ct
             rows.append((p, t, ex.task_id))
             videos.append(vid)
+        return rows, videos, n_cut_p, n_cut_t
+
+    @staticmethod
+    def _frames(examples: list) -> torch.Tensor:
+        try:
+            return torch.stack([ex.frames for ex in examples])
+        except RuntimeError as e:
+            raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
+
+    def collate(self, examples: list, max_prompt_len: int, max_target_len: int) -> dict[str, Any]:
+        """Examples -> right-padded batch, the keys of :func:`train.tasks.collate` plus ``vision``
+        (the family's video tensors and ``mm_token_type_ids`` [B, L])."""
+        rows, videos, n_cut_p, n_cut_t = self._encode(examples, max_prompt_len, max_target_len)
         input_ids, attention_mask, labels, task_ids = pad_rows(rows, self.pad_token_id)
         vision = self.stack_video(videos)
         self.add_token_types(vision, input_ids, attention_mask)
-        try:
-            pixel_values = torch.stack([ex.frames for ex in examples])
-        except RuntimeError as e:
-            raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
-        return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+        return {"pixel_values": self._frames(examples), "input_ids": input_ids, "attention_mask": attention_mask,
                 "labels": labels, "task_ids": task_ids, "vision": vision, "qids": [ex.qid for ex in examples],
                 "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
+
+    def pack(self, examples: list, max_prompt_len: int, max_target_len: int, max_tokens_per_row: int,
+             pad_to_multiple: int = 1) -> dict[str, Any]:
+        """Examples -> packed rows (``train.packing.pack_rows``: first-fit decreasing, right-padded).
+
+        The keys of :meth:`collate` (``vision`` holds one video per example, in packed order, which is
+        the order the model fills the placeholders in), plus ``position_ids`` [R, L] (text positions,
+        restarting per example and at each row's padding tail), ``segment_ids`` [R, L] (1, 2, ... per
+        example, 0 padding), ``example_lengths``, ``example_targets``, ``n_examples`` and ``packed``.
+        Qwen's 3-D M-RoPE positions are the model's own (``HFVideoLLM.packed_position_ids``).
+        """
+        seqs, videos, n_cut_p, n_cut_t = self._encode(examples, max_prompt_len, max_target_len)
+        rows, order = pack_rows(seqs, max_tokens_per_row, self.pad_token_id, pad_to_multiple)
+        vision = self.stack_video([videos[i] for i in order])
+        self.add_token_types(vision, rows["input_ids"], rows["attention_mask"])
+        packed = [examples[i] for i in order]
+        return {"pixel_values": self._frames(packed), **rows, "vision": vision, "qids": [ex.qid for ex in packed],
+                "tasks": [ex.task for ex in packed], "n_examples": len(examples), "n_cut_prompts": n_cut_p,
+                "n_cut_targets": n_cut_t, "packed": True}

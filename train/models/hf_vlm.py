@@ -42,6 +42,7 @@ from train.config.task import TaskConfig
 from train.loss import install_loss_head
 from train.models.base import ModelFamily, VideoModel, resolve_attention
 from train.models.hf_inputs import FAMILIES, LLAVA_FAMILIES, QWEN_FAMILIES, VideoChatProcessor
+from train.packing import block_causal_mask
 
 try:  # optional, as in train.models.assembled
     import peft
@@ -105,6 +106,8 @@ class HFVideoLLM(VideoModel):
         processor: its :class:`~train.models.hf_inputs.VideoChatProcessor`.
         attention_report: (attn_implementation, why).
     """
+
+    supports_packing = True
 
     def __init__(self, config: Any, vlm: nn.Module, processor: VideoChatProcessor, attention_report: tuple[str, str]):
         super().__init__()
@@ -187,10 +190,81 @@ class HFVideoLLM(VideoModel):
 
     def collate(self, examples: list, task: TaskConfig, packing: bool = False,
                 row_capacity: int | None = None) -> dict[str, Any]:
-        """Training examples -> batch (``train.models.hf_inputs.VideoChatProcessor.collate``)."""
+        """Training examples -> batch (``train.models.hf_inputs.VideoChatProcessor.collate``), or packed
+        rows of at most ``row_capacity`` tokens (``VideoChatProcessor.pack``)."""
         if packing:
-            raise ValueError("model.kind hf_vlm trains unpacked: set data.packing false")
+            return self.processor.pack(examples, task.max_prompt_len, task.max_target_len,
+                                       row_capacity or task.max_prompt_len + task.max_target_len)
         return self.processor.collate(examples, task.max_prompt_len, task.max_target_len)
+
+    # ------------------------------------------------------------------ packing
+    def _text_attention(self) -> str:
+        lm = self.hf_model.model.language_model
+        return lm.config._attn_implementation
+
+    def prepare_packing(self, packing_sdpa: str) -> str:
+        """How attention keeps packed examples apart (logged by the trainer). flash_attention_2: the rows are
+        flattened into one sequence and transformers derives the varlen boundaries from the text positions;
+        sdpa / eager: one block-diagonal causal mask per row. ``data.packing_sdpa: per_sequence`` is the
+        assembled model's: the VLM's own forward hands attention keyword arguments to its vision tower too,
+        so per-sequence SDPA calls are not used here, and SDPA runs the mask."""
+        impl = self._text_attention()
+        if impl == "flash_attention_2":
+            return "flash_attention_2 varlen (boundaries from the restarting text positions, rows flattened)"
+        if impl in ("sdpa", "eager"):
+            note = " (data.packing_sdpa per_sequence applies to model.kind assembled only)" if (
+                impl == "sdpa" and packing_sdpa == "per_sequence") else ""
+            return f"{impl} with a block-diagonal causal mask [R, 1, L, L]{note}"
+        raise ValueError(f"data.packing: attention implementation {impl!r} has no packed path for hf_vlm "
+                         "(model.attn_implementation must be auto, sdpa, flash_attention_2 or eager)")
+
+    def packed_layout(self) -> str:
+        """``flat`` (flash_attention_2: rows flattened to [1, R*L], no mask: the boundaries are where the text
+        positions restart) or ``rows`` (sdpa / eager: [R, L] with a block-diagonal causal mask)."""
+        return "flat" if self._text_attention() == "flash_attention_2" else "rows"
+
+    @staticmethod
+    def _spans(segment_ids: torch.Tensor) -> list[tuple[int, int, int]]:
+        """(row, start, length) of every packed example, in packed (row-major) order."""
+        spans = []
+        for r, row in enumerate(segment_ids.tolist()):
+            start = 0
+            for i in range(1, len(row) + 1):
+                if i == len(row) or row[i] != row[start]:
+                    if row[start] != 0:
+                        spans.append((r, start, i - start))
+                    start = i
+        return spans
+
+    def packed_position_ids(self, input_ids: torch.Tensor, position_ids: torch.Tensor, segment_ids: torch.Tensor,
+                            vision: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Position ids of packed rows as the family's decoder takes them.
+
+        LLaVA-OneVision: the text positions [R, L] (restarting per example). Qwen: [4, R, L], the layout
+        transformers' Qwen decoders take for packed rows: row 0 the text positions (what the attention
+        mask / varlen boundaries are derived from), rows 1-3 the 3-D M-RoPE positions. Those are the
+        model's own ``get_rope_index`` run on every example alone (right-padded into [E, Lmax], one video
+        each, in packed order), so each example gets exactly the positions of its unpacked run: temporal
+        positions (scaled by ``second_per_grid_ts`` for Qwen2.5-VL) and the text after the video continue
+        from the example's own start, not from the row's. The padding tail repeats its text positions.
+        """
+        if self.processor.video.family not in QWEN_FAMILIES:
+            return position_ids
+        spans = self._spans(segment_ids)
+        E, Lmax = len(spans), max(n for _, _, n in spans)
+        ids = torch.full((E, Lmax), self.processor.pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        types = torch.zeros_like(ids)
+        mask = torch.zeros_like(ids)
+        for e, (r, a, n) in enumerate(spans):
+            ids[e, :n], types[e, :n], mask[e, :n] = input_ids[r, a:a + n], vision["mm_token_type_ids"][r, a:a + n], 1
+        grids = {k: vision[k] for k in ("video_grid_thw", "second_per_grid_ts") if k in vision}
+        if grids["video_grid_thw"].shape[0] != E:
+            raise ValueError(f"packed batch: {grids['video_grid_thw'].shape[0]} videos for {E} examples (one each)")
+        rope, _ = self.hf_model.model.get_rope_index(ids, types, attention_mask=mask, **grids)  # [3, E, Lmax]
+        out = position_ids.unsqueeze(0).repeat(4, 1, 1)
+        for e, (r, a, n) in enumerate(spans):
+            out[1:, r, a:a + n] = rope[:, e, :n].to(out.dtype)
+        return out
 
     # ------------------------------------------------------------------ forward
     def _vision_kwargs(self, vision: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -199,17 +273,36 @@ class HFVideoLLM(VideoModel):
                 for k, v in vision.items()}
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      vision: dict[str, torch.Tensor] | None = None, pixel_values: torch.Tensor | None = None
+                      vision: dict[str, torch.Tensor] | None = None, pixel_values: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None
                       ) -> torch.Tensor:
         """Last hidden states [B, L, D] of the VLM's base model (vision + decoder, no head).
 
         ``vision``: the family's video tensors from the collate (``pixel_values`` uint8 frames are
-        in the batch too, but the model reads the processed ``vision`` tensors only).
+        in the batch too, but the model reads the processed ``vision`` tensors only). Packed rows
+        (``VideoChatProcessor.pack``) add ``position_ids`` and ``segment_ids`` [R, L]: positions per
+        example (:meth:`packed_position_ids`) and attention inside each example only (see
+        :meth:`prepare_packing`).
         """
         if vision is None:
             raise ValueError("HFVideoLLM needs the batch's 'vision' tensors (train.models.hf_inputs collate)")
-        out = self.hf_model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                                  **self._vision_kwargs(vision))
+        vision = self._vision_kwargs(vision)
+        if segment_ids is None:
+            out = self.hf_model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **vision)
+            return out.last_hidden_state
+        if position_ids is None:
+            raise ValueError("packed inputs need position_ids and segment_ids together")
+        positions = self.packed_position_ids(input_ids, position_ids, segment_ids, vision)
+        if self.packed_layout() == "flat":  # one sequence [1, R*L]; transformers finds the boundaries from positions
+            R, L = input_ids.shape
+            if "mm_token_type_ids" in vision:
+                vision["mm_token_type_ids"] = vision["mm_token_type_ids"].reshape(1, R * L)
+            out = self.hf_model.model(input_ids=input_ids.reshape(1, R * L), attention_mask=None, use_cache=False,
+                                      position_ids=positions.reshape(*positions.shape[:-2], 1, R * L), **vision)
+            return out.last_hidden_state.reshape(R, L, -1)
+        dtype = None if self._text_attention() == "sdpa" else next(p.dtype for p in self.hf_model.parameters())
+        out = self.hf_model.model(input_ids=input_ids, attention_mask=block_causal_mask(segment_ids, dtype),
+                                  position_ids=positions, use_cache=False, **vision)
         return out.last_hidden_state
 
     # ------------------------------------------------------------------ eval (the VideoLLM interface)
