@@ -216,6 +216,16 @@ def model_inputs(model: Any, mb: dict, weights: torch.Tensor, device: torch.devi
     return getattr(model, "module", model).model_inputs(mb, weights, device)
 
 
+def video_frames(batch: dict) -> int:
+    """Frames the examples of a collated micro-batch see: clips of the examples with video (a packed
+    batch's ``clip_index`` lists them; text-only examples have none) x frames a clip."""
+    pv = batch.get("pixel_values")
+    if pv is None:
+        return 0
+    n = len(batch["clip_index"]) if batch.get("clip_index") is not None else int(pv.shape[0])
+    return n * int(pv.shape[1])
+
+
 def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, world_size: int,
                    device: torch.device, forward: Callable[..., dict] | None = None) -> StepStats:
     """One optimizer step over this rank's ``gradient_accumulation_steps`` micro-batches.
@@ -249,8 +259,7 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     tokens_local = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
     # a packed micro-batch holds several sequences per row and each distinct clip once
     examples_local = sum(int(mb.get("n_examples", mb["input_ids"].shape[0])) for mb in micro_batches)
-    frames_local = sum(int(mb.get("n_examples", mb["pixel_values"].shape[0]) * mb["pixel_values"].shape[1])
-                       for mb in micro_batches)
+    frames_local = sum(video_frames(mb) for mb in micro_batches)
     n_qa, n_re = step_token_counts(micro_batches)  # global: every rank, every micro-batch
     scale = backward_scale(gas, world_size)
     lr = float(engine.get_lr()[0])  # the LR this step applies (the scheduler advances in engine.step)

@@ -147,7 +147,8 @@ def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cf
         pad_to_multiple: round the row length up to a multiple of this.
 
     Returns:
-        dict with pixel_values uint8 [C,T,3,H,W] (distinct clips); clip_index long [E];
+        dict with pixel_values uint8 [C,T,3,H,W] (distinct clips; None when no example has frames);
+        clip_index long [Ev]: the clip of every example that has frames (text-only ones have none);
         input_ids, attention_mask, labels, task_ids, position_ids, segment_ids long [R,L];
         qids, tasks (list[str], packed order); example_lengths, example_targets (list[int], packed
         order); n_examples; n_cut_prompts, n_cut_targets, n_stl_shortened (int, see
@@ -157,9 +158,9 @@ def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cf
         raise ValueError("pack_collate got no examples")
     seqs, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout)
     rows, order = pack_rows(seqs, max_tokens_per_row, tokenizer.pad_token_id, pad_to_multiple)
-    clip_of, clips = distinct_clips([examples[i].frames for i in order])
+    clip_of, clips = distinct_clips([examples[i].frames for i in order if examples[i].frames is not None])
     try:
-        pixel_values = torch.stack(clips)
+        pixel_values = torch.stack(clips) if clips else None
     except RuntimeError as e:
         raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
     return {"pixel_values": pixel_values, "clip_index": torch.tensor(clip_of, dtype=torch.long), **rows,

@@ -20,6 +20,7 @@ into one group). The layout is the MODEL's (``VideoLLM.frame_layout(num_frames)`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -48,8 +49,8 @@ class Example:
     """"qa", "reasoning" or "stl"."""
     task_id: int
     """TASK_QA (qa, stl) or TASK_REASON (reasoning)."""
-    frames: torch.Tensor
-    """uint8 [T, 3, H, W]."""
+    frames: torch.Tensor | None
+    """uint8 [T, 3, H, W]; None = a text-only example (its prompt has no frame placeholders)."""
     question: str
     options: list[str]
     instruction: str
@@ -84,7 +85,8 @@ def build_examples(sample: dict, cfg: TaskConfig) -> list[Example]:
     plain QA target. Questions without an answer yield no QA / STL example.
 
     Args:
-        sample: a question sample (contract 3).
+        sample: a question sample (contract 3). ``"frames": None`` makes a text-only sample (text
+            data mixed into video training): its examples have no frames and no placeholders.
         cfg: the task configuration.
 
     Returns:
@@ -309,9 +311,10 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
         pad_to_multiple: round the padded length up to a multiple of this.
 
     Returns:
-        dict with pixel_values uint8 [B,T,3,H,W]; input_ids, attention_mask, labels (target
-        ids, -100 elsewhere), task_ids (0/1/2) all long [B,L]; qids, tasks (list[str]);
-        n_cut_prompts, n_cut_targets (int).
+        dict with pixel_values uint8 [Bv,T,3,H,W] (the clips of the Bv examples that have frames, in
+        row order; None when no example has any); input_ids, attention_mask, labels (target ids, -100
+        elsewhere), task_ids (0/1/2) all long [B,L]; qids, tasks (list[str]); n_cut_prompts,
+        n_cut_targets (int).
     """
     if not isinstance(layout, FrameLayout):
         raise TypeError("collate needs the model's FrameLayout (model.frame_layout(num_frames) or "
@@ -320,14 +323,22 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
         raise ValueError("collate got no examples")
     rows, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout)
     input_ids, attention_mask, labels, task_ids = pad_rows(rows, tokenizer.pad_token_id, pad_to_multiple)
-    try:
-        pixel_values = torch.stack([ex.frames for ex in examples])
-    except RuntimeError as e:
-        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
-    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+    return {"pixel_values": stack_frames(examples), "input_ids": input_ids, "attention_mask": attention_mask,
             "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
             "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t,
             "n_stl_shortened": n_short}
+
+
+def stack_frames(examples: list[Example]) -> torch.Tensor | None:
+    """uint8 [Bv, T, 3, H, W]: the frames of the examples that have them (text-only ones have none), in
+    order; None when none has. ValueError naming the qids when the clips differ in size."""
+    clips = [ex.frames for ex in examples if ex.frames is not None]
+    if not clips:
+        return None
+    try:
+        return torch.stack(clips)
+    except RuntimeError as e:
+        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
 
 
 def encode_examples(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
@@ -344,11 +355,14 @@ def encode_examples(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
     def n_tokens(text: str) -> int:
         return len(_enc(tokenizer, prompts.TARGET_TEMPLATE.format(target=text))) + 1
 
+    text_only = dataclasses.replace(layout, num_frames=0, extra_tokens=0)
     for ex in examples:
-        if tuple(ex.frames.shape[:1]) != (layout.num_frames,) or ex.frames.dtype != torch.uint8:
+        if ex.frames is not None and (tuple(ex.frames.shape[:1]) != (layout.num_frames,)
+                                      or ex.frames.dtype != torch.uint8):
             raise ValueError(f"{ex.qid}: frames {tuple(ex.frames.shape)} {ex.frames.dtype}, expected uint8 "
                              f"[{layout.num_frames}, 3, H, W]")
-        p, cp = encode_prompt(tokenizer, layout, ex.question, ex.options, ex.instruction, ex.captions,
+        p, cp = encode_prompt(tokenizer, layout if ex.frames is not None else text_only, ex.question, ex.options,
+                              ex.instruction, ex.captions if ex.frames is not None else None,
                               cfg.max_prompt_len, ex.qid)
         target, short = fit_target(ex, n_tokens, cfg.max_target_len, tokenizer)
         t, ct = encode_target(tokenizer, target, cfg.max_target_len)

@@ -42,14 +42,22 @@ def question(i: int, gen: torch.Generator) -> dict:
             "reasoning": None, "__key__": f"k{i}", "__url__": "mem"}
 
 
-def global_batch() -> list[dict]:
+TEXT_ONLY = (0, 1, 2, 3, 4)
+"""Questions made text-only (``"frames": None``) by ``mixed=True``: rank 0's micro-batches have no video at
+all, rank 1's first is mixed (one text-only question, one with video), its second all video."""
+
+
+def global_batch(mixed: bool = False) -> list[dict]:
     gen = torch.Generator().manual_seed(1234)
-    return [question(i, gen) for i in range(RANKS * GAS * MICRO)]
+    qs = [question(i, gen) for i in range(RANKS * GAS * MICRO)]
+    for i in TEXT_ONLY if mixed else ():
+        qs[i]["frames"] = None
+    return qs
 
 
-def micro_questions(rank: int, micro: int) -> list[dict]:
+def micro_questions(rank: int, micro: int, mixed: bool = False) -> list[dict]:
     start = (rank * GAS + micro) * MICRO
-    return global_batch()[start:start + MICRO]
+    return global_batch(mixed)[start:start + MICRO]
 
 
 def tokenizer():
@@ -67,7 +75,7 @@ def gather_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone().float() for n, p in model.named_parameters()}
 
 
-def main(out: str, packing: bool = False) -> None:
+def main(out: str, packing: bool = False, mixed: bool = False) -> None:
     from train.config import load_config
     from train.dist import ParallelDims, init_distributed
     from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
@@ -93,7 +101,7 @@ def main(out: str, packing: bool = False) -> None:
     layout = model.frame_layout(cfg.data.num_frames)
     micro = []
     for m in range(GAS):
-        examples = [ex for q in micro_questions(dims.rank, m) for ex in build_examples(q, cfg.task)]
+        examples = [ex for q in micro_questions(dims.rank, m, mixed) for ex in build_examples(q, cfg.task)]
         micro.append(pack_collate(examples, tok, cfg.task, layout, PACKED_ROW) if packing
                      else collate(examples, tok, cfg.task, layout))
     if packing:
@@ -108,6 +116,6 @@ def main(out: str, packing: bool = False) -> None:
 if __name__ == "__main__":
     from data_shards.common.distenv import exit_process, shutdown
 
-    main(sys.argv[1], packing="--packing" in sys.argv[2:])
+    main(sys.argv[1], packing="--packing" in sys.argv[2:], mixed="--mixed" in sys.argv[2:])
     shutdown()
     exit_process(0)

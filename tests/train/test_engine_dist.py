@@ -41,8 +41,9 @@ def _check(proc: subprocess.CompletedProcess) -> None:
                                   f"stderr:\n{proc.stderr[-6000:]}")
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
-def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(tmp_path, packing):
+@pytest.mark.parametrize("packing,mixed", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["padded", "packed", "mixed", "packed-mixed"])
+def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(tmp_path, packing, mixed):
     """Gradient of alpha*mean_QA + beta*mean_reason over the GLOBAL batch, whatever the split.
 
     SGD (lr 0.5, no momentum/decay/clipping) makes the parameter update proportional to the
@@ -51,7 +52,9 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(t
     parameters whose update reaches 0.3: the only differences are summation order (the ZeRO-3
     reduce-scatter over gloo adds the two ranks' gradients; one process adds all tokens at once).
     ``packed``: the ranks pack their micro-batches (data.packing); the reference stays the unpacked
-    whole batch, so packing must not change the loss or the gradients either.
+    whole batch, so packing must not change the loss or the gradients either. ``mixed``: text-only
+    questions (exactness_worker.TEXT_ONLY; rank 0's micro-batches hold no video at all, rank 1's do):
+    the step must finish (120 s: ZeRO-3 hangs when one rank skips the tower) and equal the replay.
     """
     from tests.train import exactness_worker as W
     from train.config import load_config
@@ -60,9 +63,10 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(t
     from train.tasks import build_examples, collate
 
     out = tmp_path / "exact.pt"
-    worker = [str(REPO / "tests" / "train" / "exactness_worker.py"), str(out), *(["--packing"] if packing else [])]
+    worker = [str(REPO / "tests" / "train" / "exactness_worker.py"), str(out), *(["--packing"] if packing else []),
+              *(["--mixed"] if mixed else [])]
     proc = subprocess.run(torchrun_cmd(2, *worker, module=None),
-                          cwd=REPO, env=env_for_launch(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=env_for_launch(), capture_output=True, text=True, timeout=120 if mixed else 300)
     _check(proc)
     res = torch.load(out, weights_only=False)
 
@@ -71,8 +75,10 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_on_the_whole_batch(t
     tok = W.tokenizer()
     model = build_model(cfg.model, tok)
     model.load_state_dict(res["before"], strict=True)
-    examples = [ex for q in W.global_batch() for ex in build_examples(q, cfg.task)]
+    examples = [ex for q in W.global_batch(mixed) for ex in build_examples(q, cfg.task)]
     batch = collate(examples, tok, cfg.task, model.frame_layout(cfg.data.num_frames))
+    if mixed:  # the replay's batch holds text-only rows beside video rows
+        assert 0 < batch["pixel_values"].shape[0] < batch["input_ids"].shape[0]
     n_qa, n_re = int((batch["task_ids"] == TASK_QA).sum()), int((batch["task_ids"] == TASK_REASON).sum())
     assert (res["n_qa"], res["n_reason"]) == (n_qa, n_re)
     w = token_weights(batch["task_ids"], n_qa, n_re, cfg.task.alpha, cfg.task.beta)

@@ -30,7 +30,7 @@ def _check(proc: subprocess.CompletedProcess) -> None:
                                   f"stderr:\n{proc.stderr[-6000:]}")
 
 
-def _replay_one_process(res: dict, cfg):
+def _replay_one_process(res: dict, cfg, mixed: bool = False):
     """The same SGD step in one process on the whole global batch; returns the model after loss.backward()."""
     from tests.train import exactness_worker as W
     from train.loss import TASK_QA, TASK_REASON, token_weights
@@ -41,7 +41,7 @@ def _replay_one_process(res: dict, cfg):
     model.load_state_dict(res["before"], strict=False)
     missing = {n for n, _ in model.named_parameters()} - set(res["before"])
     assert not missing, f"parameters not gathered by the worker: {sorted(missing)[:5]}"
-    batch = model.collate([ex for q in W.global_batch() for ex in build_examples(q, cfg.task)], cfg.task)
+    batch = model.collate([ex for q in W.global_batch(mixed) for ex in build_examples(q, cfg.task)], cfg.task)
     n_qa, n_re = int((batch["task_ids"] == TASK_QA).sum()), int((batch["task_ids"] == TASK_REASON).sum())
     assert (res["n_qa"], res["n_reason"]) == (n_qa, n_re)
     w = token_weights(batch["task_ids"], n_qa, n_re, cfg.task.alpha, cfg.task.beta)
@@ -52,9 +52,21 @@ def _replay_one_process(res: dict, cfg):
     return model
 
 
-@pytest.mark.parametrize("family,lora", [("qwen2_vl", False), ("qwen2_5_vl", False), ("llava_onevision", True)])
-def test_two_ranks_two_accumulation_steps_equal_one_process_then_export_keeps_the_logits(tmp_path, family, lora):
-    """Tolerance as the assembled model's test: fp32, atol 1e-6 on updates that reach > 0.05. The
+@pytest.mark.parametrize("family,lora,packed,mixed", [
+    ("qwen2_vl", False, False, False), ("qwen2_5_vl", False, False, False), ("llava_onevision", True, False, False),
+    ("qwen2_5_vl", False, True, False), ("llava_onevision", True, True, False),
+    ("qwen2_vl", False, False, True), ("llava_onevision", True, True, True)],
+    ids=["qwen2_vl", "qwen2_5_vl", "llava_onevision-lora", "qwen2_5_vl-packed", "llava_onevision-lora-packed",
+         "qwen2_vl-mixed", "llava_onevision-lora-packed-mixed"])
+def test_two_ranks_two_accumulation_steps_equal_one_process_then_export_keeps_the_logits(tmp_path, family, lora,
+                                                                                        packed, mixed):
+    """``packed``: the ranks pack their micro-batches (data.packing, Qwen2.5-VL's M-RoPE per example);
+    the one-process reference stays the unpacked whole batch, so packing changes neither the loss nor
+    any gradient. ``mixed``: text-only questions (exactness_worker.TEXT_ONLY): rank 0's micro-batches
+    hold no video at all while rank 1's do (Qwen3-VL #126, DeepSpeed #7170: ZeRO-3 hangs unless every
+    rank runs the vision tower); the step must finish (120 s limit: a hang fails) and equal the one-process
+    replay, whose batch mixes text-only and video rows. Tolerance as the assembled model's test: fp32,
+    atol 1e-6 on updates that reach > 0.05. The
     exported logits (real tokens) within 2e-4 of the logits' largest magnitude: consolidation is
     exact, but merged LoRA (W + s*B@A) rounds differently from the adapters applied apart (seen:
     8e-5 of the scale with these deliberately large adapters; 0 differences above 1e-5 without LoRA)."""
@@ -67,14 +79,19 @@ def test_two_ranks_two_accumulation_steps_equal_one_process_then_export_keeps_th
     out = tmp_path / "out"
     out.mkdir()
     worker = str(REPO / "tests" / "train" / "hf_exactness_worker.py")
-    args = [worker, str(out), str(model_dir)] + (["lora"] if lora else [])
+    args = [worker, str(out), str(model_dir)] + [f for f, on in (("lora", lora), ("packed", packed),
+                                                                  ("mixed", mixed)) if on]
     _check(subprocess.run(torchrun_cmd(2, *args, module=None), cwd=REPO, env=env_for_launch(),
-                          capture_output=True, text=True, timeout=300))
+                          capture_output=True, text=True, timeout=120 if mixed else 300))
     res = torch.load(out / "result.pt", weights_only=False)
     assert set(res["trainable"]) == ({"lora"} if lora else {"vision", "projector", "llm"})
+    if packed:  # a micro-batch's sequences (its questions' QA + reasoning) in fewer rows
+        from tests.train import exactness_worker as W
+
+        assert all(r < 2 * W.MICRO for r in res["rows"]), res["rows"]
     cfg = load_config(HW.RECIPE, HW.overrides(str(model_dir), str(out), lora))
     torch.set_num_threads(1)
-    model = _replay_one_process(res, cfg)
+    model = _replay_one_process(res, cfg, mixed)
     biggest, trained = 0.0, 0
     for name, p in model.named_parameters():
         if not p.requires_grad:

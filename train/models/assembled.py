@@ -192,7 +192,8 @@ class VideoLLM(VideoModel):
         (``train.packing.pack_collate``, rows of up to ``row_capacity`` tokens)."""
         if not examples:
             raise ValueError("collate got no examples")
-        layout = self.frame_layout(int(examples[0].frames.shape[0]))
+        clip = next((ex.frames for ex in examples if ex.frames is not None), None)
+        layout = self.frame_layout(int(clip.shape[0]) if clip is not None else self.projector.temporal_stride)
         if packing:
             if row_capacity is None:
                 raise ValueError("packing needs a row capacity (data.max_tokens_per_row)")
@@ -220,18 +221,21 @@ class VideoLLM(VideoModel):
     def embed(self, input_ids: torch.Tensor, visual: torch.Tensor, packed: bool = False) -> torch.Tensor:
         """Token embeddings with the frame placeholders replaced by ``visual`` [E, Nv, D].
 
-        Unpacked, row i holds example i (E = B rows). Packed (``packed=True``), a row holds several
+        Unpacked, row i holds example i, and ``visual`` the clips of the rows that have placeholders,
+        in row order (a text-only row has none: E <= B). Packed (``packed=True``), a row holds several
         examples and ``visual`` lists every example's tokens in row-major order, which is the order
         ``masked_scatter`` fills the placeholders in.
 
         Raises:
-            ValueError: a row does not hold exactly Nv placeholders (or, packed, the batch not E * Nv;
-                names the rows and counts).
+            ValueError: a row does not hold exactly 0 or Nv placeholders, or not E rows hold Nv (or,
+                packed, the batch not E * Nv; names the rows and counts).
         """
         emb = self.causal_lm.get_input_embeddings()(input_ids)
         mask = input_ids == self.frame_token_id
         counts = mask.sum(dim=1)
         n_vis = visual.shape[1]
+        if not packed and visual.shape[0] < input_ids.shape[0] and bool(((counts == 0) | (counts == n_vis)).all()):
+            packed = True  # text-only rows among video rows: the E video rows take the E clips in row order
         if packed:
             if int(counts.sum()) != visual.shape[0] * n_vis or bool((counts % n_vis != 0).any()):
                 raise ValueError(f"packed frame placeholders: {int(counts.sum())} in the batch (per row "
@@ -262,15 +266,36 @@ class VideoLLM(VideoModel):
         [R, L] and ``clip_index`` [E]: pixel_values then holds each distinct clip once [C, ...],
         and attention stays inside each example (:meth:`packed_decoder_forward`).
         """
-        if pixel_values is None:
-            raise ValueError("the assembled model needs pixel_values uint8 [B, T, 3, H, W]")
+        if pixel_values is None and bool((input_ids == self.frame_token_id).any()):
+            raise ValueError("the assembled model needs pixel_values uint8 [B, T, 3, H, W] for its frame placeholders")
         if segment_ids is None:
-            emb = self.embed(input_ids, self.encode_frames(pixel_values))
+            emb = self.embed_batch(input_ids, pixel_values, None)
             return self.decoder_forward(emb, attention_mask).last_hidden_state
         if position_ids is None or clip_index is None:
             raise ValueError("packed inputs need position_ids, segment_ids and clip_index together")
-        visual = self.encode_frames(pixel_values).index_select(0, clip_index)  # [E, Nv, D]
-        return self.packed_decoder_forward(self.embed(input_ids, visual, packed=True), position_ids, segment_ids)
+        emb = self.embed_batch(input_ids, pixel_values, clip_index)
+        return self.packed_decoder_forward(emb, position_ids, segment_ids)
+
+    def embed_batch(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                    clip_index: torch.Tensor | None) -> torch.Tensor:
+        """Embeddings of a training batch with its clips' visual tokens in place (``clip_index``: packed).
+
+        A batch without any clip (every example text-only) still runs the tower and projector, on one
+        black clip whose features enter the embeddings times 0: under ZeRO-3 every rank must gather the
+        same parameters in the same order and reduce a gradient for each of them, so a rank whose
+        micro-batch has no video while another rank's has must run the same modules (otherwise the
+        job hangs), in the same order (tower, then token embeddings). The gradient it adds is exactly 0.
+        """
+        if pixel_values is None:
+            stride = self.projector.temporal_stride
+            dummy = torch.zeros((1, stride, 3, 32, 32), dtype=torch.uint8, device=input_ids.device)
+            touch = self.encode_frames(dummy).sum() * 0.0  # first, as with video: ZeRO-3 gathers in module order
+            emb = self.causal_lm.get_input_embeddings()(input_ids)
+            return emb + touch.to(emb.dtype)
+        visual = self.encode_frames(pixel_values)
+        if clip_index is not None:
+            return self.embed(input_ids, visual.index_select(0, clip_index), packed=True)  # [E, Nv, D]
+        return self.embed(input_ids, visual)
 
     def use_sdpa_varlen(self) -> str:
         """Packed rows without masked attention work on SDPA: switch an ``sdpa`` LLM to
@@ -362,13 +387,14 @@ class VideoLLM(VideoModel):
         counted: it is work the step does, not work the model needs. A packed batch
         (``train.packing``) counts each example at its own length (attention never crosses
         examples) and each of its distinct clips once."""
-        T = int(batch["pixel_values"].shape[1])
+        pv = batch.get("pixel_values")
+        T = int(pv.shape[1]) if pv is not None else 0  # every example text-only: no tower work counted
         if batch.get("packed"):
-            B, clips = int(batch["n_examples"]), int(batch["pixel_values"].shape[0])
+            B, clips = int(batch["n_examples"]), int(pv.shape[0]) if pv is not None else 0
             lengths, targets = batch["example_lengths"], batch["example_targets"]
         else:
             B = batch["input_ids"].shape[0]
-            clips = int(unique_adjacent_rows(batch["pixel_values"])[1].shape[0])
+            clips = int(unique_adjacent_rows(pv)[1].shape[0]) if pv is not None else 0
             lengths = batch["attention_mask"].sum(1).tolist()
             targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # hidden t predicts labels[t + 1]
         d = self.flops_dims()

@@ -41,7 +41,7 @@ from transformers import AutoTokenizer
 
 from train import prompts
 from train.packing import pack_rows
-from train.tasks import pad_rows
+from train.tasks import pad_rows, stack_frames
 
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 LLAVA_FAMILIES = ("llava_onevision",)
@@ -245,10 +245,17 @@ class VideoChatProcessor:
         parts.append(instruction)
         return "\n".join(parts)
 
-    def prompt_ids(self, n_video_tokens: int, text: str) -> list[int]:
-        """Token ids of the chat prompt with the video placeholder repeated ``n_video_tokens`` times."""
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    def prompt_ids(self, n_video_tokens: int, text: str, video: bool = True) -> list[int]:
+        """Token ids of the chat prompt with the video placeholder repeated ``n_video_tokens`` times
+        (``video=False``: a text-only prompt, no video in the user turn)."""
+        content = [{"type": "video"}] if video else []
+        messages = [{"role": "user", "content": [*content, {"type": "text", "text": text}]}]
         rendered = self._render(messages, True)
+        if not video:
+            if self.video_token in rendered:
+                raise ValueError(f"the chat template rendered a video placeholder {self.video_token!r} in a "
+                                 "text-only prompt")
+            return self.tokenizer.encode(rendered, add_special_tokens=False)
         if rendered.count(self.video_token) != 1:
             raise ValueError(f"the chat template rendered {rendered.count(self.video_token)} video placeholders "
                              f"{self.video_token!r}, expected 1")
@@ -264,14 +271,17 @@ class VideoChatProcessor:
             body = body[: max(0, max_len - len(end))]
         return body + end, cut
 
-    def encode_prompt(self, frames: torch.Tensor, question: str, options: list[str], instruction: str,
+    def encode_prompt(self, frames: torch.Tensor | None, question: str, options: list[str], instruction: str,
                       captions: list[str | None] | None = None, max_len: int | None = None, qid: str = "?",
                       video_inputs: dict | None = None) -> tuple[list[int], dict, bool]:
         """(prompt ids, video tensors, question cut?) of one example; the question is shortened
-        (by tokens) until the prompt fits ``max_len``."""
-        vid = video_inputs if video_inputs is not None else self.video(frames)
-        n_vis = self.video.num_video_tokens(vid, self.model_config)
-        ids = self.prompt_ids(n_vis, self.user_text(question, options, instruction, captions))
+        (by tokens) until the prompt fits ``max_len``. ``frames`` None: a text-only prompt (video
+        tensors None)."""
+        has_video = frames is not None or video_inputs is not None
+        vid = video_inputs if video_inputs is not None else self.video(frames) if has_video else None
+        n_vis = self.video.num_video_tokens(vid, self.model_config) if has_video else 0
+        captions = captions if has_video else None
+        ids = self.prompt_ids(n_vis, self.user_text(question, options, instruction, captions), has_video)
         cut = False
         if max_len is not None and len(ids) > max_len:
             q_ids = self.tokenizer.encode(question, add_special_tokens=False)
@@ -280,7 +290,7 @@ class VideoChatProcessor:
                 raise ValueError(f"{qid}: prompt without its question is {len(ids) - len(q_ids)} tokens > "
                                  f"max_prompt_len {max_len} (video tokens {n_vis}, options and template must fit)")
             short = self.tokenizer.decode(q_ids[:keep])
-            ids = self.prompt_ids(n_vis, self.user_text(short, options, instruction, captions))[:max_len]
+            ids = self.prompt_ids(n_vis, self.user_text(short, options, instruction, captions), has_video)[:max_len]
             cut = True
         return ids, vid, cut
 
@@ -288,7 +298,7 @@ class VideoChatProcessor:
     def add_token_types(self, vision: dict, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
         """Qwen families: ``vision["mm_token_type_ids"]`` = 0 text, 2 video per token (M-RoPE reads it)."""
         if self.video.family in QWEN_FAMILIES:
-            vision["mm_token_type_ids"] = (input_ids == self.video_token_id).long() * 2 * attention_mask
+            vision["mm_token_type_ids"] = (input_ids == self.video_token_id).long() * 2
         return vision
 
     def stack_video(self, videos: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -297,17 +307,18 @@ class VideoChatProcessor:
 
     def _encode(self, examples: list, max_prompt_len: int, max_target_len: int
                 ) -> tuple[list[tuple[list[int], list[int], int]], list[dict], int, int]:
-        """(prompt ids, target ids, task id) and the video tensors of each example; questions and
-        targets cut to fit (counted)."""
+        """(prompt ids, target ids, task id) and the video tensors of each example (None: text-only);
+        questions and targets cut to fit (counted)."""
         if not examples:
             raise ValueError("collate got no examples")
         rows, videos, n_cut_p, n_cut_t = [], [], 0, 0
         cache: dict[int, dict] = {}  # the QA and reasoning examples of a question share one frames tensor
         for ex in examples:
-            if ex.frames.dtype != torch.uint8 or ex.frames.dim() != 4:
+            if ex.frames is not None and (ex.frames.dtype != torch.uint8 or ex.frames.dim() != 4):
                 raise ValueError(f"{ex.qid}: frames {tuple(ex.frames.shape)} {ex.frames.dtype}, expected uint8 "
                                  "[T, 3, H, W]")
-            vid = cache.get(id(ex.frames)) or cache.setdefault(id(ex.frames), self.video(ex.frames))
+            vid = None if ex.frames is None else (
+                cache.get(id(ex.frames)) or cache.setdefault(id(ex.frames), self.video(ex.frames)))
             p, _, cp = self.encode_prompt(ex.frames, ex.question, ex.options, ex.instruction, ex.captions,
                                           max_prompt_len, ex.qid, video_inputs=vid)
             t, ct = self.target_ids(ex.target, max_target_len)
@@ -316,39 +327,74 @@ class VideoChatProcessor:
             videos.append(vid)
         return rows, videos, n_cut_p, n_cut_t
 
-    @staticmethod
-    def _frames(examples: list) -> torch.Tensor:
-        try:
-            return torch.stack([ex.frames for ex in examples])
-        except RuntimeError as e:
-            raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
+    def dummy_video(self) -> tuple[dict[str, torch.Tensor], int]:
+        """(video tensors, placeholder count) of the smallest black clip the family takes: one temporal
+        patch of one merged patch (Qwen), one frame (LLaVA-OneVision)."""
+        v = self.video
+        if v.family in QWEN_FAMILIES:
+            side = v.patch * v.merge
+            vid = self.video(torch.zeros((v.temporal_patch, 3, side, side), dtype=torch.uint8))
+        else:
+            vid = self.video(torch.zeros((1, 3, v.size, v.size), dtype=torch.uint8))
+        return vid, v.num_video_tokens(vid, self.model_config)
+
+    def _with_dummy_video(self, tensors: dict[str, torch.Tensor], row: int, segment: int | None = None
+                          ) -> dict[str, torch.Tensor]:
+        """A micro-batch whose examples are all text-only still runs the vision tower, as ZeRO-3 needs
+        (every rank gathers the same parameters in the same order and reduces a gradient for each: a rank
+        that skipped the tower while another ran it would hang the job). The VLM's own forward takes the
+        black :meth:`dummy_video`; its placeholders are appended to ``row`` as masked tokens (attention
+        mask 0, no labels; packed: a segment of their own), so no real token sees them and the tower's
+        gradient from this micro-batch is exactly 0."""
+        vid, n = self.dummy_video()
+        R = tensors["input_ids"].shape[0]
+        extra = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": -100, "task_ids": 0,
+                 "position_ids": 0, "segment_ids": 0}
+        out = {}
+        for k, fill in extra.items():
+            if k in tensors:
+                out[k] = torch.cat([tensors[k], torch.full((R, n), fill, dtype=tensors[k].dtype)], dim=1)
+        L = out["input_ids"].shape[1]
+        out["input_ids"][row, L - n:] = self.video_token_id
+        if "position_ids" in out:
+            out["position_ids"][row, L - n:] = torch.arange(n)
+            out["segment_ids"][row, L - n:] = segment
+        return {**tensors, **out, "vision": vid}
 
     def collate(self, examples: list, max_prompt_len: int, max_target_len: int) -> dict[str, Any]:
         """Examples -> right-padded batch, the keys of :func:`train.tasks.collate` plus ``vision``
-        (the family's video tensors and ``mm_token_type_ids`` [B, L])."""
+        (the family's video tensors of the examples that have video, and ``mm_token_type_ids`` [B, L]).
+        Text-only examples (frames None) have no placeholders; when every example is text-only the
+        batch carries a masked dummy video (:meth:`_with_dummy_video`)."""
         rows, videos, n_cut_p, n_cut_t = self._encode(examples, max_prompt_len, max_target_len)
         input_ids, attention_mask, labels, task_ids = pad_rows(rows, self.pad_token_id)
-        vision = self.stack_video(videos)
-        self.add_token_types(vision, input_ids, attention_mask)
-        return {"pixel_values": self._frames(examples), "input_ids": input_ids, "attention_mask": attention_mask,
-                "labels": labels, "task_ids": task_ids, "vision": vision, "qids": [ex.qid for ex in examples],
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "task_ids": task_ids}
+        present = [v for v in videos if v is not None]
+        batch = {**batch, "vision": self.stack_video(present)} if present else self._with_dummy_video(batch, 0)
+        self.add_token_types(batch["vision"], batch["input_ids"], batch["attention_mask"])
+        return {"pixel_values": stack_frames(examples), **batch, "qids": [ex.qid for ex in examples],
                 "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
 
     def pack(self, examples: list, max_prompt_len: int, max_target_len: int, max_tokens_per_row: int,
              pad_to_multiple: int = 1) -> dict[str, Any]:
         """Examples -> packed rows (``train.packing.pack_rows``: first-fit decreasing, right-padded).
 
-        The keys of :meth:`collate` (``vision`` holds one video per example, in packed order, which is
-        the order the model fills the placeholders in), plus ``position_ids`` [R, L] (text positions,
+        The keys of :meth:`collate` (``vision`` holds one video per example with video, in packed order,
+        which is the order the model fills the placeholders in), plus ``position_ids`` [R, L] (text positions,
         restarting per example and at each row's padding tail), ``segment_ids`` [R, L] (1, 2, ... per
         example, 0 padding), ``example_lengths``, ``example_targets``, ``n_examples`` and ``packed``.
         Qwen's 3-D M-RoPE positions are the model's own (``HFVideoLLM.packed_position_ids``).
         """
         seqs, videos, n_cut_p, n_cut_t = self._encode(examples, max_prompt_len, max_target_len)
         rows, order = pack_rows(seqs, max_tokens_per_row, self.pad_token_id, pad_to_multiple)
-        vision = self.stack_video([videos[i] for i in order])
-        self.add_token_types(vision, rows["input_ids"], rows["attention_mask"])
+        present = [videos[i] for i in order if videos[i] is not None]
+        if present:
+            rows["vision"] = self.stack_video(present)
+        else:  # the dummy as the last row's last segment
+            last = rows["input_ids"].shape[0] - 1
+            rows = self._with_dummy_video(rows, last, int(rows["segment_ids"][last].max()) + 1)
+        self.add_token_types(rows["vision"], rows["input_ids"], rows["attention_mask"])
         packed = [examples[i] for i in order]
-        return {"pixel_values": self._frames(packed), **rows, "vision": vision, "qids": [ex.qid for ex in packed],
+        return {"pixel_values": stack_frames(packed), **rows, "qids": [ex.qid for ex in packed],
                 "tasks": [ex.task for ex in packed], "n_examples": len(examples), "n_cut_prompts": n_cut_p,
                 "n_cut_targets": n_cut_t, "packed": True}

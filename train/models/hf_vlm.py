@@ -218,6 +218,11 @@ class HFVideoLLM(VideoModel):
         raise ValueError(f"data.packing: attention implementation {impl!r} has no packed path for hf_vlm "
                          "(model.attn_implementation must be auto, sdpa, flash_attention_2 or eager)")
 
+    @property
+    def packing_attention(self) -> str:
+        """How attention keeps packed examples apart with this model's backend."""
+        return self.prepare_packing("mask")
+
     def packed_layout(self) -> str:
         """``flat`` (flash_attention_2: rows flattened to [1, R*L], no mask: the boundaries are where the text
         positions restart) or ``rows`` (sdpa / eager: [R, L] with a block-diagonal causal mask)."""
@@ -244,9 +249,10 @@ class HFVideoLLM(VideoModel):
         transformers' Qwen decoders take for packed rows: row 0 the text positions (what the attention
         mask / varlen boundaries are derived from), rows 1-3 the 3-D M-RoPE positions. Those are the
         model's own ``get_rope_index`` run on every example alone (right-padded into [E, Lmax], one video
-        each, in packed order), so each example gets exactly the positions of its unpacked run: temporal
-        positions (scaled by ``second_per_grid_ts`` for Qwen2.5-VL) and the text after the video continue
-        from the example's own start, not from the row's. The padding tail repeats its text positions.
+        each for the examples with video, in packed order), so each example gets exactly the positions of
+        its unpacked run: temporal positions (scaled by ``second_per_grid_ts`` for Qwen2.5-VL) and the text
+        after the video continue from the example's own start, not from the row's. The padding tail
+        repeats its text positions.
         """
         if self.processor.video.family not in QWEN_FAMILIES:
             return position_ids
@@ -258,8 +264,10 @@ class HFVideoLLM(VideoModel):
         for e, (r, a, n) in enumerate(spans):
             ids[e, :n], types[e, :n], mask[e, :n] = input_ids[r, a:a + n], vision["mm_token_type_ids"][r, a:a + n], 1
         grids = {k: vision[k] for k in ("video_grid_thw", "second_per_grid_ts") if k in vision}
-        if grids["video_grid_thw"].shape[0] != E:
-            raise ValueError(f"packed batch: {grids['video_grid_thw'].shape[0]} videos for {E} examples (one each)")
+        with_video = int((types == 2).any(dim=1).sum())
+        if grids["video_grid_thw"].shape[0] != with_video:
+            raise ValueError(f"packed batch: {grids['video_grid_thw'].shape[0]} videos for {with_video} examples "
+                             "with video tokens (one each)")
         rope, _ = self.hf_model.model.get_rope_index(ids, types, attention_mask=mask, **grids)  # [3, E, Lmax]
         out = position_ids.unsqueeze(0).repeat(4, 1, 1)
         for e, (r, a, n) in enumerate(spans):
@@ -421,12 +429,16 @@ class HFVideoLLM(VideoModel):
 
     def batch_flops(self, batch: dict[str, Any]) -> float:
         """Training model FLOPs of one collated micro-batch: each sequence at its unpadded length, the
-        LM head on its target tokens only, the tower once per sequence (no clip reuse here)."""
+        LM head on its target tokens only, the tower once per sequence (no clip reuse here). A packed
+        batch counts each example at its own length (attention never crosses examples)."""
         frames = batch["pixel_values"]
         dims, per_group = self.flops_dims(tuple(frames.shape[-2:]))
         groups = -(-int(frames.shape[1]) // per_group)
-        lengths = batch["attention_mask"].sum(1).tolist()
-        targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # hidden t predicts labels[t + 1]
+        if batch.get("packed"):
+            lengths, targets = batch["example_lengths"], batch["example_targets"]
+        else:
+            lengths = batch["attention_mask"].sum(1).tolist()
+            targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # hidden t predicts labels[t + 1]
         return sum(flops_mod.flops_per_sample(dims, int(n), groups, 1.0, head_tokens=int(t))["total"]
                    for n, t in zip(lengths, targets))
 
