@@ -83,6 +83,9 @@ class Result:
     cpu_s: float = 0.0
     """CPU seconds used (all threads, and for the loader its worker processes too)."""
     note: str = ""
+    decoded: int = 0
+    """Loader: videos its workers decoded (the ``videos`` counter); more than ``videos`` when some were still
+    in flight (decoded, not yet consumed) when a round stopped."""
     samples: dict[str, np.ndarray] = field(default_factory=dict)
     """A few decoded videos by key (uint8 [K, H, W, 3]) to check that providers agree."""
 
@@ -186,33 +189,47 @@ def pyav_frames(data: bytes, num_frames: int, size: tuple[int, int], record: dic
 def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers: int, max_videos: int,
                budget_s: float, last_qids: set[str], keep: set[str], result: Result,
                decode_threads: int | None = 1) -> None:
-    """Our loader (endless passes over the shards) until ``max_videos`` videos reached the consumer.
+    """Our loader, in whole passes over the shards (``epoch_batches=None``: a pass ends when the shards do),
+    pass after pass until ``max_videos`` videos reached the consumer or ``budget_s`` passed (a last pass
+    takes only as many shards as hold the videos still wanted, and at most one worker a shard).
 
-    Timed from building the loader (worker start-up included) to the last counted batch.
+    Whole passes, because a loader stopped mid-stream leaves the videos its workers had decoded ahead
+    (``prefetch_factor`` batches a worker) uncounted while their CPU time is counted: with 60 s
+    long-GOP videos that in-flight work was as large as the counted work, and it made the loader look
+    2-3x costlier per video than it is in a training run, which never stops mid-pass (profiled with the
+    workers' own ``videos`` counter, :attr:`Result.decoded`; docs/BENCHMARKS.md). Timed from building
+    each pass's loader (worker start-up included) to its last batch.
     """
-    t0, cpu0, done = time.perf_counter(), cpu_seconds(), 0
-    cfg = LoaderConfig(urls=urls, num_frames=num_frames, frame_size=size, micro_batch_size=8, num_workers=workers,
-                       shuffle_shards=False, shuffle_buffer=0, epoch_batches=1 << 40, decode_threads=decode_threads)
-    loader = build_loader(cfg, rank=0, world_size=1)
-    it = iter(loader)
-    for batch in it:
-        for sample in batch:
-            # a video counts at its last question: all of it reached the consumer
-            if sample["qid"] in last_qids and done < max_videos:
-                done += 1
-                result.videos += 1
-                result.frames += sample["frames"].shape[0]
-                if sample["__key__"] in keep and sample["__key__"] not in result.samples:
-                    result.samples[sample["__key__"]] = sample["frames"].permute(0, 2, 3, 1).numpy()
-        if done >= max_videos or time.perf_counter() - t0 >= budget_s:
-            break
-    result.seconds += time.perf_counter() - t0
-    it.close()  # stop and join the workers (not in the wall time; their CPU time is counted)
-    result.cpu_s += cpu_seconds() - cpu0
-    stats = loader.stats()
-    skipped = {k: stats[k] for k in ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record") if stats[k]}
-    if skipped:
-        result.note = f"skipped {skipped}"
+    counts = [sum(1 for _ in tar_videos([u])) for u in urls]
+    done, t_start = 0, time.perf_counter()
+    while done < max_videos and time.perf_counter() - t_start < budget_s:
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        pass_urls, n = [], 0  # the whole list, or as few shards as hold the videos still wanted
+        for u, c in zip(urls, counts):
+            if n >= max_videos - done:
+                break
+            pass_urls.append(u)
+            n += c
+        cfg = LoaderConfig(urls=pass_urls, num_frames=num_frames, frame_size=size, micro_batch_size=8,
+                           num_workers=min(workers, len(pass_urls)),  # each worker needs a shard
+                           shuffle_shards=False, shuffle_buffer=0, epoch_batches=None, decode_threads=decode_threads)
+        loader = build_loader(cfg, rank=0, world_size=1)
+        for batch in loader:
+            for sample in batch:
+                # a video counts at its last question: all of it reached the consumer
+                if sample["qid"] in last_qids:
+                    done += 1
+                    result.videos += 1
+                    result.frames += sample["frames"].shape[0]
+                    if sample["__key__"] in keep and sample["__key__"] not in result.samples:
+                        result.samples[sample["__key__"]] = sample["frames"].permute(0, 2, 3, 1).numpy()
+        result.seconds += time.perf_counter() - t0
+        result.cpu_s += cpu_seconds() - cpu0  # the pass is over: its workers have exited and been joined
+        stats = loader.stats()
+        result.decoded += stats["videos"]
+        skipped = {k: stats[k] for k in ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record") if stats[k]}
+        if skipped:
+            result.note = f"skipped {skipped}"
 
 
 def compare(a: Result, b: Result) -> str:
@@ -339,6 +356,10 @@ def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: in
     for res in results:
         if errors[res.name]:
             res.note = f"mean |t_frame - t| = {np.mean(errors[res.name]):.3f} s"
+        if res.decoded:  # a loader: where its CPU went
+            res.note = (f"{res.note}; " if res.note else "") + (
+                f"workers decoded {res.decoded} videos for the {res.videos} counted: "
+                f"{res.cpu_s / res.decoded:.3f} CPU-s per decoded video")
     return results, len(index)
 
 
@@ -383,12 +404,17 @@ def _sources(args: argparse.Namespace) -> tuple[list[str], list[str] | None, str
     except ValueError as e:
         raise SystemExit(f"bench: {e}") from None
     h, w = args.source_size
-    records = make_sources(args.make_sources, args.source_videos, (h, w), args.source_seconds, args.source_fps, gop)
+    try:
+        records = make_sources(args.make_sources, args.source_videos, (h, w), args.source_seconds, args.source_fps,
+                               gop, grain=args.source_grain)
+    except ValueError as e:
+        raise SystemExit(f"bench: {e}") from None
     urls = expand_urls(make_shards(records, None))
     tc = expand_urls(make_shards(records, tc_cfg)) if tc_cfg is not None else None
     label = f"{w}x{h} {args.source_seconds:g} s {args.source_fps:g} fps, " + (
         "synthetic (key frame every second)" if gop == "synthetic" else
-        f"libx264 defaults, GOP {'250 (x264 default)' if gop == 'x264' else gop}")
+        f"libx264 defaults, GOP {'250 (x264 default)' if gop == 'x264' else gop}") + (
+        f", grain {args.source_grain}" if args.source_grain else "")
     return urls, tc, label
 
 
@@ -415,6 +441,9 @@ def _arguments() -> argparse.ArgumentParser:
     g.add_argument("--source-seconds", type=float, default=60.0)
     g.add_argument("--source-fps", type=float, default=30.0)
     g.add_argument("--source-videos", type=int, default=16, help="videos (2 per shard)")
+    g.add_argument("--source-grain", type=int, default=0,
+                   help="temporal noise added before re-encoding (ffmpeg noise=alls=G): camera-like bitrate and "
+                        "decode cost (the flat synthetic frames alone compress to almost nothing)")
     add_arguments(p)
     return p
 

@@ -35,9 +35,12 @@ def parse_gop(text: str) -> str:
     raise ValueError(f"--gop must be one of {GOPS} or a key-frame interval in frames, got {text!r}")
 
 
-def reencode(src: Path, dst: Path, gop: str) -> None:
-    """Re-encode ``src`` as a user's source would be: ``ffmpeg -i src -c:v libx264 [-g N] dst`` (defaults)."""
-    cmd = [ffmpeg_bin(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
+def reencode(src: Path, dst: Path, gop: str, grain: int = 0) -> None:
+    """Re-encode ``src`` as a user's source would be: ``ffmpeg -i src -c:v libx264 [-g N] dst`` (defaults).
+    ``grain`` > 0 adds temporal noise of that strength first (``-vf noise=alls=G:allf=t``): the flat synthetic
+    frames compress to almost nothing, camera footage does not, and its bitrate is what decoding costs."""
+    cmd = [ffmpeg_bin(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(src),
+           *(["-vf", f"noise=alls={grain}:allf=t"] if grain else []), "-c:v", "libx264",
            *(["-g", gop] if gop.isdigit() else []), "-f", "mp4"]
     with atomic_path(dst) as tmp:
         proc = subprocess.run([*cmd, str(tmp)], capture_output=True)
@@ -55,8 +58,9 @@ def _stamp(folder: Path, params: dict) -> None:
 
 
 def make_sources(out: str | Path, videos: int, size: tuple[int, int], seconds: float, fps: float, gop: str,
-                 jobs: int | None = None, log=print) -> Path:
-    """Synthetic videos re-encoded with the given GOP; returns their records.jsonl (videos beside it)."""
+                 jobs: int | None = None, log=print, grain: int = 0) -> Path:
+    """Synthetic videos re-encoded with the given GOP (and ``grain``, see :func:`reencode`); returns their
+    records.jsonl (videos beside it)."""
     out, jobs = Path(out), jobs or usable_cores()
     h, w = size
     base = dict(videos=videos, width=w, height=h, seconds=seconds, fps=fps)
@@ -68,19 +72,23 @@ def make_sources(out: str | Path, videos: int, size: tuple[int, int], seconds: f
         _stamp(synth, base)
         log(f"rendered {videos} synthetic videos in {time.perf_counter() - t0:.0f} s")
     if gop == "synthetic":
+        if grain:
+            raise ValueError("--source-grain needs a re-encoded source (--gop x264 or N)")
         return synth / "records.jsonl"
-    folder = out / f"{synth.name}-gop{gop}"
-    if not _stamp_ok(folder, {**base, "gop": gop}):
+    params = {**base, "gop": gop, **({"grain": grain} if grain else {})}
+    folder = out / f"{synth.name}-gop{gop}{f'-grain{grain}' if grain else ''}"
+    if not _stamp_ok(folder, params):
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "videos").mkdir(parents=True)
         records = list(read_records(synth / "records.jsonl"))
         t0 = time.perf_counter()
         with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(lambda r: reencode(synth / "videos" / r.video, folder / "videos" / r.video, gop), records))
+            list(pool.map(lambda r: reencode(synth / "videos" / r.video, folder / "videos" / r.video, gop, grain),
+                          records))
         write_records(records, folder / "records.jsonl")
-        _stamp(folder, {**base, "gop": gop})
-        log(f"re-encoded {videos} videos with libx264 defaults{'' if gop == 'x264' else f', -g {gop}'} "
-            f"in {time.perf_counter() - t0:.0f} s")
+        _stamp(folder, params)
+        log(f"re-encoded {videos} videos with libx264 defaults{'' if gop == 'x264' else f', -g {gop}'}"
+            f"{f', grain {grain}' if grain else ''} in {time.perf_counter() - t0:.0f} s")
     return folder / "records.jsonl"
 
 

@@ -27,6 +27,9 @@ def test_bench_end_to_end(tmp_path, capsys):
                          "pyav-keyframe"}, lines
     # the 8 videos are cycled to reach 10: every provider decoded 10 videos x 3 frames
     assert rows["loader (2 workers)"] == rows["pyav-seq"] == rows["torchcodec-seq"] == rows["pyav-decode-all"] == (10, 30)
+    # whole passes: every video the workers decoded reached the consumer (no uncounted work in flight)
+    assert any(line.startswith("loader (2 workers)") and "workers decoded 10 videos for the 10 counted" in line
+               for line in lines), lines
     assert any("torchcodec vs pyav-seq identical" in line for line in lines), "same frames at native size"
     with csv_path.open() as f:
         table = list(csv.DictReader(f))
@@ -47,7 +50,7 @@ def test_bench_makes_long_gop_sources_and_benches_transcoded_shards(tmp_path, ca
 
     csv_path = tmp_path / "loader.csv"
     argv = ["--make-sources", str(tmp_path / "src"), "--gop", "x264", "--source-size", "64x96", "--source-seconds", "3",
-            "--source-fps", "15", "--source-videos", "4", "--transcode", "--tc-height", "32", "--tc-fps", "5",
+            "--source-fps", "15", "--source-videos", "4", "--source-grain", "10", "--transcode", "--tc-height", "32", "--tc-fps", "5",
             "--tc-gop", "4", "--frames", "3", "--size", "24x32", "--workers", "2", "--seconds", "60",
             "--max-videos", "6", "--csv", str(csv_path)]
     assert main(argv) == 0
@@ -55,8 +58,8 @@ def test_bench_makes_long_gop_sources_and_benches_transcoded_shards(tmp_path, ca
     assert re.fullmatch(r"speedup_transcoded_vs_pyav: \d+\.\d\d", lines[-3]), lines[-3]
     row = next(line for line in lines if line.startswith("loader-transcoded (2)"))
     assert re.search(r"\s6\s+18\s.*vs originals: PSNR \d+\.\d dB .* transcode once \d+\.\d\d CPU-s/video", row), row
-    assert any("libx264 defaults, GOP 250 (x264 default)" in line for line in lines)
-    sources = next((tmp_path / "src").glob("*-gopx264"))  # the re-encoded videos, their shards beside them
+    assert any("libx264 defaults, GOP 250 (x264 default), grain 10" in line for line in lines)
+    sources = next((tmp_path / "src").glob("*-gopx264-grain10"))  # the re-encoded videos, their shards beside them
     tc_dir = next(p for p in sources.iterdir() if p.name.startswith("shards-tc-"))
     for url, per_video in ((str(sources / "shards" / "train-000000.tar"), 1), (str(tc_dir / "train-000000.tar"), 4)):
         for _key, _rec, data in tar_videos([url]):
