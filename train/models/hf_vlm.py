@@ -231,15 +231,15 @@ class HFVideoLLM(VideoModel):
     @staticmethod
     def _spans(segment_ids: torch.Tensor) -> list[tuple[int, int, int]]:
         """(row, start, length) of every packed example, in packed (row-major) order."""
-        spans = []
-        for r, row in enumerate(segment_ids.tolist()):
-            start = 0
-            for i in range(1, len(row) + 1):
-                if i == len(row) or row[i] != row[start]:
-                    if row[start] != 0:
-                        spans.append((r, start, i - start))
-                    start = i
-        return spans
+        R, L = segment_ids.shape
+        seg = segment_ids.cpu()
+        start = torch.ones_like(seg, dtype=torch.bool)
+        start[:, 1:] = seg[:, 1:] != seg[:, :-1]  # a run of one segment id begins here
+        rows, cols = start.nonzero(as_tuple=True)
+        ends = torch.cat([cols[1:], torch.tensor([L])])
+        ends = torch.where(torch.cat([rows[1:] != rows[:-1], torch.tensor([True])]), torch.full_like(ends, L), ends)
+        keep = seg[rows, cols] != 0  # padding tails are not examples
+        return [(int(r), int(a), int(b - a)) for r, a, b in zip(rows[keep], cols[keep], ends[keep])]
 
     def packed_position_ids(self, input_ids: torch.Tensor, position_ids: torch.Tensor, segment_ids: torch.Tensor,
                             vision: dict[str, torch.Tensor]) -> torch.Tensor:
