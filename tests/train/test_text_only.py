@@ -59,6 +59,7 @@ def test_text_only_batch_loss_as_in_a_mixed_batch_and_zero_tower_gradient(models
     assert all(ex.frames is None for ex in text) and len(text) >= 3
     only = model.collate(text, TASK)
     assert only["pixel_values"] is None
+    assert 0 < model.batch_flops(only) < model.batch_flops(model.collate(_examples(False, 0), TASK))  # no tower work
     placeholder = model.processor.video_token_id if kind != "assembled" else model.frame_token_id
     n_rows = only["input_ids"].shape[0]
     real = only["attention_mask"].bool()

@@ -430,16 +430,20 @@ class HFVideoLLM(VideoModel):
     def batch_flops(self, batch: dict[str, Any]) -> float:
         """Training model FLOPs of one collated micro-batch: each sequence at its unpadded length, the
         LM head on its target tokens only, the tower once per sequence (no clip reuse here). A packed
-        batch counts each example at its own length (attention never crosses examples)."""
-        frames = batch["pixel_values"]
-        dims, per_group = self.flops_dims(tuple(frames.shape[-2:]))
-        groups = -(-int(frames.shape[1]) // per_group)
+        batch counts each example at its own length (attention never crosses examples). Text-only examples
+        run no tower (the dummy clip of an all-text micro-batch is not counted: it is not work the model needs)."""
         if batch.get("packed"):
             lengths, targets = batch["example_lengths"], batch["example_targets"]
         else:
             lengths = batch["attention_mask"].sum(1).tolist()
             targets = (batch["labels"][:, 1:] != -100).sum(1).tolist()  # hidden t predicts labels[t + 1]
-        return sum(flops_mod.flops_per_sample(dims, int(n), groups, 1.0, head_tokens=int(t))["total"]
+        frames = batch.get("pixel_values")
+        if frames is None:  # every example text-only
+            dims, groups, share = self.flops_dims((32, 32))[0], 0, 0.0
+        else:
+            dims, per_group = self.flops_dims(tuple(frames.shape[-2:]))
+            groups, share = -(-int(frames.shape[1]) // per_group), int(frames.shape[0]) / len(lengths)
+        return sum(flops_mod.flops_per_sample(dims, int(n), groups, share, head_tokens=int(t))["total"]
                    for n, t in zip(lengths, targets))
 
     # ------------------------------------------------------------------ save / load
