@@ -164,3 +164,40 @@ def test_a_packed_example_never_sees_another(folders, family):
     real = batch["attention_mask"].bool()
     assert not torch.allclose(after[mine], before[mine], atol=1e-4)
     assert_close_report(after[real & ~mine], before[real & ~mine], rtol=1e-5, atol=1e-5, name="other examples")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_flash_attn_packed_rows_equal_padded_on_cuda(folders, family):
+    """flash_attention_2 on CUDA (bf16): packed rows run flattened, with the varlen boundaries transformers
+    finds where the text positions restart, and give the padded batch's loss (bf16: rtol 2e-2); changing the
+    first example of a shared row leaves every other example's logits alone."""
+    pytest.importorskip("flash_attn")
+    from train.config import ModelConfig, load_section
+
+    cfg = load_section(ModelConfig, {"kind": "hf_vlm", "attn_implementation": "flash_attention_2",
+                                     "hf": {"path": str(folders[family]), "freeze_vision": False}}, "model")
+    model = build_model(cfg, None, device="cuda", dtype=torch.bfloat16).to("cuda").eval()
+    assert model.packed_layout() == "flat" and "varlen" in model.packing_attention
+    examples = _examples()
+
+    def cuda(batch):
+        out = {k: v.cuda() for k, v in _inputs(batch).items() if isinstance(v, torch.Tensor)}
+        return {**out, "vision": {k: v.cuda() for k, v in batch["vision"].items()}}
+
+    padded = model.collate(examples, TASK)
+    packed = model.collate(examples, TASK, packing=True, row_capacity=CAPACITY)
+    with torch.no_grad():
+        losses = [model(**cuda(b))["loss"].float().item() for b in (padded, packed)]
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+    kw = {k: v for k, v in cuda(packed).items() if k in ("input_ids", "attention_mask", "position_ids",
+                                                         "segment_ids", "vision")}
+    full = model.logits(**kw)
+    seg = packed["segment_ids"].cuda()
+    first = (seg == 1) & (kw["input_ids"] != model.processor.video_token_id)
+    first[:, 0] = False  # keep each row's first token (the chat template's start)
+    kw2 = dict(kw, input_ids=kw["input_ids"].clone())
+    kw2["input_ids"][first] = 7
+    changed = model.logits(**kw2)
+    others = seg >= 2
+    assert bool(others.any()) and float((changed[others] - full[others]).abs().max()) < 1e-3
