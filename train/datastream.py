@@ -164,10 +164,12 @@ def _counts_from_sizes(urls: list[str]) -> tuple[int, int] | None:
     return videos, questions
 
 
-def check_reasoning_texts(reasoning: dict[str, dict], source: str, files: list[str]) -> str | None:
+def check_reasoning_texts(reasoning: dict[str, dict], source: str, files: list[str],
+                          allow_sparse: bool = False) -> str | None:
     """The ReasVQA records of ``data.reasoning`` must hold ``source`` text (``raw`` / ``refined``): an empty
     one reaches training as a question without reasoning, so MTL / STL silently train QA only. Raises
-    DataError when more than half are empty; returns a warning line when some are, else None."""
+    DataError when more than half are empty (unless ``allow_sparse``: ``data.allow_sparse_reasoning``);
+    returns a warning line when some are, else None."""
     if source not in ("raw", "refined"):
         return None
     recs = [r for r in reasoning.values() if not str(r.get("prompt_version", "")).startswith("vcot")]
@@ -177,8 +179,11 @@ def check_reasoning_texts(reasoning: dict[str, dict], source: str, files: list[s
     what = (f"data.reasoning {files}: {empty} of {len(recs)} ok records have no {source!r} text (empty teacher "
             "replies?); those questions train without reasoning")
     if 2 * empty > len(recs):
+        if allow_sparse:
+            return f"{what}: most of them (data.allow_sparse_reasoning is true: training anyway)"
         raise DataError(f"{what}: most of them, so task.mode would in effect be qa. Regenerate them "
-                        "(reasoning_gen generate --retry-failed after removing them) or train with task.mode=qa")
+                        "(reasoning_gen generate --retry-failed after removing them), train with task.mode=qa, "
+                        "or set data.allow_sparse_reasoning=true if that is the experiment")
     return what
 
 

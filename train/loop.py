@@ -65,7 +65,8 @@ class Trainer:
         if cfg.data.reasoning:
             self.reasoning = load_reasoning(cfg.data.reasoning)
             if cfg.task.mode in ("mtl", "stl"):
-                warning = check_reasoning_texts(self.reasoning, cfg.task.reasoning_source, list(cfg.data.reasoning))
+                warning = check_reasoning_texts(self.reasoning, cfg.task.reasoning_source, list(cfg.data.reasoning),
+                                                cfg.data.allow_sparse_reasoning)
                 if warning and self.dims.is_main:
                     log.warning("%s", warning)
         runguard.check_run_folder(cfg, resume)

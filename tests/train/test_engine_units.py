@@ -204,3 +204,20 @@ def test_sweep_removes_only_unmapped_deepspeed_shm_workspaces(tmp_path):
     assert sweep_stale_shm_workspaces(str(tmp_path)) == [live.name]
     env = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
     assert shm_workspace_path(3, env) == f"/dev/shm/{mine}10.0.0.1_29500_3"
+
+
+def test_mostly_empty_reasoning_is_refused_unless_the_experiment_allows_it():
+    """data.allow_sparse_reasoning turns the refusal of MTL on mostly empty reasoning into a warning (the
+    study's real teacher: most of its refined texts are empty); a few empty ones are a warning either way."""
+    from train.datastream import DataError, check_reasoning_texts
+
+    recs = {f"q{i}": {"qid": f"q{i}", "prompt_version": "reasvqa-v1", "refined": "" if i < 3 else "The ball rolls."}
+            for i in range(4)}
+    with pytest.raises(DataError, match=r"3 of 4 ok records have no 'refined' text.*allow_sparse_reasoning"):
+        check_reasoning_texts(recs, "refined", ["r.jsonl"])
+    warning = check_reasoning_texts(recs, "refined", ["r.jsonl"], allow_sparse=True)
+    assert "3 of 4" in warning and "training anyway" in warning
+    recs["q0"]["refined"] = recs["q1"]["refined"] = "x"
+    assert "1 of 4" in check_reasoning_texts(recs, "refined", ["r.jsonl"])
+    assert load_config(Path(__file__).parents[2] / "configs" / "tiny_cpu.yaml",
+                       ["--data.urls=/x.tar", "--data.allow_sparse_reasoning=true"]).data.allow_sparse_reasoning

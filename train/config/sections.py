@@ -43,6 +43,11 @@ class DataConfig(LoaderConfig):
     """Batches per rank per epoch; None = from sizes.json (all ranks must see the same count)."""
     reasoning: list[str] = field(default_factory=list)
     """Reasoning jsonl files (reasoning_gen output) joined to questions by qid; [] = none."""
+    allow_sparse_reasoning: bool = False
+    """MTL / STL are refused when more than half of the reasoning records hold no text for
+    task.reasoning_source (those questions train without reasoning: in effect task.mode qa). True trains
+    anyway, with a warning: for an experiment on a teacher whose refined texts are mostly empty (the
+    study's real teacher, whose replies hold little but the answer)."""
     packing: bool = False
     """Pack the sequences of each micro-batch (QA, reasoning, STL; several questions and videos)
     into rows of up to max_tokens_per_row tokens (first-fit decreasing) instead of one right-padded
