@@ -130,7 +130,8 @@ def shard_qids(url: str) -> list[str] | None:
 def _reasvqa(backend: Backend, batch: list[dict], cfg: GenerateConfig) -> list[dict]:
     reqs = [GenRequest(reasvqa_prompt(s["question"], s["options"], cfg.num_frames), s["frames"], s["qid"], s)
             for s in batch]
-    version = prompt_version("reasvqa")
+    # the prompt the backend really sends (a text-only backend sends the description version)
+    version = getattr(backend, "reasvqa_prompt_version", None) or prompt_version("reasvqa")
     results = call_with_retries(backend, reqs, cfg.retries)
     refined = _refine_batch(backend, batch, results, cfg)
     out = []

@@ -210,9 +210,6 @@ def run_real_teacher(out: str | Path, videos: int = 30, questions_per_video: int
     merged: list[dict] = []
     for paths in rank_files(out / "gen").values():
         merged += merge_files(paths)[0]
-    # generate writes prompt_version("reasvqa"); this teacher was sent the text-only prompt
-    for rec in merged:
-        rec["prompt_version"] = backend.reasvqa_prompt_version
     write_jsonl_atomic(out / "reasoning.raw.jsonl", merged)
     refined, rstats = refine_records(merged, load_truth([str(records_path)]), "answer-sentences")
     write_jsonl_atomic(out / "reasoning.refined.jsonl", refined)

@@ -67,8 +67,8 @@ if python3 -c "import deepspeed, webdataset, torchcodec" 2>/dev/null; then
   step write 30 python3 -m data_shards write --records "$OUT/synth/records.jsonl" --out "$shards/train-%06d.tar" --max-count 8
   step train_bench 240 python3 -m train.bench --config configs/bench_1b_gpu.yaml --steps 30 --csv "$OUT/train.csv" \
     "--data.urls=$shards/train-{000000..000003}.tar"
-  # 4. Packing (issues 12, 23): the flash-attn varlen tests (assembled, hf_vlm), then padded vs packed on the 1B configuration with
-  #    the demo's data (synthetic videos + the synthetic teacher's refined reasoning).
+  # 4. Packing (issues 12, 23): the flash-attn varlen tests (assembled, hf_vlm), then padded vs packed on the 1B
+  #    configuration with the demo's data (synthetic videos + the synthetic teacher's refined reasoning).
   step pytest_packing_gpu 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/train/test_packing.py \
     tests/train/test_hf_packing.py
   step packing_data 120 python3 scripts/packing_bench_data.py --out "$OUT/packdemo" --train-videos 32

@@ -115,6 +115,11 @@ def tar_videos(urls: list[str]) -> Iterator[tuple[str, dict, bytes]]:
         yield sample["__key__"], record, sample[record["video"].rsplit(".", 1)[1].lower()]
 
 
+def shard_video_counts(urls: list[str]) -> list[int]:
+    """Video samples in each shard (reads the shards once)."""
+    return [sum(1 for _ in tar_videos([u])) for u in urls]
+
+
 def cycle_videos(urls: list[str], max_videos: int, budget_s: float, work: Callable[[str, dict, bytes], np.ndarray],
                  result: Result, keep: set[str]) -> None:
     """Run ``work`` over the shards' videos (cycling) until ``max_videos`` or ``budget_s``; adds to ``result``."""
@@ -188,7 +193,7 @@ def pyav_frames(data: bytes, num_frames: int, size: tuple[int, int], record: dic
 
 def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers: int, max_videos: int,
                budget_s: float, last_qids: set[str], keep: set[str], result: Result,
-               decode_threads: int | None = 1) -> None:
+               decode_threads: int | None = 1, counts: list[int] | None = None) -> None:
     """Our loader, in whole passes over the shards (``epoch_batches=None``: a pass ends when the shards do),
     pass after pass until ``max_videos`` videos reached the consumer or ``budget_s`` passed (a last pass
     takes only as many shards as hold the videos still wanted, and at most one worker a shard).
@@ -198,9 +203,10 @@ def run_loader(urls: list[str], num_frames: int, size: tuple[int, int], workers:
     long-GOP videos that in-flight work was as large as the counted work, and it made the loader look
     2-3x costlier per video than it is in a training run, which never stops mid-pass (profiled with the
     workers' own ``videos`` counter, :attr:`Result.decoded`; docs/BENCHMARKS.md). Timed from building
-    each pass's loader (worker start-up included) to its last batch.
+    each pass's loader (worker start-up included) to its last batch. ``counts``: videos per shard
+    (:func:`shard_video_counts`; read here when not given).
     """
-    counts = [sum(1 for _ in tar_videos([u])) for u in urls]
+    counts = counts if counts is not None else shard_video_counts(urls)
     done, t_start = 0, time.perf_counter()
     while done < max_videos and time.perf_counter() - t_start < budget_s:
         t0, cpu0 = time.perf_counter(), cpu_seconds()
@@ -341,6 +347,7 @@ def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: in
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one decoding thread per provider, as in the loader's workers (module docstring)
     try:
+        counts = {tuple(w): shard_video_counts(w) for w in works if isinstance(w, list)}  # read once
         for r in range(rounds):
             for res, work in zip(results, works):
                 share = -(-(limit - res.videos) // (rounds - r))  # ceil: what is left, spread over the rounds left
@@ -348,7 +355,7 @@ def run_all(urls: list[str], num_frames: int, size: tuple[int, int], workers: in
                     continue
                 if isinstance(work, list):  # a loader over these shards
                     run_loader(work, num_frames, size, workers, share, budget_s / rounds, last_qids, keep, res,
-                               decode_threads)
+                               decode_threads, counts[tuple(work)])
                 else:
                     cycle_videos(urls, share, budget_s / rounds, work, res, keep)
     finally:
@@ -369,9 +376,10 @@ def sweep_threads(urls: list[str], num_frames: int, size: tuple[int, int], budge
     index = [(key, rec) for key, rec, _ in tar_videos(urls)]
     last_qids = {rec["qas"][-1]["qid"] for _, rec in index}
     results = [Result(f"loader {w} workers x {t} threads") for w, t in configs]
+    counts = shard_video_counts(urls)
     for _ in range(rounds):
         for res, (w, t) in zip(results, configs):
-            run_loader(urls, num_frames, size, w, 1 << 40, budget_s / rounds, last_qids, set(), res, t)
+            run_loader(urls, num_frames, size, w, 1 << 40, budget_s / rounds, last_qids, set(), res, t, counts)
     return results
 
 

@@ -148,7 +148,7 @@ class Study:
     """Teacher name -> (probability that each observation step is false, in which case the teacher concludes
     what that false observation implies; probability of an independent slip to a wrong option): a worse
     teacher errs in both. Or :data:`REAL_TEACHER`: SmolLM2-135M-Instruct, a real model, reading each video's
-    shot captions (:meth:`Demo.real_teacher`). Its accuracy is measured and reported (teacher_acc)."""
+    shot captions (:meth:`Demo.real_teacher_args`). Its accuracy is measured and reported (teacher_acc)."""
     stage1_batch: int = 4
     """data.micro_batch_size of the stage-1 run (the runs take the recipe's)."""
     runs: list[RunSpec] = field(default_factory=list)

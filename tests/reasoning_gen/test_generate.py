@@ -187,3 +187,19 @@ def test_ranks_split_the_work_and_each_takes_its_own_device(synthetic_shards, tm
         assert resolve_device("auto", n - 1) == torch.device("cuda", n - 1)
         with pytest.raises(ValueError, match="no GPU of its own"):
             resolve_device("auto", n)
+
+
+def test_records_carry_the_prompt_version_the_backend_really_sends(synthetic_shards, tmp_path):
+    """A text-only backend (the study's real teacher) sends the description prompt: its records say so."""
+    from reasoning_gen.backends import build_backend
+    from reasoning_gen.generate import GenerateConfig, run_generation
+    from reasoning_gen.prompts import REASVQA_TEXT_VERSION
+
+    backend = build_backend("synthetic")
+    backend.reasvqa_prompt_version = REASVQA_TEXT_VERSION  # what the transformers backend sets in text-only mode
+    pattern = synthetic_shards["pattern"].replace("{000000..000005}", "{000000..000001}")
+    cfg = GenerateConfig(shards=pattern, out_dir=str(tmp_path / "gen"), num_frames=3, frame_size=None,
+                         batch_size=4, num_workers=0, progress=False)
+    run_generation(cfg, backend, rank=0, world_size=1)
+    recs = _lines(tmp_path / "gen" / "val.rank00000.jsonl")
+    assert recs and {r["prompt_version"] for r in recs} == {REASVQA_TEXT_VERSION}

@@ -4,8 +4,7 @@
 * a micro-batch of text-only examples gives each of them the loss it has inside a mixed batch (the
   tower's dummy clip, which ZeRO-3 needs, changes no real token), and the tower's gradient from it is
   exactly 0 on every tower / projector parameter a video batch reaches, each of which still gets one
-  (the 2-rank ZeRO-3 runs are in
-  test_engine_dist.py and test_hf_vlm_dist.py, ``mixed``).
+  (the 2-rank ZeRO-3 runs are in test_engine_dist.py and test_hf_vlm_dist.py, ``mixed``).
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ def models(tmp_path_factory):
 
 def _examples(text_only: bool, start: int) -> list:
     qs = W.global_batch()[start:start + 3]
-    for q in qs:
-        if text_only:
-            q["frames"] = None
+    for q in qs if text_only else ():
+        q["frames"] = None
     return [ex for q in qs for ex in build_examples(q, TASK)]
 
 

@@ -198,12 +198,12 @@ class LoraSettings:
 
 
 FAMILY_TRAITS: dict[str, dict[str, Any]] = {
-    "assembled": {"sections": ("vision", "projector", "llm", "lora"), "packing": True, "frame_views": True},
-    "hf_vlm": {"sections": ("hf", "lora"), "packing": True, "frame_views": False},
+    "assembled": {"sections": ("vision", "projector", "llm", "lora"), "frame_views": True},
+    "hf_vlm": {"sections": ("hf", "lora"), "frame_views": False},
 }
-"""What the config checks need to know of each ``model.kind``: the sections it reads, whether it
-packs sequences (``data.packing``) and supports the frame-view ablations (``model.frame_view``). The families themselves
-are registered in ``train.models.registry``."""
+"""What the config checks need to know of each ``model.kind``: the sections it reads and whether it
+supports the frame-view ablations (``model.frame_view``). Both pack sequences (``data.packing``). The
+families themselves are registered in ``train.models.registry``."""
 
 
 @dataclass

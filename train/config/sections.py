@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from data_shards.stream.settings import LoaderConfig
 from train.config.hf_check import hf_config_problems
-from train.config.model import FAMILY_TRAITS, ModelConfig
+from train.config.model import ModelConfig
 from train.config.task import TaskConfig
 
 
@@ -340,8 +340,6 @@ def cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
         out.append(("deepspeed.leaf_modules", "Projector as a ZeRO-3 leaf needs model.vision.freeze false: with a "
                     "frozen tower its input needs no grad and DeepSpeed never re-gathers a leaf's weights for "
                     "backward (the step fails with a size-0 tensor)"))
-    if cfg.data.packing and not FAMILY_TRAITS[m.kind]["packing"]:
-        out.append(("data.packing", f"packing is not implemented for model.kind {m.kind}: set data.packing false"))
     longest = cfg.task.max_prompt_len + cfg.task.max_target_len
     if cfg.data.max_tokens_per_row is not None and cfg.data.max_tokens_per_row < longest:
         out.append(("data.max_tokens_per_row", f"{cfg.data.max_tokens_per_row} cannot hold the longest sequence "
