@@ -25,7 +25,8 @@ from data_shards.common.distenv import WorldInfo, world_info_from_env
 
 @dataclass(frozen=True)
 class ParallelDims:
-    """The data-parallel layout of one run (ZeRO partitions over all ``world_size`` ranks)."""
+    """The layout of one run: ZeRO partitions over all ``world_size`` ranks; with sequence parallel the
+    ``sequence`` consecutive ranks of a group share each micro-batch (``train.sequence_parallel``)."""
 
     rank: int
     """Global rank of this process."""
@@ -39,6 +40,8 @@ class ParallelDims:
     """Questions per micro-batch per rank."""
     grad_accum: int
     """Micro-batches per optimizer step per rank."""
+    sequence: int = 1
+    """Ranks per sequence group (``parallel.sequence``; 1 = every rank is a data-parallel rank)."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -47,20 +50,34 @@ class ParallelDims:
             raise ValueError(f"local rank {self.local_rank} >= world size {self.world_size} ({self.launcher})")
         if self.micro_batch_size < 1 or self.grad_accum < 1:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} and grad_accum {self.grad_accum} must be >= 1")
+        if self.sequence < 1 or self.world_size % self.sequence:
+            raise ValueError(f"parallel.sequence={self.sequence} must divide the number of ranks {self.world_size} "
+                             f"({self.launcher})")
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Ranks that read different data: world_size / sequence."""
+        return self.world_size // self.sequence
+
+    @property
+    def data_parallel_rank(self) -> int:
+        """Which data-parallel shard of the data this rank reads (the same on a sequence group's ranks)."""
+        return self.rank // self.sequence
 
     @property
     def global_batch(self) -> int:
-        """Questions per optimizer step over all ranks."""
-        return self.micro_batch_size * self.grad_accum * self.world_size
+        """Distinct questions per optimizer step over all ranks."""
+        return self.micro_batch_size * self.grad_accum * self.data_parallel_size
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, micro_batch_size: int, grad_accum: int, env: dict | None = None) -> ParallelDims:
+    def from_env(cls, micro_batch_size: int, grad_accum: int, env: dict | None = None, sequence: int = 1
+                 ) -> ParallelDims:
         info = world_info_from_env(env)
-        return cls(info.rank, info.world_size, info.local_rank, info.launcher, micro_batch_size, grad_accum)
+        return cls(info.rank, info.world_size, info.local_rank, info.launcher, micro_batch_size, grad_accum, sequence)
 
 
 def export_torch_env(info: WorldInfo | ParallelDims, env: dict | None = None) -> None:

@@ -79,7 +79,9 @@ def deepspeed_config(cfg: TrainConfig, dims: ParallelDims, accel: str | None = N
     out: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.data.micro_batch_size,
         "gradient_accumulation_steps": ds.gradient_accumulation_steps,
-        "train_batch_size": dims.global_batch,
+        # DeepSpeed's product (every rank a data-parallel one); with parallel.sequence S the distinct
+        # questions per step are dims.global_batch = this / S
+        "train_batch_size": dims.micro_batch_size * dims.grad_accum * dims.world_size,
         "gradient_clipping": o.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": ds.precision == "bf16"},
@@ -227,7 +229,8 @@ def video_frames(batch: dict) -> int:
 
 
 def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, world_size: int,
-                   device: torch.device, forward: Callable[..., dict] | None = None) -> StepStats:
+                   device: torch.device, forward: Callable[..., dict] | None = None,
+                   sequence_parallel: int = 1) -> StepStats:
     """One optimizer step over this rank's ``gradient_accumulation_steps`` micro-batches.
 
     The loss is ``alpha * mean_QA + beta * mean_reason`` where both means run over the whole
@@ -241,13 +244,19 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     are undone by backpropagating ``loss * gas * world_size``: the resulting gradient is that of
     the global objective, the same as one process computing the whole batch at once.
 
+    Sequence parallel (``parallel.sequence`` = S > 1, ``train.sequence_parallel``): the S ranks of a
+    sequence group hold the same micro-batches, so every count summed over ranks is divided by S; each
+    rank's loss is the share of its slice of the tokens, the sum over all ranks is still the global
+    objective, and DeepSpeed still averages gradients over all ``world_size`` ranks (the same scale).
+
     Args:
         engine: the DeepSpeed engine.
         micro_batches: ``gas`` collated micro-batches (train.tasks.collate) of this rank.
         task: gives alpha and beta.
-        world_size: data-parallel ranks.
+        world_size: all ranks (ZeRO-3 partitions and averages gradients over all of them).
         device: where the inputs go.
         forward: callable(**inputs) -> dict with "loss"; default: the engine itself.
+        sequence_parallel: ranks per sequence group (1 = none).
 
     Returns:
         Global step statistics (the same on every rank).
@@ -261,6 +270,8 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
     examples_local = sum(int(mb.get("n_examples", mb["input_ids"].shape[0])) for mb in micro_batches)
     frames_local = sum(video_frames(mb) for mb in micro_batches)
     n_qa, n_re = step_token_counts(micro_batches)  # global: every rank, every micro-batch
+    sp = sequence_parallel  # each micro-batch is on sp ranks: count it once
+    n_qa, n_re = n_qa / sp, n_re / sp
     scale = backward_scale(gas, world_size)
     lr = float(engine.get_lr()[0])  # the LR this step applies (the scheduler advances in engine.step)
     t0 = time.perf_counter()
@@ -274,6 +285,7 @@ def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, wor
         loss_sum += loss.detach().to(torch.float64)
     compute_s = time.perf_counter() - t0
     loss_g, tokens, examples, frames = all_reduce_sum([float(loss_sum), tokens_local, examples_local, frames_local])
+    tokens, examples, frames = tokens / sp, examples / sp, frames / sp  # the loss: every rank its own slice
     norm = engine.get_global_grad_norm()
     return StepStats(loss=loss_g, n_qa=int(n_qa), n_reason=int(n_re), tokens=int(tokens), examples=int(examples),
                      frames=int(frames), lr=lr,

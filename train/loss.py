@@ -79,24 +79,27 @@ def backward_scale(gradient_accumulation_steps: int, world_size: int) -> float:
     return float(gradient_accumulation_steps * world_size)
 
 
-def shift_and_select(hidden: torch.Tensor, labels: torch.Tensor, loss_weight: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def shift_and_select(hidden: torch.Tensor, labels: torch.Tensor, loss_weight: torch.Tensor | None,
+                     shifted: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """The rows the head scores: hidden state t predicts labels[t + 1]; only target positions.
 
     Args:
         hidden: [B, L, D] last hidden states.
         labels: long [B, L], -100 off target.
         loss_weight: float [B, L] aligned with labels, or None (weight 1 on every target).
+        shifted: labels and weights are already the NEXT token's (hidden state t predicts labels[t]), as a
+            sequence-parallel slice has them (``train.sequence_parallel.plan_shard``).
 
     Returns:
         (hidden rows [N, D], targets long [N], weights float32 [N], N). With no target at all the
         result is one row of weight 0 (N = 0): under ZeRO-3 every rank must still enter the head,
         whose weight is gathered collectively.
     """
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    tgt = labels[:, 1:].reshape(-1)
+    cut = slice(None) if shifted else slice(None, -1)
+    h = hidden[:, cut].reshape(-1, hidden.shape[-1])
+    tgt = labels[:, 0 if shifted else 1:].reshape(-1)
     w = (torch.ones_like(tgt, dtype=torch.float32) if loss_weight is None
-         else loss_weight[:, 1:].reshape(-1).float())
+         else loss_weight[:, 0 if shifted else 1:].reshape(-1).float())
     sel = (tgt != IGNORE_INDEX).nonzero().squeeze(1)
     n_tokens = sel.numel()
     if n_tokens == 0:
@@ -106,7 +109,7 @@ def shift_and_select(hidden: torch.Tensor, labels: torch.Tensor, loss_weight: to
 
 
 def weighted_lm_loss(loss_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                     loss_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                     loss_weight: torch.Tensor | None = None, shifted: bool = False) -> dict[str, torch.Tensor]:
     """``sum_i w_i * CE_i`` over the target tokens of a batch, by the fused head.
 
     Args:
@@ -115,11 +118,12 @@ def weighted_lm_loss(loss_head: nn.Module, hidden: torch.Tensor, labels: torch.T
         hidden: [B, L, D] last hidden states.
         labels: long [B, L]; the token to predict at that position, -100 = no target.
         loss_weight: float [B, L] from :func:`token_weights`; None = weight 1 on every target.
+        shifted: see :func:`shift_and_select`.
 
     Returns:
         {"loss": scalar fp32, "n_tokens": long scalar, the number of target tokens}.
     """
-    h, tgt, w, n_tokens = shift_and_select(hidden, labels, loss_weight)
+    h, tgt, w, n_tokens = shift_and_select(hidden, labels, loss_weight, shifted)
     loss = loss_head(h, tgt, w)
     return {"loss": loss, "n_tokens": torch.tensor(n_tokens, device=hidden.device)}
 

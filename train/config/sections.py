@@ -194,6 +194,21 @@ class DeepSpeedSection:
 
 
 @dataclass
+class ParallelConfig:
+    """How the ranks split the work besides data parallel (ZeRO-3 always partitions over all ranks)."""
+
+    sequence: int = 1
+    """Ulysses sequence parallel: ranks per sequence group (train.sequence_parallel). The S consecutive
+    ranks of a group train the same micro-batches, each holding 1/S of every sequence's tokens through the
+    LLM (DeepSpeed DistributedAttention all-to-alls around attention); data-parallel ranks = world / S, so
+    the global batch is micro_batch_size x gradient_accumulation_steps x world / S questions. The LLM's
+    attention heads must be a multiple of S. 1 = off. When to use it: docs/TRAINING.md."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [("sequence", f"must be >= 1, got {self.sequence}")] if self.sequence < 1 else []
+
+
+@dataclass
 class CheckpointConfig:
     """DeepSpeed checkpoints: every rank writes its own shard."""
 
@@ -304,6 +319,8 @@ class TrainConfig:
     """Optimizer and schedule."""
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     """DeepSpeed / ZeRO."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Sequence parallel."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpoints."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -45,6 +45,7 @@ from train.models.projector import (
     tower_mean_std,
 )
 from train.packing import pack_collate, packed_decoder, packing_attention, register_sdpa_varlen
+from train.sequence_parallel import SequenceParallel, ShardPlan, register_ulysses
 from train.tasks import collate
 from train.tokenizer import build_tokenizer, frame_token_id
 
@@ -325,6 +326,29 @@ class VideoLLM(VideoModel):
         (flash-attn varlen or a block-diagonal causal mask, see :func:`train.packing.packed_decoder`)."""
         return packed_decoder(self.causal_lm.get_decoder(), self.causal_lm.config._attn_implementation,
                               inputs_embeds, position_ids, segment_ids)
+
+    def enable_sequence_parallel(self, sp: SequenceParallel) -> str:
+        """Ulysses attention in the LLM (``train.sequence_parallel``); the tower and projector still see
+        every clip on every rank of the group."""
+        lc = self.causal_lm.config
+        heads = int(lc.num_attention_heads)
+        sp.check_heads(heads, int(getattr(lc, "num_key_value_heads", None) or heads), "model.llm")
+        lc._attn_implementation = register_ulysses()
+        self.sequence_parallel = sp
+        return (f"ulysses over {sp.size} ranks (DeepSpeed DistributedAttention; per-sequence causal SDPA on the "
+                f"gathered sequence)")
+
+    def sharded_hidden_states(self, plan: ShardPlan, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              pixel_values: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                              segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None
+                              ) -> torch.Tensor:
+        """The decoder on this rank's slice of the flattened micro-batch (embeddings of the whole batch first,
+        packed or not): hidden [1, n, D]."""
+        emb = self.embed_batch(input_ids, pixel_values, clip_index if segment_ids is not None else None)
+        out = self.causal_lm.get_decoder()(inputs_embeds=plan.take(emb), attention_mask=None,
+                                           position_ids=plan.narrow(plan.positions), use_cache=False,
+                                           **plan.decoder_kwargs())
+        return out.last_hidden_state
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., D] -> logits [..., V] by the loss module (its forward without targets)."""

@@ -24,6 +24,7 @@ from torch import nn
 from train.config.model import FrameLayout, ModelConfig
 from train.config.task import TaskConfig
 from train.loss import weighted_lm_loss
+from train.sequence_parallel import SequenceParallel, ShardPlan, plan_shard
 from vqa_kernels.attention import select_attention
 
 LOSS_INPUTS = ("input_ids", "attention_mask", "labels")
@@ -53,6 +54,8 @@ class VideoModel(nn.Module, abc.ABC):
     attention_report: tuple[str, str]
     supports_packing: bool = False
     """Whether :meth:`collate` can pack several sequences per row (``data.packing``)."""
+    sequence_parallel: SequenceParallel | None = None
+    """Set by :meth:`enable_sequence_parallel`: :meth:`forward` then runs this rank's slice of every sequence."""
 
     # ------------------------------------------------------------------ batches
     @abc.abstractmethod
@@ -102,6 +105,11 @@ class VideoModel(nn.Module, abc.ABC):
             loss_weight: float [rows, L] from ``train.loss.token_weights``; None = 1 per target.
             family_inputs: the family's own batch tensors (frames, video tensors, packing).
         """
+        if self.sequence_parallel is not None:  # this rank's slice of the flattened micro-batch
+            plan = plan_shard(self.sequence_parallel, attention_mask, labels, loss_weight,
+                              family_inputs.get("segment_ids"))
+            hidden = self.sharded_hidden_states(plan, input_ids, attention_mask, **family_inputs)
+            return weighted_lm_loss(self.loss_head, hidden, plan.labels, plan.weights, shifted=True)
         hidden = self.hidden_states(input_ids, attention_mask, **family_inputs)
         return weighted_lm_loss(self.loss_head, hidden, labels, loss_weight)
 
@@ -115,6 +123,16 @@ class VideoModel(nn.Module, abc.ABC):
     def prepare_packing(self, packing_sdpa: str) -> str:
         """Get ready for packed batches; returns how attention keeps packed sequences apart."""
         raise ValueError(f"{type(self).__name__} does not pack sequences: set data.packing false")
+
+    def enable_sequence_parallel(self, sp: SequenceParallel) -> str:
+        """Switch the LLM to Ulysses attention over ``sp`` (``train.sequence_parallel``); :meth:`forward` then
+        computes this rank's share of the loss. Returns what runs (logged by the trainer)."""
+        raise ValueError(f"{type(self).__name__} has no sequence-parallel path: set parallel.sequence 1")
+
+    def sharded_hidden_states(self, plan: ShardPlan, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              **family_inputs: Any) -> torch.Tensor:
+        """Last hidden states [1, plan.end - plan.start, D] of this rank's slice of the flattened micro-batch."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ eval
     @abc.abstractmethod

@@ -43,6 +43,7 @@ from train.loss import install_loss_head
 from train.models.base import ModelFamily, VideoModel, resolve_attention
 from train.models.hf_inputs import FAMILIES, LLAVA_FAMILIES, QWEN_FAMILIES, VideoChatProcessor
 from train.packing import block_causal_mask
+from train.sequence_parallel import SequenceParallel, ShardPlan, register_ulysses, sequence_segments
 
 try:  # optional, as in train.models.assembled
     import peft
@@ -273,6 +274,64 @@ class HFVideoLLM(VideoModel):
         for e, (r, a, n) in enumerate(spans):
             out[1:, r, a:a + n] = rope[:, e, :n].to(out.dtype)
         return out
+
+    # ------------------------------------------------------------------ sequence parallel
+    def enable_sequence_parallel(self, sp: SequenceParallel) -> str:
+        """Ulysses attention in the language model (``train.sequence_parallel``), Qwen2-VL / Qwen2.5-VL.
+
+        The VLM's own forward still builds the embeddings of the whole (flattened) micro-batch on every rank of
+        the group: vision tower, merger, placeholder scatter. A forward pre-hook on its language model then
+        hands the decoder this rank's slice of the embeddings and of the 3-D M-RoPE positions, with the
+        sequence boundaries for :func:`train.sequence_parallel.ulysses_attention` (the vision tower keeps its
+        own attention and never sees them).
+        """
+        if self.processor.video.family not in QWEN_FAMILIES:
+            raise ValueError(f"parallel.sequence={sp.size}: model.kind hf_vlm runs sequence parallel for "
+                             f"{sorted(QWEN_FAMILIES)}, not {self.processor.video.family}")
+        lm = self.hf_model.model.language_model
+        heads = int(lm.config.num_attention_heads)
+        sp.check_heads(heads, int(getattr(lm.config, "num_key_value_heads", None) or heads), "the language model")
+        lm.config._attn_implementation = register_ulysses()
+        self.sequence_parallel = sp
+        self._shard_plan: ShardPlan | None = None
+        lm.register_forward_pre_hook(self._shard_decoder_inputs, with_kwargs=True)
+        return (f"ulysses over {sp.size} ranks (DeepSpeed DistributedAttention; per-sequence causal SDPA on the "
+                f"gathered sequence; the vision tower runs every clip on every rank)")
+
+    def _shard_decoder_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Forward pre-hook of the language model: this rank's slice (see :meth:`enable_sequence_parallel`)."""
+        plan = getattr(self, "_shard_plan", None)
+        if plan is None:  # not inside sharded_hidden_states (e.g. generation): the whole sequence
+            return None
+        kwargs = dict(kwargs, attention_mask=None, **plan.decoder_kwargs())
+        kwargs["inputs_embeds"] = plan.narrow(kwargs["inputs_embeds"], 1)
+        kwargs["position_ids"] = plan.narrow(kwargs["position_ids"], -1)
+        return args, kwargs
+
+    def sharded_hidden_states(self, plan: ShardPlan, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              vision: dict[str, torch.Tensor] | None = None, pixel_values: torch.Tensor | None = None,
+                              position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None
+                              ) -> torch.Tensor:
+        """The VLM on the micro-batch flattened to one sequence [1, total] (packed or not), its language model on
+        this rank's slice: hidden [1, n, D]. Positions are those of every sequence alone
+        (:meth:`packed_position_ids`; an unpacked row is one sequence plus its padding)."""
+        if vision is None:
+            raise ValueError("HFVideoLLM needs the batch's 'vision' tensors (train.models.hf_inputs collate)")
+        vision = self._vision_kwargs(vision)
+        segments = sequence_segments(attention_mask, segment_ids)
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        positions = self.packed_position_ids(input_ids, position_ids, segments, vision)  # [4, R, L]
+        if "mm_token_type_ids" in vision:
+            vision["mm_token_type_ids"] = plan.flatten(vision["mm_token_type_ids"], 0)
+        self._shard_plan = plan
+        try:
+            out = self.hf_model.model(input_ids=plan.flatten(input_ids, self.processor.pad_token_id),
+                                      attention_mask=None, position_ids=plan.flatten(positions, 0, dim=2),
+                                      use_cache=False, **vision)
+        finally:
+            self._shard_plan = None
+        return out.last_hidden_state
 
     # ------------------------------------------------------------------ forward
     def _vision_kwargs(self, vision: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,124 @@
+"""Ulysses sequence parallel (``parallel.sequence``, ``train.sequence_parallel``).
+
+* The shard plan (one process): slices of the flattened micro-batch, sequence boundaries, positions, and
+  next-token targets that the ranks' slices add up to exactly.
+* 2 gloo ranks, one sequence group, ZeRO-3 (marked slow): one SGD step with sp = 2 on long-video
+  micro-batches equals the step of one process without sequence parallel on the whole batch (loss and
+  every parameter's update), for the assembled model (padded and packed) and Qwen2-VL.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from tests.conftest import assert_close_report
+from tests.train.engine_helpers import REPO, env_for_launch, torchrun_cmd
+from train.sequence_parallel import SequenceParallel, cu_seqlens_of, plan_shard, text_positions
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """2 right-padded rows (5 and 3 tokens of 6) with targets on their last tokens."""
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+    labels = torch.tensor([[-100, -100, 7, 8, 9, -100], [-100, 5, 6, -100, -100, -100]])
+    weight = torch.where(labels != -100, torch.arange(12.0).view(2, 6), torch.zeros(2, 6))
+    return mask, labels, weight
+
+
+def test_shard_plan_slices_add_up_to_the_next_token_targets_of_every_row():
+    mask, labels, weight = _batch()
+    plans = [plan_shard(SequenceParallel(None, 5, r), mask, labels, weight) for r in range(5)]
+    assert {p.total for p in plans} == {15}  # 12 tokens padded to a multiple of 5
+    assert [(p.start, p.end) for p in plans] == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15)]
+    # a sequence per row's tokens, one per row's padding tail, one for the padding to 15
+    assert plans[0].cu_seqlens.tolist() == [0, 5, 6, 9, 12, 15]
+    assert plans[0].positions.tolist() == [[0, 1, 2, 3, 4, 0, 0, 1, 2, 0, 1, 2, 0, 1, 2]]
+    got = torch.cat([p.labels for p in plans], dim=1)
+    want = [-100, 7, 8, 9, -100, -100, 5, 6, -100, -100, -100, -100, -100, -100, -100]  # labels[t + 1] per row
+    assert got.tolist() == [want]
+    got_w = torch.cat([p.weights for p in plans], dim=1)
+    assert got_w[0, [1, 2, 3, 6, 7]].tolist() == [2.0, 3.0, 4.0, 7.0, 8.0]
+    assert float(got_w.sum()) == float(weight.sum())  # every target's weight once, nothing else
+
+
+def test_packed_segments_give_one_boundary_per_sequence_and_row():
+    seg = torch.tensor([[1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 2, 2]])
+    assert cu_seqlens_of(seg, 12).tolist() == [0, 2, 5, 6, 10, 12]
+    assert cu_seqlens_of(seg, 14).tolist() == [0, 2, 5, 6, 10, 12, 14]
+    assert text_positions(seg, 12).tolist() == [[0, 1, 0, 1, 2, 0, 0, 1, 2, 3, 0, 1]]
+
+
+def test_heads_that_cannot_be_split_are_refused_by_name():
+    sp = SequenceParallel(None, 4, 0)
+    with pytest.raises(ValueError, match="6 attention heads, not a multiple of 4"):
+        sp.check_heads(6, 2, "model.llm")
+
+
+# ---------------------------------------------------------------- 2 ranks
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory) -> str:
+    from train.testing.hf_tiny import write_tiny_vlm
+
+    out = tmp_path_factory.mktemp("sp_qwen") / "qwen2_vl"
+    write_tiny_vlm(out, "qwen2_vl")
+    return str(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,packed", [("assembled", False), ("assembled", True), ("qwen2_vl", False)],
+                         ids=["assembled", "assembled-packed", "qwen2_vl"])
+def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path, request, family, packed):
+    """One SGD step (lr 0.5, no momentum / decay / clipping: the update is the gradient) with sp = 2 under
+    ZeRO-3 on 2 gloo ranks equals one process on the whole batch without sequence parallel: the loss to 1e-5
+    and every parameter to 1e-6 (fp32; summation order differs). Each micro-batch holds one or two long-video
+    questions (48 frames for the assembled model, 64 for Qwen2-VL: about 200 and 130 visual tokens);
+    the split between the ranks cuts through a sequence (sp_worker.MICRO)."""
+    from tests.train import sp_worker as S
+    from train.config import load_config
+    from train.loss import TASK_QA, TASK_REASON, token_weights
+    from train.models import build_model
+
+    model_dir = request.getfixturevalue("qwen_dir") if family == "qwen2_vl" else None
+    out = tmp_path / "sp.pt"
+    args = [str(REPO / "tests" / "train" / "sp_worker.py"), str(out), family, *([model_dir] if model_dir else []),
+            *(["packed"] if packed else [])]
+    proc = subprocess.run(torchrun_cmd(2, *args, module=None), cwd=REPO, env=env_for_launch(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert "ulysses over 2 ranks" in proc.stdout
+    res = torch.load(out, weights_only=False)
+
+    torch.set_num_threads(2)
+    cfg = load_config(S.RECIPES[family], S.overrides(family, model_dir, False, 1))
+    if family == "assembled":
+        tok = S.W.tokenizer()
+    else:
+        from train.models.hf_vlm import load_processor
+
+        tok = load_processor(cfg.model.hf)
+    model = build_model(cfg.model, tok)
+    model.load_state_dict(res["before"], strict=False)
+    batch = model.collate([ex for qs in S.questions() for q in qs for ex in S.examples_of(q, cfg)], cfg.task)
+    n_qa, n_re = int((batch["task_ids"] == TASK_QA).sum()), int((batch["task_ids"] == TASK_REASON).sum())
+    assert (res["n_qa"], res["n_reason"]) == (n_qa, n_re)  # counted once per sequence group, not per rank
+    assert res["examples"] == batch["input_ids"].shape[0]
+    assert min(res["tokens"]) > 200, "not a long sequence"
+    w = token_weights(batch["task_ids"], n_qa, n_re, cfg.task.alpha, cfg.task.beta)
+    inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "vision")}
+    loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 loss_weight=w, **inputs)["loss"]
+    loss.backward()
+    assert abs(res["loss"] - loss.item()) <= 1e-5 * abs(loss.item()), (res["loss"], loss.item())
+    biggest = 0.0
+    for name, p in model.named_parameters():
+        if name not in res["before"]:
+            continue
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        want = res["before"][name] - cfg.optim.lr * grad
+        biggest = max(biggest, float((want - res["before"][name]).abs().max()))
+        assert_close_report(res["after"][name], want, rtol=1e-5, atol=1e-6, name=name)
+    assert biggest > 0.02, "the step barely moved the parameters: the test would not see a wrong scale"
