@@ -34,6 +34,7 @@ from train.dist import Heartbeat, ParallelDims, all_reduce_sum, barrier, device,
 from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
 from train.metrics import MetricsLogger, Throughput
 from train.models import build_model, load_tokenizer
+from train.sequence_parallel import sequence_groups
 from train.tasks import build_examples
 from train.tokenizer import build_tokenizer
 
@@ -56,11 +57,12 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
         self.cfg = cfg
-        self.dims = ParallelDims.from_env(cfg.data.micro_batch_size, cfg.deepspeed.gradient_accumulation_steps)
+        self.dims = ParallelDims.from_env(cfg.data.micro_batch_size, cfg.deepspeed.gradient_accumulation_steps,
+                                          sequence=cfg.parallel.sequence)
         # --- checks on the user's input, before any process group exists
-        need_count = cfg.data.epoch_batches is None and self.dims.world_size > 1
+        need_count = cfg.data.epoch_batches is None and self.dims.data_parallel_size > 1
         self.data_summary = preflight(cfg.data, count_questions=need_count)
-        self.epoch_batches = epoch_batches_for(cfg.data, self.data_summary, self.dims.world_size)
+        self.epoch_batches = epoch_batches_for(cfg.data, self.data_summary, self.dims.data_parallel_size)
         self.reasoning = None
         if cfg.data.reasoning:
             self.reasoning = load_reasoning(cfg.data.reasoning)
@@ -86,6 +88,8 @@ class Trainer:
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True)
         self.backend = init_distributed(self.dims, cfg.deepspeed.backend, cfg.deepspeed.master_timeout_s)
+        self.sequence = (sequence_groups(self.dims.world_size, cfg.parallel.sequence, self.dims.rank)
+                         if cfg.parallel.sequence > 1 else None)
         self.device = device()
         self.ds_config = deepspeed_config(cfg, self.dims)
         self.is_main = self.dims.is_main
@@ -105,7 +109,8 @@ class Trainer:
         self.tokenizer = self._tokenizer()
         self.model, self.engine = self._model_and_engine()
         self.step, self.samples, position = 0, 0, {"epoch": 0, "batch": 0}
-        seed_everything(cfg.run.seed + 1000 * (self.dims.rank + 1))  # per-rank streams (dropout, ...)
+        # per-rank streams (dropout, ...); the ranks of a sequence group share one, as they share the data
+        seed_everything(cfg.run.seed + 1000 * (self.dims.data_parallel_rank + 1))
         if self.resume_from is not None:
             position = self._resume(*self.resume_from)  # restores this rank's RNG states too
         self.stream = BatchStream(self._loader(), **position)
@@ -141,6 +146,7 @@ class Trainer:
         with model_init_context(self.ds_config, self.cfg.deepspeed.zero_init):
             model = build_model(self.cfg.model, self.tokenizer)
         packing = model.prepare_packing(self.cfg.data.packing_sdpa) if self.cfg.data.packing else None
+        sequence = model.enable_sequence_parallel(self.sequence) if self.sequence is not None else None
         engine = build_engine(model, self.cfg, self.ds_config)
         if self.is_main:
             report = getattr(model, "attention_report", None)
@@ -149,6 +155,8 @@ class Trainer:
             if self.cfg.data.packing:
                 log.info("packing: rows of up to %d tokens (first-fit decreasing); attention: %s",
                          self.cfg.row_capacity, packing)
+            if sequence is not None:
+                log.info("sequence parallel: %s; %d data-parallel ranks", sequence, self.dims.data_parallel_size)
         return model, engine
 
     def _loader(self) -> Any:
@@ -158,7 +166,8 @@ class Trainer:
         quarantine = self.cfg.data.quarantine_file or str(self.cfg.run_dir / "decode_quarantine.jsonl")
         lcfg = dataclasses.replace(self.cfg.data, urls=list(self.data_summary.urls), seed=self.cfg.data_seed,
                                    epoch_batches=self.epoch_batches, quarantine_file=quarantine)
-        return build_loader(lcfg, self.dims.rank, self.dims.world_size, self.reasoning)
+        # the ranks of a sequence group read the same data
+        return build_loader(lcfg, self.dims.data_parallel_rank, self.dims.data_parallel_size, self.reasoning)
 
     def _resume(self, load_dir: Path, tag: str) -> dict:
         """Load the checkpoint (checked by runguard.resume_plan before DeepSpeed started)."""
@@ -230,7 +239,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 micro = [self.next_micro_batch() for _ in range(gas)]
                 data_s = time.perf_counter() - t0
-                stats = optimizer_step(self.engine, micro, cfg.task, self.dims.world_size, self.device)
+                stats = optimizer_step(self.engine, micro, cfg.task, self.dims.world_size, self.device,
+                                       sequence_parallel=cfg.parallel.sequence)
                 self.step += 1
                 self.samples += stats.examples
                 tput.add(stats.tokens, stats.examples, stats.frames, data_s, stats.compute_s)

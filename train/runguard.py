@@ -45,6 +45,7 @@ REFUSED = {
     "deepspeed.precision": "the checkpoint's layout depends on it",
     "data.micro_batch_size": "the saved data position counts batches of the old size",
     "deepspeed.gradient_accumulation_steps": "the saved data position counts batches of the old size",
+    "parallel.sequence": "the saved data positions are per data-parallel rank, whose number it sets",
     "optim.name": "the saved optimizer state belongs to the old optimizer",
     "optim.impl": "the saved optimizer state belongs to the old optimizer",
 }

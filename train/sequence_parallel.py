@@ -230,6 +230,17 @@ class ShardPlan:
         return {"ulysses": self.sp, "ulysses_cu_seqlens": self.cu_seqlens}
 
 
+def check_same_batch(sp: SequenceParallel, total: int) -> None:
+    """Raise (on every rank of the group) unless all its ranks hold micro-batches of the same size: ranks that
+    read different data would otherwise exchange mismatched slices (gloo aborts, NCCL may hang)."""
+    t = torch.tensor([total, -total], dtype=torch.long)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=sp.group)
+    if int(t[0]) != total or -int(t[1]) != total:
+        raise RuntimeError(f"sequence parallel: the ranks of a sequence group hold micro-batches of {-int(t[1])} to "
+                           f"{int(t[0])} tokens (this rank {total}); they must read the same data (data-parallel "
+                           f"rank = rank // parallel.sequence)")
+
+
 def plan_shard(sp: SequenceParallel, attention_mask: torch.Tensor, labels: torch.Tensor,
                loss_weight: torch.Tensor | None, segment_ids: torch.Tensor | None = None) -> ShardPlan:
     """Flatten a micro-batch's rows [R, L], pad to a multiple of the group size, and plan this rank's slice.
@@ -239,6 +250,8 @@ def plan_shard(sp: SequenceParallel, attention_mask: torch.Tensor, labels: torch
     """
     R, L = attention_mask.shape
     total = -(-(R * L) // sp.size) * sp.size
+    if sp.group is not None:
+        check_same_batch(sp, total)
     n = total // sp.size
     start, end = sp.rank * n, (sp.rank + 1) * n
     segments = sequence_segments(attention_mask, segment_ids)

@@ -122,3 +122,27 @@ def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path,
         biggest = max(biggest, float((want - res["before"][name]).abs().max()))
         assert_close_report(res["after"][name], want, rtol=1e-5, atol=1e-6, name=name)
     assert biggest > 0.02, "the step barely moved the parameters: the test would not see a wrong scale"
+
+
+@pytest.mark.slow
+def test_trainer_with_sp2_on_two_ranks_trains_the_losses_of_one_rank(tmp_path):
+    """``python -m train`` with ``parallel.sequence: 2`` on 2 ranks (one sequence group, data parallel 1) reads
+    the data one rank reads alone and trains the same model: AdamW, ZeRO-3, 3 steps from real shards, the
+    losses of a 1-rank run without sequence parallel to 1e-4 (relative), and the log says Ulysses ran."""
+    from tests.train.engine_helpers import losses, make_shards, run_torchrun, tiny_overrides
+
+    urls = make_shards(tmp_path / "data")
+    common = {"run.max_steps": 3, "checkpoint.interval_steps": 0, "checkpoint.save_final": "false",
+              "data.num_frames": 16, "data.micro_batch_size": 2, "task.max_prompt_len": 320, "data.epoch_batches": 4}
+    runs = {}
+    for name, nproc, sp in (("sp2", 2, 2), ("one", 1, 1)):
+        run_dir = tmp_path / "runs" / name
+        proc = run_torchrun(nproc, "--config", str(REPO / "configs" / "tiny_cpu.yaml"),
+                            *tiny_overrides(urls, run_dir, **common, **{"parallel.sequence": sp}), timeout=400)
+        assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        runs[name] = losses(run_dir)
+        if sp > 1:
+            assert "sequence parallel: ulysses over 2 ranks" in proc.stdout + proc.stderr
+    assert sorted(runs["sp2"]) == [1, 2, 3]
+    for step, loss in runs["one"].items():
+        assert abs(runs["sp2"][step] - loss) <= 1e-4 * abs(loss), (step, runs["sp2"][step], loss)

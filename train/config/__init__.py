@@ -32,8 +32,8 @@ from train.config.sections import (
     DataConfig,
     DeepSpeedSection,
     LoggingConfig,
-    ParallelConfig,
     OptimConfig,
+    ParallelConfig,
     RunConfig,
     TokenizerConfig,
     TrainConfig,
@@ -42,8 +42,8 @@ from train.config.task import TaskConfig
 
 __all__ = [
     "DEFAULT_LORA_TARGETS", "CheckpointConfig", "ConfigError", "DataConfig", "DeepSpeedSection", "FrameLayout",
-    "HFVLMSettings", "LanguageModelConfig", "LoggingConfig", "LoraSettings", "ModelConfig", "OptimConfig", "ParallelConfig",
-    "ProjectorConfig", "RunConfig", "TaskConfig", "TokenizerConfig", "TrainConfig", "VisionTowerConfig",
-    "config_to_dict", "describe", "field_docs", "load_config", "load_section", "parse_override", "save_config",
+    "HFVLMSettings", "LanguageModelConfig", "LoggingConfig", "LoraSettings", "ModelConfig", "OptimConfig",
+    "ParallelConfig", "ProjectorConfig", "RunConfig", "TaskConfig", "TokenizerConfig", "TrainConfig",
+    "VisionTowerConfig", "config_to_dict", "describe", "field_docs", "load_config", "load_section", "parse_override", "save_config",
     "split_overrides",
 ]

@@ -338,6 +338,9 @@ class VideoLLM(VideoModel):
         return (f"ulysses over {sp.size} ranks (DeepSpeed DistributedAttention; per-sequence causal SDPA on the "
                 f"gathered sequence)")
 
+    def decoder_module(self) -> nn.Module:
+        return self.causal_lm.get_decoder()
+
     def sharded_hidden_states(self, plan: ShardPlan, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               pixel_values: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                               segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None

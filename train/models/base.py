@@ -129,6 +129,10 @@ class VideoModel(nn.Module, abc.ABC):
         computes this rank's share of the loss. Returns what runs (logged by the trainer)."""
         raise ValueError(f"{type(self).__name__} has no sequence-parallel path: set parallel.sequence 1")
 
+    def decoder_module(self) -> nn.Module:
+        """The LLM's decoder (the module sequence parallel splits; benches hook it)."""
+        raise NotImplementedError
+
     def sharded_hidden_states(self, plan: ShardPlan, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               **family_inputs: Any) -> torch.Tensor:
         """Last hidden states [1, plan.end - plan.start, D] of this rank's slice of the flattened micro-batch."""

@@ -308,6 +308,9 @@ class HFVideoLLM(VideoModel):
         kwargs["position_ids"] = plan.narrow(kwargs["position_ids"], -1)
         return args, kwargs
 
+    def decoder_module(self) -> nn.Module:
+        return self.hf_model.model.language_model
+
     def sharded_hidden_states(self, plan: ShardPlan, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               vision: dict[str, torch.Tensor] | None = None, pixel_values: torch.Tensor | None = None,
                               position_ids: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None
