@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=192, help="frames of the sample's clip")
     p.add_argument("--csv", default=None, help="append the rows here (e.g. docs/bench/sp_memory.csv)")
     args, rest = p.parse_known_args(argv)
-    overrides = split_overrides(rest) + ["--task.mode=qa", "--data.micro_batch_size=1",
-                                         f"--data.num_frames={args.frames}", "--deepspeed.gradient_accumulation_steps=1"]
+    fixed = ["--task.mode=qa", "--data.micro_batch_size=1", f"--data.num_frames={args.frames}",
+             "--deepspeed.gradient_accumulation_steps=1"]
+    overrides = split_overrides(rest) + fixed
     cfg = load_config(args.config, overrides)
     dims = ParallelDims.from_env(1, 1)
     if dims.world_size < 2:

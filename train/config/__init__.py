@@ -44,6 +44,6 @@ __all__ = [
     "DEFAULT_LORA_TARGETS", "CheckpointConfig", "ConfigError", "DataConfig", "DeepSpeedSection", "FrameLayout",
     "HFVLMSettings", "LanguageModelConfig", "LoggingConfig", "LoraSettings", "ModelConfig", "OptimConfig",
     "ParallelConfig", "ProjectorConfig", "RunConfig", "TaskConfig", "TokenizerConfig", "TrainConfig",
-    "VisionTowerConfig", "config_to_dict", "describe", "field_docs", "load_config", "load_section", "parse_override", "save_config",
-    "split_overrides",
+    "VisionTowerConfig", "config_to_dict", "describe", "field_docs", "load_config", "load_section",
+    "parse_override", "save_config", "split_overrides",
 ]
