@@ -399,7 +399,7 @@ def activation_bytes(facts: ModelFacts, cfg: TrainConfig, checkpointing: bool) -
     backward = 3 * e * d.llm_intermediate + 2 * e * d.llm_hidden
     layers = d.llm_layers * e * d.llm_hidden + layer if checkpointing else d.llm_layers * layer
     per_token = layers + final_norm + backward
-    llm = per_token * tokens if grad_into_llm else 0.0
+    llm = per_token * tokens / cfg.parallel.sequence if grad_into_llm else 0.0  # Ulysses: 1/S of the tokens
     clips = cfg.data.micro_batch_size if cfg.model.kind == "assembled" else rows  # assembled reuses a clip
     vis_tokens = clips * facts.tower_frames * d.vis_patches
     vit_layer = 8 * e * d.vis_hidden + 2 * e * d.vis_intermediate + 16 + 4 * max(1, d.vis_hidden // 64)
@@ -416,8 +416,9 @@ def logits_bytes(facts: ModelFacts, cfg: TrainConfig) -> dict[str, float]:
     d = facts.dims
     e = 4 if cfg.deepspeed.precision == "fp32" else 2
     rows = cfg.data.micro_batch_size * _rows_per_question(cfg)
-    targets = rows * cfg.task.max_target_len
-    positions = rows * (cfg.task.max_prompt_len + cfg.task.max_target_len)
+    sp = cfg.parallel.sequence  # each rank scores 1/S of the positions
+    targets = -(-rows * cfg.task.max_target_len // sp)
+    positions = -(-rows * (cfg.task.max_prompt_len + cfg.task.max_target_len) // sp)
     V, D = d.vocab_size, d.llm_hidden
     chunk = min(cfg.model.loss_chunk_size, targets)
     fused = 2 * chunk * V * e + 2 * targets * D * e + (4 * V * D if d.train_llm else 0)
@@ -431,7 +432,11 @@ def step_flops(facts: ModelFacts, cfg: TrainConfig) -> dict[str, float]:
     clips = 1.0 / _rows_per_question(cfg) if cfg.model.kind == "assembled" else 1.0
     per = flops_mod.flops_per_sample(facts.dims, seq, facts.tower_frames, clips, head_tokens=cfg.task.max_target_len)
     scale = rows * cfg.deepspeed.gradient_accumulation_steps
-    return {k: v * scale for k, v in per.items()}
+    out = {k: v * scale for k, v in per.items()}
+    if cfg.parallel.sequence > 1:  # the LLM's work is split over the group; every rank runs the whole tower
+        out["llm"] /= cfg.parallel.sequence
+        out["total"] = out["vision"] + out["projector"] + out["llm"]
+    return out
 
 
 @dataclass
@@ -496,7 +501,9 @@ def render(p: Plan, cfg: TrainConfig) -> str:
     seq = cfg.task.max_prompt_len + cfg.task.max_target_len
     lines = [f"plan: {p.config} on {p.world} x {p.gpu.name} (ZeRO-{cfg.deepspeed.zero_stage}, "
              f"{cfg.deepspeed.precision}, offload optimizer={cfg.deepspeed.offload_optimizer} "
-             f"param={cfg.deepspeed.offload_param})"]
+             f"param={cfg.deepspeed.offload_param}"
+             + (f", sequence parallel {cfg.parallel.sequence}: LLM activations, logits and FLOPs per GPU for 1/"
+                f"{cfg.parallel.sequence} of each micro-batch's tokens" if cfg.parallel.sequence > 1 else "") + ")"]
     lines += [f"  note: {n}" for n in f.notes]
     lines += [f"parameters: {f.total / 1e9:.3f}B ({f.total_trained / 1e6:,.1f}M trained): {parts}",
               f"per sample: {cfg.data.num_frames} frames, {f.layout.num_visual_tokens} visual tokens, "
@@ -515,7 +522,7 @@ def render(p: Plan, cfg: TrainConfig) -> str:
               row("logits, plain HF loss", p.logits["unfused"]),
               row("peak", p.peak, f"   of {p.gpu.memory / GB:.0f} GB: {p.verdict} ({HEADROOM:.0%} kept free)")]
     fl = p.flops
-    questions = cfg.data.micro_batch_size * cfg.deepspeed.gradient_accumulation_steps * p.world
+    questions = cfg.data.micro_batch_size * cfg.deepspeed.gradient_accumulation_steps * p.world // cfg.parallel.sequence
     lines += [f"FLOPs per step per GPU (forward + backward, model FLOPs): vision {fl['vision'] / 1e12:,.1f} T, "
               f"projector {fl['projector'] / 1e12:,.2f} T, LLM {fl['llm'] / 1e12:,.1f} T, total "
               f"{fl['total'] / 1e12:,.1f} T",

@@ -97,19 +97,18 @@ def _local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     """Causal attention of every sequence of the whole flattened sequence, for this rank's heads.
 
     Args:
-        query: [1, N, H', Dh]; key, value: [1, N, Hkv', Dh] (grouped-query heads are repeated here).
+        query: [1, N, H', Dh]; key, value: [1, N, Hkv', Dh] (grouped-query attention: H' a multiple of Hkv').
         cu_seqlens: int32 [S + 1], sequence boundaries over N.
 
     Returns:
         [1, N, H', Dh].
     """
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [1, heads, N, Dh]
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    gqa = q.shape[1] != k.shape[1]  # SDPA shares each key/value head with its query group (no repeated copy)
     bounds = cu_seqlens.tolist()
     outs = [torch.nn.functional.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
-                                                             dropout_p=dropout, is_causal=True, scale=scaling)
+                                                             dropout_p=dropout, is_causal=True, scale=scaling,
+                                                             enable_gqa=gqa)
             for a, b in zip(bounds[:-1], bounds[1:])]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
 

@@ -1,6 +1,6 @@
 """One ZeRO-3 optimizer step with Ulysses sequence parallel on 2 ranks (run by test_sequence_parallel.py).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/train/sp_worker.py OUT.pt FAMILY [MODEL_DIR] [packed]
+    python -m torch.distributed.run --nproc_per_node 2 tests/train/sp_worker.py OUT.pt FAMILY [MODEL_DIR] [packed] [kv1]
 
 Both ranks form one sequence group (``parallel.sequence: 2``, data parallel 1): they take the SAME 2
 micro-batches (long-video questions, QA and reasoning sequences, see :data:`MICRO`), each runs its half of every
@@ -8,7 +8,8 @@ sequence through the LLM (``train.sequence_parallel``), and ``train.engine.optim
 with plain SGD under ZeRO-3. Rank 0 writes the gathered parameters before and after the step and the
 reported loss; the test redoes the step in one process without sequence parallel (and without
 DeepSpeed) on the whole batch. FAMILY: ``assembled`` (the tiny recipe) or ``qwen2_vl`` (the tiny
-Qwen2-VL folder MODEL_DIR). ``packed``: the micro-batches are packed (data.packing).
+Qwen2-VL folder MODEL_DIR). ``packed``: the micro-batches are packed (data.packing). ``kv1``: the assembled
+LLM has one key/value head (fewer than the ranks).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ FRAMES = {"assembled": 48, "qwen2_vl": 64}
 RECIPES = {"assembled": REPO / "configs" / "tiny_cpu.yaml", "qwen2_vl": REPO / "configs" / "tiny_hf_qwen2vl_cpu.yaml"}
 
 
-def overrides(family: str, model_dir: str | None, packed: bool, sequence: int) -> list[str]:
+def overrides(family: str, model_dir: str | None, packed: bool, sequence: int, kv1: bool = False) -> list[str]:
     """The recipe's overrides of this test (the one-process replay uses them with sequence 1)."""
     items = [o for o in W.OVERRIDES if not o.startswith(("--data.micro_batch_size", "--data.num_frames"))]
     items += ["--data.micro_batch_size=1", f"--data.num_frames={FRAMES[family]}", "--task.max_prompt_len=768",
@@ -38,6 +39,8 @@ def overrides(family: str, model_dir: str | None, packed: bool, sequence: int) -
         items += [f"--model.hf.path={model_dir}", "--model.hf.freeze_vision=false"]
     if packed:
         items += ["--data.packing=true", "--data.max_tokens_per_row=2000"]
+    if kv1:  # one key/value head for 2 ranks: Ulysses repeats it per query head before the all-to-all
+        items += ["--model.llm.config.num_key_value_heads=1"]
     return items
 
 
@@ -68,7 +71,7 @@ def examples_of(q: dict, cfg) -> list:
     return build_examples(q, cfg.task)
 
 
-def main(out: str, family: str, model_dir: str | None, packed: bool) -> None:
+def main(out: str, family: str, model_dir: str | None, packed: bool, kv1: bool) -> None:
     from train.config import load_config
     from train.dist import ParallelDims, init_distributed
     from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
@@ -76,7 +79,7 @@ def main(out: str, family: str, model_dir: str | None, packed: bool) -> None:
     from train.models import build_model
     from train.sequence_parallel import sequence_groups
 
-    cfg = load_config(RECIPES[family], overrides(family, model_dir, packed, 2))
+    cfg = load_config(RECIPES[family], overrides(family, model_dir, packed, 2, kv1))
     dims = ParallelDims.from_env(cfg.data.micro_batch_size, cfg.deepspeed.gradient_accumulation_steps,
                                  sequence=cfg.parallel.sequence)
     assert dims.world_size == 2 and dims.data_parallel_size == 1, "run with 2 ranks"
@@ -113,6 +116,8 @@ if __name__ == "__main__":
     from data_shards.common.distenv import exit_process, shutdown
 
     args = sys.argv[1:]
-    main(args[0], args[1], args[2] if len(args) > 2 and args[2] != "packed" else None, "packed" in args[2:])
+    flags = ("packed", "kv1")
+    main(args[0], args[1], args[2] if len(args) > 2 and args[2] not in flags else None, "packed" in args[2:],
+         "kv1" in args[2:])
     shutdown()
     exit_process(0)

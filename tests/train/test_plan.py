@@ -347,6 +347,21 @@ def test_overrides_and_offload_change_the_plan():
     assert base.act_full["llm"] > 10 * base.act_ckpt["llm"]
 
 
+def test_sequence_parallel_divides_the_llm_activations_logits_and_flops_per_gpu():
+    """parallel.sequence S: each GPU holds 1/S of every sequence's tokens through the LLM (activations, head,
+    LLM FLOPs); the tower runs every clip on every GPU of the group (its FLOPs and activations stay)."""
+    cfg_path = REPO / "configs" / "qwen25vl7b_lora_nextqa_multinode.yaml"
+    long = ["--data.num_frames=128", "--task.max_prompt_len=16384"]
+    one = make_plan(load_config(cfg_path, long), 1, 8, "h100")
+    two = make_plan(load_config(cfg_path, [*long, "--parallel.sequence=2"]), 1, 8, "h100")
+    assert two.act_ckpt["llm"] == pytest.approx(one.act_ckpt["llm"] / 2)
+    assert two.act_ckpt["projector"] == one.act_ckpt["projector"]
+    assert two.flops["llm"] == pytest.approx(one.flops["llm"] / 2)
+    assert two.flops["vision"] == one.flops["vision"]
+    assert two.logits["fused"] < one.logits["fused"]
+    assert one.verdict.startswith("DOES NOT FIT") and two.verdict.startswith("FITS")
+
+
 @pytest.mark.parametrize("args,field", [(["--gpu", "v100"], "--gpu"), (["--nodes", "0"], "--nodes"),
                                         (["--mfu", "1.5"], "--mfu"), (["--model.kind=nope"], "model.kind")])
 def test_bad_input_is_one_line_naming_the_field(args, field):

@@ -69,14 +69,16 @@ def qwen_dir(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,packed", [("assembled", False), ("assembled", True), ("qwen2_vl", False)],
-                         ids=["assembled", "assembled-packed", "qwen2_vl"])
-def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path, request, family, packed):
+@pytest.mark.parametrize("family,packed,kv1", [("assembled", False, False), ("assembled", True, False),
+                                               ("assembled", False, True), ("qwen2_vl", False, False)],
+                         ids=["assembled", "assembled-packed", "assembled-1kv", "qwen2_vl"])
+def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path, request, family, packed, kv1):
     """One SGD step (lr 0.5, no momentum / decay / clipping: the update is the gradient) with sp = 2 under
     ZeRO-3 on 2 gloo ranks equals one process on the whole batch without sequence parallel: the loss to 1e-5
     and every parameter to 1e-6 (fp32; summation order differs). Each micro-batch holds one or two long-video
     questions (48 frames for the assembled model, 64 for Qwen2-VL: about 200 and 130 visual tokens);
-    the split between the ranks cuts through a sequence (sp_worker.MICRO)."""
+    the split between the ranks cuts through a sequence (sp_worker.MICRO). ``1kv``: one key/value head for two
+    ranks (repeated per query head before the all-to-all)."""
     from tests.train import sp_worker as S
     from train.config import load_config
     from train.loss import TASK_QA, TASK_REASON, token_weights
@@ -85,7 +87,7 @@ def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path,
     model_dir = request.getfixturevalue("qwen_dir") if family == "qwen2_vl" else None
     out = tmp_path / "sp.pt"
     args = [str(REPO / "tests" / "train" / "sp_worker.py"), str(out), family, *([model_dir] if model_dir else []),
-            *(["packed"] if packed else [])]
+            *(["packed"] if packed else []), *(["kv1"] if kv1 else [])]
     proc = subprocess.run(torchrun_cmd(2, *args, module=None), cwd=REPO, env=env_for_launch(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -93,7 +95,7 @@ def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path,
     res = torch.load(out, weights_only=False)
 
     torch.set_num_threads(2)
-    cfg = load_config(S.RECIPES[family], S.overrides(family, model_dir, False, 1))
+    cfg = load_config(S.RECIPES[family], S.overrides(family, model_dir, False, 1, kv1))
     if family == "assembled":
         tok = S.W.tokenizer()
     else:
@@ -146,3 +148,26 @@ def test_trainer_with_sp2_on_two_ranks_trains_the_losses_of_one_rank(tmp_path):
     assert sorted(runs["sp2"]) == [1, 2, 3]
     for step, loss in runs["one"].items():
         assert abs(runs["sp2"][step] - loss) <= 1e-4 * abs(loss), (step, runs["sp2"][step], loss)
+
+
+@pytest.mark.slow
+def test_memory_bench_measures_half_the_decoder_activations_per_rank_with_sp2(tmp_path):
+    """``train.bench.sp_memory`` on 2 ranks: the same sample at sp 1 and 2; with sp 2 each rank saves about half
+    the decoder's activations for backward (the attention of the gathered sequence keeps a little more), and the
+    rest (tower, projector) stays."""
+    import csv
+
+    out = tmp_path / "sp.csv"
+    proc = subprocess.run(torchrun_cmd(2, "--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--frames", "96",
+                                       "--task.max_prompt_len=1200", "--csv", str(out), module="train.bench.sp_memory"),
+                          cwd=REPO, env=env_for_launch(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    rows = list(csv.DictReader(out.open()))
+    assert sorted((int(r["sequence"]), int(r["rank"])) for r in rows) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert len({r["tokens"] for r in rows}) == 1 and int(rows[0]["tokens"]) > 900
+    for r in rows:
+        if r["sequence"] == "2":
+            assert 0.45 <= float(r["decoder_ratio_vs_sp1"]) <= 0.65, r
+            rest = float(r["saved_mib"]) - float(r["decoder_saved_mib"])
+            base = next(b for b in rows if b["sequence"] == "1" and b["rank"] == r["rank"])
+            assert rest > 0.8 * (float(base["saved_mib"]) - float(base["decoder_saved_mib"])), (r, base)
