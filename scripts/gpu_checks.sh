@@ -76,6 +76,14 @@ if python3 -c "import deepspeed, webdataset, torchcodec" 2>/dev/null; then
     --csv "$OUT/packing.csv" "--data.urls=$OUT/packdemo/shards/train/train-{000000..000003}.tar" \
     "--data.reasoning=[\"$OUT/packdemo/reasoning/t33_refined.jsonl\"]" --task.reasoning_source=refined \
     --data.max_tokens_per_row=2048
+  # 4b. Sequence parallel (issue 23): activation memory per rank, sp 1 vs 2, on one long-video sample (needs 2 GPUs:
+  #     two NCCL ranks cannot share one device)
+  if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+    step sp_memory 300 python3 -m torch.distributed.run --nproc_per_node 2 -m train.bench.sp_memory \
+      --config configs/bench_1b_gpu.yaml --frames 192 --task.max_prompt_len=3900 --csv "$OUT/sp_memory.csv"
+  else
+    echo "== sp_memory: skipped (one GPU: sequence parallel needs 2)" | tee "$OUT/sp_memory.log"
+  fi
 else
   echo "== train_bench: skipped (deepspeed, webdataset or torchcodec not importable here)" | tee "$OUT/train_bench.log"
 fi

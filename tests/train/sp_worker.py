@@ -7,8 +7,8 @@ micro-batches (long-video questions, QA and reasoning sequences, see :data:`MICR
 sequence through the LLM (``train.sequence_parallel``), and ``train.engine.optimizer_step`` runs once
 with plain SGD under ZeRO-3. Rank 0 writes the gathered parameters before and after the step and the
 reported loss; the test redoes the step in one process without sequence parallel (and without
-DeepSpeed) on the whole batch. FAMILY: ``assembled`` (the tiny recipe) or ``qwen2_vl`` (the tiny
-Qwen2-VL folder MODEL_DIR). ``packed``: the micro-batches are packed (data.packing). ``kv1``: the assembled
+DeepSpeed) on the whole batch. FAMILY: ``assembled`` (the tiny recipe), ``qwen2_vl`` or ``llava_onevision``
+(the tiny folder MODEL_DIR). ``packed``: the micro-batches are packed (data.packing). ``kv1``: the assembled
 LLM has one key/value head (fewer than the ranks).
 """
 
@@ -25,9 +25,10 @@ sys.path.insert(0, str(REPO))
 from tests.train import exactness_worker as W  # noqa: E402
 
 GAS = 2
-FRAMES = {"assembled": 48, "qwen2_vl": 64}
-"""A long clip for the tiny models: 48 frames x 4 tokens (assembled), 32 temporal groups x 4 tokens (Qwen)."""
-RECIPES = {"assembled": REPO / "configs" / "tiny_cpu.yaml", "qwen2_vl": REPO / "configs" / "tiny_hf_qwen2vl_cpu.yaml"}
+FRAMES = {"assembled": 48, "qwen2_vl": 64, "llava_onevision": 32}
+"""A long clip for the tiny models (hundreds of visual tokens)."""
+RECIPES = {"assembled": REPO / "configs" / "tiny_cpu.yaml", "qwen2_vl": REPO / "configs" / "tiny_hf_qwen2vl_cpu.yaml",
+           "llava_onevision": REPO / "configs" / "tiny_hf_qwen2vl_cpu.yaml"}
 
 
 def overrides(family: str, model_dir: str | None, packed: bool, sequence: int, kv1: bool = False) -> list[str]:

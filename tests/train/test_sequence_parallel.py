@@ -4,7 +4,8 @@
   next-token targets that the ranks' slices add up to exactly.
 * 2 gloo ranks, one sequence group, ZeRO-3 (marked slow): one SGD step with sp = 2 on long-video
   micro-batches equals the step of one process without sequence parallel on the whole batch (loss and
-  every parameter's update), for the assembled model (padded and packed) and Qwen2-VL.
+  every parameter's update), for the assembled model (padded, packed, one key/value head), Qwen2-VL (padded,
+  packed) and LLaVA-OneVision.
 """
 
 from __future__ import annotations
@@ -60,23 +61,24 @@ def test_heads_that_cannot_be_split_are_refused_by_name():
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory) -> str:
+def hf_dirs(tmp_path_factory) -> dict[str, str]:
     from train.testing.hf_tiny import write_tiny_vlm
 
-    out = tmp_path_factory.mktemp("sp_qwen") / "qwen2_vl"
-    write_tiny_vlm(out, "qwen2_vl")
-    return str(out)
+    root = tmp_path_factory.mktemp("sp_hf")
+    return {family: str(write_tiny_vlm(root / family, family)) for family in ("qwen2_vl", "llava_onevision")}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family,packed,kv1", [("assembled", False, False), ("assembled", True, False),
-                                               ("assembled", False, True), ("qwen2_vl", False, False)],
-                         ids=["assembled", "assembled-packed", "assembled-1kv", "qwen2_vl"])
+                                               ("assembled", False, True), ("qwen2_vl", False, False),
+                                               ("qwen2_vl", True, False), ("llava_onevision", False, False)],
+                         ids=["assembled", "assembled-packed", "assembled-1kv", "qwen2_vl", "qwen2_vl-packed",
+                              "llava_onevision"])
 def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path, request, family, packed, kv1):
     """One SGD step (lr 0.5, no momentum / decay / clipping: the update is the gradient) with sp = 2 under
     ZeRO-3 on 2 gloo ranks equals one process on the whole batch without sequence parallel: the loss to 1e-5
     and every parameter to 1e-6 (fp32; summation order differs). Each micro-batch holds one or two long-video
-    questions (48 frames for the assembled model, 64 for Qwen2-VL: about 200 and 130 visual tokens);
+    questions (48 frames for the assembled model, 64 for Qwen2-VL, 32 for LLaVA-OneVision);
     the split between the ranks cuts through a sequence (sp_worker.MICRO). ``1kv``: one key/value head for two
     ranks (repeated per query head before the all-to-all)."""
     from tests.train import sp_worker as S
@@ -84,7 +86,7 @@ def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path,
     from train.loss import TASK_QA, TASK_REASON, token_weights
     from train.models import build_model
 
-    model_dir = request.getfixturevalue("qwen_dir") if family == "qwen2_vl" else None
+    model_dir = request.getfixturevalue("hf_dirs")[family] if family != "assembled" else None
     out = tmp_path / "sp.pt"
     args = [str(REPO / "tests" / "train" / "sp_worker.py"), str(out), family, *([model_dir] if model_dir else []),
             *(["packed"] if packed else []), *(["kv1"] if kv1 else [])]

@@ -277,17 +277,14 @@ class HFVideoLLM(VideoModel):
 
     # ------------------------------------------------------------------ sequence parallel
     def enable_sequence_parallel(self, sp: SequenceParallel) -> str:
-        """Ulysses attention in the language model (``train.sequence_parallel``), Qwen2-VL / Qwen2.5-VL.
+        """Ulysses attention in the language model (``train.sequence_parallel``), every family.
 
         The VLM's own forward still builds the embeddings of the whole (flattened) micro-batch on every rank of
         the group: vision tower, merger, placeholder scatter. A forward pre-hook on its language model then
-        hands the decoder this rank's slice of the embeddings and of the 3-D M-RoPE positions, with the
+        hands the decoder this rank's slice of the embeddings and of the positions (Qwen: 3-D M-RoPE), with the
         sequence boundaries for :func:`train.sequence_parallel.ulysses_attention` (the vision tower keeps its
         own attention and never sees them).
         """
-        if self.processor.video.family not in QWEN_FAMILIES:
-            raise ValueError(f"parallel.sequence={sp.size}: model.kind hf_vlm runs sequence parallel for "
-                             f"{sorted(QWEN_FAMILIES)}, not {self.processor.video.family}")
         lm = self.hf_model.model.language_model
         heads = int(lm.config.num_attention_heads)
         sp.check_heads(heads, int(getattr(lm.config, "num_key_value_heads", None) or heads), "the language model")
@@ -330,7 +327,7 @@ class HFVideoLLM(VideoModel):
         self._shard_plan = plan
         try:
             out = self.hf_model.model(input_ids=plan.flatten(input_ids, self.processor.pad_token_id),
-                                      attention_mask=None, position_ids=plan.flatten(positions, 0, dim=2),
+                                      attention_mask=None, position_ids=plan.flatten(positions, 0, dim=positions.ndim - 1),
                                       use_cache=False, **vision)
         finally:
             self._shard_plan = None
