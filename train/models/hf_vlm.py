@@ -321,13 +321,14 @@ class HFVideoLLM(VideoModel):
         segments = sequence_segments(attention_mask, segment_ids)
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        positions = self.packed_position_ids(input_ids, position_ids, segments, vision)  # [4, R, L]
+        positions = self.packed_position_ids(input_ids, position_ids, segments, vision)  # Qwen [4, R, L], else [R, L]
         if "mm_token_type_ids" in vision:
             vision["mm_token_type_ids"] = plan.flatten(vision["mm_token_type_ids"], 0)
+        flat_positions = plan.flatten(positions, 0, dim=positions.ndim - 1)  # [4, 1, total] (Qwen) or [1, total]
         self._shard_plan = plan
         try:
             out = self.hf_model.model(input_ids=plan.flatten(input_ids, self.processor.pad_token_id),
-                                      attention_mask=None, position_ids=plan.flatten(positions, 0, dim=positions.ndim - 1),
+                                      attention_mask=None, position_ids=flat_positions,
                                       use_cache=False, **vision)
         finally:
             self._shard_plan = None
