@@ -147,6 +147,8 @@ class Trainer:
             model = build_model(self.cfg.model, self.tokenizer)
         packing = model.prepare_packing(self.cfg.data.packing_sdpa) if self.cfg.data.packing else None
         sequence = model.enable_sequence_parallel(self.sequence) if self.sequence is not None else None
+        if packing and sequence:  # Ulysses replaces the packed attention path (its own per-sequence calls)
+            packing = "per-sequence causal SDPA on the gathered sequence (sequence parallel)"
         engine = build_engine(model, self.cfg, self.ds_config)
         if self.is_main:
             report = getattr(model, "attention_report", None)
