@@ -117,6 +117,8 @@ def test_assembled_ragged_packed_equals_padded_and_a_token_mismatch_is_refused(t
     assert losses[1][1] == losses[0][1] > 0
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-5)
     batch = model.collate(examples, TASK)
+    as_if_padded = {k: v for k, v in batch.items() if k != "clip_frames"}  # FLOPs count real frames, not padding
+    assert model.batch_flops(batch) < model.batch_flops(as_if_padded)
     ids = batch["input_ids"].clone()
     ids[1, (ids[1] == model.frame_token_id).nonzero()[0]] = tok.pad_token_id  # one placeholder too few in row 1
     with pytest.raises(ValueError, match="frame placeholders"):

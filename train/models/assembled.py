@@ -470,9 +470,12 @@ class VideoLLM(VideoModel):
         pass per distinct adjacent clip (as :meth:`encode_frames` runs it). Padding is not
         counted: it is work the step does, not work the model needs. A packed batch
         (``train.packing``) counts each example at its own length (attention never crosses
-        examples) and each of its distinct clips once."""
+        examples) and each of its distinct clips once. Clips of different frame counts (``clip_frames``, the
+        frame budget) count at their mean count, not the padded one."""
         pv = batch.get("pixel_values")
         T = int(pv.shape[1]) if pv is not None else 0  # every example text-only: no tower work counted
+        if pv is not None and batch.get("clip_frames") is not None:
+            T = max(1, round(float(batch["clip_frames"].float().mean())))
         if batch.get("packed"):
             B, clips = int(batch["n_examples"]), int(pv.shape[0]) if pv is not None else 0
             lengths, targets = batch["example_lengths"], batch["example_targets"]

@@ -464,6 +464,9 @@ class HFVideoLLM(VideoModel):
         else:
             dims, per_group = self.flops_dims(tuple(frames.shape[-2:]))
             groups, share = -(-int(frames.shape[1]) // per_group), int(frames.shape[0]) / len(lengths)
+            grid = (batch.get("vision") or {}).get("video_grid_thw")
+            if grid is not None and grid.shape[0] == frames.shape[0]:  # Qwen: each clip's own count (frame budget)
+                groups = max(1, round(float(grid[:, 0].float().mean())))
         return sum(flops_mod.flops_per_sample(dims, int(n), groups, share, head_tokens=int(t))["total"]
                    for n, t in zip(lengths, targets))
 
