@@ -149,7 +149,8 @@ def keep_for_rank(key: str, rank: int, world_size: int) -> bool:
 
 def evaluate_loader(model: Any, tokenizer: Any, batches, opts: EvalOptions, probes: list[str],
                     share: tuple[int, int] | None = None, log_every: int = 20) -> dict[str, list[dict]]:
-    """Answer every question of ``batches``: plain, then each probe on the same decoded frames.
+    """Answer every question of ``batches``: plain, then each probe on the same decoded frames. Every record
+    gets ``num_frames``, the frame count of its clip (None: text-only), which a frame budget varies per clip.
 
     Args:
         batches: an iterable of question-sample batches (the loader).
@@ -167,9 +168,11 @@ def evaluate_loader(model: Any, tokenizer: Any, batches, opts: EvalOptions, prob
             if not batch:
                 continue
             for group in by_frame_count(batch):  # one group unless a frame budget varies the counts
-                results["plain"] += evaluate_batch(model, tokenizer, group, opts)
-                for p in probes:
-                    results[p] += evaluate_batch(model, tokenizer, group, opts, probe=p)
+                frames = group[0].get("frames")
+                n_frames = None if frames is None else int(frames.shape[0])
+                for name in ("plain", *probes):
+                    records = evaluate_batch(model, tokenizer, group, opts, probe=None if name == "plain" else name)
+                    results[name] += [{**r, "num_frames": n_frames} for r in records]
             if log_every and (b + 1) % log_every == 0:
                 print(f"[eval] {len(results['plain'])} questions, {time.time() - t0:.0f}s", flush=True)
     return results

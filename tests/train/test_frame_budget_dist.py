@@ -62,7 +62,8 @@ def test_two_ranks_train_clips_of_different_frame_counts_and_count_refusals(budg
     run_dir = tmp_path / "run"
     args = ["--config", str(TINY), f"--data.urls={urls}", f"--run.output_dir={run_dir.parent}",
             f"--run.name={run_dir.name}", "--run.max_steps=3", "--checkpoint.interval_steps=0",
-            "--checkpoint.save_final=false", "--logging.progress_bar=false", "--logging.tensorboard=false",
+            f"--checkpoint.save_final={str(not packing).lower()}", "--logging.progress_bar=false",
+            "--logging.tensorboard=false",
             "--data.fps=2", "--data.min_frames=2", "--data.max_frames=6", "--data.max_visual_tokens=20",
             "--data.epoch_batches=4"]
     if packing:  # rows of 2 or 3 clips at most (4 visual tokens a frame, 48 a row)
@@ -82,3 +83,18 @@ def test_two_ranks_train_clips_of_different_frame_counts_and_count_refusals(budg
     assert {q for q in refused_qids if any(q in m for m in named)} == set(refused_qids), named
     assert all("min_frames 2" in m and "task.max_prompt_len 256" in m for m in named), named
     assert all(rep["loader_stats"]["corrupt_video"] == 0 for rep in reports)
+    if packing:
+        return
+    # evaluation of the export on 2 ranks: the training config's budget, every question answered
+    from train.export import main as export_main
+
+    export_dir = tmp_path / "export"
+    assert export_main(["--checkpoint", str(run_dir / "checkpoints"), "--out", str(export_dir)]) == 0
+    out = tmp_path / "eval"
+    proc = run_torchrun(2, "run", "--checkpoint", str(export_dir), "--shards", urls, "--out", str(out),
+                        "--batch-size", "4", "--workers", "0", module="eval", timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["num_frames"] for r in records} == {2, 4, 5}, sorted({r["num_frames"] for r in records})
+    assert set(refused_qids) <= {r["qid"] for r in records} and len({r["qid"] for r in records}) == len(records)
+    assert json.loads((out / "run.json").read_text())["frames"] == "budget 2..5"
