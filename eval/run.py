@@ -27,6 +27,7 @@ probe deltas) and the same three files per probe under ``probes/<name>/`` (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -44,6 +45,7 @@ from data_shards.common.atomic import atomic_write_json, atomic_write_lines
 from data_shards.common.distenv import shutdown, world_info_from_env
 from data_shards.reasoning_records import load_reasoning
 from data_shards.schema import QA, VideoRecord
+from data_shards.stream.budget import FrameBudget
 from data_shards.stream.loader import LoaderConfig, build_loader, expand_urls
 from eval.probes import PROBES, model_input
 from eval.score import format_table, load_annotations, score
@@ -147,7 +149,8 @@ def keep_for_rank(key: str, rank: int, world_size: int) -> bool:
 
 def evaluate_loader(model: Any, tokenizer: Any, batches, opts: EvalOptions, probes: list[str],
                     share: tuple[int, int] | None = None, log_every: int = 20) -> dict[str, list[dict]]:
-    """Answer every question of ``batches``: plain, then each probe on the same decoded frames.
+    """Answer every question of ``batches``: plain, then each probe on the same decoded frames. Every record
+    gets ``num_frames``, the frame count of its clip (None: text-only), which a frame budget varies per clip.
 
     Args:
         batches: an iterable of question-sample batches (the loader).
@@ -164,9 +167,12 @@ def evaluate_loader(model: Any, tokenizer: Any, batches, opts: EvalOptions, prob
                 batch = [s for s in batch if keep_for_rank(s["__key__"], *share)]
             if not batch:
                 continue
-            results["plain"] += evaluate_batch(model, tokenizer, batch, opts)
-            for p in probes:
-                results[p] += evaluate_batch(model, tokenizer, batch, opts, probe=p)
+            for group in by_frame_count(batch):  # one group unless a frame budget varies the counts
+                frames = group[0].get("frames")
+                n_frames = None if frames is None else int(frames.shape[0])
+                for name in ("plain", *probes):
+                    records = evaluate_batch(model, tokenizer, group, opts, probe=None if name == "plain" else name)
+                    results[name] += [{**r, "num_frames": n_frames} for r in records]
             if log_every and (b + 1) % log_every == 0:
                 print(f"[eval] {len(results['plain'])} questions, {time.time() - t0:.0f}s", flush=True)
     return results
@@ -388,6 +394,44 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+BUDGET_FIELDS = ("max_visual_tokens", "fps", "min_frames", "max_frames")
+"""The training config's frame-budget fields (``data``) that evaluation copies."""
+
+
+def eval_frame_budget(lcfg: LoaderConfig, config: Any, model: Any, frames_arg: int | None
+                      ) -> tuple[LoaderConfig, FrameBudget | None]:
+    """The loader settings and frame budget of an evaluation: the training config's budget when it has one
+    (so a model is evaluated on clips chosen as in training) and ``--frames`` is not given; else none.
+
+    The budget is the trainer's (``train.frame_budget.run_budget``): the model's layout, and a token cap of
+    the tightest of ``data.max_visual_tokens``, ``data.max_visual_tokens_per_row`` and ``task.max_prompt_len``.
+    Evaluation refuses no question: prompts are scored as they are.
+    """
+    data = {name: cfg_get(config, f"data.{name}") for name in BUDGET_FIELDS + ("max_visual_tokens_per_row",)}
+    on = any(data[n] is not None for n in ("max_visual_tokens", "fps", "max_frames", "max_visual_tokens_per_row"))
+    if frames_arg or not on:
+        return lcfg, None
+    lcfg = dataclasses.replace(lcfg, max_visual_tokens=data["max_visual_tokens"], fps=data["fps"],
+                               min_frames=int(data["min_frames"] or 1), max_frames=data["max_frames"])
+    if not lcfg.budget_on:  # only the row cap: it caps each clip too
+        lcfg = dataclasses.replace(lcfg, max_visual_tokens=data["max_visual_tokens_per_row"])
+    layout = model.frame_layout(1, tuple(lcfg.frame_size) if lcfg.frame_size is not None else None)
+    caps = [v for v in (data["max_visual_tokens_per_row"], cfg_get(config, "task.max_prompt_len")) if v is not None]
+    budget = lcfg.frame_budget(layout.temporal_stride, layout.tokens_per_group, layout.extra_tokens,
+                               min(caps) if caps else None)
+    return lcfg, budget
+
+
+def by_frame_count(batch: list[dict]) -> list[list[dict]]:
+    """The question samples of a batch in groups of one frame count (a frame budget gives clips different
+    counts; a model answers a stacked batch of one count), in order of first appearance."""
+    groups: dict[Any, list[dict]] = {}
+    for s in batch:
+        frames = s.get("frames")
+        groups.setdefault(None if frames is None else int(frames.shape[0]), []).append(s)
+    return list(groups.values())
+
+
 def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, dict, dict]:
     """Load the export and evaluate this rank's share: (results, loader stats, run context)."""
     model, tokenizer, config = load_for_eval(args.checkpoint, tag=args.tag)
@@ -411,9 +455,12 @@ def _evaluate_rank(args: argparse.Namespace, rank: int, ws: int) -> tuple[dict, 
     split = len(urls) >= max(args.workers, 1) * ws
     lcfg = LoaderConfig(urls=args.shards, num_frames=frames, frame_size=size, micro_batch_size=args.batch_size,
                         num_workers=args.workers, shuffle_shards=False, shuffle_buffer=0, epoch_batches=None)
-    loader = build_loader(lcfg, rank=rank if split else 0, world_size=ws if split else 1, reasoning=reasoning)
+    lcfg, budget = eval_frame_budget(lcfg, config, model, args.frames)
+    loader = build_loader(lcfg, rank=rank if split else 0, world_size=ws if split else 1, reasoning=reasoning,
+                          frame_budget=budget)
     results = evaluate_loader(model, tokenizer, loader, opts, list(args.probe),
                               share=None if split else (rank, ws), log_every=20 if rank == 0 else 0)
+    frames = frames if budget is None else f"budget {budget.lowest}..{budget.highest}"
     return results, loader.stats(), {"meta": meta, "frames": frames, "size": size, "opts": opts,
                                      "skipped_shards": loader.skipped_shards()}
 

@@ -220,12 +220,16 @@ def model_inputs(model: Any, mb: dict, weights: torch.Tensor, device: torch.devi
 
 def video_frames(batch: dict) -> int:
     """Frames the examples of a collated micro-batch see: clips of the examples with video (a packed
-    batch's ``clip_index`` lists them; text-only examples have none) x frames a clip."""
+    batch's ``clip_index`` lists them; text-only examples have none) x frames a clip (each clip's own count
+    under the frame budget: ``clip_frames``, the clips being zero-padded to the longest)."""
     pv = batch.get("pixel_values")
     if pv is None:
         return 0
-    n = len(batch["clip_index"]) if batch.get("clip_index") is not None else int(pv.shape[0])
-    return n * int(pv.shape[1])
+    counts = batch.get("clip_frames")
+    per_clip = counts.tolist() if counts is not None else [int(pv.shape[1])] * int(pv.shape[0])
+    if batch.get("clip_index") is not None:  # packed: each example that uses a clip sees its frames
+        return sum(per_clip[c] for c in batch["clip_index"].tolist())
+    return sum(per_clip)
 
 
 def optimizer_step(engine: Any, micro_batches: list[dict], task: TaskConfig, world_size: int,

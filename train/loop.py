@@ -32,6 +32,7 @@ from train.config import TrainConfig, config_to_dict, save_config
 from train.datastream import BatchStream, check_reasoning_texts, corpus_texts, epoch_batches_for, preflight
 from train.dist import Heartbeat, ParallelDims, all_reduce_sum, barrier, device, init_distributed, rank_table
 from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
+from train.frame_budget import BudgetFit, for_run, run_budget, write_summary
 from train.metrics import MetricsLogger, Throughput
 from train.models import build_model, load_tokenizer
 from train.sequence_parallel import sequence_groups
@@ -114,6 +115,7 @@ class Trainer:
         if self.resume_from is not None:
             position = self._resume(*self.resume_from)  # restores this rank's RNG states too
         self.stream = BatchStream(self._loader(), **position)
+        self.budget_fit: BudgetFit | None = for_run(cfg, self.model, self.stream.loader)  # None without a frame budget
         self._last_collated: dict | None = None
         self.metrics = MetricsLogger(cfg.run_dir, self.is_main, cfg.run.max_steps, self.step,
                                      cfg.logging.progress_bar, cfg.logging.jsonl, cfg.logging.tensorboard)
@@ -169,7 +171,8 @@ class Trainer:
         lcfg = dataclasses.replace(self.cfg.data, urls=list(self.data_summary.urls), seed=self.cfg.data_seed,
                                    epoch_batches=self.epoch_batches, quarantine_file=quarantine)
         # the ranks of a sequence group read the same data
-        return build_loader(lcfg, self.dims.data_parallel_rank, self.dims.data_parallel_size, self.reasoning)
+        return build_loader(lcfg, self.dims.data_parallel_rank, self.dims.data_parallel_size, self.reasoning,
+                            frame_budget=run_budget(self.cfg, self.model))
 
     def _resume(self, load_dir: Path, tag: str) -> dict:
         """Load the checkpoint (checked by runguard.resume_plan before DeepSpeed started)."""
@@ -205,14 +208,18 @@ class Trainer:
         return self._last_collated
 
     def next_examples(self) -> list:
-        """The training sequences (train.tasks.Example) of the next loader batch (may be empty)."""
+        """The training sequences (train.tasks.Example) of the next loader batch (may be empty); under a frame
+        budget every clip at a count its prompts fit, refused samples left out (train.frame_budget)."""
+        if self.budget_fit is not None:
+            return self.budget_fit.examples(self.stream.next_batch())
         return [ex for sample in self.stream.next_batch() for ex in build_examples(sample, self.cfg.task)]
 
     def collate_examples(self, examples: list, packing: bool | None = None) -> dict:
         """Tokenized micro-batch of ``examples`` by the model's own collate: packed rows or one padded
         row each (``packing`` None = data.packing)."""
         packing = self.cfg.data.packing if packing is None else packing
-        return self.model.collate(examples, self.cfg.task, packing=packing, row_capacity=self.cfg.row_capacity)
+        return self.model.collate(examples, self.cfg.task, packing=packing, row_capacity=self.cfg.row_capacity,
+                                  visual_row_capacity=self.cfg.data.max_visual_tokens_per_row)
 
     def client_state(self) -> dict:
         return {"step": self.step, "samples": self.samples, "data": self.stream.position(), "rng": ckpt.rng_state(),
@@ -262,6 +269,10 @@ class Trainer:
                 last_saved = self._save_once(last_saved)
         self.metrics.message(f"done: step {self.step}, {self.samples} samples; data stats "
                              f"{json.dumps(self.stream.loader.stats())}")
+        if self.budget_fit is not None:  # what the frame budget did on this rank (frame counts, refusals)
+            write_summary(self.budget_fit, self.stream.loader,
+                          self.cfg.run_dir / f"frame_budget_rank{self.dims.rank}.json")
+            self.metrics.message(f"frame budget: {json.dumps(self.budget_fit.summary())}")
         self.metrics.close()
         return {"step": self.step, "samples": self.samples, "loss": None if stats is None else stats.loss,
                 "preempted": preempt.name, **tput.rates()}

@@ -21,6 +21,7 @@ packing changes where tokens sit, not which tokens are scored or how they are we
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,18 +31,21 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from train.config.model import FrameLayout
 from train.config.task import TaskConfig
-from train.tasks import Example, encode_examples
+from train.tasks import Example, encode_examples, stack_clips
 
 PACKED_KEYS = ("position_ids", "segment_ids", "clip_index")
 """Tensors a packed micro-batch adds to the model's inputs."""
 
 
-def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+def first_fit_decreasing(lengths: list[int], capacity: int, visual: list[int] | None = None,
+                         visual_capacity: int | None = None) -> list[list[int]]:
     """Bin packing: items longest first, each into the first bin with room, else a new bin.
 
     Args:
         lengths: item sizes (tokens per example), each in [1, capacity].
         capacity: bin size (``data.max_tokens_per_row``).
+        visual, visual_capacity: a second size per item and its bin limit (visual tokens per example,
+            ``data.max_visual_tokens_per_row``): an item goes into a bin only when both fit. None: tokens only.
 
     Returns:
         Bins as lists of item indices; inside a bin items keep the order they were placed in
@@ -49,8 +53,15 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
         result is deterministic.
 
     Raises:
-        ValueError: an item is longer than ``capacity`` or not positive.
+        ValueError: an item is longer than ``capacity`` or not positive, or has more visual tokens than
+            ``visual_capacity`` (naming the field).
     """
+    if visual_capacity is not None:
+        visual = list(visual) if visual is not None else [0] * len(lengths)
+        for i, v in enumerate(visual):
+            if v > visual_capacity:
+                raise ValueError(f"sequence {i} has {v} visual tokens > data.max_visual_tokens_per_row="
+                                 f"{visual_capacity} (the frame budget gives no clip more than a row holds)")
     if capacity < 1:
         raise ValueError(f"data.max_tokens_per_row must be >= 1, got {capacity}")
     for i, n in enumerate(lengths):
@@ -60,15 +71,20 @@ def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep input order
     bins: list[list[int]] = []
     free: list[int] = []
+    free_vis: list[int] = []
     for i in order:
         for b, room in enumerate(free):
-            if lengths[i] <= room:
+            if lengths[i] <= room and (visual_capacity is None or visual[i] <= free_vis[b]):
                 bins[b].append(i)
                 free[b] -= lengths[i]
+                if visual_capacity is not None:
+                    free_vis[b] -= visual[i]
                 break
         else:
             bins.append([i])
             free.append(capacity - lengths[i])
+            if visual_capacity is not None:
+                free_vis.append(visual_capacity - visual[i])
     return bins
 
 
@@ -88,7 +104,8 @@ def distinct_clips(frames: list[torch.Tensor]) -> tuple[list[int], list[torch.Te
 
 
 def pack_rows(seqs: list[tuple[list[int], list[int], int]], max_tokens_per_row: int, pad_token_id: int,
-              pad_to_multiple: int = 1) -> tuple[dict[str, Any], list[int]]:
+              pad_to_multiple: int = 1, visual_token_id: int | None = None,
+              max_visual_tokens_per_row: int | None = None) -> tuple[dict[str, Any], list[int]]:
     """Place tokenized sequences into rows (first-fit decreasing) and right-pad each row.
 
     Args:
@@ -96,6 +113,8 @@ def pack_rows(seqs: list[tuple[list[int], list[int], int]], max_tokens_per_row: 
         max_tokens_per_row: row capacity; every sequence must fit (ValueError naming the field).
         pad_token_id: the id of the padding tail.
         pad_to_multiple: round the row length up to a multiple of this.
+        visual_token_id, max_visual_tokens_per_row: the frame budget's row cap: a row holds at most this
+            many prompt tokens equal to ``visual_token_id`` (the placeholders), over all its sequences.
 
     Returns:
         (tensors, order). tensors: input_ids, attention_mask, labels, task_ids, position_ids (restarting
@@ -103,7 +122,13 @@ def pack_rows(seqs: list[tuple[list[int], list[int], int]], max_tokens_per_row: 
         [R, L]; example_lengths, example_targets (list[int], packed order). order: the index into
         ``seqs`` of each packed sequence, row-major.
     """
-    bins = first_fit_decreasing([len(p) + len(t) for p, t, _ in seqs], max_tokens_per_row)
+    visual = None
+    if max_visual_tokens_per_row is not None:
+        if visual_token_id is None:
+            raise ValueError("pack_rows: a visual-token cap per row needs the placeholder's token id")
+        visual = [sum(tok == visual_token_id for tok in p) for p, _, _ in seqs]
+    bins = first_fit_decreasing([len(p) + len(t) for p, t, _ in seqs], max_tokens_per_row, visual,
+                                max_visual_tokens_per_row)
     length = max(sum(len(seqs[i][0]) + len(seqs[i][1]) for i in b) for b in bins)
     length = -(-length // pad_to_multiple) * pad_to_multiple
     R = len(bins)
@@ -135,7 +160,9 @@ def pack_rows(seqs: list[tuple[list[int], list[int], int]], max_tokens_per_row: 
 
 
 def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
-                 layout: FrameLayout, max_tokens_per_row: int, pad_to_multiple: int = 1) -> dict[str, Any]:
+                 layout: FrameLayout, max_tokens_per_row: int, pad_to_multiple: int = 1,
+                 layout_for: Callable[[int], FrameLayout] | None = None,
+                 max_visual_tokens_per_row: int | None = None, frame_token_id: int | None = None) -> dict[str, Any]:
     """Tokenize examples and pack them into rows (first-fit decreasing), right-padding each row.
 
     Args:
@@ -145,9 +172,14 @@ def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cf
         layout: the model's :class:`FrameLayout`.
         max_tokens_per_row: row capacity; every example must fit (ValueError naming the field).
         pad_to_multiple: round the row length up to a multiple of this.
+        layout_for: the layout of another frame count (clips of different counts, the frame budget;
+            see :func:`train.tasks.collate`).
+        max_visual_tokens_per_row, frame_token_id: the packer's second constraint (visual tokens per
+            row, counted as placeholders ``frame_token_id``); None: tokens only.
 
     Returns:
-        dict with pixel_values uint8 [C,T,3,H,W] (distinct clips; None when no example has frames);
+        dict with pixel_values uint8 [C,T,3,H,W] (distinct clips; None when no example has frames; clips of
+        different frame counts zero-padded, with ``clip_frames`` long [C], :func:`train.tasks.stack_clips`);
         clip_index long [Ev]: the clip of every example that has frames (text-only ones have none);
         input_ids, attention_mask, labels, task_ids, position_ids, segment_ids long [R,L];
         qids, tasks (list[str], packed order); example_lengths, example_targets (list[int], packed
@@ -156,17 +188,18 @@ def pack_collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cf
     """
     if not examples:
         raise ValueError("pack_collate got no examples")
-    seqs, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout)
-    rows, order = pack_rows(seqs, max_tokens_per_row, tokenizer.pad_token_id, pad_to_multiple)
+    seqs, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout, layout_for)
+    rows, order = pack_rows(seqs, max_tokens_per_row, tokenizer.pad_token_id, pad_to_multiple, frame_token_id,
+                            max_visual_tokens_per_row)
     clip_of, clips = distinct_clips([examples[i].frames for i in order if examples[i].frames is not None])
-    try:
-        pixel_values = torch.stack(clips) if clips else None
-    except RuntimeError as e:
-        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
-    return {"pixel_values": pixel_values, "clip_index": torch.tensor(clip_of, dtype=torch.long), **rows,
-            "qids": [examples[i].qid for i in order], "tasks": [examples[i].task for i in order],
-            "n_examples": len(examples), "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t, "n_stl_shortened": n_short,
-            "packed": True}
+    pixel_values, clip_frames = stack_clips(clips, [ex.qid for ex in examples])
+    out = {"pixel_values": pixel_values, "clip_index": torch.tensor(clip_of, dtype=torch.long), **rows,
+           "qids": [examples[i].qid for i in order], "tasks": [examples[i].task for i in order],
+           "n_examples": len(examples), "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t, "n_stl_shortened": n_short,
+           "packed": True}
+    if clip_frames is not None:
+        out["clip_frames"] = clip_frames
+    return out
 
 
 def padding_fraction(batch: dict[str, Any]) -> float:

@@ -246,7 +246,7 @@ def assembled_facts(cfg: TrainConfig) -> ModelFacts:
     llm_trains = not (m.llm.freeze or m.lora.enabled)
     trained = {"vision": 0 if m.vision.freeze else params["vision"], "projector": params["projector"],
                "llm": params["llm"] if llm_trains else 0, "lora": lora}
-    layout = m.frame_layout(cfg.data.num_frames)
+    layout = m.frame_layout(cfg.data.frame_cap)
     dims = flops_mod.FlopsDims(
         **_llm_dims(llm_cfg), vis_hidden=int(vc.hidden_size), vis_intermediate=int(vc.intermediate_size),
         vis_layers=int(vc.num_hidden_layers), vis_patches=grid ** 2 + (1 if m.vision.kind == "clip" else 0),
@@ -257,7 +257,7 @@ def assembled_facts(cfg: TrainConfig) -> ModelFacts:
     modules = (tower, projector, llm)
     return ModelFacts(params, trained, max(_largest_layer(x) for x in modules),
                       sum(_persistent(x, cfg.deepspeed.param_persistence_threshold) for x in modules), dims, layout,
-                      cfg.data.num_frames, int(llm_cfg.num_attention_heads), lora_inputs, notes)
+                      cfg.data.frame_cap, int(llm_cfg.num_attention_heads), lora_inputs, notes)
 
 
 def _vocab_size(cfg: TrainConfig, llm_vocab: int) -> int:
@@ -313,15 +313,15 @@ def hf_vlm_facts(cfg: TrainConfig) -> ModelFacts:
         vis = {"vis_hidden": d_v, "vis_intermediate": f_v, "vis_layers": int(vc.depth), "vis_patches": patches,
                "vis_patch_size": video.patch, "vis_channels": 3 * video.temporal_patch,
                "proj_hidden": d_v * video.merge ** 2}
-        layout = FrameLayout(cfg.data.num_frames, video.temporal_patch, patches // video.merge ** 2)
+        layout = FrameLayout(cfg.data.frame_cap, video.temporal_patch, patches // video.merge ** 2)
         tower_frames = layout.groups
     else:
         grid = int(vc.image_size) // int(vc.patch_size)
         vis = {"vis_hidden": int(vc.hidden_size), "vis_intermediate": int(vc.intermediate_size),
                "vis_layers": int(vc.num_hidden_layers), "vis_patches": grid ** 2, "vis_patch_size": int(vc.patch_size),
                "vis_channels": 3, "proj_hidden": int(lc.hidden_size)}
-        layout = FrameLayout(cfg.data.num_frames, 1, math.ceil(grid / 2) ** 2, extra_tokens=1)
-        tower_frames = cfg.data.num_frames
+        layout = FrameLayout(cfg.data.frame_cap, 1, math.ceil(grid / 2) ** 2, extra_tokens=1)
+        tower_frames = cfg.data.frame_cap
     dims = flops_mod.FlopsDims(**_llm_dims(lc), **vis, tokens_per_group=layout.tokens_per_group,
                                temporal_stride=1, train_vision=trained["vision"] > 0,
                                train_projector=trained["projector"] > 0, train_llm=trained["llm"] > 0,
@@ -506,7 +506,8 @@ def render(p: Plan, cfg: TrainConfig) -> str:
                 f"{cfg.parallel.sequence} of each micro-batch's tokens" if cfg.parallel.sequence > 1 else "") + ")"]
     lines += [f"  note: {n}" for n in f.notes]
     lines += [f"parameters: {f.total / 1e9:.3f}B ({f.total_trained / 1e6:,.1f}M trained): {parts}",
-              f"per sample: {cfg.data.num_frames} frames, {f.layout.num_visual_tokens} visual tokens, "
+              f"per sample: {cfg.data.frame_cap} frames{' (at most, under the budget)' if cfg.data.budget_on else ''}, "
+              f"{f.layout.num_visual_tokens} visual tokens, "
               f"{f.tower_frames} tower passes of {f.dims.vis_patches} patches; micro-batch {rows} rows x {seq} "
               f"tokens (worst case), {cfg.deepspeed.gradient_accumulation_steps} micro-batch(es) per step",
               "memory per GPU:"]

@@ -40,6 +40,12 @@ from train.tokenizer import frame_token_id
 log = logging.getLogger(__name__)
 
 
+class PromptTooLong(ValueError):
+    """A prompt that cannot fit ``task.max_prompt_len`` even with its question cut to one token (the frame
+    placeholders, captions, options and instruction alone are too long). The frame budget
+    (:mod:`train.frame_budget`) catches it to give the clip fewer frames, or to refuse the sample."""
+
+
 @dataclass
 class Example:
     """One training sequence before tokenization."""
@@ -192,8 +198,8 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, layout: FrameLayout, quest
     if max_len is not None and len(head) + len(q) + len(tail) > max_len:
         keep = max_len - len(head) - len(tail)
         if keep < 1:
-            raise ValueError(f"{qid}: prompt without its question is {len(head) + len(tail)} tokens "
-                             f"> max_prompt_len {max_len} (frames, captions and options must fit)")
+            raise PromptTooLong(f"{qid}: prompt without its question is {len(head) + len(tail)} tokens "
+                                f"> max_prompt_len {max_len} (frames, captions and options must fit)")
         q, cut = q[:keep], True
     return head + q + tail, cut
 
@@ -300,7 +306,8 @@ def fit_target(ex: Example, n_tokens: Callable[[str], int], max_len: int | None,
 
 
 def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
-            layout: FrameLayout, pad_to_multiple: int = 1) -> dict[str, Any]:
+            layout: FrameLayout, pad_to_multiple: int = 1,
+            layout_for: Callable[[int], FrameLayout] | None = None) -> dict[str, Any]:
     """Tokenize and right-pad examples into a batch.
 
     Args:
@@ -309,45 +316,81 @@ def collate(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: Ta
         cfg: gives max_prompt_len / max_target_len.
         layout: the model's :class:`FrameLayout` (``model.frame_layout(num_frames)``).
         pad_to_multiple: round the padded length up to a multiple of this.
+        layout_for: the model's layout of another frame count (``model.frame_layout``): clips of
+            different frame counts in one batch (the frame budget); None: every clip must have
+            ``layout.num_frames`` frames.
 
     Returns:
         dict with pixel_values uint8 [Bv,T,3,H,W] (the clips of the Bv examples that have frames, in
-        row order; None when no example has any); input_ids, attention_mask, labels (target ids, -100
-        elsewhere), task_ids (0/1/2) all long [B,L]; qids, tasks (list[str]); n_cut_prompts,
-        n_cut_targets (int).
+        row order; None when no example has any; clips of different frame counts are zero-padded to
+        the longest and ``clip_frames`` long [Bv] gives each one's count, see :func:`stack_clips`);
+        input_ids, attention_mask, labels (target ids, -100 elsewhere), task_ids (0/1/2) all long [B,L];
+        qids, tasks (list[str]); n_cut_prompts, n_cut_targets (int).
     """
     if not isinstance(layout, FrameLayout):
         raise TypeError("collate needs the model's FrameLayout (model.frame_layout(num_frames) or "
                         f"ModelConfig.frame_layout(num_frames)), got {type(layout).__name__}")
     if not examples:
         raise ValueError("collate got no examples")
-    rows, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout)
+    rows, n_cut_p, n_cut_t, n_short = encode_examples(examples, tokenizer, cfg, layout, layout_for)
     input_ids, attention_mask, labels, task_ids = pad_rows(rows, tokenizer.pad_token_id, pad_to_multiple)
-    return {"pixel_values": stack_frames(examples), "input_ids": input_ids, "attention_mask": attention_mask,
-            "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
-            "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t,
-            "n_stl_shortened": n_short}
+    pixel_values, clip_frames = stack_clips([ex.frames for ex in examples if ex.frames is not None],
+                                            [ex.qid for ex in examples])
+    out = {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask,
+           "labels": labels, "task_ids": task_ids, "qids": [ex.qid for ex in examples],
+           "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t,
+           "n_stl_shortened": n_short}
+    if clip_frames is not None:
+        out["clip_frames"] = clip_frames
+    return out
 
 
-def stack_frames(examples: list[Example]) -> torch.Tensor | None:
+def stack_frames(examples: list[Example], pad: bool = False) -> torch.Tensor | None:
     """uint8 [Bv, T, 3, H, W]: the frames of the examples that have them (text-only ones have none), in
-    order; None when none has. ValueError naming the qids when the clips differ in size."""
+    order; None when none has. ValueError naming the qids when the clips differ in size (or, unless
+    ``pad``, in frame count; ``pad``: zero-padded to the longest, see :func:`stack_clips`)."""
     clips = [ex.frames for ex in examples if ex.frames is not None]
+    qids = [ex.qid for ex in examples]
     if not clips:
         return None
+    if not pad and len({int(c.shape[0]) for c in clips}) > 1:
+        raise ValueError(f"clips of different frame counts {[int(c.shape[0]) for c in clips]} in one batch ({qids}) "
+                         "need the frame budget's ragged path (train.tasks.stack_clips)")
+    return stack_clips(clips, qids)[0]
+
+
+def stack_clips(clips: list[torch.Tensor], qids: list[str] | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(pixel_values, clip_frames) of clips uint8 [T_i, 3, H, W].
+
+    All of one frame count: ``torch.stack`` [C, T, 3, H, W] and None (the single-T path, unchanged).
+    Different counts (the frame budget): the clips zero-padded at the end to the longest [C, Tmax, 3, H, W],
+    and ``clip_frames`` long [C], each clip's own count: the model encodes ``pixel_values[c, :clip_frames[c]]``.
+    No clip: (None, None). ValueError naming ``qids`` when the frames differ in size.
+    """
+    if not clips:
+        return None, None
+    counts = [int(c.shape[0]) for c in clips]
     try:
-        return torch.stack(clips)
+        if len(set(counts)) == 1:
+            return torch.stack(clips), None
+        longest = max(counts)
+        padded = [c if n == longest else torch.cat([c, c.new_zeros((longest - n, *c.shape[1:]))])
+                  for c, n in zip(clips, counts)]
+        return torch.stack(padded), torch.tensor(counts, dtype=torch.long)
     except RuntimeError as e:
-        raise ValueError(f"frames of different sizes in one batch ({[ex.qid for ex in examples]}): {e}") from None
+        raise ValueError(f"frames of different sizes in one batch ({qids}): {e}") from None
 
 
 def encode_examples(examples: list[Example], tokenizer: PreTrainedTokenizerBase, cfg: TaskConfig,
-                    layout: FrameLayout) -> tuple[list[tuple[list[int], list[int], int]], int, int, int]:
+                    layout: FrameLayout, layout_for: Callable[[int], FrameLayout] | None = None
+                    ) -> tuple[list[tuple[list[int], list[int], int]], int, int, int]:
     """(prompt ids, target ids, task id) per example, and how many prompts were cut, how many
     targets lost text (cut at the end, or STL reasoning shortened) and how many of those were STL
     targets whose reasoning was shortened so that the answer line fits (:func:`fit_target`; also
     added to :data:`TARGET_STATS`, and the first time this happens a warning is logged). The frames
-    of each example are checked against ``layout`` (ValueError naming the qid; an answer that
+    of each example are checked against ``layout``, or, when ``layout_for`` is given, prompted with
+    ``layout_for(T)`` for a clip of another frame count T (ValueError naming the qid; an answer that
     cannot fit ``cfg.max_target_len`` raises too)."""
     global _warned_stl_shortened
     rows, n_cut_p, n_cut_t, n_short = [], 0, 0, 0
@@ -357,11 +400,15 @@ def encode_examples(examples: list[Example], tokenizer: PreTrainedTokenizerBase,
 
     text_only = dataclasses.replace(layout, num_frames=0, extra_tokens=0)
     for ex in examples:
-        if ex.frames is not None and (tuple(ex.frames.shape[:1]) != (layout.num_frames,)
+        lay = layout
+        if ex.frames is not None and layout_for is not None and ex.frames.dim() == 4 and (
+                int(ex.frames.shape[0]) != layout.num_frames):
+            lay = layout_for(int(ex.frames.shape[0]))  # the frame budget: this clip's own count
+        if ex.frames is not None and (tuple(ex.frames.shape[:1]) != (lay.num_frames,)
                                       or ex.frames.dtype != torch.uint8):
             raise ValueError(f"{ex.qid}: frames {tuple(ex.frames.shape)} {ex.frames.dtype}, expected uint8 "
-                             f"[{layout.num_frames}, 3, H, W]")
-        p, cp = encode_prompt(tokenizer, layout if ex.frames is not None else text_only, ex.question, ex.options,
+                             f"[{lay.num_frames}, 3, H, W]")
+        p, cp = encode_prompt(tokenizer, lay if ex.frames is not None else text_only, ex.question, ex.options,
                               ex.instruction, ex.captions if ex.frames is not None else None,
                               cfg.max_prompt_len, ex.qid)
         target, short = fit_target(ex, n_tokens, cfg.max_target_len, tokenizer)

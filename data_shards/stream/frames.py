@@ -27,6 +27,8 @@ import torch
 from torchcodec.decoders import VideoDecoder
 from torchcodec.transforms import Resize
 
+from data_shards.stream.budget import FrameBudget
+
 __all__ = ["DecodeError", "decode_frames", "segment_times"]
 
 
@@ -46,7 +48,7 @@ class DecodeTimeout(DecodeError):
     """Decoding one video took longer than its time limit (a stalled input, a pathological file)."""
 
 
-def decode_frames_within(timeout_s: float, source: bytes | str | Path, num_frames: int, *args: Any,
+def decode_frames_within(timeout_s: float, source: bytes | str | Path, num_frames: int | FrameBudget, *args: Any,
                          name: str | None = None, **kwargs: Any) -> torch.Tensor:
     """:func:`decode_frames` with a time limit: :class:`DecodeTimeout` after ``timeout_s`` seconds.
 
@@ -88,10 +90,11 @@ def _source_name(source: bytes | str | Path, name: str | None) -> str:
     return str(source)
 
 
-def _check_args(src: str, num_frames: int, size: tuple[int, int] | None,
+def _check_args(src: str, num_frames: int | FrameBudget, size: tuple[int, int] | None,
                 start: float | None, end: float | None) -> None:
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-        raise ValueError(f"{src}: num_frames must be an int >= 1, got {num_frames!r}")
+    if not isinstance(num_frames, FrameBudget) and (
+            isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
+        raise ValueError(f"{src}: num_frames must be an int >= 1 or a FrameBudget, got {num_frames!r}")
     if size is not None and (len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size)):
         raise ValueError(f"{src}: size must be (height, width) positive ints, got {size!r}")
     for label, value in (("start", start), ("end", end)):
@@ -103,7 +106,7 @@ def _check_args(src: str, num_frames: int, size: tuple[int, int] | None,
 
 def decode_frames(
     source: bytes | str | Path,
-    num_frames: int,
+    num_frames: int | FrameBudget,
     size: tuple[int, int] | None = None,
     start: float | None = None,
     end: float | None = None,
@@ -115,7 +118,9 @@ def decode_frames(
 
     Args:
         source: encoded video bytes (e.g. a tar member), or a path to a video file.
-        num_frames: T, the number of frames (>= 1).
+        num_frames: T, the number of frames (>= 1); or a
+            :class:`~data_shards.stream.budget.FrameBudget`, which chooses T from the length of the
+            window (``hi - lo`` below: the clip, or the stream as its metadata gives it).
         size: ``(height, width)`` to resize to during decoding; None keeps the native size.
         start: window start in seconds (None: the start of the stream).
         end: window end in seconds (None: the end of the stream). An end past the end of the
@@ -130,6 +135,7 @@ def decode_frames(
 
     Raises:
         DecodeError: corrupt or unreadable bytes, no video stream, zero frames, bad window.
+        OverBudget: a budget that holds no frame count (naming the source).
         FileNotFoundError: ``source`` is a path that does not exist.
         ValueError: bad ``num_frames`` or ``size``.
     """
@@ -166,6 +172,8 @@ def decode_frames(
     if hi <= lo:
         raise DecodeError(src, f"bad window: [{start}, {end}] s holds no frame of the stream "
                                f"[{stream_begin:.3f}, {stream_end:.3f}] s")
+    if isinstance(num_frames, FrameBudget):
+        num_frames = num_frames.choose(hi - lo, src)
     times = segment_times(num_frames, lo, hi)
     try:
         frames = decoder.get_frames_played_at(times).data

@@ -48,6 +48,7 @@ from webdataset.shardlists import expand_urls as wds_expand
 from data_shards.common.distenv import usable_cores, world_info_from_env
 from data_shards.common.urls import glob_local, unfinished_writes
 from data_shards.reasoning_records import load_reasoning
+from data_shards.stream.budget import FrameBudget, OverBudget
 from data_shards.stream.pipeline import (
     FAILURES,
     CountDecoded,
@@ -145,11 +146,17 @@ class VideoQALoader:
         decode_threads: FFmpeg threads per decoder (the config's, or chosen for this machine).
         urls: all expanded shard URLs (before the split).
         num_batches: batches per epoch, or None for one pass (unknown in advance).
+        frame_budget: the frame budget the clips are decoded under (None: ``cfg.num_frames`` each).
     """
 
+    REFUSED_KEPT = 1000
+    """Refused samples :meth:`refused` names at most (the count in ``stats()`` has them all)."""
+
     def __init__(self, cfg: LoaderConfig, urls: list[str], rank: int, world_size: int,
-                 reasoning: dict[str, dict] | None):
+                 reasoning: dict[str, dict] | None, frame_budget: FrameBudget | None = None):
         self.cfg, self.urls, self.rank, self.world_size = cfg, urls, rank, world_size
+        self.frame_budget = frame_budget
+        self._refused: list[str] = []
         self.decode_threads = cfg.decode_threads or auto_decode_threads(cfg.num_workers)
         self.num_batches = cfg.epoch_batches
         self.counters = SharedCounters(cfg.num_workers)
@@ -170,7 +177,8 @@ class VideoQALoader:
             os.close(fd)
             atexit.register(_remove_own_file, path, os.getpid())
         self.quarantine = Quarantine(cfg.quarantine_file or path)
-        decode = functools.partial(decode_video, num_frames=cfg.num_frames, size=size, decode=cfg.decode,
+        frames_per_clip = frame_budget if frame_budget is not None else cfg.num_frames
+        decode = functools.partial(decode_video, num_frames=frames_per_clip, size=size, decode=cfg.decode,
                                    num_threads=self.decode_threads, counters=self.counters,
                                    timeout_s=cfg.decode_timeout_s, quarantine=self.quarantine)
         stages: list[Any] = [self.source, TarSamples(handler, progress)]
@@ -245,6 +253,20 @@ class VideoQALoader:
                         ", ".join(f"{v} {k}" for k, v in skipped.items()),
                         "; shards skipped: " + ", ".join(f"{u} ({n}x)" for u, n in named.items()) if named else "")
 
+    def refuse(self, message: str) -> None:
+        """Skip a question sample the consumer cannot use under the frame budget (its prompt cannot hold
+        ``min_frames`` frames): counted as ``over_budget`` in :meth:`stats`, warned about (rate-limited as
+        every skip, ``log_every_s``) and listed by :meth:`refused`. ``message`` names the sample (qid, shard,
+        key) and what did not fit."""
+        if len(self._refused) < self.REFUSED_KEPT:
+            self._refused.append(message)
+        self.handler(OverBudget(message))
+
+    def refused(self) -> list[str]:
+        """The messages of the samples refused so far by :meth:`refuse` in this process (the first
+        :data:`REFUSED_KEPT`)."""
+        return list(self._refused)
+
     def quarantined(self) -> list[tuple[str, str]]:
         """(shard URL, sample key) of every video quarantined after a decode timeout (all ranks that share
         ``quarantine_file``; this loader's own ones otherwise)."""
@@ -257,7 +279,8 @@ class VideoQALoader:
     def stats(self) -> dict[str, int]:
         """Counters summed over the main process and all workers, cumulative over epochs.
 
-        Keys: missing_shard, corrupt_tar, corrupt_video, bad_record, incomplete_sample (skips),
+        Keys: missing_shard, corrupt_tar, corrupt_video, bad_record, incomplete_sample, decode_timeout,
+        quarantined, over_budget (skips),
         shards, videos (decoded), questions, batches, epochs (yielded), reasoning_joined,
         reasoning_missing.
         """
@@ -265,7 +288,7 @@ class VideoQALoader:
 
 
 def build_loader(cfg: LoaderConfig, rank: int | None = None, world_size: int | None = None,
-                 reasoning: dict[str, dict] | None = None) -> VideoQALoader:
+                 reasoning: dict[str, dict] | None = None, frame_budget: FrameBudget | None = None) -> VideoQALoader:
     """Build this rank's loader (contract 3).
 
     Args:
@@ -274,6 +297,9 @@ def build_loader(cfg: LoaderConfig, rank: int | None = None, world_size: int | N
             (:func:`data_shards.common.distenv.world_info_from_env`), else torch.distributed, else 0 of 1.
         reasoning: reasoning records by qid (``data_shards.reasoning_records.load_reasoning``); each
             question sample gets its record under "reasoning" (None when absent).
+        frame_budget: the frame budget with the model's token layout (``cfg.frame_budget(...)``); None
+            with the budget on in ``cfg``: one visual token per frame is assumed (the loader alone). With
+            the budget off it must be None.
 
     Returns:
         An iterable over batches (``list[dict]`` of question samples, frames uint8
@@ -293,12 +319,19 @@ def build_loader(cfg: LoaderConfig, rank: int | None = None, world_size: int | N
         raise ValueError(f"LoaderConfig.{name} {problem}")
     if cfg.resample and cfg.epoch_batches is None:
         raise ValueError("LoaderConfig.resample=True draws shards forever: set epoch_batches")
+    if frame_budget is not None and not cfg.budget_on:
+        raise ValueError("build_loader got a frame_budget but the config has none (set LoaderConfig.max_visual_tokens, "
+                         "fps or max_frames)")
+    if cfg.budget_on and frame_budget is None:
+        frame_budget = cfg.frame_budget()
+    for name, problem in (frame_budget.problems() if frame_budget is not None else []):
+        raise ValueError(f"LoaderConfig.{name} {problem}")
     need = max(cfg.num_workers, 1) * world_size
     if not cfg.resample and len(urls) < need:
         raise ValueError(f"{len(urls)} shard(s) for {world_size} rank(s) x {max(cfg.num_workers, 1)} worker(s): "
                          f"every worker needs at least one shard; write more shards ({need}+), use fewer "
                          f"workers, or set resample=True (urls: {cfg.urls!r})")
-    return VideoQALoader(cfg, urls, rank, world_size, reasoning)
+    return VideoQALoader(cfg, urls, rank, world_size, reasoning, frame_budget)
 
 
 def _parse_size(text: str) -> tuple[int, int] | None:

@@ -38,14 +38,17 @@ from webdataset.gopen import Pipe
 from webdataset.tariterators import tarfile_samples
 
 from data_shards.schema import SchemaError, validate_record
+from data_shards.stream.budget import FrameBudget, OverBudget
 from data_shards.stream.frames import DecodeError, DecodeTimeout, decode_frames, decode_frames_within
 
 log = logging.getLogger("data_shards.stream.loader")
 
 FAILURES = ("missing_shard", "corrupt_tar", "corrupt_video", "bad_record", "incomplete_sample", "decode_timeout",
-            "quarantined")
+            "quarantined", "over_budget")
 """Skip categories: every skipped shard or sample is counted in exactly one of these (decode_timeout: a video
-whose decoding passed ``decode_timeout_s``; quarantined: a later encounter of such a video, not decoded again)."""
+whose decoding passed ``decode_timeout_s``; quarantined: a later encounter of such a video, not decoded again;
+over_budget: a question sample whose prompt cannot hold even ``min_frames`` frames under the frame budget,
+refused by the trainer through ``VideoQALoader.refuse``)."""
 PROGRESS = ("shards", "videos", "questions", "batches", "epochs", "reasoning_joined", "reasoning_missing")
 """shards: shard URLs handed to the tar reader; videos: videos decoded (workers); questions,
 batches, epochs: what the loader yielded (main process); reasoning_*: yielded questions with /
@@ -195,6 +198,8 @@ def classify(exn: BaseException) -> tuple[str, str] | None:
         return "decode_timeout", str(exn)
     if isinstance(exn, QuarantinedSample):
         return "quarantined", first
+    if isinstance(exn, OverBudget):
+        return "over_budget", first
     if isinstance(exn, DecodeError):
         return "corrupt_video", str(exn)
     if isinstance(exn, IncompleteSample):
@@ -396,13 +401,14 @@ class TarSamples:
             yield sample
 
 
-def decode_video(sample: dict[str, Any], *, num_frames: int, size: tuple[int, int] | None, decode: bool,
+def decode_video(sample: dict[str, Any], *, num_frames: int | FrameBudget, size: tuple[int, int] | None, decode: bool,
                  num_threads: int, counters: SharedCounters, timeout_s: float = 0.0,
                  quarantine: Quarantine | None = None) -> dict[str, Any]:
     """One tar sample (``{key}.json`` + ``{key}.{ext}``) -> ``{"record", "frames", "__key__", "__url__"}``.
 
-    ``frames`` is uint8 ``[T, 3, H, W]`` (None when ``decode`` is False). With ``timeout_s`` > 0 the decode
-    has that long (:func:`~data_shards.stream.frames.decode_frames_within`); a sample that takes longer is
+    ``frames`` is uint8 ``[T, 3, H, W]`` (None when ``decode`` is False); ``num_frames`` a
+    :class:`~data_shards.stream.budget.FrameBudget`: T chosen per clip from its length. With ``timeout_s`` > 0
+    the decode has that long (:func:`~data_shards.stream.frames.decode_frames_within`); a sample that takes longer is
     added to ``quarantine``, and a quarantined sample is refused before its video is touched.
 
     Raises:

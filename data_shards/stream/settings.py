@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data_shards.stream.budget import FrameBudget
+
 MAX_FRAMES = 2048
 """Frames a clip at most (long-video recipes sample hundreds; 100,000 is a typo that decodes gigabytes)."""
 
@@ -22,6 +24,21 @@ class LoaderConfig:
     ``::``), or a list of them; local paths or ``pipe:COMMAND`` URLs (e.g. ``pipe:cat x.tar``)."""
     num_frames: int = 8
     """T, frames per video, taken at the middles of T equal segments of the video or its clip."""
+    max_visual_tokens: int | None = None
+    """Frame budget: visual tokens a clip may take at most (the model's count for its frames, e.g. groups x
+    tokens per group + extras); each clip gets the largest frame count within min_frames..max_frames, the
+    fps cap and this budget, rounded down to the model's temporal group. None: no token cap. Setting this,
+    ``fps`` or ``max_frames`` turns the budget on (docs/TRAINING.md "A frame budget"); off, every clip has
+    num_frames frames."""
+    fps: float | None = None
+    """Frame budget: at most this many frames per second of the clip (its [start, end] window, else the
+    stream's length); min_frames wins for clips shorter than min_frames / fps. None: no fps cap."""
+    min_frames: int = 1
+    """Frame budget: the fewest frames a clip gets (rounded up to the model's temporal group). A sample whose
+    prompt cannot hold them is refused: skipped, named in a warning, counted as ``over_budget``."""
+    max_frames: int | None = None
+    """Frame budget: the most frames a clip gets (rounded down to the model's temporal group); None:
+    num_frames."""
     frame_size: tuple[int, int] | None = (224, 224)
     """(height, width) the decoder resizes to; None keeps each video's own size (then videos
     of different sizes cannot be stacked by the consumer)."""
@@ -61,6 +78,33 @@ class LoaderConfig:
     temporary file for the loader's life (training: ``decode_quarantine.jsonl`` in the run folder, shared by
     the ranks and kept across resumes)."""
 
+    @property
+    def budget_on(self) -> bool:
+        """Whether frames per clip come from the frame budget (max_visual_tokens, fps or max_frames set)."""
+        return self.max_visual_tokens is not None or self.fps is not None or self.max_frames is not None
+
+    @property
+    def frame_cap(self) -> int:
+        """The most frames a clip gets: max_frames, else num_frames."""
+        return self.num_frames if self.max_frames is None else self.max_frames
+
+    def frame_budget(self, group: int = 1, tokens_per_group: int = 1, extra_tokens: int = 0,
+                     max_tokens: int | None = None) -> FrameBudget | None:
+        """The budget with a model's token layout (None when the budget is off).
+
+        Args:
+            group, tokens_per_group, extra_tokens: the model's ``FrameLayout`` (temporal group, visual tokens
+                per group and per clip); the defaults count one token per frame (the loader alone).
+            max_tokens: a tighter token cap than ``max_visual_tokens`` (the trainer's: the packed row's
+                visual budget, the prompt length).
+        """
+        if not self.budget_on:
+            return None
+        caps = [v for v in (self.max_visual_tokens, max_tokens) if v is not None]
+        return FrameBudget(min_frames=self.min_frames, max_frames=self.frame_cap, fps=self.fps,
+                           max_tokens=min(caps) if caps else None, group=group, tokens_per_group=tokens_per_group,
+                           extra_tokens=extra_tokens)
+
     def problems(self) -> list[tuple[str, str]]:
         """(field, message) for every bad value (shard expansion is checked when the loader is built)."""
         out = []
@@ -81,4 +125,23 @@ class LoaderConfig:
             out.append(("epoch_batches", f"must be >= 1 or None, got {self.epoch_batches}"))
         if self.decode_threads is not None and self.decode_threads < 1:
             out.append(("decode_threads", f"must be >= 1 or None, got {self.decode_threads}"))
+        return out + self._budget_problems()
+
+    def _budget_problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.min_frames < 1:
+            out.append(("min_frames", f"must be >= 1, got {self.min_frames}"))
+        if self.max_frames is not None and not 1 <= self.max_frames <= MAX_FRAMES:
+            out.append(("max_frames", f"must be in 1..{MAX_FRAMES} or None, got {self.max_frames}"))
+        if self.max_visual_tokens is not None and self.max_visual_tokens < 1:
+            out.append(("max_visual_tokens", f"must be >= 1 or None, got {self.max_visual_tokens}"))
+        if self.fps is not None and not self.fps > 0:
+            out.append(("fps", f"must be > 0 or None, got {self.fps}"))
+        if self.budget_on and self.min_frames > self.frame_cap:
+            field = "max_frames" if self.max_frames is not None else "num_frames"
+            out.append(("min_frames", f"{self.min_frames} is above {field} {self.frame_cap} (the most frames a clip "
+                                      "gets under the frame budget)"))
+        if not self.budget_on and self.min_frames != 1:
+            out.append(("min_frames", f"{self.min_frames} has no effect without a frame budget: set "
+                                      "max_visual_tokens, fps or max_frames too (or leave min_frames at 1)"))
         return out

@@ -58,6 +58,11 @@ class DataConfig(LoaderConfig):
     max_tokens_per_row: int | None = None
     """Row capacity of data.packing in tokens; None = task.max_prompt_len + task.max_target_len
     (the longest sequence a task builds, the smallest value allowed)."""
+    max_visual_tokens_per_row: int | None = None
+    """Frame budget of data.packing: visual tokens one packed row may hold at most, over all its sequences (a
+    second constraint of the packer besides max_tokens_per_row). A clip never gets more frames than one row
+    can hold. Turns the frame budget on, as max_visual_tokens does (docs/TRAINING.md "A frame budget");
+    None: no row cap."""
     packing_sdpa: Literal["per_sequence", "mask"] = "per_sequence"
     """How packed rows run when the LLM's attention is SDPA (CPU, or no flash-attn): per_sequence =
     one causal SDPA call per packed sequence (no masked work); mask = one call per row with a
@@ -70,7 +75,19 @@ class DataConfig(LoaderConfig):
             out.append(("max_tokens_per_row", f"must be >= 1 or null, got {self.max_tokens_per_row}"))
         if not self.decode:
             out.append(("decode", "training needs decoded frames: must be true"))
+        if self.max_visual_tokens_per_row is not None:
+            if self.max_visual_tokens_per_row < 1:
+                out.append(("max_visual_tokens_per_row", f"must be >= 1 or null, got {self.max_visual_tokens_per_row}"))
+            if not self.packing:
+                out.append(("max_visual_tokens_per_row", "caps packed rows: set data.packing true, or use "
+                                                         "data.max_visual_tokens for one sequence per row"))
         return out
+
+    @property
+    def budget_on(self) -> bool:
+        """Whether frames per clip come from the frame budget (max_visual_tokens, max_visual_tokens_per_row,
+        fps or max_frames set)."""
+        return super().budget_on or self.max_visual_tokens_per_row is not None
 
 
 @dataclass
@@ -361,6 +378,10 @@ def cross_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     if cfg.data.max_tokens_per_row is not None and cfg.data.max_tokens_per_row < longest:
         out.append(("data.max_tokens_per_row", f"{cfg.data.max_tokens_per_row} cannot hold the longest sequence "
                     f"(task.max_prompt_len + task.max_target_len = {longest}); use >= {longest} or null"))
+    if cfg.data.budget_on and cfg.task.use_vcot:
+        out.append(("task.use_vcot", "vCoT captions are written for a fixed frame count (one per frame gap), a frame "
+                    "budget changes the count per clip: turn one of them off (data.max_visual_tokens, "
+                    "data.max_visual_tokens_per_row, data.fps, data.max_frames)"))
     if cfg.optim.impl == "deepspeed" and cfg.optim.name != "adamw":
         out.append(("optim.impl", "DeepSpeed's own optimizers are used for adamw only"))
     return out + hf_config_problems(cfg.model)  # typos / bad values inside the HF config dicts

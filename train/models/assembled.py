@@ -46,7 +46,7 @@ from train.models.projector import (
 )
 from train.packing import pack_collate, packed_decoder, packing_attention, register_sdpa_varlen
 from train.sequence_parallel import SequenceParallel, ShardPlan, register_ulysses
-from train.tasks import collate
+from train.tasks import PromptTooLong, collate, encode_prompt
 from train.tokenizer import build_tokenizer, frame_token_id
 
 try:  # peft is optional (LoRA); imported up front for the same zero.Init reason as transformers
@@ -188,9 +188,11 @@ class VideoLLM(VideoModel):
         return FrameLayout(num_frames, self.projector.temporal_stride, self.projector.tokens_per_group)
 
     def collate(self, examples: list, task: TaskConfig, packing: bool = False,
-                row_capacity: int | None = None) -> dict[str, Any]:
+                row_capacity: int | None = None, visual_row_capacity: int | None = None) -> dict[str, Any]:
         """Examples -> one padded row each (``train.tasks.collate``) or packed rows
-        (``train.packing.pack_collate``, rows of up to ``row_capacity`` tokens)."""
+        (``train.packing.pack_collate``, rows of up to ``row_capacity`` tokens and ``visual_row_capacity``
+        frame placeholders). Clips of different frame counts (the frame budget) get each their own layout
+        and travel zero-padded with ``clip_frames`` (:meth:`embed_batch`)."""
         if not examples:
             raise ValueError("collate got no examples")
         clip = next((ex.frames for ex in examples if ex.frames is not None), None)
@@ -198,8 +200,19 @@ class VideoLLM(VideoModel):
         if packing:
             if row_capacity is None:
                 raise ValueError("packing needs a row capacity (data.max_tokens_per_row)")
-            return pack_collate(examples, self.tokenizer, task, layout, row_capacity)
-        return collate(examples, self.tokenizer, task, layout)
+            return pack_collate(examples, self.tokenizer, task, layout, row_capacity, layout_for=self.frame_layout,
+                                max_visual_tokens_per_row=visual_row_capacity, frame_token_id=self.frame_token_id)
+        return collate(examples, self.tokenizer, task, layout, layout_for=self.frame_layout)
+
+    def prompt_fits(self, example: Any, num_frames: int, max_prompt_len: int) -> bool:
+        """Whether the prompt of ``example`` (:class:`train.tasks.Example`) with a clip of ``num_frames``
+        frames fits ``max_prompt_len`` tokens, its question cut as the collate cuts it (the frame budget)."""
+        try:
+            encode_prompt(self.tokenizer, self.frame_layout(num_frames), example.question, example.options,
+                          example.instruction, None, max_prompt_len, example.qid)
+        except PromptTooLong:
+            return False
+        return True
 
     # ------------------------------------------------------------------ forward pieces
     def encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -218,6 +231,67 @@ class VideoLLM(VideoModel):
             feats = self.vision(unique.flatten(0, 1))  # [U*T, P, Dv]
         visual = self.projector(feats.reshape(U, T, *feats.shape[1:]))
         return visual if U == pixel_values.shape[0] else visual.index_select(0, index)
+
+    def encode_clips(self, pixel_values: torch.Tensor, clip_frames: torch.Tensor) -> list[torch.Tensor]:
+        """Clips of different frame counts -> their visual tokens, one [Nv_c, D_llm] each (Nv_c =
+        ``frame_layout(clip_frames[c]).num_visual_tokens``).
+
+        ``pixel_values`` uint8 [C, Tmax, 3, H, W] holds clip c in its first ``clip_frames[c]`` frames (the
+        rest is padding, never encoded). The tower runs once on all real frames and the projector once on
+        all of them (``Projector.forward`` with ``clip_frames``), so every rank runs the same modules the
+        same number of times, whatever its mix of counts (ZeRO-3). A clip equal to the one before it (the
+        QA and reasoning rows of one question) reuses its tokens.
+        """
+        if pixel_values.dim() != 5 or clip_frames.shape != pixel_values.shape[:1]:
+            raise ValueError(f"pixel_values [C, T, 3, H, W] with clip_frames [C], got {tuple(pixel_values.shape)} "
+                             f"and {tuple(clip_frames.shape)}")
+        counts = [int(t) for t in clip_frames.tolist()]
+        if min(counts) < 1 or max(counts) > pixel_values.shape[1]:
+            raise ValueError(f"clip_frames {counts} outside 1..{pixel_values.shape[1]} (the padded clip length)")
+        index, keep = [], []
+        for c, t in enumerate(counts):
+            if keep and counts[keep[-1]] == t and torch.equal(pixel_values[keep[-1], :t], pixel_values[c, :t]):
+                index.append(len(keep) - 1)
+            else:
+                index.append(len(keep))
+                keep.append(c)
+        clips = [apply_frame_view(pixel_values[c:c + 1, :counts[c]], self.config.frame_view)[0] for c in keep]
+        kept = [counts[c] for c in keep]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_trainable):
+            feats = self.vision(torch.cat(clips))  # [sum T, P, Dv]
+        tokens = self.projector(feats, clip_frames=kept)
+        sizes = [self.frame_layout(t).num_visual_tokens for t in kept]
+        unique = list(tokens.split(sizes))
+        return [unique[i] for i in index]
+
+    def embed_ragged(self, input_ids: torch.Tensor, clips: list[torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with the placeholders replaced by clips of different token counts.
+
+        ``clips`` [Nv_e, D] per example with video, in row-major order (unpacked: one per row with
+        placeholders; packed: every example of every row). Each row's placeholder count must be the sum of
+        the clips it takes, in order.
+
+        Raises:
+            ValueError: the placeholders and the clips' tokens do not match (names the row and counts).
+        """
+        emb = self.causal_lm.get_input_embeddings()(input_ids)
+        mask = input_ids == self.frame_token_id
+        counts = mask.sum(dim=1).tolist()
+        sizes = [int(v.shape[0]) for v in clips]
+        if sum(counts) != sum(sizes):
+            raise ValueError(f"frame placeholders: {sum(counts)} in the batch (per row {counts[:8]}), but the clips "
+                             f"have {sum(sizes)} visual tokens ({sizes[:8]}). Build prompts with "
+                             "model.frame_layout(frames of each clip).")
+        k = 0
+        for r, n in enumerate(counts):
+            got = 0
+            while got < n and k < len(sizes):
+                got, k = got + sizes[k], k + 1
+            if got != n:
+                raise ValueError(f"frame placeholders of row {r}: {n}, but its clips have {got} visual tokens "
+                                 f"(clip sizes in order {sizes[:8]})")
+        visual = torch.cat(clips) if clips else emb.new_zeros((0, emb.shape[-1]))
+        return emb.masked_scatter(mask.unsqueeze(-1), visual.to(emb.dtype))
 
     def embed(self, input_ids: torch.Tensor, visual: torch.Tensor, packed: bool = False) -> torch.Tensor:
         """Token embeddings with the frame placeholders replaced by ``visual`` [E, Nv, D].
@@ -259,27 +333,32 @@ class VideoLLM(VideoModel):
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                       pixel_values: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                      segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None
-                      ) -> torch.Tensor:
+                      segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None,
+                      clip_frames: torch.Tensor | None = None) -> torch.Tensor:
         """Last hidden states [B, L, D] of the LLM for frames uint8 [B, T, 3, H, W] + tokens [B, L].
 
         Packed rows (``train.packing.pack_collate``) give ``segment_ids`` [R, L], ``position_ids``
         [R, L] and ``clip_index`` [E]: pixel_values then holds each distinct clip once [C, ...],
-        and attention stays inside each example (:meth:`packed_decoder_forward`).
+        and attention stays inside each example (:meth:`packed_decoder_forward`). ``clip_frames`` [C]:
+        clips of different frame counts, zero-padded (the frame budget, :meth:`embed_batch`).
         """
         if pixel_values is None and bool((input_ids == self.frame_token_id).any()):
             raise ValueError("the assembled model needs pixel_values uint8 [B, T, 3, H, W] for its frame placeholders")
         if segment_ids is None:
-            emb = self.embed_batch(input_ids, pixel_values, None)
+            emb = self.embed_batch(input_ids, pixel_values, None, clip_frames)
             return self.decoder_forward(emb, attention_mask).last_hidden_state
         if position_ids is None or clip_index is None:
             raise ValueError("packed inputs need position_ids, segment_ids and clip_index together")
-        emb = self.embed_batch(input_ids, pixel_values, clip_index)
+        emb = self.embed_batch(input_ids, pixel_values, clip_index, clip_frames)
         return self.packed_decoder_forward(emb, position_ids, segment_ids)
 
     def embed_batch(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-                    clip_index: torch.Tensor | None) -> torch.Tensor:
+                    clip_index: torch.Tensor | None, clip_frames: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings of a training batch with its clips' visual tokens in place (``clip_index``: packed).
+
+        ``clip_frames`` long [C] (clips of different frame counts, the frame budget): clip c is
+        ``pixel_values[c, :clip_frames[c]]`` (:meth:`encode_clips`), and its own number of visual tokens fills
+        its placeholders (:meth:`embed_ragged`). None: the single-count path, unchanged.
 
         A batch without any clip (every example text-only) still runs the tower and projector, on one
         black clip whose features enter the embeddings times 0: under ZeRO-3 every rank must gather the
@@ -293,6 +372,11 @@ class VideoLLM(VideoModel):
             touch = self.encode_frames(dummy).sum() * 0.0  # first, as with video: ZeRO-3 gathers in module order
             emb = self.causal_lm.get_input_embeddings()(input_ids)
             return emb + touch.to(emb.dtype)
+        if clip_frames is not None:
+            clips = self.encode_clips(pixel_values, clip_frames)
+            if clip_index is not None:
+                clips = [clips[c] for c in clip_index.tolist()]
+            return self.embed_ragged(input_ids, clips)
         visual = self.encode_frames(pixel_values)
         if clip_index is not None:
             return self.embed(input_ids, visual.index_select(0, clip_index), packed=True)  # [E, Nv, D]
@@ -343,11 +427,11 @@ class VideoLLM(VideoModel):
 
     def sharded_hidden_states(self, plan: ShardPlan, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               pixel_values: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                              segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None
-                              ) -> torch.Tensor:
+                              segment_ids: torch.Tensor | None = None, clip_index: torch.Tensor | None = None,
+                              clip_frames: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder on this rank's slice of the flattened micro-batch (embeddings of the whole batch first,
-        packed or not): hidden [1, n, D]."""
-        emb = self.embed_batch(input_ids, pixel_values, clip_index if segment_ids is not None else None)
+        packed or not, clips of one or several frame counts): hidden [1, n, D]."""
+        emb = self.embed_batch(input_ids, pixel_values, clip_index if segment_ids is not None else None, clip_frames)
         out = self.causal_lm.get_decoder()(inputs_embeds=plan.take(emb), attention_mask=None,
                                            position_ids=plan.narrow(plan.positions), use_cache=False,
                                            **plan.decoder_kwargs())
@@ -413,9 +497,12 @@ class VideoLLM(VideoModel):
         pass per distinct adjacent clip (as :meth:`encode_frames` runs it). Padding is not
         counted: it is work the step does, not work the model needs. A packed batch
         (``train.packing``) counts each example at its own length (attention never crosses
-        examples) and each of its distinct clips once."""
+        examples) and each of its distinct clips once. Clips of different frame counts (``clip_frames``, the
+        frame budget) count at their mean count, not the padded one."""
         pv = batch.get("pixel_values")
         T = int(pv.shape[1]) if pv is not None else 0  # every example text-only: no tower work counted
+        if pv is not None and batch.get("clip_frames") is not None:
+            T = max(1, round(float(batch["clip_frames"].float().mean())))
         if batch.get("packed"):
             B, clips = int(batch["n_examples"]), int(pv.shape[0]) if pv is not None else 0
             lengths, targets = batch["example_lengths"], batch["example_targets"]

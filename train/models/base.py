@@ -56,6 +56,9 @@ class VideoModel(nn.Module, abc.ABC):
     """Whether :meth:`collate` can pack several sequences per row (``data.packing``)."""
     sequence_parallel: SequenceParallel | None = None
     """Set by :meth:`enable_sequence_parallel`: :meth:`forward` then runs this rank's slice of every sequence."""
+    same_frames_per_batch: bool = False
+    """Whether every clip of a micro-batch must have the same frame count (LLaVA-OneVision): under the frame
+    budget the trainer then trims the clips of a micro-batch to the smallest count (``train.frame_budget``)."""
 
     # ------------------------------------------------------------------ batches
     @abc.abstractmethod
@@ -64,13 +67,20 @@ class VideoModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def collate(self, examples: list, task: TaskConfig, packing: bool = False,
-                row_capacity: int | None = None) -> dict[str, Any]:
+                row_capacity: int | None = None, visual_row_capacity: int | None = None) -> dict[str, Any]:
         """Training examples (:class:`train.tasks.Example`) -> one micro-batch (CPU tensors).
 
         Keys: ``pixel_values`` uint8, ``input_ids`` / ``attention_mask`` / ``labels`` / ``task_ids``
         long [rows, L], ``qids``, ``tasks``, ``n_cut_prompts``, ``n_cut_targets``, and the family's own
-        inputs. ``packing``: several sequences per row of at most ``row_capacity`` tokens.
+        inputs. ``packing``: several sequences per row of at most ``row_capacity`` tokens (and at most
+        ``visual_row_capacity`` visual placeholders, the frame budget's row cap; None: no cap).
         """
+
+    def prompt_fits(self, example: Any, num_frames: int, max_prompt_len: int) -> bool:
+        """Whether the prompt of ``example`` with its clip at ``num_frames`` frames fits ``max_prompt_len``
+        tokens, its question cut as :meth:`collate` cuts it (the frame budget, ``train.frame_budget``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not measure prompts: it cannot train under a frame "
+                                  "budget (data.max_visual_tokens, data.fps, data.max_frames)")
 
     def model_inputs(self, batch: dict[str, Any], loss_weight: torch.Tensor, device: torch.device) -> dict:
         """Forward keyword arguments of a collated batch: its tensors on ``device`` + ``loss_weight``."""

@@ -41,7 +41,7 @@ from transformers import AutoTokenizer
 
 from train import prompts
 from train.packing import pack_rows
-from train.tasks import pad_rows, stack_frames
+from train.tasks import PromptTooLong, pad_rows, stack_frames
 
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 LLAVA_FAMILIES = ("llava_onevision",)
@@ -273,13 +273,23 @@ class VideoChatProcessor:
 
     def encode_prompt(self, frames: torch.Tensor | None, question: str, options: list[str], instruction: str,
                       captions: list[str | None] | None = None, max_len: int | None = None, qid: str = "?",
-                      video_inputs: dict | None = None) -> tuple[list[int], dict, bool]:
+                      video_inputs: dict | None = None, n_video_tokens: int | None = None
+                      ) -> tuple[list[int], dict | None, bool]:
         """(prompt ids, video tensors, question cut?) of one example; the question is shortened
         (by tokens) until the prompt fits ``max_len``. ``frames`` None: a text-only prompt (video
-        tensors None)."""
-        has_video = frames is not None or video_inputs is not None
-        vid = video_inputs if video_inputs is not None else self.video(frames) if has_video else None
-        n_vis = self.video.num_video_tokens(vid, self.model_config) if has_video else 0
+        tensors None). ``n_video_tokens`` without frames: the prompt of a video of that many tokens, its
+        tensors not made (None; what the frame budget measures).
+
+        Raises:
+            PromptTooLong: the prompt does not fit even with its question cut to one token, or a cut
+                would lose video placeholders (naming the qid).
+        """
+        has_video = frames is not None or video_inputs is not None or n_video_tokens is not None
+        vid = video_inputs if video_inputs is not None else self.video(frames) if frames is not None else None
+        if n_video_tokens is not None and vid is None:
+            n_vis = n_video_tokens
+        else:
+            n_vis = self.video.num_video_tokens(vid, self.model_config) if has_video else 0
         captions = captions if has_video else None
         ids = self.prompt_ids(n_vis, self.user_text(question, options, instruction, captions), has_video)
         cut = False
@@ -287,11 +297,14 @@ class VideoChatProcessor:
             q_ids = self.tokenizer.encode(question, add_special_tokens=False)
             keep = len(q_ids) - (len(ids) - max_len)
             if keep < 1:
-                raise ValueError(f"{qid}: prompt without its question is {len(ids) - len(q_ids)} tokens > "
-                                 f"max_prompt_len {max_len} (video tokens {n_vis}, options and template must fit)")
+                raise PromptTooLong(f"{qid}: prompt without its question is {len(ids) - len(q_ids)} tokens > "
+                                    f"max_prompt_len {max_len} (video tokens {n_vis}, options and template must fit)")
             short = self.tokenizer.decode(q_ids[:keep])
             ids = self.prompt_ids(n_vis, self.user_text(short, options, instruction, captions), has_video)[:max_len]
             cut = True
+            if sum(t == self.video_token_id for t in ids) != n_vis:  # never features without their tokens
+                raise PromptTooLong(f"{qid}: cutting the prompt to max_prompt_len {max_len} would cut its {n_vis} "
+                                    "video placeholders")
         return ids, vid, cut
 
     # ------------------------------------------------------------------ batches
@@ -312,6 +325,11 @@ class VideoChatProcessor:
         if not examples:
             raise ValueError("collate got no examples")
         rows, videos, n_cut_p, n_cut_t = [], [], 0, 0
+        counts = {int(ex.frames.shape[0]) for ex in examples if ex.frames is not None and ex.frames.dim() == 4}
+        if self.video.family in LLAVA_FAMILIES and len(counts) > 1:
+            raise ValueError(f"LLaVA-OneVision takes one frame count per micro-batch, these clips have "
+                             f"{sorted(counts)} ({[ex.qid for ex in examples]}); under the frame budget the trainer "
+                             "trims every clip of a micro-batch to the smallest count (train.frame_budget)")
         cache: dict[int, dict] = {}  # the QA and reasoning examples of a question share one frames tensor
         for ex in examples:
             if ex.frames is not None and (ex.frames.dtype != torch.uint8 or ex.frames.dim() != 4):
@@ -364,6 +382,8 @@ class VideoChatProcessor:
     def collate(self, examples: list, max_prompt_len: int, max_target_len: int) -> dict[str, Any]:
         """Examples -> right-padded batch, the keys of :func:`train.tasks.collate` plus ``vision``
         (the family's video tensors of the examples that have video, and ``mm_token_type_ids`` [B, L]).
+        Qwen: clips of different frame counts each get their own ``video_grid_thw`` row (the frame budget);
+        the uint8 ``pixel_values`` (not read by the model) are then zero-padded to the longest.
         Text-only examples (frames None) have no placeholders; when every example is text-only the
         batch carries a masked dummy video (:meth:`_with_dummy_video`)."""
         rows, videos, n_cut_p, n_cut_t = self._encode(examples, max_prompt_len, max_target_len)
@@ -372,11 +392,11 @@ class VideoChatProcessor:
         present = [v for v in videos if v is not None]
         batch = {**batch, "vision": self.stack_video(present)} if present else self._with_dummy_video(batch, 0)
         self.add_token_types(batch["vision"], batch["input_ids"], batch["attention_mask"])
-        return {"pixel_values": stack_frames(examples), **batch, "qids": [ex.qid for ex in examples],
+        return {"pixel_values": stack_frames(examples, pad=True), **batch, "qids": [ex.qid for ex in examples],
                 "tasks": [ex.task for ex in examples], "n_cut_prompts": n_cut_p, "n_cut_targets": n_cut_t}
 
     def pack(self, examples: list, max_prompt_len: int, max_target_len: int, max_tokens_per_row: int,
-             pad_to_multiple: int = 1) -> dict[str, Any]:
+             pad_to_multiple: int = 1, max_visual_tokens_per_row: int | None = None) -> dict[str, Any]:
         """Examples -> packed rows (``train.packing.pack_rows``: first-fit decreasing, right-padded).
 
         The keys of :meth:`collate` (``vision`` holds one video per example with video, in packed order,
@@ -384,9 +404,12 @@ class VideoChatProcessor:
         restarting per example and at each row's padding tail), ``segment_ids`` [R, L] (1, 2, ... per
         example, 0 padding), ``example_lengths``, ``example_targets``, ``n_examples`` and ``packed``.
         Qwen's 3-D M-RoPE positions are the model's own (``HFVideoLLM.packed_position_ids``).
+        ``max_visual_tokens_per_row``: the frame budget's second packing constraint (video placeholders per
+        row). The uint8 ``pixel_values`` (not read by the model) are zero-padded when clips differ in count.
         """
         seqs, videos, n_cut_p, n_cut_t = self._encode(examples, max_prompt_len, max_target_len)
-        rows, order = pack_rows(seqs, max_tokens_per_row, self.pad_token_id, pad_to_multiple)
+        rows, order = pack_rows(seqs, max_tokens_per_row, self.pad_token_id, pad_to_multiple, self.video_token_id,
+                                max_visual_tokens_per_row)
         present = [videos[i] for i in order if videos[i] is not None]
         if present:
             rows["vision"] = self.stack_video(present)
@@ -395,6 +418,6 @@ class VideoChatProcessor:
             rows = self._with_dummy_video(rows, last, int(rows["segment_ids"][last].max()) + 1)
         self.add_token_types(rows["vision"], rows["input_ids"], rows["attention_mask"])
         packed = [examples[i] for i in order]
-        return {"pixel_values": stack_frames(packed), **rows, "qids": [ex.qid for ex in packed],
+        return {"pixel_values": stack_frames(packed, pad=True), **rows, "qids": [ex.qid for ex in packed],
                 "tasks": [ex.task for ex in packed], "n_examples": len(examples), "n_cut_prompts": n_cut_p,
                 "n_cut_targets": n_cut_t, "packed": True}

@@ -44,6 +44,7 @@ from train.models.base import ModelFamily, VideoModel, resolve_attention
 from train.models.hf_inputs import FAMILIES, LLAVA_FAMILIES, QWEN_FAMILIES, VideoChatProcessor
 from train.packing import block_causal_mask
 from train.sequence_parallel import SequenceParallel, ShardPlan, register_ulysses, sequence_segments
+from train.tasks import PromptTooLong
 
 try:  # optional, as in train.models.assembled
     import peft
@@ -190,13 +191,33 @@ class HFVideoLLM(VideoModel):
         return FrameLayout(num_frames, video.temporal_patch, per_group)
 
     def collate(self, examples: list, task: TaskConfig, packing: bool = False,
-                row_capacity: int | None = None) -> dict[str, Any]:
+                row_capacity: int | None = None, visual_row_capacity: int | None = None) -> dict[str, Any]:
         """Training examples -> batch (``train.models.hf_inputs.VideoChatProcessor.collate``), or packed
-        rows of at most ``row_capacity`` tokens (``VideoChatProcessor.pack``)."""
+        rows of at most ``row_capacity`` tokens and ``visual_row_capacity`` video placeholders
+        (``VideoChatProcessor.pack``)."""
         if packing:
             return self.processor.pack(examples, task.max_prompt_len, task.max_target_len,
-                                       row_capacity or task.max_prompt_len + task.max_target_len)
+                                       row_capacity or task.max_prompt_len + task.max_target_len,
+                                       max_visual_tokens_per_row=visual_row_capacity)
         return self.processor.collate(examples, task.max_prompt_len, task.max_target_len)
+
+    @property
+    def same_frames_per_batch(self) -> bool:
+        """LLaVA-OneVision's forward takes one frame count per micro-batch ([B, T, 3, S, S]); Qwen a grid per
+        video."""
+        return self.processor.video.family in LLAVA_FAMILIES
+
+    def prompt_fits(self, example: Any, num_frames: int, max_prompt_len: int) -> bool:
+        """Whether the chat prompt of ``example`` with its clip cut to ``num_frames`` frames fits
+        ``max_prompt_len`` tokens, its question cut as the collate cuts it (the frame budget)."""
+        size = tuple(int(v) for v in example.frames.shape[-2:])
+        n_vis = self.frame_layout(num_frames, size).num_visual_tokens
+        try:
+            self.processor.encode_prompt(None, example.question, example.options, example.instruction, None,
+                                         max_prompt_len, example.qid, n_video_tokens=n_vis)
+        except PromptTooLong:
+            return False
+        return True
 
     # ------------------------------------------------------------------ packing
     def _text_attention(self) -> str:
@@ -503,6 +524,9 @@ class HFVideoLLM(VideoModel):
         else:
             dims, per_group = self.flops_dims(tuple(frames.shape[-2:]))
             groups, share = -(-int(frames.shape[1]) // per_group), int(frames.shape[0]) / len(lengths)
+            grid = (batch.get("vision") or {}).get("video_grid_thw")
+            if grid is not None and grid.shape[0] == frames.shape[0]:  # Qwen: each clip's own count (frame budget)
+                groups = max(1, round(float(grid[:, 0].float().mean())))
         return sum(flops_mod.flops_per_sample(dims, int(n), groups, share, head_tokens=int(t))["total"]
                    for n, t in zip(lengths, targets))
 

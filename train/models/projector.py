@@ -178,8 +178,18 @@ class Projector(nn.Module):
     def tokens_per_group(self) -> int:
         return self.pool[0] * self.pool[1]
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """feats [B, T, grid*grid, D_vision] -> [B, groups * tokens_per_group, D_llm]."""
+    def forward(self, feats: torch.Tensor, clip_frames: list[int] | None = None) -> torch.Tensor:
+        """feats [B, T, grid*grid, D_vision] -> [B, groups * tokens_per_group, D_llm].
+
+        ``clip_frames`` (clips of different frame counts, the frame budget): feats holds the frames of
+        every clip one after the other [sum T_c, grid*grid, D_vision], and the result is the clips' tokens
+        one after the other [sum Nv_c, D_llm] (Nv_c = ceil(T_c / stride) * tokens_per_group). Each clip is
+        pooled, centred and position-embedded on its own, exactly as alone; the MLP runs once on all tokens,
+        so the modules run once per forward whatever the mix of counts (ZeRO-3 gathers the same parameters
+        on every rank).
+        """
+        if clip_frames is not None:
+            return self._forward_ragged(feats, clip_frames)
         B, T, P, D = feats.shape
         if P != self.grid * self.grid:
             raise ValueError(f"projector got {P} patch tokens per frame, expected {self.grid}x{self.grid}")
@@ -204,6 +214,45 @@ class Projector(nn.Module):
             pos = self.temporal_pos[:groups].repeat_interleave(self.tokens_per_group, dim=0)
             out = out + pos.to(out.dtype)
         return out
+
+
+    def _pool(self, feats: torch.Tensor) -> torch.Tensor:
+        """[N, grid*grid, D] frames -> [N, tokens_per_group, D] (the spatial pooling of every frame)."""
+        N, P, D = feats.shape
+        if P != self.grid * self.grid:
+            raise ValueError(f"projector got {P} patch tokens per frame, expected {self.grid}x{self.grid}")
+        x = feats.reshape(N, self.grid, self.grid, D).permute(0, 3, 1, 2)
+        return F.adaptive_avg_pool2d(x, self.pool).flatten(2).transpose(1, 2)
+
+    def _forward_ragged(self, feats: torch.Tensor, clip_frames: list[int]) -> torch.Tensor:
+        if feats.dim() != 3 or feats.shape[0] != sum(clip_frames):
+            raise ValueError(f"ragged projector input must be [sum of clip frames {sum(clip_frames)}, P, D], "
+                             f"got {tuple(feats.shape)}")
+        x = self._pool(feats)  # [sum T, tpg, D]
+        s, D = self.temporal_stride, x.shape[-1]
+        tokens, groups, start = [], [], 0
+        for t in clip_frames:
+            clip = x[start:start + t]
+            start += t
+            g = math.ceil(t / s)
+            if s > 1:
+                clip = torch.stack([clip[i * s:(i + 1) * s].mean(dim=0) for i in range(g)])
+            tokens.append(clip.reshape(-1, D))
+            groups.append(g)
+        flat = torch.cat(tokens).to(self.fc1.weight.dtype)
+        out = self.fc2(F.gelu(self.fc1(flat)))  # one call each: the same modules run on every rank
+        pieces = list(out.split([g * self.tokens_per_group for g in groups]))
+        for c, g in enumerate(groups):
+            piece = pieces[c]
+            if self.center:
+                piece = F.layer_norm(piece - piece.mean(dim=0, keepdim=True), piece.shape[-1:])
+            if self.temporal_pos is not None:
+                if g > self.temporal_pos.shape[0]:
+                    raise ValueError(f"{g} frame groups, but model.projector.temporal_pos has embeddings for "
+                                     f"{self.temporal_pos.shape[0]}: raise it to >= max_frames / temporal_stride")
+                piece = piece + self.temporal_pos[:g].repeat_interleave(self.tokens_per_group, dim=0).to(piece.dtype)
+            pieces[c] = piece
+        return torch.cat(pieces)
 
 
 def load_projector(projector: nn.Module, path: str | Path) -> None:
