@@ -1,6 +1,6 @@
 """One ZeRO-3 optimizer step with Ulysses sequence parallel on 2 ranks (run by test_sequence_parallel.py).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/train/sp_worker.py OUT.pt FAMILY [MODEL_DIR] [packed] [kv1]
+    python -m torch.distributed.run --nproc_per_node 2 tests/train/sp_worker.py OUT.pt FAMILY [MODEL_DIR] [packed] [kv1] [ragged]
 
 Both ranks form one sequence group (``parallel.sequence: 2``, data parallel 1): they take the SAME 2
 micro-batches (long-video questions, QA and reasoning sequences, see :data:`MICRO`), each runs its half of every
@@ -9,7 +9,8 @@ with plain SGD under ZeRO-3. Rank 0 writes the gathered parameters before and af
 reported loss; the test redoes the step in one process without sequence parallel (and without
 DeepSpeed) on the whole batch. FAMILY: ``assembled`` (the tiny recipe), ``qwen2_vl`` or ``llava_onevision``
 (the tiny folder MODEL_DIR). ``packed``: the micro-batches are packed (data.packing). ``kv1``: the assembled
-LLM has one key/value head (fewer than the ranks).
+LLM has one key/value head (fewer than the ranks). ``ragged``: clips of different frame counts in one
+micro-batch (:data:`RAGGED`, the frame budget's batches).
 """
 
 from __future__ import annotations
@@ -65,14 +66,19 @@ def questions() -> list[list[dict]]:
     return out
 
 
-def examples_of(q: dict, cfg) -> list:
+RAGGED = {"synthetic/train/v0/q0": 32, "synthetic/train/v5/q0": 40}
+"""``ragged``: frame counts of these questions' clips (as the frame budget gives them); the rest keep num_frames."""
+
+
+def examples_of(q: dict, cfg, ragged: bool = False) -> list:
     from train.tasks import build_examples
 
-    q = dict(q, frames=q["frames"][:cfg.data.num_frames])
+    n = RAGGED.get(q["qid"], cfg.data.num_frames) if ragged else cfg.data.num_frames
+    q = dict(q, frames=q["frames"][:n])
     return build_examples(q, cfg.task)
 
 
-def main(out: str, family: str, model_dir: str | None, packed: bool, kv1: bool) -> None:
+def main(out: str, family: str, model_dir: str | None, packed: bool, kv1: bool, ragged: bool) -> None:
     from train.config import load_config
     from train.dist import ParallelDims, init_distributed
     from train.engine import build_engine, deepspeed_config, model_init_context, optimizer_step
@@ -100,7 +106,7 @@ def main(out: str, family: str, model_dir: str | None, packed: bool, kv1: bool) 
     print(f"rank {dims.rank}: {model.enable_sequence_parallel(sp)}", flush=True)
     engine = build_engine(model, cfg, ds)
     before = W.gather_state(model)
-    micro = [model.collate([ex for q in qs for ex in examples_of(q, cfg)], cfg.task, packing=packed,
+    micro = [model.collate([ex for q in qs for ex in examples_of(q, cfg, ragged)], cfg.task, packing=packed,
                            row_capacity=cfg.row_capacity) for qs in questions()]
     if packed:
         assert any(int(b["segment_ids"].max()) >= 2 for b in micro), "no row holds several sequences"
@@ -117,8 +123,8 @@ if __name__ == "__main__":
     from data_shards.common.distenv import exit_process, shutdown
 
     args = sys.argv[1:]
-    flags = ("packed", "kv1")
+    flags = ("packed", "kv1", "ragged")
     main(args[0], args[1], args[2] if len(args) > 2 and args[2] not in flags else None, "packed" in args[2:],
-         "kv1" in args[2:])
+         "kv1" in args[2:], "ragged" in args[2:])
     shutdown()
     exit_process(0)

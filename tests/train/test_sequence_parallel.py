@@ -4,8 +4,8 @@
   next-token targets that the ranks' slices add up to exactly.
 * 2 gloo ranks, one sequence group, ZeRO-3 (marked slow): one SGD step with sp = 2 on long-video
   micro-batches equals the step of one process without sequence parallel on the whole batch (loss and
-  every parameter's update), for the assembled model (padded, packed, one key/value head), Qwen2-VL (padded,
-  packed) and LLaVA-OneVision.
+  every parameter's update), for the assembled model (padded, packed, one key/value head, clips of different
+  frame counts), Qwen2-VL (padded, packed, different frame counts) and LLaVA-OneVision.
 """
 
 from __future__ import annotations
@@ -69,18 +69,19 @@ def hf_dirs(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,packed,kv1", [("assembled", False, False), ("assembled", True, False),
-                                               ("assembled", False, True), ("qwen2_vl", False, False),
-                                               ("qwen2_vl", True, False), ("llava_onevision", False, False)],
-                         ids=["assembled", "assembled-packed", "assembled-1kv", "qwen2_vl", "qwen2_vl-packed",
-                              "llava_onevision"])
-def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path, request, family, packed, kv1):
+@pytest.mark.parametrize("family,variant", [("assembled", ""), ("assembled", "packed"), ("assembled", "kv1"),
+                                            ("assembled", "ragged"), ("qwen2_vl", ""), ("qwen2_vl", "packed"),
+                                            ("qwen2_vl", "ragged"), ("llava_onevision", "")],
+                         ids=["assembled", "assembled-packed", "assembled-1kv", "assembled-ragged", "qwen2_vl",
+                              "qwen2_vl-packed", "qwen2_vl-ragged", "llava_onevision"])
+def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path, request, family, variant):
     """One SGD step (lr 0.5, no momentum / decay / clipping: the update is the gradient) with sp = 2 under
     ZeRO-3 on 2 gloo ranks equals one process on the whole batch without sequence parallel: the loss to 1e-5
     and every parameter to 1e-6 (fp32; summation order differs). Each micro-batch holds one or two long-video
     questions (48 frames for the assembled model, 64 for Qwen2-VL, 32 for LLaVA-OneVision);
     the split between the ranks cuts through a sequence (sp_worker.MICRO). ``1kv``: one key/value head for two
-    ranks (repeated per query head before the all-to-all)."""
+    ranks (repeated per query head before the all-to-all); ``ragged``: clips of different frame counts in one
+    micro-batch (the frame budget's)."""
     from tests.train import sp_worker as S
     from train.config import load_config
     from train.loss import TASK_QA, TASK_REASON, token_weights
@@ -89,7 +90,7 @@ def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path,
     model_dir = request.getfixturevalue("hf_dirs")[family] if family != "assembled" else None
     out = tmp_path / "sp.pt"
     args = [str(REPO / "tests" / "train" / "sp_worker.py"), str(out), family, *([model_dir] if model_dir else []),
-            *(["packed"] if packed else []), *(["kv1"] if kv1 else [])]
+            *([variant] if variant else [])]
     proc = subprocess.run(torchrun_cmd(2, *args, module=None), cwd=REPO, env=env_for_launch(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -97,7 +98,7 @@ def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path,
     res = torch.load(out, weights_only=False)
 
     torch.set_num_threads(2)
-    cfg = load_config(S.RECIPES[family], S.overrides(family, model_dir, False, 1, kv1))
+    cfg = load_config(S.RECIPES[family], S.overrides(family, model_dir, False, 1, variant == "kv1"))
     if family == "assembled":
         tok = S.W.tokenizer()
     else:
@@ -106,13 +107,14 @@ def test_sp2_on_two_ranks_equals_one_process_without_sequence_parallel(tmp_path,
         tok = load_processor(cfg.model.hf)
     model = build_model(cfg.model, tok)
     model.load_state_dict(res["before"], strict=False)
-    batch = model.collate([ex for qs in S.questions() for q in qs for ex in S.examples_of(q, cfg)], cfg.task)
+    ragged = variant == "ragged"
+    batch = model.collate([ex for qs in S.questions() for q in qs for ex in S.examples_of(q, cfg, ragged)], cfg.task)
     n_qa, n_re = int((batch["task_ids"] == TASK_QA).sum()), int((batch["task_ids"] == TASK_REASON).sum())
     assert (res["n_qa"], res["n_reason"]) == (n_qa, n_re)  # counted once per sequence group, not per rank
     assert res["examples"] == batch["input_ids"].shape[0]
     assert min(res["tokens"]) > 200, "not a long sequence"
     w = token_weights(batch["task_ids"], n_qa, n_re, cfg.task.alpha, cfg.task.beta)
-    inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "vision")}
+    inputs = {k: v for k, v in batch.items() if k in ("pixel_values", "vision", "clip_frames")}
     loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                  loss_weight=w, **inputs)["loss"]
     loss.backward()
