@@ -92,20 +92,19 @@ def sequence_groups(world_size: int, size: int, rank: int) -> SequenceParallel:
 
 # ---------------------------------------------------------------- the attention function
 
-def _local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
+def _local_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int],
                      scaling: float | None, dropout: float) -> torch.Tensor:
     """Causal attention of every sequence of the whole flattened sequence, for this rank's heads.
 
     Args:
         query: [1, N, H', Dh]; key, value: [1, N, Hkv', Dh] (grouped-query attention: H' a multiple of Hkv').
-        cu_seqlens: int32 [S + 1], sequence boundaries over N.
+        bounds: the S + 1 sequence boundaries over N (a list: no device-to-host copy per layer).
 
     Returns:
         [1, N, H', Dh].
     """
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [1, heads, N, Dh]
     gqa = q.shape[1] != k.shape[1]  # SDPA shares each key/value head with its query group (no repeated copy)
-    bounds = cu_seqlens.tolist()
     outs = [torch.nn.functional.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b],
                                                              dropout_p=dropout, is_causal=True, scale=scaling,
                                                              enable_gqa=gqa)
@@ -118,7 +117,7 @@ def ulysses_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """A transformers attention function: Ulysses over the sequence group in ``kwargs["ulysses"]``.
 
-    With ``ulysses`` (a :class:`SequenceParallel`) and ``ulysses_cu_seqlens`` in kwargs (what
+    With ``ulysses`` (a :class:`SequenceParallel`) and ``ulysses_bounds`` in kwargs (what
     :meth:`ShardPlan.decoder_kwargs` passes to the decoder), query / key / value hold this rank's slice of
     the flattened sequence; ``attention_mask`` is ignored (the boundaries say who sees whom). Without
     them this is transformers' SDPA, so generation and scoring of a model switched to ``ulysses`` run
@@ -139,7 +138,7 @@ def ulysses_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         key, value = key.repeat_interleave(heads // kv_heads, 1), value.repeat_interleave(heads // kv_heads, 1)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [1, n, heads, Dh]: DeepSpeed's batch-first layout
     p = dropout if module.training else 0.0
-    out = sp.attention(q, k, v, 0, None, kwargs["ulysses_cu_seqlens"], scaling, p)
+    out = sp.attention(q, k, v, 0, None, kwargs["ulysses_bounds"], scaling, p)
     return out, None
 
 
@@ -226,13 +225,14 @@ class ShardPlan:
 
     def decoder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments the decoder passes on to :func:`ulysses_attention`."""
-        return {"ulysses": self.sp, "ulysses_cu_seqlens": self.cu_seqlens}
+        return {"ulysses": self.sp, "ulysses_bounds": self.cu_seqlens.tolist()}
 
 
-def check_same_batch(sp: SequenceParallel, total: int) -> None:
+def check_same_batch(sp: SequenceParallel, total: int, device: torch.device) -> None:
     """Raise (on every rank of the group) unless all its ranks hold micro-batches of the same size: ranks that
-    read different data would otherwise exchange mismatched slices (gloo aborts, NCCL may hang)."""
-    t = torch.tensor([total, -total], dtype=torch.long)
+    read different data would otherwise exchange mismatched slices (gloo aborts, NCCL may hang). ``device``:
+    where the group's backend takes tensors (the micro-batch's device: NCCL needs the GPU)."""
+    t = torch.tensor([total, -total], dtype=torch.long, device=device)
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=sp.group)
     if int(t[0]) != total or -int(t[1]) != total:
         raise RuntimeError(f"sequence parallel: the ranks of a sequence group hold micro-batches of {-int(t[1])} to "
@@ -250,7 +250,7 @@ def plan_shard(sp: SequenceParallel, attention_mask: torch.Tensor, labels: torch
     R, L = attention_mask.shape
     total = -(-(R * L) // sp.size) * sp.size
     if sp.group is not None:
-        check_same_batch(sp, total)
+        check_same_batch(sp, total, attention_mask.device)
     n = total // sp.size
     start, end = sp.rank * n, (sp.rank + 1) * n
     segments = sequence_segments(attention_mask, segment_ids)
