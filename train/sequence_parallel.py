@@ -28,6 +28,9 @@ How a micro-batch runs (``VideoModel.forward`` with :attr:`VideoModel.sequence_p
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +39,7 @@ import torch.distributed as tdist
 from deepspeed.sequence.layer import DistributedAttention
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from train.loss import IGNORE_INDEX
 
@@ -142,16 +145,30 @@ def ulysses_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     return out, None
 
 
-def _no_mask(*args: Any, **kwargs: Any) -> None:
-    """The mask function of ``ulysses``: none (each rank holds a slice; :func:`ulysses_attention` uses the
-    sequence boundaries over the whole flattened sequence instead)."""
-    return None
+_SHARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("ulysses_sharded", default=False)
+
+
+@contextlib.contextmanager
+def sharded_forward() -> Iterator[None]:
+    """Mark a forward on slices (``VideoModel.forward`` with sequence parallel): the decoder builds no mask."""
+    token = _SHARDED.set(True)
+    try:
+        yield
+    finally:
+        _SHARDED.reset(token)
+
+
+def _ulysses_mask(**kwargs: Any) -> torch.Tensor | None:
+    """The mask function of ``ulysses``: none inside :func:`sharded_forward` (each rank holds a slice, and
+    :func:`ulysses_attention` uses the boundaries over the whole flattened sequence), else SDPA's (padding,
+    generation: the model runs as plain SDPA)."""
+    return None if _SHARDED.get() else sdpa_mask(**kwargs)
 
 
 def register_ulysses() -> str:
-    """Make ``"ulysses"`` a transformers attn_implementation (attention function, no mask)."""
+    """Make ``"ulysses"`` a transformers attn_implementation (attention function and mask function)."""
     AttentionInterface.register(ULYSSES, ulysses_attention)
-    AttentionMaskInterface.register(ULYSSES, _no_mask)
+    AttentionMaskInterface.register(ULYSSES, _ulysses_mask)
     return ULYSSES
 
 

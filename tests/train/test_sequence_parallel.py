@@ -175,3 +175,23 @@ def test_memory_bench_measures_half_the_decoder_activations_per_rank_with_sp2(tm
             rest = float(r["saved_mib"]) - float(r["decoder_saved_mib"])
             base = next(b for b in rows if b["sequence"] == "1" and b["rank"] == r["rank"])
             assert rest > 0.8 * (float(base["saved_mib"]) - float(base["decoder_saved_mib"])), (r, base)
+
+
+def test_a_model_switched_to_ulysses_runs_plain_sdpa_outside_a_sharded_forward():
+    """Evaluation and generation of a model whose LLM is switched to ``ulysses`` (one process, no slices): the
+    same logits as SDPA on left-padded rows (the padding mask must still apply outside a sharded forward)."""
+    from tests.train import exactness_worker as W
+    from train.config import load_config
+    from train.models import build_model
+    from train.sequence_parallel import register_ulysses
+
+    torch.manual_seed(0)
+    cfg = load_config(REPO / "configs" / "tiny_cpu.yaml", W.OVERRIDES)
+    model = build_model(cfg.model, W.tokenizer()).eval()
+    ids = torch.randint(5, 200, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding, as generation pads
+    want = model.logits(ids, mask)
+    model.causal_lm.config._attn_implementation = register_ulysses()
+    got = model.logits(ids, mask)
+    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-5, atol=1e-5)

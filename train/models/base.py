@@ -24,7 +24,7 @@ from torch import nn
 from train.config.model import FrameLayout, ModelConfig
 from train.config.task import TaskConfig
 from train.loss import weighted_lm_loss
-from train.sequence_parallel import SequenceParallel, ShardPlan, plan_shard
+from train.sequence_parallel import SequenceParallel, ShardPlan, plan_shard, sharded_forward
 from vqa_kernels.attention import select_attention
 
 LOSS_INPUTS = ("input_ids", "attention_mask", "labels")
@@ -118,7 +118,8 @@ class VideoModel(nn.Module, abc.ABC):
         if self.sequence_parallel is not None:  # this rank's slice of the flattened micro-batch
             plan = plan_shard(self.sequence_parallel, attention_mask, labels, loss_weight,
                               family_inputs.get("segment_ids"))
-            hidden = self.sharded_hidden_states(plan, input_ids, attention_mask, **family_inputs)
+            with sharded_forward():
+                hidden = self.sharded_hidden_states(plan, input_ids, attention_mask, **family_inputs)
             return weighted_lm_loss(self.loss_head, hidden, plan.labels, plan.weights, shifted=True)
         hidden = self.hidden_states(input_ids, attention_mask, **family_inputs)
         return weighted_lm_loss(self.loss_head, hidden, labels, loss_weight)
