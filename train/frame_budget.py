@@ -30,8 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from data_shards.common.atomic import atomic_write_text
 from data_shards.stream.budget import FrameBudget, subsample
 from train.config.sections import TrainConfig
 from train.tasks import Example, build_examples
@@ -178,17 +177,7 @@ def for_run(cfg: TrainConfig, model: Any, loader: Any) -> BudgetFit | None:
 def write_summary(fit: BudgetFit, loader: Any, path: Path) -> None:
     """``frame_budget_rank{R}.json``-style report: :meth:`BudgetFit.summary`, the loader's stats and the
     refused samples' messages."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a node without the shared run folder
     out = {**fit.summary(), "loader_stats": loader.stats(), "refused_samples": loader.refused()}
-    path.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(out, indent=1) + "\n")
 
-
-def clip_frame_counts(batch: dict) -> list[int]:
-    """Frame count of every clip of a collated micro-batch (``clip_frames`` when they differ)."""
-    pv = batch.get("pixel_values")
-    if pv is None:
-        return []
-    frames = batch.get("clip_frames")
-    if isinstance(frames, torch.Tensor):
-        return [int(v) for v in frames.tolist()]
-    return [int(pv.shape[1])] * int(pv.shape[0])

@@ -13,7 +13,7 @@ How a micro-batch runs (``VideoModel.forward`` with :attr:`VideoModel.sequence_p
    shrink).
 2. :func:`plan_shard` flattens the rows into one sequence ``[1, N]`` (as flash-attn's varlen layout
    does), pads N to a multiple of the group size, and gives this rank its contiguous slice
-   ``[start, end)``, the sequence boundaries ``cu_seqlens`` over the whole flattened sequence, the
+   ``[start, end)``, the sequence boundaries over the whole flattened sequence, the
    text positions (restarting per sequence), and the next-token targets and weights of its slice
    (shifted BEFORE slicing, so the last token of a slice still predicts the first of the next).
 3. The LLM decoder runs on the slice with ``attn_implementation="ulysses"``
@@ -42,6 +42,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from train.loss import IGNORE_INDEX
+from train.packing import varlen_kwargs
 
 ULYSSES = "ulysses"
 """attn_implementation name of :func:`ulysses_attention` in transformers' registries."""
@@ -179,23 +180,17 @@ def sequence_segments(attention_mask: torch.Tensor, segment_ids: torch.Tensor | 
     return segment_ids if segment_ids is not None else (attention_mask != 0).long()
 
 
-def cu_seqlens_of(segments: torch.Tensor, total: int) -> torch.Tensor:
-    """Boundaries (int32 [S + 1]) of the rows [R, L] flattened and padded to ``total`` tokens: a sequence
-    starts at every row start and wherever the segment id changes; the padding to ``total`` is one more."""
-    R, L = segments.shape
-    flat = segments.reshape(-1)
-    change = torch.ones_like(flat, dtype=torch.bool)
-    change[1:] = flat[1:] != flat[:-1]
-    change[::L] = True
-    starts = change.nonzero().squeeze(1).tolist()
-    ends = [R * L] + ([total] if total > R * L else [])
-    return torch.tensor(starts + ends, dtype=torch.int32, device=segments.device)
+def sequence_bounds(segments: torch.Tensor, total: int) -> list[int]:
+    """Boundaries of the rows [R, L] flattened and padded to ``total`` tokens (the packed rows' flash-attn
+    boundaries, ``train.packing.varlen_kwargs``: a sequence starts at every row start and wherever the segment
+    id changes), plus the padding to ``total`` as one more sequence."""
+    bounds = varlen_kwargs(segments)["cu_seq_lens_q"].tolist()
+    return bounds + ([total] if total > bounds[-1] else [])
 
 
-def text_positions(segments: torch.Tensor, total: int) -> torch.Tensor:
+def text_positions(bounds: list[int], device: torch.device | None = None) -> torch.Tensor:
     """Positions [1, total] of the flattened rows: 0, 1, ... restarting at every sequence (and the padding)."""
-    cu = cu_seqlens_of(segments, total).tolist()
-    return torch.cat([torch.arange(b - a, device=segments.device) for a, b in zip(cu[:-1], cu[1:])]).unsqueeze(0)
+    return torch.cat([torch.arange(b - a, device=device) for a, b in zip(bounds[:-1], bounds[1:])]).unsqueeze(0)
 
 
 @dataclass
@@ -206,7 +201,7 @@ class ShardPlan:
         sp: the sequence group.
         total: tokens of the flattened sequence after padding (a multiple of ``sp.size``).
         start, end: this rank's slice of it.
-        cu_seqlens: int32 [S + 1] boundaries over ``total`` (every rank has all of them).
+        bounds: the S + 1 sequence boundaries over ``total`` (every rank has all of them).
         positions: long [1, total] text positions (restarting per sequence).
         labels, weights: [1, end - start] next-token targets (-100 off target) and their loss weights.
     """
@@ -215,7 +210,7 @@ class ShardPlan:
     total: int
     start: int
     end: int
-    cu_seqlens: torch.Tensor
+    bounds: list[int]
     positions: torch.Tensor
     labels: torch.Tensor
     weights: torch.Tensor | None
@@ -242,7 +237,7 @@ class ShardPlan:
 
     def decoder_kwargs(self) -> dict[str, Any]:
         """Keyword arguments the decoder passes on to :func:`ulysses_attention`."""
-        return {"ulysses": self.sp, "ulysses_bounds": self.cu_seqlens.tolist()}
+        return {"ulysses": self.sp, "ulysses_bounds": self.bounds}
 
 
 def check_same_batch(sp: SequenceParallel, total: int, device: torch.device) -> None:
@@ -270,15 +265,13 @@ def plan_shard(sp: SequenceParallel, attention_mask: torch.Tensor, labels: torch
         check_same_batch(sp, total, attention_mask.device)
     n = total // sp.size
     start, end = sp.rank * n, (sp.rank + 1) * n
-    segments = sequence_segments(attention_mask, segment_ids)
+    bounds = sequence_bounds(sequence_segments(attention_mask, segment_ids), total)
     nxt = torch.full_like(labels, IGNORE_INDEX)
     nxt[:, :-1] = labels[:, 1:]
-    w = None
+    plan = ShardPlan(sp, total, start, end, bounds, text_positions(bounds, attention_mask.device), nxt, None)
+    plan.labels = plan.take(nxt, IGNORE_INDEX)
     if loss_weight is not None:
         w = torch.zeros_like(loss_weight)
         w[:, :-1] = loss_weight[:, 1:]
-    plan = ShardPlan(sp, total, start, end, cu_seqlens_of(segments, total), text_positions(segments, total),
-                     nxt, w)
-    plan.labels = plan.take(nxt, IGNORE_INDEX)
-    plan.weights = None if w is None else plan.take(w, 0.0)
+        plan.weights = plan.take(w, 0.0)
     return plan

@@ -17,7 +17,7 @@ import torch
 
 from tests.conftest import assert_close_report
 from tests.train.engine_helpers import REPO, env_for_launch, torchrun_cmd
-from train.sequence_parallel import SequenceParallel, cu_seqlens_of, plan_shard, text_positions
+from train.sequence_parallel import SequenceParallel, plan_shard, sequence_bounds, text_positions
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,7 +34,7 @@ def test_shard_plan_slices_add_up_to_the_next_token_targets_of_every_row():
     assert {p.total for p in plans} == {15}  # 12 tokens padded to a multiple of 5
     assert [(p.start, p.end) for p in plans] == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15)]
     # a sequence per row's tokens, one per row's padding tail, one for the padding to 15
-    assert plans[0].cu_seqlens.tolist() == [0, 5, 6, 9, 12, 15]
+    assert plans[0].bounds == [0, 5, 6, 9, 12, 15]
     assert plans[0].positions.tolist() == [[0, 1, 2, 3, 4, 0, 0, 1, 2, 0, 1, 2, 0, 1, 2]]
     got = torch.cat([p.labels for p in plans], dim=1)
     want = [-100, 7, 8, 9, -100, -100, 5, 6, -100, -100, -100, -100, -100, -100, -100]  # labels[t + 1] per row
@@ -46,9 +46,9 @@ def test_shard_plan_slices_add_up_to_the_next_token_targets_of_every_row():
 
 def test_packed_segments_give_one_boundary_per_sequence_and_row():
     seg = torch.tensor([[1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 2, 2]])
-    assert cu_seqlens_of(seg, 12).tolist() == [0, 2, 5, 6, 10, 12]
-    assert cu_seqlens_of(seg, 14).tolist() == [0, 2, 5, 6, 10, 12, 14]
-    assert text_positions(seg, 12).tolist() == [[0, 1, 0, 1, 2, 0, 0, 1, 2, 3, 0, 1]]
+    assert sequence_bounds(seg, 12) == [0, 2, 5, 6, 10, 12]
+    assert sequence_bounds(seg, 14) == [0, 2, 5, 6, 10, 12, 14]
+    assert text_positions(sequence_bounds(seg, 12)).tolist() == [[0, 1, 0, 1, 2, 0, 0, 1, 2, 3, 0, 1]]
 
 
 def test_heads_that_cannot_be_split_are_refused_by_name():

@@ -432,9 +432,8 @@ class VideoLLM(VideoModel):
         """The decoder on this rank's slice of the flattened micro-batch (embeddings of the whole batch first,
         packed or not, clips of one or several frame counts): hidden [1, n, D]."""
         emb = self.embed_batch(input_ids, pixel_values, clip_index if segment_ids is not None else None, clip_frames)
-        out = self.causal_lm.get_decoder()(inputs_embeds=plan.take(emb), attention_mask=None,
-                                           position_ids=plan.narrow(plan.positions), use_cache=False,
-                                           **plan.decoder_kwargs())
+        out = self.decoder_module()(inputs_embeds=plan.take(emb), attention_mask=None,
+                                    position_ids=plan.narrow(plan.positions), use_cache=False, **plan.decoder_kwargs())
         return out.last_hidden_state
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:

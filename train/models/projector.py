@@ -191,30 +191,10 @@ class Projector(nn.Module):
         if clip_frames is not None:
             return self._forward_ragged(feats, clip_frames)
         B, T, P, D = feats.shape
-        if P != self.grid * self.grid:
-            raise ValueError(f"projector got {P} patch tokens per frame, expected {self.grid}x{self.grid}")
-        x = feats.reshape(B * T, self.grid, self.grid, D).permute(0, 3, 1, 2)
-        x = F.adaptive_avg_pool2d(x, self.pool)  # [B*T, D, ph, pw]
-        x = x.flatten(2).transpose(1, 2).reshape(B, T, self.tokens_per_group, D)
-        s = self.temporal_stride
-        if s > 1:
-            groups = math.ceil(T / s)
-            x = torch.stack([x[:, g * s:(g + 1) * s].mean(dim=1) for g in range(groups)], dim=1)
+        x = self._groups(self._pool(feats.reshape(B * T, P, D)).reshape(B, T, self.tokens_per_group, D))
         groups = x.shape[1]
-        x = x.reshape(B, -1, D).to(self.fc1.weight.dtype)
-        out = self.fc2(F.gelu(self.fc1(x)))
-        if self.center:
-            # What all tokens of a clip share carries no answer; keep only how each token differs.
-            out = out - out.mean(dim=1, keepdim=True)
-            out = F.layer_norm(out, out.shape[-1:])
-        if self.temporal_pos is not None:
-            if groups > self.temporal_pos.shape[0]:
-                raise ValueError(f"{groups} frame groups, but model.projector.temporal_pos has embeddings for "
-                                 f"{self.temporal_pos.shape[0]}: raise it to >= num_frames / temporal_stride")
-            pos = self.temporal_pos[:groups].repeat_interleave(self.tokens_per_group, dim=0)
-            out = out + pos.to(out.dtype)
-        return out
-
+        out = self.fc2(F.gelu(self.fc1(x.reshape(B, -1, D).to(self.fc1.weight.dtype))))
+        return self._finish(out, groups)
 
     def _pool(self, feats: torch.Tensor) -> torch.Tensor:
         """[N, grid*grid, D] frames -> [N, tokens_per_group, D] (the spatial pooling of every frame)."""
@@ -224,35 +204,43 @@ class Projector(nn.Module):
         x = feats.reshape(N, self.grid, self.grid, D).permute(0, 3, 1, 2)
         return F.adaptive_avg_pool2d(x, self.pool).flatten(2).transpose(1, 2)
 
+    def _groups(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, tokens_per_group, D] -> [B, ceil(T / stride), tokens_per_group, D]: frames of a group averaged."""
+        s = self.temporal_stride
+        if s == 1:
+            return x
+        return torch.stack([x[:, g * s:(g + 1) * s].mean(dim=1) for g in range(math.ceil(x.shape[1] / s))], dim=1)
+
+    def _finish(self, out: torch.Tensor, groups: int) -> torch.Tensor:
+        """Centring and temporal positions of MLP outputs [B, groups * tokens_per_group, D_llm] (one clip a row)."""
+        if self.center:
+            # What all tokens of a clip share carries no answer; keep only how each token differs.
+            out = out - out.mean(dim=1, keepdim=True)
+            out = F.layer_norm(out, out.shape[-1:])
+        if self.temporal_pos is not None:
+            if groups > self.temporal_pos.shape[0]:
+                raise ValueError(f"{groups} frame groups, but model.projector.temporal_pos has embeddings for "
+                                 f"{self.temporal_pos.shape[0]}: raise it to >= the most frames a clip gets "
+                                 f"(data.num_frames, or data.max_frames with a frame budget) / temporal_stride")
+            pos = self.temporal_pos[:groups].repeat_interleave(self.tokens_per_group, dim=0)
+            out = out + pos.to(out.dtype)
+        return out
+
     def _forward_ragged(self, feats: torch.Tensor, clip_frames: list[int]) -> torch.Tensor:
         if feats.dim() != 3 or feats.shape[0] != sum(clip_frames):
             raise ValueError(f"ragged projector input must be [sum of clip frames {sum(clip_frames)}, P, D], "
                              f"got {tuple(feats.shape)}")
         x = self._pool(feats)  # [sum T, tpg, D]
-        s, D = self.temporal_stride, x.shape[-1]
         tokens, groups, start = [], [], 0
         for t in clip_frames:
-            clip = x[start:start + t]
+            clip = self._groups(x[start:start + t].unsqueeze(0))[0]  # [G, tpg, D]
             start += t
-            g = math.ceil(t / s)
-            if s > 1:
-                clip = torch.stack([clip[i * s:(i + 1) * s].mean(dim=0) for i in range(g)])
-            tokens.append(clip.reshape(-1, D))
-            groups.append(g)
+            tokens.append(clip.reshape(-1, x.shape[-1]))
+            groups.append(clip.shape[0])
         flat = torch.cat(tokens).to(self.fc1.weight.dtype)
         out = self.fc2(F.gelu(self.fc1(flat)))  # one call each: the same modules run on every rank
-        pieces = list(out.split([g * self.tokens_per_group for g in groups]))
-        for c, g in enumerate(groups):
-            piece = pieces[c]
-            if self.center:
-                piece = F.layer_norm(piece - piece.mean(dim=0, keepdim=True), piece.shape[-1:])
-            if self.temporal_pos is not None:
-                if g > self.temporal_pos.shape[0]:
-                    raise ValueError(f"{g} frame groups, but model.projector.temporal_pos has embeddings for "
-                                     f"{self.temporal_pos.shape[0]}: raise it to >= max_frames / temporal_stride")
-                piece = piece + self.temporal_pos[:g].repeat_interleave(self.tokens_per_group, dim=0).to(piece.dtype)
-            pieces[c] = piece
-        return torch.cat(pieces)
+        pieces = out.split([g * self.tokens_per_group for g in groups])
+        return torch.cat([self._finish(p.unsqueeze(0), g)[0] for p, g in zip(pieces, groups)])
 
 
 def load_projector(projector: nn.Module, path: str | Path) -> None:
